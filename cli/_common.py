@@ -1,0 +1,41 @@
+"""The one place where `ops` exceptions become `invoke.Exit` messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from invoke.exceptions import Exit
+
+from ops.config import EnvConfig, load_env
+from ops.errors import AbortedError, CommandFailedError, OpsError
+
+ENV_HELP = "environment name: a file envs/<name>.toml (e.g. sandbox, staging, prod)"
+YES_HELP = "do not ask for confirmation (for automation); the AWS account is still checked"
+
+
+@contextmanager
+def ops_errors() -> Iterator[None]:
+    """Turn an OpsError into one clear line and a non-zero exit; Ctrl-C into exit 130."""
+    try:
+        yield
+    except CommandFailedError as exc:
+        raise Exit(_line(exc), code=exc.returncode or 1) from None
+    except AbortedError as exc:
+        raise Exit(_line(exc), code=1) from None
+    except OpsError as exc:
+        raise Exit(_line(exc), code=1) from None
+    except KeyboardInterrupt:
+        raise Exit("interrupted", code=130) from None
+
+
+def env(name: str) -> EnvConfig:
+    """Load an environment, raising the config error as a clean exit (for use inside ops_errors)."""
+    if not name:
+        raise OpsError("no environment given; pass --env NAME", next_step="invoke --help <task>")
+    return load_env(name)
+
+
+def _line(exc: OpsError) -> str:
+    msg = f"error: {exc.message}"
+    return f"{msg}; next: {exc.next_step}" if exc.next_step else msg

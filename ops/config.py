@@ -1,0 +1,341 @@
+"""Environment configuration: `envs/<name>.toml` parsed into frozen, validated dataclasses.
+
+Every error names the file, the field and the fix, because the person reading it is usually
+someone editing a TOML file for the first time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from ops.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENVS_DIR = PROJECT_ROOT / "envs"
+
+EgressMode = Literal["endpoints", "nat"]
+BackendKind = Literal["s3", "local"]
+SslMode = Literal["disable", "require", "verify-ca", "verify-full"]
+
+_REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
+_ACCOUNT_RE = re.compile(r"^\d{12}$")
+_ENV_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_PRINCIPAL_RE = re.compile(r"^arn:aws[a-z-]*:(iam|sts)::\d{12}:.+$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IDENT_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    vpc_cidr: str = "10.40.0.0/16"
+    az_count: int = 2
+    egress: EgressMode = "endpoints"
+    nat_per_az: bool = False
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    instance_type: str = "t4g.nano"
+    root_volume_gb: int = 8
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    engine_version: str = "16"
+    instance_class: str = "db.t4g.small"
+    allocated_storage_gb: int = 20
+    name: str = "app"
+    username: str = "app_admin"
+    port: int = 5432
+    deletion_protection: bool = True
+    backup_retention_days: int = 7
+    sslmode: SslMode = "verify-full"
+    ca_bundle: str = ""
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    idle_timeout_minutes: int = 20
+    max_session_minutes: int = 60
+    log_retention_days: int = 30
+    adopt_existing_preferences: bool = False
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    developer_principals: tuple[str, ...] = ()
+    require_mfa: bool = True
+
+
+@dataclass(frozen=True)
+class EcsConfig:
+    enabled: bool = False
+    sample_service: bool = False
+    default_container: str = ""
+    shell_command: str = "/bin/sh"
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    backend: BackendKind = "s3"
+    bucket: str = ""
+    key: str = ""
+    region: str = ""
+
+
+@dataclass(frozen=True)
+class TunnelConfig:
+    local_port: int = 5433
+
+
+@dataclass(frozen=True)
+class MigrationsConfig:
+    alembic_ini: str = "migrations/alembic.ini"
+
+
+@dataclass(frozen=True)
+class TerraformConfig:
+    # A directory laid out like `terraform providers mirror` output; empty means "use the
+    # BASTIONLESS_PROVIDER_MIRROR environment variable, else the public registry".
+    provider_mirror: str = ""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    name: str
+    source: Path
+    account_id: str
+    region: str
+    sandbox: bool = False
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
+    ecs: EcsConfig = field(default_factory=EcsConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    tunnel: TunnelConfig = field(default_factory=TunnelConfig)
+    migrations: MigrationsConfig = field(default_factory=MigrationsConfig)
+    terraform: TerraformConfig = field(default_factory=TerraformConfig)
+
+    @property
+    def stack_name(self) -> str:
+        return f"bastionless-{self.name}"
+
+    @property
+    def is_prod(self) -> bool:
+        return self.name == "prod" or self.name.startswith("prod-")
+
+    def subnet_cidrs(self) -> dict[str, list[str]]:
+        """The /24s carved from the VPC: public, private (with egress), isolated, per AZ."""
+        return subnet_plan(self.network.vpc_cidr, self.network.az_count)
+
+
+def subnet_plan(vpc_cidr: str, az_count: int) -> dict[str, list[str]]:
+    subnets = list(ipaddress.ip_network(vpc_cidr).subnets(new_prefix=24))
+    tiers = ("public", "private", "isolated")
+    # Tier blocks start at fixed offsets so adding an AZ never renumbers an existing subnet.
+    return {tier: [str(subnets[t * 4 + az]) for az in range(az_count)] for t, tier in enumerate(tiers)}
+
+
+_SECTIONS: dict[str, type] = {
+    "network": NetworkConfig,
+    "relay": RelayConfig,
+    "database": DatabaseConfig,
+    "session": SessionConfig,
+    "access": AccessConfig,
+    "ecs": EcsConfig,
+    "state": StateConfig,
+    "tunnel": TunnelConfig,
+    "migrations": MigrationsConfig,
+    "terraform": TerraformConfig,
+}
+_TOP_LEVEL = {"account_id": str, "region": str, "sandbox": bool}
+
+
+def env_path(name: str, envs_dir: Path = ENVS_DIR) -> Path:
+    return envs_dir / f"{name}.toml"
+
+
+def available_envs(envs_dir: Path = ENVS_DIR) -> list[str]:
+    return sorted(p.stem for p in envs_dir.glob("*.toml"))
+
+
+def load_env(name: str, envs_dir: Path = ENVS_DIR) -> EnvConfig:
+    if not _ENV_NAME_RE.match(name):
+        raise ConfigError(f"environment name {name!r} is invalid: use lowercase letters, digits and '-'")
+    path = env_path(name, envs_dir)
+    if not path.is_file():
+        known = ", ".join(available_envs(envs_dir)) or "none"
+        raise ConfigError(f"unknown environment {name!r}: no file {_rel(path)} (known: {known}); "
+                          f"copy envs/staging.toml to {_rel(path)} to add one")
+    return parse_env(name, path.read_bytes(), path)
+
+
+def parse_env(name: str, data: bytes, path: Path) -> EnvConfig:
+    where = _rel(path)
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: not valid TOML ({exc}); fix the syntax at that position") from None
+
+    unknown = sorted(set(raw) - set(_TOP_LEVEL) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed top-level keys and sections: "
+                          f"{', '.join(sorted([*_TOP_LEVEL, *_SECTIONS]))}")
+    for key in ("account_id", "region"):
+        if key not in raw:
+            raise ConfigError(f"{where}: field {key!r} is missing; add `{key} = \"...\"` at the top of the file")
+    top: dict[str, Any] = {}
+    for key, typ in _TOP_LEVEL.items():
+        if key in raw:
+            top[key] = _coerce(where, key, raw[key], typ)
+    sections: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        value = raw.get(section, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {section!r} must be a table; write it as [{section}]")
+        sections[section] = _build_section(where, section, cls, value)
+
+    cfg = EnvConfig(name=name, source=path, **top, **sections)
+    _validate(where, cfg)
+    return cfg
+
+
+def _build_section(where: str, section: str, cls: type, values: dict[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {section}.{unknown[0]}; allowed: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(where, f"{section}.{k}", v, hints[k]) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _coerce(where: str, dotted: str, value: Any, typ: Any) -> Any:
+    origin = get_origin(typ)
+    if origin is Literal:
+        allowed = get_args(typ)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {dotted} = {value!r} is not allowed; use one of: "
+                              f"{', '.join(map(repr, allowed))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: {dotted} must be a list of strings, e.g. {dotted.split('.')[-1]} = [\"...\"]")
+        return tuple(value)
+    # bool is a subclass of int: check it first so `port = true` is rejected.
+    if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where}: {dotted} must be a whole number, got {value!r}")
+    if typ is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: {dotted} must be true or false, got {value!r}")
+    if typ is str and not isinstance(value, str):
+        raise ConfigError(f"{where}: {dotted} must be a quoted string, got {value!r}")
+    return value
+
+
+def _validate(where: str, cfg: EnvConfig) -> None:
+    def fail(dotted: str, problem: str, fix: str) -> None:
+        raise ConfigError(f"{where}: {dotted} {problem}; {fix}")
+
+    if not _ACCOUNT_RE.match(cfg.account_id):
+        fail("account_id", f"= {cfg.account_id!r} is not a 12-digit AWS account id",
+             "write it as a quoted string of 12 digits, e.g. \"123456789012\"")
+    if not _REGION_RE.match(cfg.region):
+        fail("region", f"= {cfg.region!r} is not an AWS region", "use a region code such as \"eu-west-1\"")
+
+    net = cfg.network
+    try:
+        vpc = ipaddress.ip_network(net.vpc_cidr, strict=True)
+    except ValueError as exc:
+        fail("network.vpc_cidr", f"= {net.vpc_cidr!r} is not a valid network ({exc})",
+             "use a network address such as \"10.40.0.0/16\"")
+        raise  # unreachable, for type checkers
+    if not isinstance(vpc, ipaddress.IPv4Network) or not vpc.is_private:
+        fail("network.vpc_cidr", f"= {net.vpc_cidr!r} is not a private IPv4 range",
+             "use a range inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16")
+    if not 16 <= vpc.prefixlen <= 20:
+        fail("network.vpc_cidr", f"has prefix /{vpc.prefixlen}",
+             "AWS allows /16 to /28 and we carve 12 /24 subnets, so use a prefix from /16 to /20")
+    if not 2 <= net.az_count <= 3:
+        fail("network.az_count", f"= {net.az_count} is out of range", "use 2 or 3")
+    if net.nat_per_az and net.egress != "nat":
+        fail("network.nat_per_az", "is true but egress is not \"nat\"",
+             "set egress = \"nat\" or remove nat_per_az")
+
+    if not 1 <= cfg.relay.root_volume_gb <= 100:
+        fail("relay.root_volume_gb", f"= {cfg.relay.root_volume_gb} is out of range", "use 8 to 100")
+    if "." not in cfg.relay.instance_type:
+        fail("relay.instance_type", f"= {cfg.relay.instance_type!r} is not an instance type", "e.g. \"t4g.nano\"")
+
+    db = cfg.database
+    _port(fail, "database.port", db.port)
+    if not re.match(r"^\d{2}(\.\d+)?$", db.engine_version):
+        fail("database.engine_version", f"= {db.engine_version!r} is not a PostgreSQL version", "e.g. \"16\" or \"16.4\"")
+    if not db.instance_class.startswith("db."):
+        fail("database.instance_class", f"= {db.instance_class!r} is not an RDS class", "e.g. \"db.t4g.small\"")
+    if not 20 <= db.allocated_storage_gb <= 65536:
+        fail("database.allocated_storage_gb", f"= {db.allocated_storage_gb} is out of range", "gp3 needs 20 GB or more")
+    for key, value in (("database.name", db.name), ("database.username", db.username)):
+        if not _IDENT_RE.match(value):
+            fail(key, f"= {value!r} is not a PostgreSQL identifier", "start with a letter; letters, digits, '_'")
+    if not 0 <= db.backup_retention_days <= 35:
+        fail("database.backup_retention_days", f"= {db.backup_retention_days} is out of range", "use 0 to 35")
+    if not cfg.sandbox:
+        if db.sslmode == "disable":
+            fail("database.sslmode", "= \"disable\" outside the sandbox",
+                 "RDS forces SSL here; use \"require\" or \"verify-full\"")
+        if not db.deletion_protection and cfg.is_prod:
+            fail("database.deletion_protection", "is false for a production environment", "set it to true")
+    if db.sslmode in ("verify-ca", "verify-full") and not db.ca_bundle and not cfg.sandbox:
+        fail("database.ca_bundle", f"is empty but sslmode = {db.sslmode!r} needs it",
+             "point it at the RDS CA bundle (global-bundle.pem) or use sslmode = \"require\"")
+
+    s = cfg.session
+    if not 1 <= s.idle_timeout_minutes <= 60:
+        fail("session.idle_timeout_minutes", f"= {s.idle_timeout_minutes} is out of range", "AWS allows 1 to 60")
+    if not 1 <= s.max_session_minutes <= 1440:
+        fail("session.max_session_minutes", f"= {s.max_session_minutes} is out of range", "AWS allows 1 to 1440")
+    valid_retention = {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+                       2922, 3288, 3653}
+    if s.log_retention_days not in valid_retention:
+        fail("session.log_retention_days", f"= {s.log_retention_days} is not a CloudWatch retention value",
+             f"use one of {sorted(valid_retention)}")
+
+    for principal in cfg.access.developer_principals:
+        if not _PRINCIPAL_RE.match(principal):
+            fail("access.developer_principals", f"contains {principal!r}, not an IAM principal ARN",
+                 "use ARNs like \"arn:aws:iam::123456789012:role/Engineers\"")
+
+    st = cfg.state
+    if st.backend == "s3":
+        if not _BUCKET_RE.match(st.bucket):
+            fail("state.bucket", f"= {st.bucket!r} is not an S3 bucket name",
+                 "set the state bucket name, or backend = \"local\" for a throwaway environment")
+        if not st.key.endswith(".tfstate"):
+            fail("state.key", f"= {st.key!r} does not end in .tfstate", "e.g. \"bastionless/prod.tfstate\"")
+        if st.region and not _REGION_RE.match(st.region):
+            fail("state.region", f"= {st.region!r} is not an AWS region", "use a region code, or leave it empty")
+    elif not cfg.sandbox and cfg.is_prod:
+        fail("state.backend", "= \"local\" for a production environment", "use backend = \"s3\" with a bucket")
+
+    _port(fail, "tunnel.local_port", cfg.tunnel.local_port, allow_zero=True)
+
+
+def _port(fail: Any, dotted: str, value: int, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if not low <= value <= 65535:
+        fail(dotted, f"= {value} is not a TCP port", f"use {low} to 65535")
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
