@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 
-import stacks  # noqa: F401  (installs the fast provider import before any provider module loads)
 from cdktf import App
 
 from ops.config import available_envs, load_env
+
+# Importing anything under `stacks` first runs stacks/__init__.py, which installs the fast provider
+# import before any provider module loads.
 from stacks.stack import BastionlessStack
 
 

@@ -18,13 +18,14 @@ from botocore.config import Config
 from ops.config import PROJECT_ROOT, EnvConfig
 from ops.errors import AccountMismatchError, CredentialsError, OpsError
 
-# Where the sandbox keeps its pids, ports and data. Tests point it elsewhere.
+
 def state_dir() -> Path:
+    """Where the sandbox keeps its pids, ports and data (and tunnels their state); tests point it elsewhere."""
     return Path(os.environ.get("BASTIONLESS_STATE_DIR", PROJECT_ROOT / ".sandbox"))
 
 
 ENDPOINTS_FILE = "endpoints.json"
-SANDBOX_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}  # noqa: S105 (emulator)
+SANDBOX_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
 class SandboxNotRunningError(OpsError):
@@ -45,7 +46,11 @@ def sandbox_endpoints() -> dict[str, str]:
 
 def session(cfg: EnvConfig) -> boto3.Session:
     if cfg.sandbox:
-        return boto3.Session(region_name=cfg.region, **SANDBOX_CREDENTIALS)
+        return boto3.Session(
+            region_name=cfg.region,
+            aws_access_key_id=SANDBOX_CREDENTIALS["aws_access_key_id"],
+            aws_secret_access_key=SANDBOX_CREDENTIALS["aws_secret_access_key"],
+        )
     return boto3.Session(region_name=cfg.region)
 
 
@@ -57,11 +62,10 @@ def endpoint_for(cfg: EnvConfig, service: str) -> str | None:
 
 
 def client(cfg: EnvConfig, service: str, **config: Any) -> Any:
-    retries = {"max_attempts": 3, "mode": "standard"}
     return session(cfg).client(
         service,  # type: ignore[call-overload]
         endpoint_url=endpoint_for(cfg, service),
-        config=Config(retries=retries, connect_timeout=5, read_timeout=30, **config),
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30, **config),
     )
 
 

@@ -232,11 +232,11 @@ def _coerce(where: str, dotted: str, value: Any, typ: Any) -> Any:
         return tuple(value)
     # bool is a subclass of int: check it first so `port = true` is rejected.
     if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{where}: {dotted} must be a whole number, got {value!r}")
+        raise ConfigError(f"{where}: {dotted} must be a whole number, got {value!r}; write digits without quotes")
     if typ is bool and not isinstance(value, bool):
-        raise ConfigError(f"{where}: {dotted} must be true or false, got {value!r}")
+        raise ConfigError(f"{where}: {dotted} must be true or false, got {value!r}; write true or false without quotes")
     if typ is str and not isinstance(value, str):
-        raise ConfigError(f"{where}: {dotted} must be a quoted string, got {value!r}")
+        raise ConfigError(f"{where}: {dotted} must be a quoted string, got {value!r}; put the value in double quotes")
     return value
 
 
@@ -272,12 +272,14 @@ def _validate(where: str, cfg: EnvConfig) -> None:
     if not 1 <= cfg.relay.root_volume_gb <= 100:
         fail("relay.root_volume_gb", f"= {cfg.relay.root_volume_gb} is out of range", "use 8 to 100")
     if "." not in cfg.relay.instance_type:
-        fail("relay.instance_type", f"= {cfg.relay.instance_type!r} is not an instance type", "e.g. \"t4g.nano\"")
+        fail("relay.instance_type", f"= {cfg.relay.instance_type!r} is not an instance type",
+             "e.g. \"t4g.nano\"")
 
     db = cfg.database
     _port(fail, "database.port", db.port)
     if not re.match(r"^\d{2}(\.\d+)?$", db.engine_version):
-        fail("database.engine_version", f"= {db.engine_version!r} is not a PostgreSQL version", "e.g. \"16\" or \"16.4\"")
+        fail("database.engine_version", f"= {db.engine_version!r} is not a PostgreSQL version",
+             "e.g. \"16\" or \"16.4\"")
     if not db.instance_class.startswith("db."):
         fail("database.instance_class", f"= {db.instance_class!r} is not an RDS class", "e.g. \"db.t4g.small\"")
     if not 20 <= db.allocated_storage_gb <= 65536:

@@ -1,0 +1,28 @@
+"""Shared test set-up: every test runs against its own state dir, never a developer's sandbox."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+if "BASTIONLESS_PROVIDER_MIRROR" not in os.environ and Path("/opt/tf-plugins").is_dir():
+    os.environ["BASTIONLESS_PROVIDER_MIRROR"] = "/opt/tf-plugins"
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A session-wide state dir so a test run never touches `.sandbox/` of the working tree."""
+    path = tmp_path_factory.mktemp("state")
+    old = os.environ.get("BASTIONLESS_STATE_DIR")
+    os.environ["BASTIONLESS_STATE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("BASTIONLESS_STATE_DIR", None)
+    else:
+        os.environ["BASTIONLESS_STATE_DIR"] = old
