@@ -1,0 +1,443 @@
+"""Run terraform on a synthesized stack: init, validate, plan, apply, destroy, outputs.
+
+Terraform's own output streams to the user's terminal as it comes; a non-zero exit becomes a
+CommandFailedError carrying terraform's exit code. Terraform runs in its own process group so a
+Ctrl-C reaches it only through us: we forward it and then wait until terraform has stopped and
+released its state lock, instead of dying first and leaving it orphaned with the lock held. Because
+it is not in the terminal's foreground group, terraform never prompts (`-input=false`); callers
+confirm before calling `apply`/`destroy` (cli/deploy.py).
+
+Per environment, under `<state dir>/terraform/<env>/`: the data dir (TF_DATA_DIR, so re-synthesis
+never throws away providers or backend settings) and, when a provider mirror is in use, the CLI
+config that points terraform at it. `init` is skipped when nothing it depends on has changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from ops import aws
+from ops.config import EnvConfig
+from ops.errors import CommandFailedError, OpsError, ToolMissingError
+
+MIN_TERRAFORM = (1, 5)
+MIRROR_ENV = "BASTIONLESS_PROVIDER_MIRROR"
+DEFAULT_AWS_PROVIDER_VERSION = "5.100.0"
+INSTALL_HINT = "install Terraform >= 1.5 (https://developer.hashicorp.com/terraform/install) and put it on PATH"
+INIT_STAMP = "bastionless-init.json"
+_SYNTH_FILE = "cdk.tf.json"
+_VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
+
+
+class Terraform:
+    """terraform for one environment, run in `workdir` (the directory holding cdk.tf.json)."""
+
+    def __init__(self, cfg: EnvConfig, workdir: Path, extra_env: Mapping[str, str] | None = None) -> None:
+        self.cfg = cfg
+        self.workdir = Path(workdir)
+        self.extra_env = dict(extra_env or {})
+        self.home = aws.state_dir() / "terraform" / cfg.name
+        self._prepared_env: dict[str, str] | None = None
+
+    # ---- paths -------------------------------------------------------------------------------
+
+    @property
+    def local_state_path(self) -> Path:
+        """Where the local backend keeps state (sandbox and other `backend = "local"` envs)."""
+        return aws.state_dir() / "terraform" / f"{self.cfg.name}.tfstate"
+
+    @property
+    def local_lock_path(self) -> Path:
+        """The local backend's lock file; it exists exactly while a terraform run holds the lock."""
+        state = self.local_state_path
+        return state.with_name(f".{state.name}.lock.info")
+
+    def data_dir(self, *, backend: bool = True) -> Path:
+        # `init -backend=false` (validate) must not overwrite the backend settings of the real one.
+        return self.home / ("data" if backend else "data-nobackend")
+
+    @property
+    def cli_config_path(self) -> Path:
+        return self.home / "cli.tfrc"
+
+    # ---- commands ----------------------------------------------------------------------------
+
+    def init(self, *, backend: bool = True, force: bool = False) -> bool:
+        """`terraform init`; returns False when skipped because the last init is still current."""
+        env = self._env(backend=backend)
+        args = ["init", "-input=false", *self._color(), f"-backend={'true' if backend else 'false'}"]
+        if backend and self.cfg.state.backend == "local":
+            self.local_state_path.parent.mkdir(parents=True, exist_ok=True)
+            args.append(f"-backend-config=path={self.local_state_path}")
+        key = self._init_key(args, env)
+        if not force and self._init_current(key, backend=backend):
+            return False
+        self._stamp_path(backend).unlink(missing_ok=True)
+        # init's chatter is progress, not a result: keep stdout clean for `outputs --json` callers.
+        self._run(args, env=env, what="terraform init", stdout=sys.stderr)
+        self.data_dir(backend=backend).mkdir(parents=True, exist_ok=True)
+        self._stamp_path(backend).write_text(json.dumps({"key": key}) + "\n")
+        return True
+
+    def validate(self) -> None:
+        """`terraform init -backend=false` (when needed) and `terraform validate`."""
+        self.init(backend=False)
+        self._run(["validate", *self._color()], env=self._env(backend=False), what="terraform validate")
+
+    def plan(self, *, detailed_exitcode: bool = False, destroy: bool = False, out: Path | None = None) -> int:
+        """`terraform plan`. Returns 0, or 2 with `detailed_exitcode` when there are changes.
+
+        `out` (a saved plan for `apply(plan_file=...)`) is relative to the stack directory unless absolute.
+        """
+        self.init()
+        args = ["plan", "-input=false", *self._color()]
+        if detailed_exitcode:
+            args.append("-detailed-exitcode")
+        if destroy:
+            args.append("-destroy")
+        if out is not None:
+            args.append(f"-out={out}")
+        ok = (0, 2) if detailed_exitcode else (0,)
+        return self._run(args, env=self._env(), what="terraform plan", ok=ok)
+
+    def apply(self, *, plan_file: Path | None = None, auto_approve: bool = False) -> None:
+        """`terraform apply` of a saved plan, or of a fresh plan when `auto_approve` (already confirmed)."""
+        if plan_file is None and not auto_approve:
+            raise ValueError("apply needs a saved plan_file or auto_approve=True: terraform cannot prompt here; "
+                             "confirm first, then pass auto_approve=True")
+        self.init()
+        args = ["apply", "-input=false", *self._color()]
+        args += [str(plan_file)] if plan_file is not None else ["-auto-approve"]
+        self._run(args, env=self._env(), what="terraform apply")
+
+    def destroy(self, *, auto_approve: bool = False) -> None:
+        """`terraform destroy`; the caller confirms first (terraform cannot prompt here)."""
+        if not auto_approve:
+            raise ValueError("destroy needs auto_approve=True: confirm with the user first")
+        self.init()
+        self._run(["destroy", "-input=false", "-auto-approve", *self._color()], env=self._env(),
+                  what="terraform destroy")
+
+    def outputs(self) -> dict[str, Any]:
+        """The stack outputs as plain values (`terraform output -json`, without the type wrappers)."""
+        self.init()
+        proc = self._capture(["output", "-json", "-no-color"], env=self._env())
+        try:
+            data = json.loads(proc.stdout or "{}")
+        except ValueError as exc:
+            raise OpsError(f"terraform output -json printed something that is not JSON ({exc})") from None
+        return {str(name): item.get("value") for name, item in data.items() if isinstance(item, dict)}
+
+    # ---- environment and init bookkeeping ----------------------------------------------------
+
+    def _env(self, *, backend: bool = True) -> dict[str, str]:
+        if self._prepared_env is None:
+            self._prepared_env = self._prepare()
+        env = dict(self._prepared_env)
+        env["TF_DATA_DIR"] = str(self.data_dir(backend=backend))
+        return env
+
+    def _prepare(self) -> dict[str, str]:
+        """Check the tools once, write the CLI config if a mirror is in use, build the child env."""
+        binary = terraform_binary()
+        terraform_version(binary)
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env["TF_IN_AUTOMATION"] = "1"
+        env["CHECKPOINT_DISABLE"] = "1"
+        self.home.mkdir(parents=True, exist_ok=True)
+        mirror = provider_mirror(self.cfg)
+        if mirror is not None:
+            providers = required_providers(self.workdir)
+            check_mirror(mirror, providers, platform=terraform_platform(binary), cfg=self.cfg)
+            _write_if_changed(self.cli_config_path, cli_config(mirror, providers))
+            env["TF_CLI_CONFIG_FILE"] = str(self.cli_config_path)
+        env["BASTIONLESS_TERRAFORM"] = binary
+        return env
+
+    def _init_key(self, args: Sequence[str], env: Mapping[str, str]) -> str:
+        h = hashlib.sha256()
+        # Colour depends on the terminal, not on what init sets up.
+        h.update(json.dumps([a for a in args if a != "-no-color"]).encode())
+        h.update(terraform_version(env["BASTIONLESS_TERRAFORM"]).encode())
+        cli = env.get("TF_CLI_CONFIG_FILE")
+        if cli and Path(cli).is_file():
+            h.update(Path(cli).read_bytes())
+        try:
+            block = json.loads((self.workdir / _SYNTH_FILE).read_text()).get("terraform", {})
+        except (FileNotFoundError, ValueError):
+            block = {}
+        # Only the terraform block matters to init: required providers and the backend.
+        h.update(json.dumps(block, sort_keys=True).encode())
+        return h.hexdigest()
+
+    def _stamp_path(self, backend: bool) -> Path:
+        return self.data_dir(backend=backend) / INIT_STAMP
+
+    def _init_current(self, key: str, *, backend: bool) -> bool:
+        if not self.data_dir(backend=backend).is_dir():
+            return False
+        # The lock file lives next to cdk.tf.json: deleting cdktf.out must bring init back. A
+        # configuration without providers (only built-ins) gets no lock file.
+        if required_providers(self.workdir) and not (self.workdir / ".terraform.lock.hcl").is_file():
+            return False
+        try:
+            stamp = json.loads(self._stamp_path(backend).read_text())
+        except (FileNotFoundError, ValueError):
+            return False
+        return isinstance(stamp, dict) and stamp.get("key") == key
+
+    @staticmethod
+    def _color() -> list[str]:
+        return [] if _tty() else ["-no-color"]
+
+    # ---- running terraform -------------------------------------------------------------------
+
+    def _argv(self, args: Sequence[str], env: Mapping[str, str]) -> list[str]:
+        return [env["BASTIONLESS_TERRAFORM"], *args]
+
+    def _run(self, args: Sequence[str], *, env: Mapping[str, str], what: str, ok: Sequence[int] = (0,),
+             stdout: TextIO | None = None) -> int:
+        if not self.workdir.joinpath(_SYNTH_FILE).is_file() and not any(self.workdir.glob("*.tf*")):
+            raise OpsError(f"{self.workdir} has no Terraform configuration",
+                           next_step=f"invoke synth --env {self.cfg.name}")
+        code = run_streaming(self._argv(args, env), cwd=self.workdir, env=env, stdout=stdout)
+        if code not in ok:
+            raise CommandFailedError(f"{what} failed for {self.cfg.name} (exit code {code}); its output is above",
+                                     returncode=code)
+        return code
+
+    def _capture(self, args: Sequence[str], *, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(self._argv(args, env), cwd=self.workdir, env=dict(env), capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, check=False)
+        if proc.returncode != 0:
+            detail = _first_error(proc.stderr) or f"exit code {proc.returncode}"
+            raise CommandFailedError(f"terraform {args[0]} failed for {self.cfg.name}: {detail}",
+                                     returncode=proc.returncode)
+        return proc
+
+
+def run_streaming(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdout: TextIO | None = None) -> int:
+    """Run a command with inherited stdout/stderr; forward Ctrl-C and wait for it to exit.
+
+    Returns the exit code. After an interrupt, raises CommandFailedError(returncode=130) once the
+    child has exited, so the caller never leaves it running with a lock held.
+    """
+    try:
+        proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                                stdout=_fileno(stdout), process_group=0)
+    except FileNotFoundError:
+        raise ToolMissingError(f"{argv[0]} was not found; {INSTALL_HINT}") from None
+    interrupts = 0
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:
+            interrupts += 1
+            if proc.poll() is None:
+                if interrupts == 1:
+                    sys.stderr.write("\ninterrupt: asking terraform to stop cleanly (it releases its state lock); "
+                                     "press Ctrl-C again to abort it hard\n")
+                # The whole group, as a terminal would: terraform and its provider plugins.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGINT)
+    if interrupts:
+        raise CommandFailedError(f"interrupted; {Path(argv[0]).name} {argv[1] if len(argv) > 1 else ''} "
+                                 f"stopped (exit code {code})", returncode=130)
+    return code
+
+
+def _fileno(stream: TextIO | None) -> int | None:
+    """The stream's descriptor for a child to inherit; None (our stdout) when it has none (captured)."""
+    if stream is None:
+        return None
+    try:
+        stream.flush()
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+# ---- tools, mirror, CLI config --------------------------------------------------------------
+
+
+def terraform_binary() -> str:
+    found = shutil.which("terraform")
+    if found is None:
+        raise ToolMissingError(f"terraform is not on PATH; {INSTALL_HINT}")
+    return found
+
+
+@functools.lru_cache(maxsize=8)
+def _version_info(binary: str) -> tuple[str, str]:
+    try:
+        proc = subprocess.run([binary, "version", "-json"], capture_output=True, text=True, check=False,
+                              stdin=subprocess.DEVNULL, env={**os.environ, "CHECKPOINT_DISABLE": "1"}, timeout=60)
+    except (FileNotFoundError, PermissionError):
+        raise ToolMissingError(f"{binary} cannot be run; {INSTALL_HINT}") from None
+    try:
+        data = json.loads(proc.stdout)
+        return str(data["terraform_version"]), str(data.get("platform", ""))
+    except (ValueError, KeyError, TypeError):
+        # Versions before 0.13 have no -json; they are too old anyway.
+        match = re.search(r"Terraform v(\S+)", proc.stdout)
+        return (match.group(1) if match else "unknown"), ""
+
+
+def terraform_version(binary: str | None = None) -> str:
+    """The terraform version; ToolMissingError when terraform is missing or older than 1.5."""
+    binary = binary or terraform_binary()
+    version, _ = _version_info(binary)
+    match = _VERSION_RE.match(version)
+    if match is None or (int(match.group(1)), int(match.group(2))) < MIN_TERRAFORM:
+        raise ToolMissingError(f"terraform {version} at {binary} is too old; {INSTALL_HINT}")
+    return version
+
+
+def terraform_platform(binary: str | None = None) -> str:
+    _, platform = _version_info(binary or terraform_binary())
+    return platform
+
+
+def provider_mirror(cfg: EnvConfig) -> Path | None:
+    """The provider mirror directory: the env's [terraform] provider_mirror, else the environment variable."""
+    chosen = cfg.terraform.provider_mirror or os.environ.get(MIRROR_ENV, "")
+    if not chosen:
+        return None
+    path = Path(chosen).expanduser()
+    return path if path.is_absolute() else cfg.source.parent.parent / path
+
+
+def required_providers(workdir: Path) -> dict[str, str]:
+    """Provider address -> version constraint from the synthesized JSON (source `aws` is hashicorp/aws)."""
+    try:
+        block = json.loads((workdir / _SYNTH_FILE).read_text()).get("terraform", {})
+    except (FileNotFoundError, ValueError):
+        # Not synthesized by us (hand-written *.tf): assume what our stacks need.
+        return {"registry.terraform.io/hashicorp/aws": DEFAULT_AWS_PROVIDER_VERSION}
+    found: dict[str, str] = {}
+    for name, spec in (block.get("required_providers") or {}).items():
+        spec = spec if isinstance(spec, dict) else {"version": str(spec)}
+        found[_provider_address(str(spec.get("source") or name))] = str(spec.get("version", ""))
+    return found
+
+
+def _provider_address(source: str) -> str:
+    parts = source.lower().split("/")
+    if len(parts) == 1:
+        return f"registry.terraform.io/hashicorp/{parts[0]}"
+    if len(parts) == 2:
+        return f"registry.terraform.io/{parts[0]}/{parts[1]}"
+    return "/".join(parts)
+
+
+def check_mirror(mirror: Path, providers: Mapping[str, str], *, platform: str, cfg: EnvConfig) -> None:
+    """ToolMissingError naming the fix when the mirror lacks a provider version this stack needs."""
+    origin = "[terraform] provider_mirror in " + cfg.source.name if cfg.terraform.provider_mirror else MIRROR_ENV
+    if not mirror.is_dir():
+        raise ToolMissingError(
+            f"the provider mirror {mirror} (from {origin}) does not exist; create it with "
+            f"`terraform providers mirror {mirror}` on a connected machine, or unset {origin} to use the registry")
+    for address, version in providers.items():
+        exact = version.lstrip("= ").strip()
+        base = mirror / address
+        if _mirror_has(base, exact, platform):
+            continue
+        name = address.rsplit("/", 1)[-1]
+        have = sorted(p.name for p in base.iterdir() if p.is_dir() or p.suffix == ".zip") if base.is_dir() else []
+        need = f"{address} {exact or '(any version)'} for {platform or 'this platform'}"
+        raise ToolMissingError(
+            f"the provider mirror {mirror} (from {origin}) has no {need}"
+            + (f" (it has: {', '.join(have)})" if have else "")
+            + f"; add it with `terraform providers mirror -platform={platform or 'linux_amd64'} {mirror}` run in "
+            f"a synthesized stack directory on a connected machine (needs terraform-provider-{name} {exact})")
+
+
+def _mirror_has(base: Path, version: str, platform: str) -> bool:
+    if not base.is_dir():
+        return False
+    if not version or not re.fullmatch(r"[\w.+-]+", version):
+        # A range rather than a pin: any version present may satisfy it; terraform decides.
+        return any(base.iterdir())
+    unpacked = base / version / platform if platform else base / version
+    if unpacked.is_dir() and any(unpacked.iterdir()):
+        return True
+    name = base.name
+    return any(base.glob(f"terraform-provider-{name}_{version}_{platform or '*'}.zip"))
+
+
+def cli_config(mirror: Path, providers: Mapping[str, str]) -> str:
+    """A terraform CLI config that installs these providers from the mirror and everything else directly."""
+    addresses = ", ".join(json.dumps(a) for a in sorted(providers)) or '"registry.terraform.io/hashicorp/aws"'
+    return (
+        "# Generated by bastionless (ops/terraform.py): providers from the mirror, nothing else changed.\n"
+        "provider_installation {\n"
+        "  filesystem_mirror {\n"
+        f"    path    = {json.dumps(str(mirror))}\n"
+        f"    include = [{addresses}]\n"
+        "  }\n"
+        "  direct {\n"
+        f"    exclude = [{addresses}]\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if path.is_file() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, prefix=path.name) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
+def _first_error(stderr: str) -> str:
+    for line in stderr.splitlines():
+        text = line.strip(" │╷╵\t")
+        if text.startswith("Error:"):
+            return text
+    return next((ln.strip() for ln in stderr.splitlines() if ln.strip()), "")
+
+
+def _tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def for_env(cfg: EnvConfig, *, extra_env: Mapping[str, str] | None = None, force_synth: bool = False) -> Terraform:
+    """Synthesize the environment (cached) and return its Terraform runner: the usual first step of a task."""
+    from ops.synth import synth
+
+    terraform_version()
+    return Terraform(cfg, synth(cfg, force=force_synth), extra_env)
+
+
+def validate_envs(cfgs: Sequence[EnvConfig], *, force_synth: bool = False) -> None:
+    """Synthesize (cached) and `terraform validate` each environment, offline-capable via the mirror."""
+    from ops.synth import synth_many
+
+    # Fail on a missing tool before spending a synth on it.
+    terraform_version()
+    for cfg in cfgs:
+        mirror = provider_mirror(cfg)
+        if mirror is not None and not mirror.is_dir():
+            check_mirror(mirror, {}, platform="", cfg=cfg)
+    workdirs = synth_many(cfgs, force=force_synth)
+    for cfg in cfgs:
+        sys.stderr.write(f"validating {cfg.name}...\n")
+        sys.stderr.flush()
+        Terraform(cfg, workdirs[cfg.name]).validate()

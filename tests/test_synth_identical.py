@@ -1,0 +1,29 @@
+"""The fast import is an optimisation only: the Terraform JSON is byte-for-byte the stock import's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ops.config import available_envs, load_env
+from ops.synth import SYNTH_FILE, synth_many
+from tests.conftest import PROJECT_ROOT
+
+
+@pytest.mark.slow
+def test_fast_and_stock_import_synthesize_identical_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not (PROJECT_ROOT / "stacks" / "stack.py").is_file():
+        pytest.skip("stacks/stack.py does not exist yet")
+    cfgs = [load_env(name) for name in available_envs()]
+    assert {"sandbox", "prod"} <= {c.name for c in cfgs}
+
+    fast = synth_many(cfgs, force=True, outdir=tmp_path / "fast")
+    monkeypatch.setenv("BASTIONLESS_STOCK_IMPORT", "1")
+    stock = synth_many(cfgs, force=True, outdir=tmp_path / "stock")
+
+    for cfg in cfgs:
+        fast_bytes = (fast[cfg.name] / SYNTH_FILE).read_bytes()
+        stock_bytes = (stock[cfg.name] / SYNTH_FILE).read_bytes()
+        assert len(fast_bytes) > 1000, f"{cfg.name}: suspiciously small synth output"
+        assert fast_bytes == stock_bytes, f"{cfg.name}: the fast import changed the synthesized JSON"
