@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
 import pytest
-from invoke import Collection, Exit, Task
+from invoke import Argument, Collection, Exit, Task
 
 from cli._common import ops_errors
 from ops.errors import CommandFailedError, ConfigError
@@ -18,6 +19,13 @@ def _namespace() -> Collection:
     import tasks
 
     return tasks.ns
+
+
+def task_arguments(task: Task) -> list[Argument]:  # type: ignore[type-arg]
+    """A task's Arguments without side effects: invoke pops entries from `task.help` while building them."""
+    probe = copy.copy(task)
+    probe.help = dict(task.help)
+    return probe.get_arguments()
 
 
 def _tasks() -> list[tuple[str, Task]]:  # type: ignore[type-arg]
@@ -35,8 +43,7 @@ def test_namespace_is_flat_and_non_empty() -> None:
 def test_every_task_documents_itself_and_every_flag(name: str, task: Task) -> None:  # type: ignore[type-arg]
     doc = (task.__doc__ or "").strip()
     assert doc, f"task {name} has no docstring (its first line is the --list summary)"
-    # invoke pops entries from task.help while building Arguments, so read the help off the Arguments.
-    missing = [a.name for a in task.get_arguments() if not (a.help or task.help.get(a.name))]
+    missing = [a.name for a in task_arguments(task) if not a.help]
     assert not missing, f"task {name}: no help= for {missing}"
 
 

@@ -1,0 +1,130 @@
+"""The sandbox demo: the commands a user types, run one after another, then a summary.
+
+Each step runs the real `invoke` task in a child process, exactly as a person would type it, so the
+demo shows (and checks) the user-facing commands rather than library calls behind them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from ops.aws import state_dir
+from ops.config import PROJECT_ROOT
+from ops.errors import CommandFailedError
+
+ENV = "sandbox"
+
+
+@dataclass(frozen=True)
+class Step:
+    title: str
+    argv: tuple[str, ...]
+    # A step whose failure does not stop the demo (clean-up steps).
+    always: bool = False
+
+
+@dataclass
+class StepResult:
+    step: Step
+    returncode: int
+    seconds: float
+
+
+@dataclass
+class DemoReport:
+    results: list[StepResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.returncode == 0 for r in self.results)
+
+    def summary(self) -> str:
+        width = max((len(r.step.title) for r in self.results), default=10)
+        lines = ["", "Summary of the sandbox demo", "-" * (width + 24)]
+        for r in self.results:
+            status = "ok" if r.returncode == 0 else f"FAILED ({r.returncode})"
+            lines.append(f"{r.step.title:<{width}}  {r.seconds:7.1f} s  {status}")
+        total = sum(r.seconds for r in self.results)
+        lines.append("-" * (width + 24))
+        lines.append(f"{'total':<{width}}  {total:7.1f} s  {'ok' if self.ok else 'FAILED'}")
+        return "\n".join(lines)
+
+
+def dbeaver_workspace() -> Path:
+    """The demo writes DBeaver's config into the sandbox, never into the user's real workspace."""
+    return state_dir() / "dbeaver-workspace"
+
+
+def steps(*, keep: bool) -> list[Step]:
+    invoke = (sys.executable, "-m", "invoke")
+    run: list[Step] = [
+        Step("start the sandbox (moto, PostgreSQL, Session Manager endpoint)", (*invoke, "sandbox", "up")),
+        Step("deploy the sandbox stack with terraform", (*invoke, "deploy", "--env", ENV, "--yes")),
+        Step("show the stack outputs", (*invoke, "outputs", "--env", ENV)),
+        Step("preflight: doctor", (*invoke, "doctor", "--env", ENV)),
+        Step("open a tunnel in the background", (*invoke, "tunnel", "--env", ENV, "--background",
+                                                 "--reason", "sandbox demo")),
+        Step("list running tunnels", (*invoke, "tunnels")),
+        Step("migrate the database to head", (*invoke, "migrate", "--env", ENV, "--yes")),
+        Step("migration status", (*invoke, "migrate-status", "--env", ENV)),
+        Step("query through the tunnel with psql", (*invoke, "psql", "--env", ENV, "-c",
+                                                    "select current_user, version_num from alembic_version")),
+        Step("write a DBeaver connection (sandbox workspace)", (*invoke, "dbeaver", "--env", ENV,
+                                                                "--workspace", str(dbeaver_workspace()))),
+        Step("run a command in the Fargate task (ECS Exec)", (*invoke, "ecs-shell", "--env", ENV, "--command",
+                                                              "echo hello from the task")),
+        Step("who opened sessions: audit", (*invoke, "audit", "--env", ENV, "--since", "1h")),
+        Step("close the tunnel", (*invoke, "tunnel-close", "--env", ENV), always=True),
+    ]
+    if not keep:
+        run.append(Step("stop the sandbox", (*invoke, "sandbox", "down"), always=True))
+    return run
+
+
+Runner = Callable[[Sequence[str]], int]
+
+
+def _run_child(argv: Sequence[str]) -> int:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.call(list(argv), cwd=PROJECT_ROOT, env=env)
+
+
+def run_demo(*, keep: bool = False, runner: Runner = _run_child, out: TextIO = sys.stdout) -> DemoReport:
+    """Run every step; after a failure, only the clean-up steps still run. Raises when any step failed."""
+    report = DemoReport()
+    failed = False
+    for step in steps(keep=keep):
+        if failed and not step.always:
+            continue
+        out.write(f"\n\033[1m==> {step.title}\033[0m\n$ {_display(step.argv)}\n")
+        out.flush()
+        started = time.monotonic()
+        try:
+            code = runner(step.argv)
+        except KeyboardInterrupt:
+            code = 130
+        report.results.append(StepResult(step, code, time.monotonic() - started))
+        failed = failed or code != 0
+    out.write(report.summary() + "\n")
+    if keep and report.ok:
+        out.write("\nThe sandbox is still running: try `invoke tunnel --env sandbox`; "
+                  "stop it with `invoke sandbox down`.\n")
+    if not report.ok:
+        first = next(r for r in report.results if r.returncode != 0)
+        raise CommandFailedError(f"demo step failed: {first.step.title}", returncode=first.returncode,
+                                 next_step=_display(first.step.argv))
+    return report
+
+
+def _display(argv: Sequence[str]) -> str:
+    # Show the command as the user would type it.
+    if len(argv) > 2 and argv[1:3] == ("-m", "invoke"):
+        argv = ("invoke", *argv[3:])
+    return " ".join(a if a and " " not in a else repr(a) for a in argv)
