@@ -40,6 +40,7 @@ LAZY_PROVIDER_JS = Path("stacks") / "lazy_provider.js"
 STOCK_IMPORT_ENV = "BASTIONLESS_STOCK_IMPORT"
 # cdktf settings that would change what the app writes; the child must not inherit them.
 _CDKTF_ENV_OVERRIDES = ("CDKTF_OUTDIR", "CDKTF_TARGET_STACK_ID", "CDKTF_CONTEXT_JSON", "SYNTH_HCL_OUTPUT")
+_SKIP_VALIDATION_ADVICE = re.compile(r"\s*If you wish to ignore these validations.*$", re.DOTALL)
 _JSII_BANNER = re.compile(r"""^b?['"]?!!""")
 _EXCEPTION_LINE = re.compile(r"^(?P<cls>[A-Za-z_][\w.]*(Error|Exception|Fault)): ?(?P<msg>.*)$")
 
@@ -155,6 +156,8 @@ def _child_error(code: int, stderr: str, names: list[str], log: Path, project_ro
     if cls.endswith("ConfigError"):
         return ConfigError(message)
     if "Validation failed" in message or "validation" in cls.lower():
+        # cdktf suggests `skipValidation`, which would switch the guardrails off: never the fix.
+        message = _SKIP_VALIDATION_ADVICE.sub("", message).strip()
         return GuardrailError(f"synthesizing {envs} failed validation: {message}",
                               next_step=f"see {where} for every finding")
     missing = re.match(r"No module named '([\w.]+)'", message)

@@ -154,10 +154,13 @@ def test_failed_run_invalidates_the_old_stamp(project: Path, tmp_path: Path,
 
 
 def test_project_module_missing_names_the_file(project: Path) -> None:
-    (project / "stacks" / "stack.py").unlink()
+    # Deleting a module from the copy is not enough: the editable install (`pip install -e .`) finds the
+    # working tree's stacks/ for anything missing in the copy. A module that exists nowhere is missing.
+    main = project / "main.py"
+    main.write_text(main.read_text().replace("from stacks.stack import", "from stacks.stack_deleted import"))
     with pytest.raises(OpsError) as exc:
         synth(_cfg(project), project_root=project)
-    assert "No module named 'stacks.stack'" in exc.value.message
+    assert "No module named 'stacks.stack_deleted'" in exc.value.message
     assert "a project file is missing" in exc.value.message
 
 

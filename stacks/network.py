@@ -1,0 +1,129 @@
+"""VPC with public, private-with-egress and isolated subnets per AZ; egress via NAT or interface endpoints."""
+
+from __future__ import annotations
+
+from cdktf import Fn
+from cdktf_cdktf_provider_aws.data_aws_availability_zones import DataAwsAvailabilityZones
+from cdktf_cdktf_provider_aws.default_security_group import DefaultSecurityGroup
+from cdktf_cdktf_provider_aws.eip import Eip
+from cdktf_cdktf_provider_aws.internet_gateway import InternetGateway
+from cdktf_cdktf_provider_aws.nat_gateway import NatGateway
+from cdktf_cdktf_provider_aws.route import Route
+from cdktf_cdktf_provider_aws.route_table import RouteTable
+from cdktf_cdktf_provider_aws.route_table_association import RouteTableAssociation
+from cdktf_cdktf_provider_aws.security_group import SecurityGroup
+from cdktf_cdktf_provider_aws.security_group_rule import SecurityGroupRule
+from cdktf_cdktf_provider_aws.subnet import Subnet
+from cdktf_cdktf_provider_aws.vpc import Vpc
+from cdktf_cdktf_provider_aws.vpc_endpoint import VpcEndpoint
+from constructs import Construct
+
+from ops.config import EgressMode, subnet_plan
+
+# What the SSM agent needs to reach Systems Manager without internet access.
+INTERFACE_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages")
+
+
+class Network(Construct):
+    """Per AZ: a public /24 (internet gateway), a private /24 (egress via NAT or endpoints), an isolated /24."""
+
+    vpc: Vpc
+    public_subnets: list[Subnet]
+    private_subnets: list[Subnet]
+    isolated_subnets: list[Subnet]
+    private_route_tables: list[RouteTable]
+    isolated_route_table: RouteTable
+    nat_gateways: list[NatGateway]
+    # Only in `endpoints` mode: the interface endpoints' security group and the endpoints.
+    endpoint_security_group: SecurityGroup | None
+    interface_endpoints: dict[str, VpcEndpoint]
+    s3_endpoint: VpcEndpoint | None
+
+    def __init__(self, scope: Construct, construct_id: str, *, name: str, region: str, cidr: str,
+                 az_count: int, egress: EgressMode, nat_per_az: bool) -> None:
+        super().__init__(scope, construct_id)
+        self.name = name
+        self.egress = egress
+        plan = subnet_plan(cidr, az_count)
+        azs = DataAwsAvailabilityZones(self, "Zones", state="available")
+
+        self.vpc = Vpc(self, "Vpc", cidr_block=cidr, enable_dns_support=True, enable_dns_hostnames=True,
+                       tags={"Name": name})
+        # The default security group would allow all traffic between its members: keep it empty.
+        DefaultSecurityGroup(self, "DefaultSecurityGroup", vpc_id=self.vpc.id, tags={"Name": f"{name}-default"})
+        igw = InternetGateway(self, "InternetGateway", vpc_id=self.vpc.id, tags={"Name": name})
+
+        public_rt = RouteTable(self, "PublicRouteTable", vpc_id=self.vpc.id, tags={"Name": f"{name}-public"})
+        Route(self, "PublicDefaultRoute", route_table_id=public_rt.id, destination_cidr_block="0.0.0.0/0",
+              gateway_id=igw.id)
+        # No route out: the database tier.
+        self.isolated_route_table = RouteTable(self, "IsolatedRouteTable", vpc_id=self.vpc.id,
+                                               tags={"Name": f"{name}-isolated"})
+
+        self.public_subnets, self.private_subnets, self.isolated_subnets = [], [], []
+        self.private_route_tables, self.nat_gateways = [], []
+        for i in range(az_count):
+            az = Fn.element(azs.names, i)
+            n = i + 1
+            public = Subnet(self, f"PublicSubnet{n}", vpc_id=self.vpc.id, cidr_block=plan["public"][i],
+                            availability_zone=az, map_public_ip_on_launch=False,
+                            tags={"Name": f"{name}-public-{n}", "bastionless:tier": "public"})
+            private = Subnet(self, f"PrivateSubnet{n}", vpc_id=self.vpc.id, cidr_block=plan["private"][i],
+                             availability_zone=az, tags={"Name": f"{name}-private-{n}", "bastionless:tier": "private"})
+            isolated = Subnet(self, f"IsolatedSubnet{n}", vpc_id=self.vpc.id, cidr_block=plan["isolated"][i],
+                              availability_zone=az,
+                              tags={"Name": f"{name}-isolated-{n}", "bastionless:tier": "isolated"})
+            RouteTableAssociation(self, f"PublicRouteAssoc{n}", subnet_id=public.id, route_table_id=public_rt.id)
+            private_rt = RouteTable(self, f"PrivateRouteTable{n}", vpc_id=self.vpc.id,
+                                    tags={"Name": f"{name}-private-{n}"})
+            RouteTableAssociation(self, f"PrivateRouteAssoc{n}", subnet_id=private.id,
+                                  route_table_id=private_rt.id)
+            RouteTableAssociation(self, f"IsolatedRouteAssoc{n}", subnet_id=isolated.id,
+                                  route_table_id=self.isolated_route_table.id)
+            self.public_subnets.append(public)
+            self.private_subnets.append(private)
+            self.isolated_subnets.append(isolated)
+            self.private_route_tables.append(private_rt)
+
+        if egress == "nat":
+            gateways = az_count if nat_per_az else 1
+            for i in range(gateways):
+                n = i + 1
+                eip = Eip(self, f"NatEip{n}", domain="vpc", tags={"Name": f"{name}-nat-{n}"})
+                self.nat_gateways.append(NatGateway(self, f"NatGateway{n}", allocation_id=eip.id,
+                                                    subnet_id=self.public_subnets[i].id,
+                                                    tags={"Name": f"{name}-nat-{n}"},
+                                                    depends_on=[igw]))
+            for i, rt in enumerate(self.private_route_tables):
+                gw = self.nat_gateways[i if nat_per_az else 0]
+                Route(self, f"PrivateDefaultRoute{i + 1}", route_table_id=rt.id,
+                      destination_cidr_block="0.0.0.0/0", nat_gateway_id=gw.id)
+
+        self.endpoint_security_group = None
+        self.interface_endpoints = {}
+        self.s3_endpoint = None
+        if egress == "endpoints":
+            # Ingress is added per client (allow_endpoint_clients): 443 from the relay's SG only.
+            self.endpoint_security_group = SecurityGroup(
+                self, "EndpointSecurityGroup", name=f"{name}-endpoints", vpc_id=self.vpc.id,
+                description="Interface endpoints for Systems Manager: HTTPS from the relay only",
+                tags={"Name": f"{name}-endpoints"})
+            for service in INTERFACE_ENDPOINTS:
+                self.interface_endpoints[service] = VpcEndpoint(
+                    self, f"{service.capitalize()}Endpoint", vpc_id=self.vpc.id,
+                    service_name=f"com.amazonaws.{region}.{service}", vpc_endpoint_type="Interface",
+                    private_dns_enabled=True, subnet_ids=[s.id for s in self.private_subnets],
+                    security_group_ids=[self.endpoint_security_group.id], tags={"Name": f"{name}-{service}"})
+            # Gateway endpoint (free): the relay still reaches the Amazon Linux repositories (S3) to patch.
+            self.s3_endpoint = VpcEndpoint(
+                self, "S3Endpoint", vpc_id=self.vpc.id, service_name=f"com.amazonaws.{region}.s3",
+                vpc_endpoint_type="Gateway", route_table_ids=[rt.id for rt in self.private_route_tables],
+                tags={"Name": f"{name}-s3"})
+
+    def allow_endpoint_clients(self, construct_id: str, *, client: SecurityGroup, description: str) -> None:
+        """Let `client` reach the interface endpoints on 443 (no-op in NAT mode)."""
+        if self.endpoint_security_group is None:
+            return
+        SecurityGroupRule(self, construct_id, type="ingress", security_group_id=self.endpoint_security_group.id,
+                          protocol="tcp", from_port=443, to_port=443, source_security_group_id=client.id,
+                          description=description)
