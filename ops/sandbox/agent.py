@@ -1,0 +1,518 @@
+"""Sandbox stand-in for the SSM agent (plus the service's relay role) on one data-channel websocket.
+
+Speaks the agent's side of the protocol as amazon-ssm-agent does (our code, its behaviour): the
+handshake request (agent version + session type), port sessions in basic mode (one TCP connection,
+re-dialled after DisconnectToPort) or smux mode (one TCP connection per smux stream), and pty shell
+sessions for ECS Exec (output, Size messages, exit code, channel_closed). Sandbox only: the
+"remote network" is `<state-dir>/relay_hosts.json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import shlex
+import signal
+import struct
+import subprocess
+import termios
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ops.ssm import framing, smux
+from ops.ssm.channel import Channel
+from ops.ssm.crypto import EncryptionError, SessionCipher, b64, encryption_context, unb64
+from ops.ssm.framing import AgentMessage, Flag, PayloadType
+
+DEFAULT_AGENT_VERSION = "3.3.1142.0"
+MUX_CLIENT_VERSION = "1.1.70"
+NO_KEEPALIVE_CLIENT_AFTER = "1.2.331.0"
+MUX_AFTER_AGENT = "3.0.196.0"
+NO_KEEPALIVE_AGENT_AFTER = "3.1.1511.0"
+# The real agent reads 1 KiB at a time; the sandbox default is larger so benchmarks measure our code,
+# `--agent-payload-size 1024` restores the agent's figure.
+DEFAULT_AGENT_PAYLOAD = 16 * 1024
+PORT_DOCUMENTS = {
+    "AWS-StartPortForwardingSession": "LocalPortForwarding",
+    "AWS-StartPortForwardingSessionToRemoteHost": "LocalPortForwarding",
+}
+
+
+@dataclass
+class LossConfig:
+    """Fault injection for tests: applies to stream-data frames in both directions."""
+
+    drop_every: int = 0
+    reorder_every: int = 0
+    counter: int = 0
+    dropped: int = 0
+    reordered: int = 0
+    _dropped_seqs: set[tuple[str, int]] = field(default_factory=set)
+
+    def decide(self, frame: bytes) -> str:
+        """'drop', 'hold' (reorder with the next frame) or 'pass'. Each message is dropped at most once."""
+        if len(frame) < framing.PAYLOAD_OFFSET:
+            return "pass"
+        mtype = frame[4:36].rstrip(b" ").decode(errors="replace")
+        if mtype not in framing.STREAM_TYPES:
+            return "pass"
+        self.counter += 1
+        seq = struct.unpack_from("!q", frame, 48)[0]
+        if self.drop_every and self.counter % self.drop_every == 0 and (mtype, seq) not in self._dropped_seqs:
+            self._dropped_seqs.add((mtype, seq))
+            self.dropped += 1
+            return "drop"
+        if self.reorder_every and self.counter % self.reorder_every == 0:
+            self.reordered += 1
+            return "hold"
+        return "pass"
+
+
+@dataclass
+class SessionSpec:
+    session_id: str
+    kind: str  # "port" or "shell"
+    properties: dict[str, Any]
+    command: list[str] = field(default_factory=list)
+    cwd: str | None = None
+    target: str = ""
+    kms_key_id: str = ""
+
+
+def resolve_target(state_dir: Path, host: str, port: str) -> tuple[str, int]:
+    """The relay's view of `host:port`: relay_hosts.json maps emulated names to loopback addresses."""
+    key = f"{host or 'localhost'}:{port}"
+    try:
+        mapping = json.loads((state_dir / "relay_hosts.json").read_text())
+    except (FileNotFoundError, ValueError):
+        mapping = {}
+    target = mapping.get(key) if isinstance(mapping, dict) else None
+    if isinstance(target, str) and ":" in target:
+        thost, _, tport = target.rpartition(":")
+        return thost, int(tport)
+    if not host or host in ("localhost", "127.0.0.1"):
+        return "127.0.0.1", int(port)
+    raise OSError(f"{key} is not reachable from the sandbox relay (not in relay_hosts.json)")
+
+
+class AgentConnection:
+    """One websocket's worth of agent: channel, handshake, then the port or shell plugin."""
+
+    def __init__(self, *, spec: SessionSpec, send_raw: Callable[[bytes], Awaitable[None]], state_dir: Path,
+                 agent_version: str = DEFAULT_AGENT_VERSION, payload_size: int = DEFAULT_AGENT_PAYLOAD,
+                 loss: LossConfig | None = None,
+                 on_finished: Callable[[str], Awaitable[None]] | None = None,
+                 kms_decrypt: Callable[[bytes, dict[str, str]], bytes] | None = None) -> None:
+        self.spec = spec
+        self._send_raw = send_raw
+        self.state_dir = state_dir
+        self.agent_version = agent_version
+        self.payload_size = payload_size
+        self.loss = loss or LossConfig()
+        self._on_finished = on_finished
+        self.channel = Channel(send_frame=self._send_frame, outgoing_type=framing.OUTPUT_STREAM_DATA,
+                               on_message=self._on_message)
+        self.client_version = ""
+        self._handshake_ok = asyncio.Event()
+        self._held: bytes | None = None
+        self.plugin: _Plugin | None = None
+        self.finished = False
+        self.received = 0
+        self._finishing: asyncio.Future[None] | None = None
+        self.terminate_requested = False
+        self._kms_decrypt = kms_decrypt
+        self._kms_challenge = b64(os.urandom(16))
+        self._enc_challenge = b""
+        self.cipher: SessionCipher | None = None
+
+    # ---- frames with fault injection ----
+    async def _send_frame(self, frame: bytes) -> None:
+        verdict = self.loss.decide(frame)
+        if verdict == "drop":
+            return
+        if verdict == "hold" and self._held is None:
+            self._held = frame
+            return
+        await self._send_raw(frame)
+        held, self._held = self._held, None
+        if held is not None:
+            await self._send_raw(held)
+
+    async def receive(self, frame: bytes) -> None:
+        verdict = self.loss.decide(frame)
+        if verdict == "drop":
+            return
+        await self.channel.receive(frame)
+
+    # ---- lifecycle ----
+    async def start(self) -> None:
+        self.channel.start()
+        if self.spec.kind == "port":
+            stype = "Port"
+            props = self.spec.properties
+        else:
+            stype = "InteractiveCommands"
+            props = {}
+        actions: list[dict[str, Any]] = [
+            {"ActionType": "SessionType", "ActionParameters": {"SessionType": stype, "Properties": props}},
+        ]
+        if self.spec.kms_key_id:
+            actions.append({"ActionType": "KMSEncryption",
+                            "ActionParameters": {"KMSKeyId": self.spec.kms_key_id, "Challenge": self._kms_challenge}})
+        request = {"AgentVersion": self.agent_version, "RequestedClientActions": actions}
+        self._handshake_started = time.monotonic()
+        await self.channel.send(PayloadType.HANDSHAKE_REQUEST, json.dumps(request).encode())
+
+    async def stop(self) -> None:
+        await self.channel.stop()
+        if self.plugin is not None:
+            await self.plugin.stop()
+
+    async def finish(self, output: str = "") -> None:
+        """The session is over on the agent's side: flush, tell the client, report upwards."""
+        if self.finished:
+            return
+        self.finished = True
+        await self.channel.drain(timeout=3)
+        with contextlib.suppress(Exception):
+            await self._send_raw(framing.encode(framing.channel_closed(session_id=self.spec.session_id,
+                                                                       output=output)))
+        if self._on_finished is not None:
+            await self._on_finished(output)
+
+    async def send_output(self, data: bytes, payload_type: int = PayloadType.OUTPUT) -> None:
+        size = self.payload_size
+        for i in range(0, len(data), size):
+            chunk = data[i:i + size]
+            if self.cipher is not None:
+                chunk = self.cipher.encrypt(chunk)
+            await self.channel.send(payload_type, chunk)
+
+    async def _on_message(self, msg: AgentMessage) -> None:
+        self.received += len(msg.payload)
+        if msg.payload_type == PayloadType.HANDSHAKE_RESPONSE:
+            response = framing.parse_json(msg)
+            self.client_version = str(response.get("ClientVersion", ""))
+            if self.spec.kms_key_id:
+                error = await self._finalize_kms(response)
+                if error:
+                    self._finishing = asyncio.ensure_future(self.finish(error))
+                    return
+                self._enc_challenge = os.urandom(64)
+                assert self.cipher is not None
+                challenge = {"Challenge": b64(self.cipher.encrypt(self._enc_challenge))}
+                await self.channel.send(PayloadType.ENC_CHALLENGE_REQUEST, json.dumps(challenge).encode())
+                return
+            await self._complete_handshake()
+            return
+        if msg.payload_type == PayloadType.ENC_CHALLENGE_RESPONSE and self.cipher is not None and self.plugin is None:
+            try:
+                answer = self.cipher.decrypt(unb64(framing.parse_json(msg).get("Challenge")))
+            except EncryptionError:
+                answer = b""
+            if answer != self._enc_challenge:
+                self._finishing = asyncio.ensure_future(self.finish("Encryption challenge does not match!"))
+                return
+            await self._complete_handshake("This session is encrypted using AWS KMS.")
+            return
+        if self.cipher is not None and msg.payload_type == PayloadType.OUTPUT:
+            msg.payload = self.cipher.decrypt(msg.payload)
+        if self.plugin is None:
+            return
+        if msg.payload_type == PayloadType.FLAG:
+            flag = framing.parse_flag(msg.payload)
+            if flag == Flag.TERMINATE_SESSION:
+                self.terminate_requested = True
+                await self.plugin.stop()
+                # Not inline: finish() waits for acks, which this (receiving) coroutine has to process.
+                self._finishing = asyncio.ensure_future(self.finish(""))
+                return
+        await self.plugin.handle(msg)
+
+    async def _complete_handshake(self, customer_message: str = "") -> None:
+        elapsed_ns = int((time.monotonic() - self._handshake_started) * 1e9)
+        complete = {"HandshakeTimeToComplete": elapsed_ns, "CustomerMessage": customer_message}
+        await self.channel.send(PayloadType.HANDSHAKE_COMPLETE, json.dumps(complete).encode())
+        self.plugin = self._make_plugin()
+        await self.plugin.start()
+        self._handshake_ok.set()
+
+    async def _finalize_kms(self, response: dict[str, Any]) -> str:
+        """Set up the cipher from the client's KMSEncryption result; an error text ends the session."""
+        action = next((a for a in response.get("ProcessedClientActions") or []
+                       if a.get("ActionType") == "KMSEncryption"), None)
+        if action is None or action.get("ActionStatus") != 1:
+            return f"KMSEncryption failed on client: {(action or {}).get('Error', 'not processed')}"
+        result = action.get("ActionResult") or {}
+        if self._kms_decrypt is None:
+            return "sandbox agent has no KMS access"
+        context = encryption_context(session_id=self.spec.session_id, target_id=self.spec.target,
+                                     challenge=self._kms_challenge if result.get("ChallengeAcknowledgement") else None)
+        try:
+            blob = unb64(result.get("KMSCipherTextKey"))
+            key = await asyncio.to_thread(self._kms_decrypt, blob, context)
+            self.cipher = SessionCipher(key, agent_side=True)
+        except Exception as exc:
+            return f"Fetching data key failed: {exc}"
+        return ""
+
+    def _make_plugin(self) -> _Plugin:
+        if self.spec.kind == "shell":
+            return ShellPlugin(self)
+        client_mux = framing.version_tuple(self.client_version) >= framing.version_tuple(MUX_CLIENT_VERSION)
+        agent_mux = framing.version_greater(self.agent_version, MUX_AFTER_AGENT)
+        local = self.spec.properties.get("type") == "LocalPortForwarding"
+        if local and client_mux and agent_mux:
+            keepalive = not (framing.version_greater(self.client_version, NO_KEEPALIVE_CLIENT_AFTER)
+                             and framing.version_greater(self.agent_version, NO_KEEPALIVE_AGENT_AFTER))
+            return MuxPortPlugin(self, keepalive=keepalive)
+        return BasicPortPlugin(self)
+
+
+class _Plugin:
+    def __init__(self, agent: AgentConnection) -> None:
+        self.agent = agent
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def start(self) -> None:
+        return None
+
+    async def handle(self, msg: AgentMessage) -> None:
+        return None
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    def target(self) -> tuple[str, int]:
+        props = self.agent.spec.properties
+        return resolve_target(self.agent.state_dir, str(props.get("host", "")), str(props.get("portNumber", "")))
+
+
+async def _open(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.wait_for(asyncio.open_connection(host, port, limit=1 << 20), 10)
+
+
+class BasicPortPlugin(_Plugin):
+    """One TCP connection at a time; DisconnectToPort closes it, the next data re-dials (agent behaviour)."""
+
+    def __init__(self, agent: AgentConnection) -> None:
+        super().__init__(agent)
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def start(self) -> None:
+        try:
+            await self._dial()
+        except OSError as exc:
+            await self.agent.finish(f"Unable to connect to specified port: {exc}")
+
+    async def _dial(self) -> None:
+        host, port = self.target()
+        reader, writer = await _open(host, port)
+        self.writer = writer
+        self.spawn(self._pump(reader, writer))
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(self.agent.payload_size):
+                await self.agent.send_output(data)
+        writer.close()
+        if self.writer is writer:
+            self.writer = None
+
+    async def handle(self, msg: AgentMessage) -> None:
+        if msg.payload_type == PayloadType.OUTPUT:
+            if self.writer is None:
+                try:
+                    await self._dial()
+                except OSError:
+                    await self.agent.channel.send(PayloadType.FLAG, framing.flag_payload(Flag.CONNECT_TO_PORT_ERROR))
+                    return
+            assert self.writer is not None
+            self.writer.write(msg.payload)
+            with contextlib.suppress(ConnectionError):
+                await self.writer.drain()
+        elif msg.payload_type == PayloadType.FLAG and framing.parse_flag(msg.payload) == Flag.DISCONNECT_TO_PORT:
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
+
+    async def stop(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        await super().stop()
+
+
+class MuxPortPlugin(_Plugin):
+    """smux server over the data channel: each client stream is one TCP connection to the target."""
+
+    def __init__(self, agent: AgentConnection, *, keepalive: bool) -> None:
+        super().__init__(agent)
+        self.mux = smux.SmuxSession(send=agent.send_output, client=False, keepalive=keepalive,
+                                    on_accept=self._accept)
+        self.connections = 0
+
+    async def start(self) -> None:
+        self.mux.start()
+
+    async def handle(self, msg: AgentMessage) -> None:
+        if msg.payload_type == PayloadType.OUTPUT:
+            await self.mux.feed(msg.payload)
+
+    async def _accept(self, stream: smux.Stream) -> None:
+        try:
+            host, port = self.target()
+            reader, writer = await _open(host, port)
+        except OSError:
+            await self.agent.channel.send(PayloadType.FLAG, framing.flag_payload(Flag.CONNECT_TO_PORT_ERROR))
+            await stream.close()
+            return
+        self.connections += 1
+
+        async def downstream() -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await reader.read(self.agent.payload_size):
+                    await stream.write(data)
+            await stream.close()
+
+        down = asyncio.ensure_future(downstream())
+        try:
+            while data := await stream.read():
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            stream.discard()
+            # Like io.Copy + Close on both sides in the agent: one direction ending ends the pair.
+            with contextlib.suppress(Exception):
+                writer.write_eof()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(down), 30)
+            down.cancel()
+            writer.close()
+            await stream.close()
+
+    async def stop(self) -> None:
+        self.mux.close()
+        await super().stop()
+
+
+class ShellPlugin(_Plugin):
+    """A local process on a pty stands in for the container's shell."""
+
+    def __init__(self, agent: AgentConnection) -> None:
+        super().__init__(agent)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.master: int | None = None
+        self._out: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def start(self) -> None:
+        master, slave = os.openpty()
+        env = {**os.environ, "TERM": os.environ.get("TERM", "xterm-256color")}
+        env.pop("BASTIONLESS_SANDBOX_SECRET", None)
+        try:
+            self.proc = subprocess.Popen(
+                self.agent.spec.command or ["/bin/sh"], stdin=slave, stdout=slave, stderr=slave,
+                start_new_session=True, env=env, cwd=self.agent.spec.cwd, close_fds=True,
+                preexec_fn=_controlling_tty(slave),
+            )
+        except OSError as exc:
+            os.close(master)
+            os.close(slave)
+            await self.agent.send_output(f"exec failed: {exc}\r\n".encode())
+            await self.agent.send_output(b"EXIT_CODE: 127", PayloadType.EXIT_CODE)
+            await self.agent.finish(str(exc))
+            return
+        os.close(slave)
+        os.set_blocking(master, False)
+        self.master = master
+        loop = asyncio.get_running_loop()
+        loop.add_reader(master, self._readable)
+        self.spawn(self._pump())
+
+    def _readable(self) -> None:
+        assert self.master is not None
+        try:
+            data = os.read(self.master, 65536)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: every slave end is closed, the process is gone
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(self.master)
+        self._out.put_nowait(data)
+
+    async def _pump(self) -> None:
+        while data := await self._out.get():
+            await self.agent.send_output(data)
+        assert self.proc is not None
+        code = await asyncio.to_thread(self.proc.wait)
+        if code < 0:
+            code = 128 - code
+        # The real agent reports `EXIT_CODE: n` with payload type ExitCode for NonInteractiveCommands;
+        # the sandbox sends it for every shell so the client can return the remote status.
+        await self.agent.send_output(f"EXIT_CODE: {code}".encode(), PayloadType.EXIT_CODE)
+        self._close_master()
+        await self.agent.finish("")
+
+    def _close_master(self) -> None:
+        if self.master is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.master)
+            with contextlib.suppress(OSError):
+                os.close(self.master)
+            self.master = None
+
+    async def handle(self, msg: AgentMessage) -> None:
+        if self.master is None:
+            return
+        if msg.payload_type == PayloadType.OUTPUT:
+            data = msg.payload
+            while data:
+                try:
+                    data = data[os.write(self.master, data):]
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
+                except OSError:
+                    return
+        elif msg.payload_type == PayloadType.SIZE:
+            size = framing.parse_json(msg)
+            cols, rows = int(size.get("cols", 80)), int(size.get("rows", 24))
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGHUP)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(self.proc.wait, 2)
+            if self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                await asyncio.to_thread(self.proc.wait)
+        self._close_master()
+        await super().stop()
+
+
+def _controlling_tty(slave: int) -> Callable[[], None]:
+    def setup() -> None:
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    return setup
+
+
+def shell_command(command: str) -> list[str]:
+    return shlex.split(command) or ["/bin/sh"]

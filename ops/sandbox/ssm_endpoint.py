@@ -1,0 +1,677 @@
+"""Local Session Manager endpoint for the sandbox (loopback only).
+
+A stand-in for the parts of AWS that moto lacks, on one HTTP port:
+- JSON 1.1 API calls as boto3 makes them: `AmazonSSM.StartSession`, `TerminateSession`, `ResumeSession`,
+  `DescribeSessions`, `DescribeInstanceInformation`, and ECS `ExecuteCommand`; every other request is
+  proxied unchanged to moto, so boto3's `ssm` and `ecs` clients point here;
+- the data-channel websocket `/v1/data-channel/<session-id>` with an agent (ops.sandbox.agent);
+- test hooks under `/_sandbox/` (drop a websocket, inject loss/reorder, pause/start publication).
+
+Emulated, and said so: the session owner is what moto's STS says about the caller's access key
+(signatures are not verified); the relay's "SSM ping" is Online iff its moto instance is running.
+
+    python -m ops.sandbox.ssm_endpoint --host 127.0.0.1 --port 0 --moto-url URL --state-dir DIR
+prints `READY <url>` once serving and runs until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.exceptions
+from aiohttp import ClientSession, ClientTimeout, WSMsgType, web
+from botocore.config import Config
+
+from ops.sandbox import agent as agent_mod
+from ops.sandbox.agent import AgentConnection, LossConfig, SessionSpec
+from ops.ssm import framing
+
+SESSIONS_FILE = "sessions.json"
+PREFERENCES_DOCUMENT = "SSM-SessionManagerRunShell"
+ECS_TASKS_FILE = "ecs_tasks.json"
+JSON_CT = "application/x-amz-json-1.1"
+RELAY_TAG = ("bastionless:role", "relay")
+_CRED_RE = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/]+)/")
+# moto does not verify signatures; the caller's access key is kept so STS says who the caller is.
+UNCHECKED_SECRET = "sandbox-signature-not-verified"  # noqa: S105
+HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class Session:
+    session_id: str
+    target: str
+    owner: str
+    reason: str
+    document: str
+    parameters: dict[str, list[str]]
+    kind: str
+    status: str = "Connected"
+    start: float = field(default_factory=time.time)
+    end: float | None = None
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    command: list[str] = field(default_factory=list)
+    details: str = ""
+    region: str = "us-east-1"
+    kms_key_id: str = ""
+    # runtime only
+    ws: web.WebSocketResponse | None = None
+    agent: AgentConnection | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {"id": self.session_id, "target": self.target, "owner": self.owner, "reason": self.reason,
+                "document": self.document, "parameters": self.parameters, "kind": self.kind,
+                "status": self.status, "start": self.start, "end": self.end, "details": self.details,
+                "region": self.region, "kms_key_id": self.kms_key_id}
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Session:
+        status = rec.get("status", "Terminated")
+        sess = cls(session_id=rec["id"], target=rec.get("target", ""), owner=rec.get("owner", ""),
+                   reason=rec.get("reason", ""), document=rec.get("document", ""),
+                   parameters=rec.get("parameters") or {}, kind=rec.get("kind", "port"), status=status,
+                   start=rec.get("start", 0.0), end=rec.get("end"), details=rec.get("details", ""),
+                   region=rec.get("region", "us-east-1"), kms_key_id=rec.get("kms_key_id", ""))
+        if status not in ("Terminated", "Failed"):
+            # Its agent died with the previous endpoint process.
+            sess.status, sess.end = "Terminated", sess.end or time.time()
+        return sess
+
+    def api_view(self) -> dict[str, Any]:
+        view: dict[str, Any] = {"SessionId": self.session_id, "Target": self.target, "Status": self.status,
+                                "StartDate": self.start, "DocumentName": self.document, "Owner": self.owner,
+                                "Reason": self.reason, "Details": self.details, "OutputUrl": {}}
+        if self.end is not None:
+            view["EndDate"] = self.end
+        return view
+
+
+class Endpoint:
+    def __init__(self, *, moto_url: str, state_dir: Path, agent_version: str, agent_payload_size: int) -> None:
+        self.moto_url = moto_url.rstrip("/")
+        self.state_dir = state_dir
+        self.agent_version = agent_version
+        self.agent_payload_size = agent_payload_size
+        self.loss = LossConfig()
+        self.sessions: dict[str, Session] = {}
+        self.base_url = ""
+        self._http: ClientSession | None = None
+        self._owners: dict[str, str] = {}
+        self._load()
+
+    # ---- persistence ----
+    def _load(self) -> None:
+        path = self.state_dir / SESSIONS_FILE
+        with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
+            for rec in json.loads(path.read_text()).get("sessions", []):
+                sess = Session.from_record(rec)
+                self.sessions[sess.session_id] = sess
+        self._save()
+
+    def _save(self) -> None:
+        path = self.state_dir / SESSIONS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"sessions": [s.record() for s in self.sessions.values()]}, indent=1))
+        os.replace(tmp, path)
+
+    # ---- moto access ----
+    def _boto(self, service: str, region: str, access_key: str = "testing") -> Any:
+        return boto3.client(service, region_name=region, endpoint_url=self.moto_url,  # type: ignore[call-overload]
+                            aws_access_key_id=access_key, aws_secret_access_key=UNCHECKED_SECRET,
+                            config=Config(retries={"max_attempts": 2}))
+
+    async def _owner(self, access_key: str, region: str) -> str:
+        if access_key not in self._owners:
+            def who() -> str:
+                arn: str = self._boto("sts", region, access_key).get_caller_identity()["Arn"]
+                return arn
+            try:
+                self._owners[access_key] = await asyncio.to_thread(who)
+            except botocore.exceptions.BotoCoreError:
+                return f"arn:aws:iam::000000000000:user/{access_key}"
+            except botocore.exceptions.ClientError:
+                return f"arn:aws:iam::000000000000:user/{access_key}"
+        return self._owners[access_key]
+
+    async def _session_kms_key(self, region: str) -> str:
+        """Session Manager preferences live in the SSM-SessionManagerRunShell document: inputs.kmsKeyId."""
+        def fetch() -> str:
+            try:
+                doc = self._boto("ssm", region).get_document(Name=PREFERENCES_DOCUMENT)
+                inputs = json.loads(doc.get("Content") or "{}").get("inputs") or {}
+            except (botocore.exceptions.ClientError, ValueError, AttributeError):
+                return ""
+            return str(inputs.get("kmsKeyId") or "")
+        return await asyncio.to_thread(fetch)
+
+    def _kms_decrypt(self, region: str) -> Any:
+        def decrypt(blob: bytes, context: dict[str, str]) -> bytes:
+            kms = self._boto("kms", region)
+            plain: bytes = kms.decrypt(CiphertextBlob=blob, EncryptionContext=context)["Plaintext"]
+            return plain
+        return decrypt
+
+    async def _relays(self, region: str, instance_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        def fetch() -> list[dict[str, Any]]:
+            ec2 = self._boto("ec2", region)
+            filters = [{"Name": f"tag:{RELAY_TAG[0]}", "Values": [RELAY_TAG[1]]}]
+            kwargs: dict[str, Any] = {"Filters": filters}
+            if instance_ids:
+                kwargs["InstanceIds"] = instance_ids
+            try:
+                pages = ec2.describe_instances(**kwargs)
+            except botocore.exceptions.ClientError:
+                return []
+            return [i for r in pages.get("Reservations", []) for i in r.get("Instances", [])]
+        return await asyncio.to_thread(fetch)
+
+    # ---- HTTP ----
+    async def handle_root(self, request: web.Request) -> web.StreamResponse:
+        target = request.headers.get("X-Amz-Target", "")
+        handler = {
+            "AmazonSSM.StartSession": self.start_session,
+            "AmazonSSM.TerminateSession": self.terminate_session,
+            "AmazonSSM.ResumeSession": self.resume_session,
+            "AmazonSSM.DescribeSessions": self.describe_sessions,
+            "AmazonSSM.DescribeInstanceInformation": self.describe_instance_information,
+            "AmazonEC2ContainerServiceV20141113.ExecuteCommand": self.execute_command,
+        }.get(target)
+        if handler is None:
+            if target.endswith((".ListTasks", ".DescribeTasks")) and target.startswith("AmazonEC2Container"):
+                return await self.proxy_ecs_tasks(request, target)
+            return await self.proxy(request)
+        body = await request.read()
+        try:
+            params = json.loads(body or b"{}")
+            auth = request.headers.get("Authorization", "")
+            match = _CRED_RE.search(auth)
+            access_key, region = (match.group(1), match.group(2)) if match else ("testing", "us-east-1")
+            result = await handler(params, access_key=access_key, region=region)
+        except ApiError as exc:
+            return web.json_response({"__type": exc.code, "message": exc.message}, status=exc.status,
+                                     content_type=JSON_CT)
+        except ValueError:
+            return web.json_response({"__type": "SerializationException", "message": "invalid JSON"}, status=400,
+                                     content_type=JSON_CT)
+        return web.Response(body=json.dumps(result).encode(), content_type=JSON_CT)
+
+    async def proxy(self, request: web.Request) -> web.StreamResponse:
+        if self._http is None:
+            self._http = ClientSession(timeout=ClientTimeout(total=300), auto_decompress=False)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        body = await request.read()
+        async with self._http.request(request.method, self.moto_url + request.path_qs, headers=headers,
+                                      data=body, allow_redirects=False) as resp:
+            payload = await resp.read()
+            out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
+            if "Content-Encoding" in resp.headers:
+                out_headers["Content-Encoding"] = resp.headers["Content-Encoding"]
+            return web.Response(status=resp.status, headers=out_headers, body=payload)
+
+    async def proxy_ecs_tasks(self, request: web.Request, target: str) -> web.StreamResponse:
+        """moto's ListTasks/DescribeTasks plus the tasks of ecs_tasks.json that moto cannot hold."""
+        resp = await self.proxy(request)
+        if resp.status != 200 or not isinstance(resp, web.Response) or resp.body is None:
+            return resp
+        try:
+            params = json.loads(await request.read() or b"{}")
+            body = json.loads(bytes(resp.body))  # type: ignore[arg-type]
+        except (ValueError, TypeError):
+            return resp
+        cluster = str(params.get("cluster") or "default")
+        if target.endswith(".ListTasks"):
+            arns = body.setdefault("taskArns", [])
+            service = params.get("serviceName")
+            for entry in self._sandbox_tasks():
+                arn = str(entry.get("taskArn", ""))
+                if arn in arns or self._file_task(cluster, arn) is None:
+                    continue
+                if service and entry.get("group") != f"service:{service}":
+                    continue
+                if params.get("desiredStatus", "RUNNING") != entry.get("desiredStatus", "RUNNING"):
+                    continue
+                arns.append(arn)
+        else:
+            have = {t.get("taskArn") for t in body.get("tasks", [])}
+            for wanted in params.get("tasks") or []:
+                found = self._file_task(cluster, str(wanted))
+                if found is None or found.get("taskArn") in have:
+                    continue
+                body.setdefault("tasks", []).append(found)
+                body["failures"] = [f for f in body.get("failures", [])
+                                    if f.get("arn") not in (wanted, found.get("taskArn"))]
+        return web.Response(body=json.dumps(body).encode(), content_type=JSON_CT)
+
+    def _stream_url(self, session_id: str) -> str:
+        ws_base = self.base_url.replace("http://", "ws://", 1)
+        return f"{ws_base}/v1/data-channel/{session_id}?role=publish_subscribe"
+
+    def _new_session_id(self, owner: str) -> str:
+        name = owner.rsplit("/", 1)[-1].rsplit(":", 1)[-1] or "sandbox"
+        name = re.sub(r"[^A-Za-z0-9_.@-]", "-", name)[:40]
+        return f"{name}-{secrets.token_hex(9)[:17]}"
+
+    # ---- SSM API ----
+    async def start_session(self, params: dict[str, Any], *, access_key: str, region: str) -> dict[str, Any]:
+        target = params.get("Target")
+        if not isinstance(target, str) or not target:
+            raise ApiError("ValidationException", "Target is required")
+        document = params.get("DocumentName") or "SSM-SessionManagerRunShell"
+        if document not in agent_mod.PORT_DOCUMENTS:
+            raise ApiError("InvalidDocument",
+                           f"document {document} is not allowed here: the sandbox serves port-forwarding sessions "
+                           f"({', '.join(sorted(agent_mod.PORT_DOCUMENTS))})")
+        raw_params = params.get("Parameters") or {}
+        if not isinstance(raw_params, dict) or not raw_params.get("portNumber"):
+            raise ApiError("InvalidParameters", "portNumber is required for a port-forwarding document")
+        if document.endswith("ToRemoteHost") and not raw_params.get("host"):
+            raise ApiError("InvalidParameters", "host is required for AWS-StartPortForwardingSessionToRemoteHost")
+        instances = await self._relays(region, [target]) if target.startswith("i-") else []
+        if not instances:
+            raise ApiError("TargetNotConnected", f"{target} is not a relay instance known to the sandbox")
+        if instances[0].get("State", {}).get("Name") != "running":
+            raise ApiError("TargetNotConnected", f"{target} is not connected (instance is not running)")
+        owner = await self._owner(access_key, region)
+        sess = Session(session_id=self._new_session_id(owner), target=target, owner=owner,
+                       reason=str(params.get("Reason") or ""), document=document,
+                       parameters={k: [str(x) for x in v] if isinstance(v, list) else [str(v)]
+                                   for k, v in raw_params.items()},
+                       kind="port", region=region, kms_key_id=await self._session_kms_key(region))
+        self.sessions[sess.session_id] = sess
+        self._save()
+        return {"SessionId": sess.session_id, "TokenValue": sess.token, "StreamUrl": self._stream_url(sess.session_id)}
+
+    def _get_session(self, params: dict[str, Any]) -> Session:
+        sid = params.get("SessionId")
+        sess = self.sessions.get(sid) if isinstance(sid, str) else None
+        if sess is None:
+            raise ApiError("DoesNotExistException", f"session {sid} does not exist")
+        return sess
+
+    async def terminate_session(self, params: dict[str, Any], *, access_key: str, region: str) -> dict[str, Any]:
+        sess = self._get_session(params)
+        await self._terminate(sess, "Session terminated by TerminateSession")
+        return {"SessionId": sess.session_id}
+
+    async def _terminate(self, sess: Session, output: str = "") -> None:
+        if sess.status in ("Terminated", "Failed"):
+            return
+        sess.status = "Terminating"
+        agent, ws = sess.agent, sess.ws
+        sess.agent = sess.ws = None
+        if agent is not None:
+            if agent.plugin is not None:
+                await agent.plugin.stop()
+            if not agent.finished:
+                agent.finished = True
+                if ws is not None and not ws.closed:
+                    with contextlib.suppress(Exception):
+                        await ws.send_bytes(framing.encode(framing.channel_closed(session_id=sess.session_id,
+                                                                                  output=output)))
+            await agent.stop()
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.close()
+        sess.status, sess.end = "Terminated", time.time()
+        self._save()
+
+    def _mark_terminated(self, sess: Session) -> None:
+        if sess.status not in ("Terminated", "Failed"):
+            sess.status, sess.end = "Terminated", time.time()
+            self._save()
+
+    async def resume_session(self, params: dict[str, Any], *, access_key: str, region: str) -> dict[str, Any]:
+        sess = self._get_session(params)
+        if sess.status in ("Terminated", "Failed", "Terminating"):
+            raise ApiError("DoesNotExistException", f"session {sess.session_id} is {sess.status}")
+        sess.token = secrets.token_urlsafe(32)
+        return {"SessionId": sess.session_id, "TokenValue": sess.token, "StreamUrl": self._stream_url(sess.session_id)}
+
+    async def describe_sessions(self, params: dict[str, Any], *, access_key: str, region: str) -> dict[str, Any]:
+        state = params.get("State")
+        if state not in ("Active", "History"):
+            raise ApiError("ValidationException", "State must be Active or History")
+        active = {"Connected", "Connecting", "Disconnected", "Terminating"}
+        found = [s for s in self.sessions.values() if (s.status in active) == (state == "Active")]
+        for flt in params.get("Filters") or []:
+            key, value = flt.get("key") or flt.get("Key"), flt.get("value") or flt.get("Value")
+            attr = {"Target": "target", "Owner": "owner", "Status": "status", "SessionId": "session_id"}.get(key)
+            if attr:
+                found = [s for s in found if getattr(s, attr) == value]
+            elif key == "InvokedAfter":
+                found = [s for s in found if s.start >= _ts(value)]
+            elif key == "InvokedBefore":
+                found = [s for s in found if s.start <= _ts(value)]
+        found.sort(key=lambda s: s.start, reverse=True)
+        limit = int(params.get("MaxResults") or 200)
+        start = int(params.get("NextToken") or 0)
+        page = found[start:start + limit]
+        result: dict[str, Any] = {"Sessions": [s.api_view() for s in page]}
+        if start + limit < len(found):
+            result["NextToken"] = str(start + limit)
+        return result
+
+    async def describe_instance_information(self, params: dict[str, Any], *, access_key: str,
+                                            region: str) -> dict[str, Any]:
+        ids: list[str] = []
+        for flt in params.get("InstanceInformationFilterList") or []:
+            if flt.get("key") == "InstanceIds":
+                ids += flt.get("valueSet") or []
+        for flt in params.get("Filters") or []:
+            if flt.get("Key") == "InstanceIds":
+                ids += flt.get("Values") or []
+        infos = []
+        for inst in await self._relays(region, ids or None):
+            running = inst.get("State", {}).get("Name") == "running"
+            infos.append({
+                "InstanceId": inst["InstanceId"], "PingStatus": "Online" if running else "ConnectionLost",
+                "LastPingDateTime": time.time(), "AgentVersion": self.agent_version, "IsLatestVersion": True,
+                "PlatformType": "Linux", "PlatformName": "Amazon Linux", "PlatformVersion": "2023",
+                "ResourceType": "EC2Instance", "IPAddress": inst.get("PrivateIpAddress", ""),
+                "ComputerName": inst.get("PrivateDnsName", ""), "AssociationStatus": "Success",
+            })
+        return {"InstanceInformationList": infos}
+
+    # ---- ECS ExecuteCommand ----
+    def _sandbox_tasks(self) -> list[dict[str, Any]]:
+        """ecs_tasks.json: task ARNs, or task objects shaped like DescribeTasks' `tasks[]` (for tasks moto
+        cannot run itself: moto 5.2.5 fails RunTask for awsvpc tasks)."""
+        try:
+            data = json.loads((self.state_dir / ECS_TASKS_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+        if isinstance(data, dict):
+            data = data.get("tasks", [])
+        return [x if isinstance(x, dict) else {"taskArn": str(x)} for x in data if isinstance(x, dict | str)]
+
+    def _file_task(self, cluster: str, task: str) -> dict[str, Any] | None:
+        for entry in self._sandbox_tasks():
+            arn = str(entry.get("taskArn", ""))
+            if not arn or (task != arn and arn.rsplit("/", 1)[-1] != task):
+                continue
+            where = str(entry.get("clusterArn", entry.get("cluster", "")))
+            if "containers" in entry and (not where or where == cluster or where.rsplit("/", 1)[-1] == cluster):
+                return entry
+        return None
+
+    async def execute_command(self, params: dict[str, Any], *, access_key: str, region: str) -> dict[str, Any]:
+        cluster, task = params.get("cluster") or "default", params.get("task")
+        command = params.get("command")
+        if not task or not command:
+            raise ApiError("InvalidParameterException", "task and command are required")
+        if not params.get("interactive", False):
+            raise ApiError("InvalidParameterException", "Interactive is the only mode supported currently.")
+
+        def describe() -> list[dict[str, Any]]:
+            try:
+                tasks: list[dict[str, Any]] = self._boto("ecs", region).describe_tasks(
+                    cluster=cluster, tasks=[task])["tasks"]
+            except botocore.exceptions.ClientError:
+                return []
+            return tasks
+
+        tasks = await asyncio.to_thread(describe)
+        info = tasks[0] if tasks else self._file_task(cluster, task)
+        if info is None:
+            raise ApiError("InvalidParameterException", f"task {task} not found in cluster {cluster}")
+        arn = str(info.get("taskArn", task))
+        listed = {str(e.get("taskArn")) for e in self._sandbox_tasks()}
+        if tasks and listed and arn not in listed:
+            raise ApiError("InvalidParameterException", f"task {task} is not a sandbox task ({ECS_TASKS_FILE})")
+        if info.get("lastStatus", "RUNNING") != "RUNNING":
+            raise ApiError("InvalidParameterException", f"task {task} is {info.get('lastStatus')}, not RUNNING")
+        if not info.get("enableExecuteCommand", False):
+            raise ApiError("InvalidParameterException",
+                           "The execute command failed because execute command was not enabled when the task was run "
+                           "or the execute command agent isn't running. Wait and try again or run a new task with "
+                           "execute command enabled and try again.")
+        containers = info.get("containers") or []
+        cname = params.get("container") or (containers[0].get("name") if len(containers) == 1 else None)
+        if not cname:
+            raise ApiError("InvalidParameterException", "container is required when the task has several containers")
+        container = next((c for c in containers if c.get("name") == cname), {"name": cname})
+        owner = await self._owner(access_key, region)
+        short = arn.rsplit("/", 1)[-1]
+        # The target AWS names (and uses in the KMS encryption context): ecs:<cluster>_<task id>_<runtime id>.
+        runtime = str(container.get("runtimeId") or f"{short}-{cname}")
+        cluster_name = str(cluster).rsplit("/", 1)[-1]
+        sess = Session(session_id=self._new_session_id(owner), target=f"ecs:{cluster_name}_{short}_{runtime}",
+                       owner=owner, reason="", document="AWS-StartInteractiveCommand",
+                       parameters={"command": [command]}, kind="shell",
+                       command=agent_mod.shell_command(command), region=region,
+                       kms_key_id=await self._session_kms_key(region))
+        self.sessions[sess.session_id] = sess
+        self._save()
+        return {
+            "clusterArn": info.get("clusterArn", cluster), "containerArn": container.get("containerArn", ""),
+            "containerName": cname, "interactive": True, "taskArn": arn,
+            "session": {"sessionId": sess.session_id, "streamUrl": self._stream_url(sess.session_id),
+                        "tokenValue": sess.token},
+        }
+
+    # ---- data channel ----
+    async def data_channel(self, request: web.Request) -> web.StreamResponse:
+        sid = request.match_info["session_id"]
+        sess = self.sessions.get(sid)
+        if sess is None or sess.status in ("Terminated", "Failed", "Terminating"):
+            raise web.HTTPNotFound(text=f"session {sid} is not active")
+        ws = web.WebSocketResponse(max_msg_size=0, compress=False, autoping=True)
+        await ws.prepare(request)
+        try:
+            first = await asyncio.wait_for(ws.receive(), 15)
+            opened = json.loads(first.data) if first.type == WSMsgType.TEXT else {}
+        except (TimeoutError, ValueError):
+            opened = {}
+        if opened.get("TokenValue") != sess.token:
+            await ws.close(code=4001, message=b"invalid token")
+            return ws
+        # A new websocket for a session replaces the old one (ResumeSession): fresh channel and plugin.
+        old_agent, old_ws = sess.agent, sess.ws
+        if old_agent is not None:
+            await old_agent.stop()
+        if old_ws is not None and not old_ws.closed:
+            await old_ws.close()
+
+        async def send_raw(frame: bytes) -> None:
+            await ws.send_bytes(frame)
+
+        async def finished(output: str) -> None:
+            sess.details = output
+            if sess.agent is agent or sess.agent is None:
+                sess.agent = None
+                self._mark_terminated(sess)
+                await ws.close()
+
+        spec = SessionSpec(session_id=sid, kind=sess.kind, command=sess.command, cwd=str(self.state_dir),
+                           target=sess.target, kms_key_id=sess.kms_key_id,
+                           properties=self._session_properties(sess))
+        agent = AgentConnection(spec=spec, send_raw=send_raw, state_dir=self.state_dir,
+                                agent_version=self.agent_version, payload_size=self.agent_payload_size,
+                                loss=self.loss, on_finished=finished, kms_decrypt=self._kms_decrypt(sess.region))
+        sess.agent, sess.ws, sess.status = agent, ws, "Connected"
+        await agent.start()
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.BINARY:
+                    try:
+                        await agent.receive(msg.data)
+                    except framing.FramingError as exc:
+                        print(f"ssm-endpoint: {sid}: {exc}", file=sys.stderr)
+                    except ConnectionError:
+                        break
+                elif msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            await agent.stop()
+            if sess.agent is agent:
+                sess.agent, sess.ws = None, None
+                if agent.finished or agent.terminate_requested:
+                    self._mark_terminated(sess)
+                elif sess.status == "Connected" and sess.kind == "port":
+                    # Websocket gone without a terminate: the session stays resumable, as with AWS.
+                    sess.status = "Disconnected"
+                    self._save()
+        return ws
+
+    @staticmethod
+    def _session_properties(sess: Session) -> dict[str, str]:
+        """What the port documents' sessionProperties expand to (the plugin reads localPortNumber from here)."""
+        if sess.kind != "port":
+            return {}
+        props = {"portNumber": (sess.parameters.get("portNumber") or [""])[0],
+                 "type": agent_mod.PORT_DOCUMENTS.get(sess.document, ""),
+                 "localPortNumber": (sess.parameters.get("localPortNumber") or [""])[0]}
+        if sess.document.endswith("ToRemoteHost"):
+            props["host"] = (sess.parameters.get("host") or [""])[0]
+        return props
+
+    # ---- test hooks ----
+    async def hook_drop(self, request: web.Request) -> web.Response:
+        sess = self.sessions.get(request.match_info["session_id"])
+        if sess is None or sess.ws is None:
+            raise web.HTTPNotFound(text="no live websocket for that session")
+        transport = sess.ws._req.transport if sess.ws._req is not None else None
+        if transport is not None:
+            transport.abort()  # no close frame: the client sees a dropped connection
+        return web.json_response({"dropped": sess.session_id})
+
+    async def hook_publication(self, request: web.Request) -> web.Response:
+        sess = self.sessions.get(request.match_info["session_id"])
+        action = request.match_info["action"]
+        if sess is None or sess.ws is None or action not in ("pause", "start"):
+            raise web.HTTPNotFound(text="no live websocket for that session")
+        mtype = framing.PAUSE_PUBLICATION if action == "pause" else framing.START_PUBLICATION
+        await sess.ws.send_bytes(framing.encode(framing.AgentMessage(message_type=mtype)))
+        if sess.agent is not None:
+            # The service pauses both directions: the agent stops publishing too.
+            (sess.agent.channel.publishing.clear if action == "pause" else sess.agent.channel.publishing.set)()
+        return web.json_response({"session": sess.session_id, "publication": action})
+
+    async def hook_loss(self, request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else {}
+        self.loss.drop_every = int(body.get("drop_every", 0))
+        self.loss.reorder_every = int(body.get("reorder_every", 0))
+        return web.json_response(self._loss_view())
+
+    def _loss_view(self) -> dict[str, int]:
+        return {"drop_every": self.loss.drop_every, "reorder_every": self.loss.reorder_every,
+                "dropped": self.loss.dropped, "reordered": self.loss.reordered}
+
+    async def hook_stats(self, request: web.Request) -> web.Response:
+        sess = self.sessions.get(request.match_info["session_id"])
+        if sess is None:
+            raise web.HTTPNotFound()
+        out: dict[str, Any] = {"status": sess.status, **self._loss_view()}
+        if sess.agent is not None:
+            ch = sess.agent.channel
+            plugin = type(sess.agent.plugin).__name__ if sess.agent.plugin else ""
+            out.update({"plugin": plugin, "client_version": sess.agent.client_version, "resent": ch.resent,
+                        "duplicates": ch.duplicates, "received_bytes": sess.agent.received,
+                        "publishing": ch.publishing.is_set()})
+        return web.json_response(out)
+
+    async def shutdown(self, _app: web.Application) -> None:
+        for sess in list(self.sessions.values()):
+            if sess.agent is not None or sess.ws is not None:
+                await self._terminate(sess, "endpoint shutting down")
+        if self._http is not None:
+            await self._http.close()
+
+
+def _ts(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        from datetime import datetime
+
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def make_app(endpoint: Endpoint) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_get("/v1/data-channel/{session_id}", endpoint.data_channel)
+    app.router.add_post("/_sandbox/sessions/{session_id}/drop", endpoint.hook_drop)
+    app.router.add_post("/_sandbox/sessions/{session_id}/publication/{action}", endpoint.hook_publication)
+    app.router.add_get("/_sandbox/sessions/{session_id}", endpoint.hook_stats)
+    app.router.add_post("/_sandbox/loss", endpoint.hook_loss)
+    app.router.add_route("*", "/{tail:.*}", endpoint.handle_root)
+    app.on_shutdown.append(endpoint.shutdown)
+    return app
+
+
+async def serve(*, host: str, port: int, moto_url: str, state_dir: Path, agent_version: str,
+                agent_payload_size: int, ready: asyncio.Future[str] | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (or forever). Sets `ready` to the base URL once listening."""
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        raise SystemExit("the sandbox Session Manager endpoint listens on loopback only")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    endpoint = Endpoint(moto_url=moto_url, state_dir=state_dir, agent_version=agent_version,
+                        agent_payload_size=agent_payload_size)
+    runner = web.AppRunner(make_app(endpoint), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    assert server is not None
+    bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    endpoint.base_url = f"http://{host}:{bound}"
+    if ready is not None:
+        ready.set_result(endpoint.base_url)
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")
+    parser.add_argument("--moto-url", required=True, help="moto server URL (everything not emulated goes there)")
+    parser.add_argument("--state-dir", required=True, type=Path, help="sandbox state directory")
+    parser.add_argument("--agent-version",
+                        default=os.environ.get("BASTIONLESS_SANDBOX_AGENT_VERSION", agent_mod.DEFAULT_AGENT_VERSION),
+                        help="agent version to announce (e.g. 3.0.161.0 to emulate an agent without smux)")
+    parser.add_argument("--agent-payload-size", type=int, default=agent_mod.DEFAULT_AGENT_PAYLOAD,
+                        help="bytes per agent stream message (the real agent uses 1024)")
+    args = parser.parse_args(argv)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        ready: asyncio.Future[str] = loop.create_future()
+        ready.add_done_callback(lambda f: print(f"READY {f.result()}", flush=True))
+        await serve(host=args.host, port=args.port, moto_url=args.moto_url, state_dir=args.state_dir,
+                    agent_version=args.agent_version, agent_payload_size=args.agent_payload_size,
+                    ready=ready, stop=stop)
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
+

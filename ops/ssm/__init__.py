@@ -1,0 +1,1 @@
+"""Native Session Manager data channel: framing, channel state machine, smux, client."""

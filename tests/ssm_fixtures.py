@@ -1,0 +1,61 @@
+"""Fixtures for the Session Manager tests (load with `pytest_plugins = ["tests.ssm_fixtures"]`)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tests.ssm_support import (
+    DB_HOST,
+    DB_PORT,
+    EchoHandler,
+    EchoServer,
+    EndpointThread,
+    Sandbox,
+    create_relay,
+    free_port,
+)
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def echo_server() -> Iterator[tuple[str, int]]:
+    server = EchoServer(("127.0.0.1", 0), EchoHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield "127.0.0.1", int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def relay(moto_url: str) -> str:
+    return create_relay(moto_url)
+
+
+@pytest.fixture(scope="module")
+def sandbox(moto_url: str, relay: str, echo_server: tuple[str, int],
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    endpoint = EndpointThread(moto_url=moto_url, state_dir=tmp_path_factory.mktemp("ssm-state")).start()
+    box = Sandbox(endpoint=endpoint, relay=relay, moto_url=moto_url)
+    box.map_host(DB_HOST, DB_PORT, echo_server)
+    try:
+        yield box
+    finally:
+        endpoint.stop()

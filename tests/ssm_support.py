@@ -1,0 +1,131 @@
+"""Helpers for the Session Manager tests: the endpoint in a thread, a moto relay, an echo server.
+
+The endpoint runs on its own event loop in a thread (as it would in its own process); tests drive
+the client with `asyncio.run`, so both sides talk over real loopback sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import socketserver
+import threading
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from ops.sandbox.agent import DEFAULT_AGENT_VERSION
+from ops.sandbox.ssm_endpoint import serve
+
+REGION = "eu-west-1"
+DB_HOST = "bastionless-test.abc123.eu-west-1.rds.amazonaws.com"
+DB_PORT = 5432
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EndpointThread:
+    def __init__(self, *, moto_url: str, state_dir: Path, agent_version: str = DEFAULT_AGENT_VERSION,
+                 agent_payload_size: int = 16 * 1024) -> None:
+        self.state_dir = state_dir
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._ready: asyncio.Future[str] = self._loop.create_future()
+        self._kwargs: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "moto_url": moto_url,
+                                        "state_dir": state_dir, "agent_version": agent_version,
+                                        "agent_payload_size": agent_payload_size}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.url = ""
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(serve(**self._kwargs, ready=self._ready, stop=self._stop))
+
+    def start(self) -> EndpointThread:
+        self._thread.start()
+        self.url = asyncio.run_coroutine_threadsafe(asyncio.wait_for(asyncio.shield(self._ready), 30),
+                                                    self._loop).result(35)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        self._loop.close()
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        req = urllib.request.Request(self.url + path, data=json.dumps(body or {}).encode(), method="POST",  # noqa: S310
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback test endpoint
+            result: dict[str, Any] = json.loads(resp.read())
+            return result
+
+    def get(self, path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + path, timeout=10) as resp:  # noqa: S310
+            result: dict[str, Any] = json.loads(resp.read())
+            return result
+
+    def ssm(self) -> Any:
+        return boto3.client("ssm", region_name=REGION, endpoint_url=self.url, aws_access_key_id="testing",
+                            aws_secret_access_key="testing")
+
+    def ecs(self) -> Any:
+        return boto3.client("ecs", region_name=REGION, endpoint_url=self.url, aws_access_key_id="testing",
+                            aws_secret_access_key="testing")
+
+
+def create_relay(moto_url: str, *, running: bool = True, region: str = REGION) -> str:
+    ec2 = boto3.client("ec2", region_name=region, endpoint_url=moto_url, aws_access_key_id="testing",
+                       aws_secret_access_key="testing")
+    vpc = ec2.create_vpc(CidrBlock="10.40.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.1.0/24")["Subnet"]["SubnetId"]
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    inst = ec2.run_instances(
+        ImageId=image, MinCount=1, MaxCount=1, InstanceType="t4g.nano", SubnetId=subnet,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [
+            {"Key": "Name", "Value": "bastionless-test/TunnelInstance"},
+            {"Key": "bastionless:env", "Value": "test"}, {"Key": "bastionless:role", "Value": "relay"}]}],
+    )["Instances"][0]["InstanceId"]
+    if not running:
+        ec2.stop_instances(InstanceIds=[inst])
+    return str(inst)
+
+
+class EchoServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+
+class EchoHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        while data := sock.recv(1 << 16):
+            sock.sendall(data)
+
+
+@dataclass
+class Sandbox:
+    endpoint: EndpointThread
+    relay: str
+    moto_url: str
+
+    def map_host(self, name: str, port: int, target: tuple[str, int]) -> None:
+        path = self.endpoint.state_dir / "relay_hosts.json"
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data[f"{name}:{port}"] = f"{target[0]}:{target[1]}"
+        path.write_text(json.dumps(data))
+
+    def start_port_session(self, *, host: str = DB_HOST, port: int = DB_PORT, reason: str = "test") -> dict[str, Any]:
+        result: dict[str, Any] = self.endpoint.ssm().start_session(
+            Target=self.relay, DocumentName="AWS-StartPortForwardingSessionToRemoteHost",
+            Parameters={"host": [host], "portNumber": [str(port)], "localPortNumber": ["0"]}, Reason=reason)
+        return result

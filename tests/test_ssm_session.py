@@ -1,0 +1,367 @@
+"""Native client against the local endpoint, over real loopback sockets, with moto as EC2/STS."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Awaitable, Callable
+
+import botocore.exceptions
+import pytest
+
+from ops.ssm import smux
+from ops.ssm.client import ChannelClosed, PortSession
+from tests.ssm_support import DB_HOST, DB_PORT, EndpointThread, Sandbox, create_relay
+
+pytest_plugins = ["tests.ssm_fixtures"]
+
+Scenario = Callable[[PortSession, int], Awaitable[None]]
+
+
+def run_port_session(box: Sandbox, scenario: Scenario, *, close: bool = True) -> tuple[str, PortSession]:
+    started = box.start_port_session()
+    sid = started["SessionId"]
+    holder: list[PortSession] = []
+
+    async def main() -> None:
+        ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"], session_id=sid)
+        holder.append(ps)
+        await ps.start()
+        server = await asyncio.start_server(ps.handle_connection, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            await scenario(ps, port)
+        finally:
+            server.close()
+            if close:
+                await ps.close()
+
+    asyncio.run(main())
+    return sid, holder[0]
+
+
+async def echo_roundtrip(port: int, payload: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(payload)
+    await writer.drain()
+    got = await reader.readexactly(len(payload))
+    writer.close()
+    return got
+
+
+def test_handshake_and_one_connection(sandbox: Sandbox) -> None:
+    async def scenario(ps: PortSession, port: int) -> None:
+        assert ps.agent_version == "3.3.1142.0"
+        assert ps.multiplexed
+        assert await echo_roundtrip(port, b"select 1;") == b"select 1;"
+
+    sid, _ = run_port_session(sandbox, scenario)
+    stats = sandbox.endpoint.get(f"/_sandbox/sessions/{sid}")
+    assert stats["status"] == "Terminated"
+
+
+def test_clean_close_terminates_and_is_listed_in_history(sandbox: Sandbox) -> None:
+    async def scenario(ps: PortSession, port: int) -> None:
+        assert await echo_roundtrip(port, b"x") == b"x"
+
+    sid, ps = run_port_session(sandbox, scenario)
+    assert ps.closed
+    ssm = sandbox.endpoint.ssm()
+    history = {s["SessionId"]: s for s in ssm.describe_sessions(State="History")["Sessions"]}
+    assert history[sid]["Status"] == "Terminated"
+    assert history[sid]["Reason"] == "test"
+    assert history[sid]["Owner"].startswith("arn:aws:")
+    assert "EndDate" in history[sid]
+    active = [s["SessionId"] for s in ssm.describe_sessions(State="Active")["Sessions"]]
+    assert sid not in active
+
+
+def test_terminate_session_api_closes_the_channel(sandbox: Sandbox) -> None:
+    ssm = sandbox.endpoint.ssm()
+
+    async def scenario(ps: PortSession, port: int) -> None:
+        assert await echo_roundtrip(port, b"ping") == b"ping"
+        active = [s["SessionId"] for s in ssm.describe_sessions(State="Active")["Sessions"]]
+        assert ps.session_id in active
+        await asyncio.to_thread(ssm.terminate_session, SessionId=ps.session_id)
+        await asyncio.wait_for(ps.wait_closed(), 5)  # agent-initiated close: no exception
+
+    sid, _ = run_port_session(sandbox, scenario)
+    history = {s["SessionId"]: s["Status"] for s in ssm.describe_sessions(State="History")["Sessions"]}
+    assert history[sid] == "Terminated"
+
+
+def test_64_concurrent_connections_multiplexed(sandbox: Sandbox) -> None:
+    async def scenario(ps: PortSession, port: int) -> None:
+        assert ps.multiplexed
+        blobs = [os.urandom(20_000 + i * 517) for i in range(64)]
+        results = await asyncio.gather(*(echo_roundtrip(port, b) for b in blobs))
+        assert results == blobs
+
+    run_port_session(sandbox, scenario)
+
+
+def test_loss_and_reorder_injected_in_endpoint_are_recovered(sandbox: Sandbox) -> None:
+    sandbox.endpoint.post("/_sandbox/loss", {"drop_every": 7, "reorder_every": 5})
+    try:
+        async def scenario(ps: PortSession, port: int) -> None:
+            blob = os.urandom(3 * 1024 * 1024)
+            assert await echo_roundtrip(port, blob) == blob
+            assert ps.channel is not None
+            assert ps.channel.resent > 0
+
+        run_port_session(sandbox, scenario)
+        stats = sandbox.endpoint.post("/_sandbox/loss", {})
+        assert stats["dropped"] > 0
+        assert stats["reordered"] > 0
+    finally:
+        sandbox.endpoint.post("/_sandbox/loss", {})
+
+
+def test_pause_publication_is_honoured(sandbox: Sandbox) -> None:
+    async def scenario(ps: PortSession, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"before")
+        assert await reader.readexactly(6) == b"before"
+        stats_path = f"/_sandbox/sessions/{ps.session_id}"
+        base = (await asyncio.to_thread(sandbox.endpoint.get, stats_path))["received_bytes"]
+        await asyncio.to_thread(sandbox.endpoint.post, f"{stats_path}/publication/pause")
+        await asyncio.sleep(0.1)
+        assert ps.channel is not None and not ps.channel.publishing.is_set()
+        writer.write(b"during-pause")
+        await asyncio.sleep(0.5)
+        assert (await asyncio.to_thread(sandbox.endpoint.get, stats_path))["received_bytes"] == base
+        await asyncio.to_thread(sandbox.endpoint.post, f"{stats_path}/publication/start")
+        assert await asyncio.wait_for(reader.readexactly(12), 5) == b"during-pause"
+        writer.close()
+
+    run_port_session(sandbox, scenario)
+
+
+def test_dropped_websocket_raises_channel_closed_dropped(sandbox: Sandbox) -> None:
+    ssm = sandbox.endpoint.ssm()
+
+    async def scenario(ps: PortSession, port: int) -> None:
+        assert await echo_roundtrip(port, b"a") == b"a"
+        await asyncio.to_thread(sandbox.endpoint.post, f"/_sandbox/sessions/{ps.session_id}/drop")
+        with pytest.raises(ChannelClosed) as info:
+            await asyncio.wait_for(ps.wait_closed(), 5)
+        assert info.value.dropped
+        # Still resumable, as on AWS: a new websocket with the resumed token works.
+        resumed = await asyncio.to_thread(ssm.resume_session, SessionId=ps.session_id)
+        again = PortSession(stream_url=resumed["StreamUrl"], token=resumed["TokenValue"], session_id=ps.session_id)
+        await again.start()
+        server = await asyncio.start_server(again.handle_connection, "127.0.0.1", 0)
+        assert await echo_roundtrip(server.sockets[0].getsockname()[1], b"b") == b"b"
+        server.close()
+        await again.close()
+
+    run_port_session(sandbox, scenario, close=False)
+
+
+def test_wrong_token_is_refused(sandbox: Sandbox) -> None:
+    started = sandbox.start_port_session()
+
+    async def main() -> None:
+        ps = PortSession(stream_url=started["StreamUrl"], token="not-the-token", session_id=started["SessionId"])
+        with pytest.raises(ChannelClosed):
+            await ps.start()
+
+    asyncio.run(main())
+
+
+def test_start_session_validation(sandbox: Sandbox, moto_url: str) -> None:
+    ssm = sandbox.endpoint.ssm()
+    with pytest.raises(botocore.exceptions.ClientError, match="InvalidDocument"):
+        ssm.start_session(Target=sandbox.relay, DocumentName="AWS-RunShellScript")
+    with pytest.raises(botocore.exceptions.ClientError, match="TargetNotConnected"):
+        ssm.start_session(Target="i-0123456789abcdef0", DocumentName="AWS-StartPortForwardingSession",
+                          Parameters={"portNumber": ["5432"]})
+    stopped = create_relay(moto_url, running=False)
+    with pytest.raises(botocore.exceptions.ClientError, match="TargetNotConnected"):
+        ssm.start_session(Target=stopped, DocumentName="AWS-StartPortForwardingSession",
+                          Parameters={"portNumber": ["5432"]})
+    info = ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": [sandbox.relay, stopped]}])
+    ping = {i["InstanceId"]: i["PingStatus"] for i in info["InstanceInformationList"]}
+    assert ping == {sandbox.relay: "Online", stopped: "ConnectionLost"}
+
+
+def test_other_calls_are_proxied_to_moto(sandbox: Sandbox) -> None:
+    ssm = sandbox.endpoint.ssm()
+    ssm.put_parameter(Name="/bastionless/test", Value="v", Type="String")
+    assert ssm.get_parameter(Name="/bastionless/test")["Parameter"]["Value"] == "v"
+
+
+def test_unreachable_remote_host_reports_connect_error(sandbox: Sandbox) -> None:
+    started = sandbox.start_port_session(host="nowhere.internal", port=5432)
+    events: list[str] = []
+
+    async def main() -> None:
+        ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
+                         session_id=started["SessionId"], on_event=events.append)
+        await ps.start()
+        server = await asyncio.start_server(ps.handle_connection, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        writer.write(b"hello")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing forwarded
+        server.close()
+        await ps.close()
+
+    asyncio.run(main())
+    assert any("could not connect" in e for e in events)
+
+
+@pytest.fixture(scope="module")
+def old_agent_sandbox(moto_url: str, relay: str, echo_server: tuple[str, int],
+                      tmp_path_factory: pytest.TempPathFactory) -> object:
+    endpoint = EndpointThread(moto_url=moto_url, state_dir=tmp_path_factory.mktemp("old-agent"),
+                              agent_version="3.0.161.0").start()
+    box = Sandbox(endpoint=endpoint, relay=relay, moto_url=moto_url)
+    box.map_host(DB_HOST, DB_PORT, echo_server)
+    yield box
+    endpoint.stop()
+
+
+def test_basic_mode_with_an_old_agent_serves_sequential_connections(old_agent_sandbox: Sandbox) -> None:
+    async def scenario(ps: PortSession, port: int) -> None:
+        assert not ps.multiplexed
+        for i in range(3):
+            blob = os.urandom(100_000 + i)
+            assert await echo_roundtrip(port, blob) == blob
+
+    run_port_session(old_agent_sandbox, scenario)
+
+
+@pytest.mark.slow
+def test_100_mb_checksummed_transfer(sandbox: Sandbox) -> None:
+    total = 100 * 1024 * 1024
+
+    async def scenario(ps: PortSession, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        block = os.urandom(1 << 20)
+        sent_hash = hashlib.sha256()
+
+        async def send() -> None:
+            for i in range(total >> 20):
+                chunk = bytes([i & 0xFF]) + block[1:]
+                sent_hash.update(chunk)
+                writer.write(chunk)
+                await writer.drain()
+
+        sender = asyncio.ensure_future(send())
+        got_hash = hashlib.sha256()
+        got = 0
+        while got < total:
+            data = await reader.read(1 << 20)
+            assert data
+            got += len(data)
+            got_hash.update(data)
+        await sender
+        assert got == total
+        assert got_hash.hexdigest() == sent_hash.hexdigest()
+        writer.close()
+
+    run_port_session(sandbox, scenario)
+
+
+def test_slow_reader_bounds_client_buffering(sandbox: Sandbox) -> None:
+    """A local client that stops reading must stall the agent (acks withheld), not grow memory."""
+    import socketserver
+    import threading
+
+    total = 24 * 1024 * 1024
+
+    class Source(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            block = b"z" * (1 << 20)
+            for _ in range(total >> 20):
+                self.request.sendall(block)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Source)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sandbox.map_host("source.internal", 9000, ("127.0.0.1", int(server.server_address[1])))
+    started = sandbox.start_port_session(host="source.internal", port=9000)
+
+    async def main() -> None:
+        ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
+                         session_id=started["SessionId"])
+        await ps.start()
+        listener = await asyncio.start_server(ps.handle_connection, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.sockets[0].getsockname()[1],
+                                                      limit=64 * 1024)
+        first = await reader.read(65536)
+        await asyncio.sleep(1.0)  # stop reading: socket buffers fill, then the stream buffer
+        assert ps._mux is not None
+        buffered = max(s.buffered for s in ps._mux.streams.values())
+        assert buffered <= smux.STREAM_BUFFER + 2 * ps.payload_size * 64
+        got = len(first)
+        while got < total:
+            chunk = await reader.read(1 << 20)
+            assert chunk
+            got += len(chunk)
+        assert got == total
+        writer.close()
+        listener.close()
+        await ps.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_connection_after_the_channel_closed_is_refused_quietly(sandbox: Sandbox) -> None:
+    async def scenario(ps: PortSession, port: int) -> None:
+        await asyncio.to_thread(sandbox.endpoint.ssm().terminate_session, SessionId=ps.session_id)
+        await asyncio.wait_for(ps.wait_closed(), 5)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"late")
+        try:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        except ConnectionResetError:
+            pass  # closed with our bytes unread: a reset, equally a refusal
+        writer.close()
+
+    run_port_session(sandbox, scenario)
+
+
+def test_basic_mode_server_speaks_first(old_agent_sandbox: Sandbox) -> None:
+    """The basic-mode agent dials at session start: a greeting sent before any local connection is kept."""
+    import socketserver
+    import threading
+
+    class Greeter(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.sendall(b"220 ready\r\n")
+            while data := self.request.recv(65536):
+                self.request.sendall(data)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Greeter)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    old_agent_sandbox.map_host("smtp.internal", 25, ("127.0.0.1", int(server.server_address[1])))
+    started = old_agent_sandbox.start_port_session(host="smtp.internal", port=25)
+
+    async def main() -> None:
+        ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
+                         session_id=started["SessionId"])
+        await ps.start()
+        assert not ps.multiplexed
+        await asyncio.sleep(0.3)  # the greeting reaches the client before anyone connects locally
+        listener = await asyncio.start_server(ps.handle_connection, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.sockets[0].getsockname()[1])
+        assert await asyncio.wait_for(reader.readexactly(11), 5) == b"220 ready\r\n"
+        writer.write(b"EHLO x\r\n")
+        assert await asyncio.wait_for(reader.readexactly(8), 5) == b"EHLO x\r\n"
+        writer.close()
+        listener.close()
+        await ps.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.shutdown()
+        server.server_close()
