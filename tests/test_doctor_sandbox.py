@@ -1,0 +1,244 @@
+"""doctor against a healthy emulated environment, then with one thing broken at a time.
+
+Each break is undone in `finally`, so the module's environment is healthy again for the next test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from ops.doctor import CheckResult, format_json, format_table, run_checks
+from tests.ecs_support import TASK_IDS, World, sandbox_task
+
+pytest_plugins = ["tests.ecs_fixtures"]
+
+pytestmark = pytest.mark.slow
+
+
+def fails(results: list[CheckResult]) -> dict[str, CheckResult]:
+    return {r.name: r for r in results if r.status == "fail"}
+
+
+def test_healthy_environment_has_no_fail_and_only_honest_warns(world: World) -> None:
+    results = run_checks(world.cfg)
+    assert not fails(results), format_table(results)
+    warns = [r for r in results if r.status == "warn"]
+    # The only warns: the IAM policy simulator, which the emulator lacks; said so, in the sandbox only.
+    assert {r.name for r in warns} == {"ssm:StartSession", "ecs:ExecuteCommand"}
+    assert all("not checkable here" in r.detail and "SimulatePrincipalPolicy" in r.detail for r in warns)
+    names = {r.name for r in results if r.status == "pass"}
+    for expected in ("credentials", "account", "relay SSM ping", "endpoint ssmmessages", "database secret",
+                     "session key", "you may use the session key", "cluster exec logging"):
+        assert expected in names
+    payload = json.loads(format_json(results))
+    assert payload["ok"] is True
+    assert len(payload["checks"]) == len(results)
+
+
+def test_secret_values_never_reach_the_output(world: World) -> None:
+    password = json.loads(world.moto("secretsmanager").get_secret_value(SecretId=world.ids["secret"])["SecretString"])
+    text = format_table(run_checks(world.cfg))
+    assert password["password"] not in text
+
+
+@contextmanager
+def broken(undo: object) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        assert callable(undo)
+        undo()
+
+
+def test_relay_stopped(world: World) -> None:
+    ec2 = world.moto("ec2")
+    relay = world.ids["relay"]
+    ec2.stop_instances(InstanceIds=[relay])
+    with broken(lambda: ec2.start_instances(InstanceIds=[relay])):
+        results = run_checks(world.cfg)
+    found = fails(results)
+    assert set(found) == {"relay running"}
+    skipped = {r.name: r.detail for r in results if r.status == "warn" and r.section == "relay"}
+    assert skipped == {"relay SSM ping": "not checked: the relay is stopped",
+                       "relay agent version": "not checked: the relay is stopped"}
+    assert f"start-instances --instance-ids {relay}" in found["relay running"].fix
+    assert "is stopped" in found["relay running"].detail
+
+
+def test_database_sg_rule_removed(world: World) -> None:
+    ec2 = world.moto("ec2")
+    perm = [{"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432,
+             "UserIdGroupPairs": [{"GroupId": world.ids["relay_sg"]}]}]
+    ec2.revoke_security_group_ingress(GroupId=world.ids["db_sg"], IpPermissions=perm)
+    with broken(lambda: ec2.authorize_security_group_ingress(GroupId=world.ids["db_sg"], IpPermissions=perm)):
+        found = fails(run_checks(world.cfg))
+    assert set(found) == {"database SG 5432 from relay"}
+    fix = found["database SG 5432 from relay"].fix
+    assert f"--group-id {world.ids['db_sg']}" in fix and f"--source-group {world.ids['relay_sg']}" in fix
+
+
+def test_secret_deleted(world: World) -> None:
+    sm = world.moto("secretsmanager")
+    arn = world.ids["secret"]
+    sm.delete_secret(SecretId=arn, RecoveryWindowInDays=7)
+    with broken(lambda: sm.restore_secret(SecretId=arn)):
+        found = fails(run_checks(world.cfg))
+    assert set(found) == {"database secret"}
+    assert "restore-secret" in found["database secret"].fix
+
+
+def test_secret_malformed(world: World) -> None:
+    sm = world.moto("secretsmanager")
+    arn = world.ids["secret"]
+    original = sm.get_secret_value(SecretId=arn)["SecretString"]
+    sm.put_secret_value(SecretId=arn, SecretString=json.dumps({"username": "app_admin"}))
+    with broken(lambda: sm.put_secret_value(SecretId=arn, SecretString=original)):
+        found = fails(run_checks(world.cfg))
+    assert set(found) == {"database secret"}
+    assert "missing: password" in found["database secret"].detail
+    assert "rotate-secret" in found["database secret"].fix
+
+
+def test_exec_disabled_on_the_service(world: World) -> None:
+    ecs = world.moto("ecs")
+    svc = world.ids["service"]
+    ecs.update_service(cluster=world.ids["cluster"], service=svc, enableExecuteCommand=False)
+    with broken(lambda: ecs.update_service(cluster=world.ids["cluster"], service=svc, enableExecuteCommand=True)):
+        found = fails(run_checks(world.cfg))
+    # The running task keeps exec (it was started before): only the service is wrong.
+    assert set(found) == {f"{svc} exec enabled"}
+    assert "--enable-execute-command --force-new-deployment" in found[f"{svc} exec enabled"].fix
+
+
+def test_task_started_without_exec(world: World) -> None:
+    task = sandbox_task(cluster=world.ids["cluster"], service=world.ids["service"], task_def=world.ids["task_def"],
+                        tid=TASK_IDS[1], enableExecuteCommand=False)
+    task["containers"][0]["managedAgents"] = []
+    world.write_tasks([task])
+    with broken(world.write_tasks):
+        found = fails(run_checks(world.cfg))
+    assert set(found) == {f"task {TASK_IDS[1][:12]} exec"}
+    assert "only applies to tasks started after it" in found[f"task {TASK_IDS[1][:12]} exec"].fix
+
+
+def test_interface_endpoint_removed(world: World) -> None:
+    ec2 = world.moto("ec2")
+    ec2.delete_vpc_endpoints(VpcEndpointIds=[world.ids["ep_ssmmessages"]])
+
+    def recreate() -> None:
+        subnet = ec2.describe_instances(InstanceIds=[world.ids["relay"]])["Reservations"][0]["Instances"][0]["SubnetId"]
+        world.ids["ep_ssmmessages"] = ec2.create_vpc_endpoint(
+            VpcId=world.ids["vpc"], ServiceName="com.amazonaws.us-east-1.ssmmessages", VpcEndpointType="Interface",
+            SubnetIds=[subnet], SecurityGroupIds=[world.ids["ep_sg"]], PrivateDnsEnabled=True,
+        )["VpcEndpoint"]["VpcEndpointId"]
+
+    with broken(recreate):
+        found = fails(run_checks(world.cfg))
+    assert set(found) == {"endpoint ssmmessages"}
+    assert "invoke deploy --env sandbox" in found["endpoint ssmmessages"].fix
+
+
+def test_readonly_root_filesystem_and_pid_mode(world: World) -> None:
+    ecs = world.moto("ecs")
+    family = f"{world.ids['cluster']}-sample"
+    td = ecs.register_task_definition(
+        family=family, taskRoleArn=world.ids["task_role"], networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
+        cpu="256", memory="512", pidMode="task", containerDefinitions=[{
+            "name": "app", "image": "busybox", "essential": True, "readonlyRootFilesystem": True,
+            "environment": [{"name": "AWS_ACCESS_KEY_ID", "value": "AKIAEXAMPLE"}]}],
+    )["taskDefinition"]
+    world.write_tasks([sandbox_task(cluster=world.ids["cluster"], service=world.ids["service"],
+                                    task_def=td["taskDefinitionArn"], tid=TASK_IDS[1])])
+    label = f"{family}:{td['revision']}"
+    with broken(world.write_tasks):
+        results = run_checks(world.cfg)
+    assert set(fails(results)) == {f"{label} app root filesystem"}
+    warned = {r.name for r in results if r.status == "warn"}
+    assert {f"{label} app init process", f"{label} pidMode", f"{label} app credentials env"} <= warned
+
+
+def test_task_role_without_ssmmessages(world: World) -> None:
+    iam = world.moto("iam")
+    role = f"{world.ids['cluster']}-ecs-task"
+    original = iam.get_role_policy(RoleName=role, PolicyName="inline")["PolicyDocument"]
+    narrowed = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["ssmmessages:CreateControlChannel", "ssmmessages:OpenControlChannel",
+                                       "logs:*", "kms:Decrypt"], "Resource": "*"}]}
+    iam.put_role_policy(RoleName=role, PolicyName="inline", PolicyDocument=json.dumps(narrowed))
+    doc = original if isinstance(original, str) else json.dumps(original)
+    with broken(lambda: iam.put_role_policy(RoleName=role, PolicyName="inline", PolicyDocument=doc)):
+        found = fails(run_checks(world.cfg))
+    name = f"{world.ids['cluster']}-sample:1 task role ssmmessages"
+    assert set(found) == {name}
+    assert "ssmmessages:CreateDataChannel" in found[name].detail
+    assert "ssmmessages:OpenDataChannel" in found[name].detail
+
+
+def test_doctor_cli_exit_code_and_json(world: World) -> None:
+    from invoke.exceptions import Exit
+
+    from cli.doctor import doctor
+
+    ec2 = world.moto("ec2")
+    ec2.stop_instances(InstanceIds=[world.ids["relay"]])
+    try:
+        with pytest.raises(Exit) as info:
+            doctor.body(None, env="sandbox", json=True)
+    finally:
+        ec2.start_instances(InstanceIds=[world.ids["relay"]])
+    assert info.value.code == 1
+
+
+def test_ec2_task_on_an_old_ecs_agent_and_a_pending_task(world: World) -> None:
+    ec2, ecs = world.moto("ec2"), world.moto("ecs")
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    host = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    doc = json.dumps({"instanceId": host, "region": "us-east-1", "accountId": "123456789012"})
+    container_instance = ecs.register_container_instance(
+        cluster=world.ids["cluster"], instanceIdentityDocument=doc)["containerInstance"]
+    agent = container_instance["versionInfo"]["agentVersion"]  # moto registers every agent as 1.0.0
+    ec2_task = sandbox_task(cluster=world.ids["cluster"], service=world.ids["service"], task_def=world.ids["task_def"],
+                            tid=TASK_IDS[1], launchType="EC2", containerInstanceArn=container_instance[
+                                "containerInstanceArn"])
+    pending = sandbox_task(cluster=world.ids["cluster"], service=world.ids["service"], task_def=world.ids["task_def"],
+                           tid=TASK_IDS[0], lastStatus="PENDING")
+    world.write_tasks([pending, ec2_task])
+    try:
+        results = run_checks(world.cfg)
+    finally:
+        world.write_tasks()
+        ecs.deregister_container_instance(cluster=world.ids["cluster"],
+                                          containerInstance=container_instance["containerInstanceArn"], force=True)
+        ec2.terminate_instances(InstanceIds=[host])
+    found = fails(results)
+    (name,) = found
+    assert name.startswith("container instance") and f"ECS agent {agent} is older than 1.50.2" in found[name].detail
+    status = {r.name: r for r in results if r.name == f"task {TASK_IDS[0][:12]} status"}
+    assert status[f"task {TASK_IDS[0][:12]} status"].status == "warn"
+
+
+def test_nat_egress_needs_a_route_out(world: World) -> None:
+    cfg = dataclasses.replace(world.cfg, network=dataclasses.replace(world.cfg.network, egress="nat"))
+    ec2 = world.moto("ec2")
+    relay = ec2.describe_instances(InstanceIds=[world.ids["relay"]])["Reservations"][0]["Instances"][0]
+    table = ec2.create_route_table(VpcId=world.ids["vpc"])["RouteTable"]["RouteTableId"]
+    assoc = ec2.associate_route_table(RouteTableId=table, SubnetId=relay["SubnetId"])["AssociationId"]
+    public = ec2.create_subnet(VpcId=world.ids["vpc"], CidrBlock="10.40.0.0/24")["Subnet"]["SubnetId"]
+    eip = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    nat = ec2.create_nat_gateway(SubnetId=public, AllocationId=eip)["NatGateway"]["NatGatewayId"]
+    try:
+        without = {r.name: r for r in run_checks(cfg) if r.section == "network"}
+        ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)
+        with_route = {r.name: r for r in run_checks(cfg) if r.section == "network"}
+    finally:
+        ec2.disassociate_route_table(AssociationId=assoc)
+        ec2.delete_route_table(RouteTableId=table)
+        ec2.delete_nat_gateway(NatGatewayId=nat)
+    assert set(without) == {"route out"} and without["route out"].status == "fail"
+    assert "no active 0.0.0.0/0 route" in without["route out"].detail
+    assert with_route["route out"].status == "pass" and nat in with_route["route out"].detail
