@@ -39,6 +39,7 @@ DEFAULT_AWS_PROVIDER_VERSION = "5.100.0"
 INSTALL_HINT = "install Terraform >= 1.5 (https://developer.hashicorp.com/terraform/install) and put it on PATH"
 INIT_STAMP = "bastionless-init.json"
 _SYNTH_FILE = "cdk.tf.json"
+_AWS_PROVIDER = "registry.terraform.io/hashicorp/aws"
 _VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
 
 
@@ -148,6 +149,9 @@ class Terraform:
             self._prepared_env = self._prepare()
         env = dict(self._prepared_env)
         env["TF_DATA_DIR"] = str(self.data_dir(backend=backend))
+        # Only runs that talk to AWS need the emulator; `validate` (no backend) works with it down.
+        if backend and self.cfg.sandbox and _AWS_PROVIDER in required_providers(self.workdir):
+            apply_sandbox_env(env, self.cfg)
         return env
 
     def _prepare(self) -> dict[str, str]:
@@ -259,6 +263,32 @@ def run_streaming(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], std
         raise CommandFailedError(f"interrupted; {Path(argv[0]).name} {argv[1] if len(argv) > 1 else ''} "
                                  f"stopped (exit code {code})", returncode=130)
     return code
+
+
+def apply_sandbox_env(env: dict[str, str], cfg: EnvConfig) -> None:
+    """Point terraform's AWS provider at the sandbox's emulator, with its fake keys: for sandbox envs only.
+
+    The synthesized JSON has no endpoints and no keys (the same constructs as prod); they exist only
+    in the child's environment. Anything in the user's shell that could reach real AWS (profiles,
+    session tokens, config files, per-service endpoint overrides) is removed from it.
+    """
+    if not cfg.sandbox:
+        raise ValueError(f"{cfg.name} is not a sandbox environment; refusing to point terraform at an emulator")
+    endpoints = aws.sandbox_endpoints()
+    for var in [k for k in env if k.startswith("AWS_ENDPOINT_URL_")]:
+        del env[var]
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ROLE_ARN",
+                "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+        env.pop(var, None)
+    env.update({
+        "AWS_ENDPOINT_URL": endpoints["default"],
+        "AWS_ACCESS_KEY_ID": aws.SANDBOX_CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": aws.SANDBOX_CREDENTIALS["aws_secret_access_key"],
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    })
 
 
 def _fileno(stream: TextIO | None) -> int | None:
