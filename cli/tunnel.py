@@ -9,8 +9,7 @@ from cli import _common
 from cli._common import ENV_HELP, ops_errors
 
 
-# No short flags: `-h` must stay help, not --host.
-@task(name="tunnel", auto_shortflags=False, help={
+@task(name="tunnel", help={
     "env": ENV_HELP,
     "local_port": "local port to listen on (default: [tunnel] local_port of the env, 5433; 0 = any free port)",
     "reason": "why you open the tunnel; sent as the StartSession reason (session history, CloudTrail)",

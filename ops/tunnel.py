@@ -415,8 +415,7 @@ class Supervisor:
         self._ps_ready.set()
 
     def _agent_event(self, line: str) -> None:
-        if self.phase != "stopping":  # the agent acknowledging our own terminate is not news
-            self.report(line)
+        self.report(line)
 
     def _plugin_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -478,9 +477,7 @@ class Supervisor:
             await asyncio.sleep(0.05 if self.mode == "plugin" else 0.2)
 
     def _plugin_failed(self, code: int) -> OpsError:
-        # An old plugin reads the literal variable name as the answer and fails at once; one that
-        # already carried this tunnel clearly reads the environment.
-        if "ready" not in self.timings and not transport_mod.supports_env_handoff(self._plugin_version):
+        if not transport_mod.supports_env_handoff(self._plugin_version):
             return transport_mod.old_plugin_error(self._plugin_version)
         return OpsError(f"{transport_mod.PLUGIN} exited with code {code} before the tunnel was ready",
                         next_step="see its output above, or use --transport native")
@@ -557,9 +554,7 @@ class Supervisor:
         what = "dropped" if dropped else "ended"
         self.report(f"data channel {what} ({why}); reconnecting, local port {self.local_port} stays open")
         await self._discard_transport()
-        # The plugin resumes by itself; when it gives up and exits, a new plugin for the same session id
-        # collides with the unix socket the old one left behind, so the plugin gets a new session.
-        resumable = dropped and bool(old) and self.mode == "native"
+        resumable = dropped and bool(old)
         attempt = 0
         last_error = ""
         while True:

@@ -215,20 +215,14 @@ def _sleeper() -> subprocess.Popen[bytes]:
 
 
 def test_claim_list_release(state_dir: Path) -> None:
-    # A live process that looks like a tunnel: pytest's own command line need not contain "tunnel".
-    proc = _sleeper()
-    try:
-        record = tunnels_state.claim(tunnels_state.TunnelRecord(env="a", pid=proc.pid, local_port=5433))
-        path = tunnels_state.state_path("a")
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        record = tunnels_state.update(record, status="ready", session_id="s-1", transport="native", reconnects=2)
-        (listed,) = tunnels_state.list_tunnels()
-        assert (listed.env, listed.status, listed.session_id, listed.reconnects) == ("a", "ready", "s-1", 2)
-        tunnels_state.release(record)
-        assert tunnels_state.list_tunnels() == [] and not path.exists()
-    finally:
-        proc.kill()
-        proc.wait()
+    record = tunnels_state.claim(tunnels_state.TunnelRecord(env="a", pid=os.getpid(), local_port=5433))
+    path = tunnels_state.state_path("a")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    record = tunnels_state.update(record, status="ready", session_id="s-1", transport="native", reconnects=2)
+    (listed,) = tunnels_state.list_tunnels()
+    assert (listed.env, listed.status, listed.session_id, listed.reconnects) == ("a", "ready", "s-1", 2)
+    tunnels_state.release(record)
+    assert tunnels_state.list_tunnels() == [] and not path.exists()
 
 
 def test_second_tunnel_to_the_same_env_is_refused(state_dir: Path) -> None:
@@ -295,9 +289,3 @@ def test_cli_help_and_import_stay_light() -> None:
             "print(any(m in sys.modules for m in ('ops.tunnel', 'websockets', 'ops.ssm.client')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
-
-def test_dash_h_is_help_not_host() -> None:
-    out = subprocess.run([sys.executable, "-m", "invoke", "tunnel", "-h"], cwd=PROJECT_ROOT, capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0 and "Docstring:" in out.stdout and "--host=STRING" in out.stdout
