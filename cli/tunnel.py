@@ -1,0 +1,58 @@
+"""Tunnels: localhost -> Session Manager -> relay -> RDS; list and close the running ones."""
+
+from __future__ import annotations
+
+from invoke.context import Context
+from invoke.tasks import task
+
+from cli import _common
+from cli._common import ENV_HELP, ops_errors
+
+
+# No short flags: `-h` must stay help, not --host.
+@task(name="tunnel", auto_shortflags=False, help={
+    "env": ENV_HELP,
+    "local_port": "local port to listen on (default: [tunnel] local_port of the env, 5433; 0 = any free port)",
+    "reason": "why you open the tunnel; sent as the StartSession reason (session history, CloudTrail)",
+    "background": "detach and keep running; list with `invoke tunnels`, stop with `invoke tunnel-close`",
+    "transport": "auto (session-manager-plugin if installed, else the built-in client), plugin, or native",
+    "instance": "relay instance id to use instead of the one found by its tags",
+    "host": "database HOST[:PORT] to forward to instead of the RDS endpoint of the env",
+})
+def tunnel(c: Context, env: str = "", local_port: int = -1, reason: str = "", background: bool = False,
+           transport: str = "auto", instance: str = "", host: str = "") -> None:
+    """Open a tunnel to the env's database; ready once PostgreSQL answers through it. Ctrl-C stops it."""
+    with ops_errors():
+        from ops.tunnel import run_tunnel
+
+        cfg = _common.env(env)
+        run_tunnel(cfg, local_port=None if local_port < 0 else local_port, reason=reason, transport=transport,
+                   instance=instance, host=host, background=background)
+
+
+@task(name="tunnels", help={})
+def tunnels(c: Context) -> None:
+    """List the tunnels running on this machine (env, local port, session, transport, uptime, reconnects)."""
+    with ops_errors():
+        from ops import tunnels_state
+
+        print(tunnels_state.format_table(tunnels_state.list_tunnels()))
+
+
+@task(name="tunnel-close", help={
+    "env": "environment whose tunnel to close",
+    "all": "close every tunnel running on this machine",
+})
+def tunnel_close(c: Context, env: str = "", all: bool = False) -> None:
+    """Close a running tunnel (its session is terminated), or all of them with --all."""
+    with ops_errors():
+        from ops import tunnels_state
+        from ops.errors import OpsError
+
+        if all == bool(env):
+            raise OpsError("give either --env NAME or --all", next_step="invoke tunnels (lists them)")
+        closed = tunnels_state.close_all() if all else [tunnels_state.close(env)]
+        for record in closed:
+            print(f"closed the tunnel to {record.env} (port {record.local_port}, session {record.session_id})")
+        if not closed:
+            print("no tunnels were running")

@@ -1,0 +1,862 @@
+"""`invoke tunnel`: localhost:PORT -> Session Manager -> relay -> RDS, supervised.
+
+One supervisor runs a tunnel in any of its forms (foreground, `--background`, `open_tunnel()` for other
+tasks): discover the relay and the database through the AWS APIs, StartSession, hand the session to a
+transport (the built-in client, or the session-manager-plugin started as the AWS CLI starts it), and
+call it ready only when a PostgreSQL SSLRequest sent through the tunnel is answered. Then supervise:
+a dropped data channel is resumed (ResumeSession), else replaced by a new session, with backoff, while
+the local port stays open; an idle tunnel is kept alive; Ctrl-C or SIGTERM terminates the session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote, urlencode
+
+from ops import aws, tunnels_state
+from ops import transport as transport_mod
+from ops.config import PROJECT_ROOT, EnvConfig, parse_env
+from ops.discovery import (
+    DatabaseInfo,
+    RelayInfo,
+    RelayNotReadyError,
+    aws_call,
+    database_override,
+    find_database,
+    find_relay,
+)
+from ops.errors import OpsError, ToolMissingError
+
+PORT_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"
+# PostgreSQL's SSLRequest (length 8, code 80877103): every server answers it with one byte, S or N,
+# before any authentication, so it proves the whole chain without credentials.
+SSL_REQUEST = struct.pack("!II", 8, 80877103)
+READY_TIMEOUT = 20.0
+PROBE_TIMEOUT = 5.0
+# A connection that arrives while the channel is being re-established waits this long for it.
+CONNECTION_WAIT = 30.0
+BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+CLEANUP_TIMEOUT = 15.0
+BACKGROUND_START_TIMEOUT = 60.0
+# Test hook: "discovering=2,starting=2" holds the tunnel that long in a phase (signal tests).
+PHASE_DELAY_ENV = "BASTIONLESS_TUNNEL_PHASE_DELAY"
+LOCAL_HOST = "127.0.0.1"
+
+Report = Callable[[str], None]
+
+
+class PortBusyError(OpsError):
+    """The requested local port is taken."""
+
+
+class TunnelNotReadyError(OpsError):
+    """The session opened but PostgreSQL did not answer through it."""
+
+
+@dataclass(frozen=True)
+class TunnelInfo:
+    env: str
+    local_host: str
+    local_port: int
+    session_id: str
+    transport: str
+    db_host: str
+    db_port: int
+    db_name: str
+    db_user: str
+    instance_id: str
+
+
+def database_url(cfg: EnvConfig, info: TunnelInfo) -> str:
+    """DATABASE_URL for the tunnel, without the password. TLS names the real endpoint, dials localhost."""
+    user, name = quote(info.db_user, safe=""), quote(info.db_name, safe="")
+    sslmode = cfg.database.sslmode
+    params: dict[str, str] = {}
+    if sslmode == "verify-full":
+        # The certificate names the RDS endpoint: connect by that name, to the tunnel's address.
+        host = info.db_host
+        params["hostaddr"] = info.local_host
+    else:
+        host = info.local_host
+    params["sslmode"] = sslmode
+    if cfg.database.ca_bundle and sslmode in ("verify-ca", "verify-full"):
+        params["sslrootcert"] = cfg.database.ca_bundle
+    return f"postgresql://{user}@{host}:{info.local_port}/{name}?{urlencode(params)}"
+
+
+def describe_ready(cfg: EnvConfig, info: TunnelInfo, *, background: bool, secret_arn: str = "") -> str:
+    stop = (f"invoke tunnel-close --env {info.env}" if background
+            else f"Ctrl-C (or invoke tunnel-close --env {info.env} from another terminal)")
+    lines = [
+        f"tunnel to {info.env} ready: {info.local_host}:{info.local_port} -> relay {info.instance_id} -> "
+        f"{info.db_host}:{info.db_port}",
+        f"  transport  {info.transport} (session {info.session_id})",
+        f"  host       {info.local_host}",
+        f"  port       {info.local_port}",
+        f"  database   {info.db_name}",
+        f"  user       {info.db_user}",
+        f"  DATABASE_URL={database_url(cfg, info)}",
+    ]
+    if secret_arn:
+        lines.append(f"  password   in Secrets Manager: {secret_arn}")
+    lines.append(f"stop: {stop}")
+    return "\n".join(lines)
+
+
+def stderr_report(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} tunnel: {line}", file=sys.stderr, flush=True)
+
+
+# ---- sockets -----------------------------------------------------------------------------------
+
+def _busy(port: int) -> PortBusyError:
+    holder = next((r for r in tunnels_state.list_tunnels() if r.local_port == port), None)
+    who = f" by the tunnel to {holder.env}" if holder else ""
+    return PortBusyError(f"local port {port} is already in use{who}",
+                         next_step="pass --local-port 0 for a free port, or --local-port N for another one")
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The tunnel's listening socket, bound before any AWS call so a busy port costs nothing."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # Still refuses a port another process listens on; only lets us reuse our own TIME_WAIT ones.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise _busy(port) from None
+        raise OpsError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                       next_step="pick another --local-port") from None
+    sock.setblocking(False)
+    return sock
+
+
+def reserve_port(host: str, port: int) -> int:
+    """For the plugin, which binds the port itself: check it is free (or pick a free one) now."""
+    sock = bind_listener(host, port)
+    chosen: int = sock.getsockname()[1]
+    sock.close()
+    return chosen
+
+
+async def probe(host: str, port: int, *, timeout: float = PROBE_TIMEOUT) -> bytes:
+    """Send an SSLRequest through the tunnel; PostgreSQL answers b'S' or b'N'."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    try:
+        writer.write(SSL_REQUEST)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readexactly(1), timeout)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    if answer not in (b"S", b"N"):
+        raise TunnelNotReadyError(f"the far end answered {answer!r} to a PostgreSQL SSLRequest: not PostgreSQL",
+                                  next_step="check --host / the database endpoint")
+    return answer
+
+
+def _phase_delays() -> dict[str, float]:
+    delays: dict[str, float] = {}
+    for part in os.environ.get(PHASE_DELAY_ENV, "").split(","):
+        name, _, value = part.partition("=")
+        with contextlib.suppress(ValueError):
+            delays[name.strip()] = float(value)
+    return delays
+
+
+class _LazyClient:
+    """A boto3 client built on first use: KMS is needed only when session encryption is on."""
+
+    def __init__(self, cfg: EnvConfig, service: str) -> None:
+        self._cfg, self._service, self._client = cfg, service, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            self._client = aws.client(self._cfg, self._service)
+        return getattr(self._client, name)
+
+
+# ---- the supervisor ----------------------------------------------------------------------------
+
+class Supervisor:
+    """Runs one tunnel until cancelled; raises OpsError when it cannot become ready."""
+
+    def __init__(self, cfg: EnvConfig, *, local_host: str = LOCAL_HOST, local_port: int = 0, reason: str = "",
+                 transport: str = "auto", instance: str = "", host: str = "", report: Report = stderr_report,
+                 on_ready: Callable[[TunnelInfo], None] | None = None,
+                 on_change: Callable[[Supervisor], None] | None = None,
+                 keepalive: float | None = None, ready_timeout: float = READY_TIMEOUT) -> None:
+        if len(reason) > 256:
+            raise OpsError("--reason is longer than 256 characters (the StartSession limit)",
+                           next_step="shorten it; put details in the ticket it names")
+        self.cfg = cfg
+        self.local_host = local_host
+        self.local_port = local_port
+        self.reason = reason.strip()
+        self.requested_transport = transport
+        self.instance = instance
+        self.host = host
+        self.report = report
+        self.on_ready = on_ready
+        self.on_change = on_change
+        idle = cfg.session.idle_timeout_minutes * 60
+        self.keepalive = keepalive if keepalive is not None else min(300.0, max(30.0, idle / 4))
+        self.ready_timeout = ready_timeout
+        self.phase = "init"
+        self.mode = ""
+        self.session_id = ""
+        self.reconnects = 0
+        self.open_sessions: list[str] = []
+        self.relay: RelayInfo | None = None
+        self.db: DatabaseInfo | None = None
+        self.info: TunnelInfo | None = None
+        self._ssm: Any = None
+        self._sock: socket.socket | None = None
+        self._server: asyncio.Server | None = None
+        self._ps: Any = None
+        self._ps_ready = asyncio.Event()
+        self._proc: asyncio.subprocess.Process | None = None
+        self._plugin: str = ""
+        self._plugin_version = ""
+        self._pump: asyncio.Task[None] | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
+        self._active = 0
+        self._last_activity = time.monotonic()
+        self._delays = _phase_delays()
+        # monotonic timestamps of the first start: run, discovered, session_answer, ready (bench/tunnel)
+        self.timings: dict[str, float] = {}
+
+    # ---- lifecycle ----
+    async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._cleanup()), CLEANUP_TIMEOUT)
+
+    async def _run(self) -> None:
+        self.timings["run"] = time.monotonic()
+        self.mode = transport_mod.choose(self.requested_transport)
+        if self.mode == "plugin":
+            self._plugin = transport_mod.plugin_path() or transport_mod.PLUGIN
+            self.local_port = reserve_port(self.local_host, self.local_port)
+        else:
+            self._sock = bind_listener(self.local_host, self.local_port)
+            self.local_port = self._sock.getsockname()[1]
+            self._server = await asyncio.start_server(self._on_connection, sock=self._sock)
+        if self.requested_transport == "auto":
+            self.report(f"transport: {self.mode}" + (" (session-manager-plugin found)" if self.mode == "plugin"
+                                                     else " (built-in client; no session-manager-plugin)"))
+        await self._enter("discovering", f"finding the relay and the database of {self.cfg.name}")
+        self.relay, self.db = await self._discover()
+        self.timings["discovered"] = time.monotonic()
+        self.report(f"relay {self.relay.instance_id} (SSM agent {self.relay.agent_version or 'unknown'}, "
+                    f"{self.relay.ping_status}); database {self.db.address}:{self.db.port}")
+        await self._enter("starting", "starting a Session Manager session")
+        await self._open(resume_of="")
+        await self._wait_ready()
+        self.timings["ready"] = time.monotonic()
+        self.report(f"ready: PostgreSQL answered through the tunnel "
+                    f"{self.timings['ready'] - self.timings['session_answer']:.3f} s after the StartSession answer "
+                    f"({self.timings['ready'] - self.timings['run']:.2f} s since start)")
+        self.info = self._info()
+        self.phase = "ready"
+        if self.on_ready is not None:
+            self.on_ready(self.info)
+        self._changed()
+        self._keepalive_task = asyncio.ensure_future(self._keepalive_loop())
+        while True:
+            dropped, why = await self._wait_channel_end()
+            self.phase = "reconnecting"
+            self._changed()
+            await self._reconnect(dropped=dropped, why=why)
+            self.info = self._info()
+            self.phase = "ready"
+            self._changed()
+
+    async def _enter(self, phase: str, what: str) -> None:
+        self.phase = phase
+        self.report(f"{what}...")
+        self._changed()
+
+    async def _hold(self, phase: str) -> None:
+        delay = self._delays.get(phase, 0.0)
+        if delay > 0:
+            self.report(f"(test hook) holding in phase {phase} for {delay:g} s")
+            await asyncio.sleep(delay)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
+
+    def _info(self) -> TunnelInfo:
+        assert self.relay is not None and self.db is not None
+        return TunnelInfo(env=self.cfg.name, local_host=self.local_host, local_port=self.local_port,
+                          session_id=self.session_id, transport=self.mode, db_host=self.db.address,
+                          db_port=self.db.port, db_name=self.db.name, db_user=self.db.username,
+                          instance_id=self.relay.instance_id)
+
+    async def _discover(self) -> tuple[RelayInfo, DatabaseInfo]:
+        cfg = self.cfg
+        relay_f = asyncio.to_thread(find_relay, cfg, instance_id=self.instance)
+        if self.host:
+            relay = await relay_f
+            db = database_override(cfg, self.host)
+        else:
+            relay, db = await asyncio.gather(relay_f, asyncio.to_thread(find_database, cfg))
+        await self._hold("discovering")
+        return relay, db
+
+    # ---- sessions ----
+    def ssm(self) -> Any:
+        if self._ssm is None:
+            self._ssm = aws.client(self.cfg, "ssm")
+        return self._ssm
+
+    def _parameters(self) -> dict[str, Any]:
+        assert self.relay is not None and self.db is not None
+        params: dict[str, Any] = {
+            "Target": self.relay.instance_id, "DocumentName": PORT_DOCUMENT,
+            "Parameters": {"host": [self.db.address], "portNumber": [str(self.db.port)],
+                           "localPortNumber": [str(self.local_port)]}}
+        if self.reason:
+            params["Reason"] = self.reason
+        return params
+
+    async def _start_session(self) -> dict[str, Any]:
+        params = self._parameters()
+        ssm = self.ssm()
+
+        def call() -> dict[str, Any]:
+            try:
+                result: dict[str, Any] = aws_call(self.cfg, "ssm:StartSession", lambda: ssm.start_session(**params),
+                                                  passthrough=("TargetNotConnected",))
+            except Exception as exc:
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+                if code == "TargetNotConnected":
+                    iid = params["Target"]
+                    raise RelayNotReadyError(
+                        f"relay {iid} is not connected to Session Manager (TargetNotConnected)",
+                        next_step=f"invoke doctor --env {self.cfg.name}") from None
+                raise
+            return result
+
+        future = asyncio.ensure_future(asyncio.to_thread(call))
+        try:
+            response = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The call may still create a session after we were told to stop: end it, leave none open.
+            with contextlib.suppress(Exception):
+                late = await future
+                await self._terminate_api(str(late["SessionId"]), track=False)
+            raise
+        self.open_sessions.append(str(response["SessionId"]))
+        return response
+
+    async def _resume_session(self, session_id: str) -> dict[str, Any]:
+        ssm = self.ssm()
+        result: dict[str, Any] = await asyncio.to_thread(
+            lambda: aws_call(self.cfg, "ssm:ResumeSession", lambda: ssm.resume_session(SessionId=session_id)))
+        return result
+
+    async def _terminate_api(self, session_id: str, *, track: bool = True) -> None:
+        ssm = self.ssm()
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(ssm.terminate_session, SessionId=session_id)
+        if track and session_id in self.open_sessions:
+            self.open_sessions.remove(session_id)
+
+    async def _open(self, *, resume_of: str) -> None:
+        """StartSession (or ResumeSession) and hand the answer to the transport."""
+        response = await self._resume_session(resume_of) if resume_of else await self._start_session()
+        self.session_id = str(response["SessionId"])
+        self.timings.setdefault("session_answer", time.monotonic())
+        self._changed()
+        await self._hold("starting")
+        if self.mode == "native":
+            await self._start_native(response)
+        else:
+            await self._start_plugin(response)
+
+    async def _start_native(self, response: dict[str, Any]) -> None:
+        from ops.ssm.client import PortSession
+
+        assert self.relay is not None
+        session = PortSession(stream_url=response["StreamUrl"], token=response["TokenValue"],
+                              session_id=str(response["SessionId"]), on_event=self._agent_event,
+                              target=self.relay.instance_id, kms_client=_LazyClient(self.cfg, "kms"))
+        try:
+            await session.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await session.close()
+            raise
+        self._ps = session
+        self._ps_ready.set()
+
+    def _agent_event(self, line: str) -> None:
+        if self.phase != "stopping":  # the agent acknowledging our own terminate is not news
+            self.report(line)
+
+    def _plugin_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.cfg.sandbox:
+            for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+                env.pop(key, None)
+            env["AWS_ACCESS_KEY_ID"] = aws.SANDBOX_CREDENTIALS["aws_access_key_id"]
+            env["AWS_SECRET_ACCESS_KEY"] = aws.SANDBOX_CREDENTIALS["aws_secret_access_key"]
+        env.setdefault("AWS_REGION", self.cfg.region)
+        return env
+
+    async def _start_plugin(self, response: dict[str, Any]) -> None:
+        if not self._plugin_version:
+            self._plugin_version = await asyncio.to_thread(transport_mod.plugin_version, self._plugin)
+        argv, env = transport_mod.plugin_invocation(
+            plugin=self._plugin, response=response, region=self.cfg.region,
+            profile=transport_mod.default_profile(self.cfg), parameters=self._parameters(),
+            endpoint_url=str(self.ssm().meta.endpoint_url), base_env=self._plugin_env())
+        try:
+            # Its own session: Ctrl-C at the terminal reaches us, and we end the plugin in order.
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        except OSError as exc:
+            raise ToolMissingError(
+                f"cannot run {self._plugin}: {exc.strerror}",
+                next_step="reinstall the Session Manager plugin, or use --transport native") from None
+        self._pump = asyncio.ensure_future(self._pump_plugin(self._proc))
+
+    async def _pump_plugin(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            text = line.decode(errors="replace").strip()
+            if text and not text.startswith("Connection accepted"):
+                self.report(f"plugin: {text}")
+
+    async def _wait_ready(self) -> None:
+        """Ready means PostgreSQL answered through the tunnel, not that a port listens."""
+        assert self.db is not None
+        deadline = time.monotonic() + self.ready_timeout
+        last = ""
+        while True:
+            if self._proc is not None and self._proc.returncode is not None:
+                raise self._plugin_failed(self._proc.returncode)
+            if self._ps is not None and self._ps.closed:
+                raise TunnelNotReadyError(f"the data channel of session {self.session_id} closed before the tunnel "
+                                          f"was ready", next_step=f"invoke doctor --env {self.cfg.name}")
+            try:
+                await probe(self.local_host, self.local_port, timeout=min(PROBE_TIMEOUT, self.ready_timeout))
+                return
+            except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                last = type(exc).__name__ if isinstance(exc, asyncio.IncompleteReadError | TimeoutError) else str(exc)
+            if time.monotonic() >= deadline:
+                raise TunnelNotReadyError(
+                    f"session {self.session_id} is open but PostgreSQL at {self.db.address}:{self.db.port} did not "
+                    f"answer through it within {self.ready_timeout:g} s ({last})",
+                    next_step=f"invoke doctor --env {self.cfg.name} (database status, its security group must "
+                              f"allow the relay)")
+            await asyncio.sleep(0.05 if self.mode == "plugin" else 0.2)
+
+    def _plugin_failed(self, code: int) -> OpsError:
+        # An old plugin reads the literal variable name as the answer and fails at once; one that
+        # already carried this tunnel clearly reads the environment.
+        if "ready" not in self.timings and not transport_mod.supports_env_handoff(self._plugin_version):
+            return transport_mod.old_plugin_error(self._plugin_version)
+        return OpsError(f"{transport_mod.PLUGIN} exited with code {code} before the tunnel was ready",
+                        next_step="see its output above, or use --transport native")
+
+    # ---- connections ----
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._active += 1
+        self._last_activity = time.monotonic()
+        try:
+            if not self._ps_ready.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ps_ready.wait(), CONNECTION_WAIT)
+            session = self._ps
+            if session is None or not self._ps_ready.is_set() or session.closed:
+                writer.close()
+                return
+            await session.handle_connection(reader, writer)
+        except Exception as exc:  # one connection failing must not take the tunnel down
+            self.report(f"connection ended with an error: {exc}")
+            writer.close()
+        finally:
+            self._active -= 1
+            self._last_activity = time.monotonic()
+
+    async def _keepalive_loop(self) -> None:
+        """Session Manager ends sessions idle for its idle timeout; an empty connection through the tunnel
+        is traffic for the service, while PostgreSQL logs nothing for a connection that sends no bytes."""
+        while True:
+            await asyncio.sleep(max(1.0, self.keepalive / 4))
+            idle = time.monotonic() - self._last_activity
+            if self._active or self.phase != "ready" or idle < self.keepalive:
+                continue
+            with contextlib.suppress(OSError, TimeoutError):
+                _reader, writer = await asyncio.wait_for(asyncio.open_connection(self.local_host, self.local_port), 5)
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            self._last_activity = time.monotonic()
+
+    # ---- supervision ----
+    async def _wait_channel_end(self) -> tuple[bool, str]:
+        """(dropped, why) once the current data channel (or plugin) has ended."""
+        if self._proc is not None:
+            code = await self._proc.wait()
+            return True, f"session-manager-plugin exited with code {code}"
+        from ops.ssm.client import ChannelClosed
+
+        session = self._ps
+        try:
+            await session.wait_closed()
+            why = f"closed by the agent: {session.close_output}" if session.close_output else "closed by the agent"
+            dropped = False
+        except ChannelClosed as exc:
+            why, dropped = exc.message, True
+        self._ps_ready.clear()
+        return dropped, why
+
+    async def _discard_transport(self) -> None:
+        self._ps_ready.clear()
+        session, self._ps = self._ps, None
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await session.close()
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            await _stop_process(proc)
+        if self._pump is not None:
+            self._pump.cancel()
+            self._pump = None
+
+    async def _reconnect(self, *, dropped: bool, why: str) -> None:
+        started = time.monotonic()
+        old = self.session_id
+        what = "dropped" if dropped else "ended"
+        self.report(f"data channel {what} ({why}); reconnecting, local port {self.local_port} stays open")
+        await self._discard_transport()
+        # The plugin resumes by itself; when it gives up and exits, a new plugin for the same session id
+        # collides with the unix socket the old one left behind, so the plugin gets a new session.
+        resumable = dropped and bool(old) and self.mode == "native"
+        attempt = 0
+        last_error = ""
+        while True:
+            if resumable:
+                try:
+                    await self._open(resume_of=old)
+                    await self._wait_ready()
+                    how = f"resumed session {old}"
+                except (OpsError, OSError) as exc:
+                    resumable = False
+                    self.report(f"cannot resume session {old} ({exc}); starting a new session")
+                    await self._discard_transport()
+                    await self._terminate_api(old)
+                    continue
+            else:
+                try:
+                    if old in self.open_sessions:
+                        await self._terminate_api(old)
+                    await self._open(resume_of="")
+                    await self._wait_ready()
+                    how = f"new session {self.session_id}"
+                except (OpsError, OSError) as exc:
+                    delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+                    attempt += 1
+                    message = str(exc) + (f"; next: {exc.next_step}" if isinstance(exc, OpsError) and exc.next_step
+                                          else "")
+                    if message != last_error:
+                        self.report(f"reconnect failed: {message}")
+                        last_error = message
+                    self.report(f"retrying in {delay:g} s (attempt {attempt + 1})")
+                    await self._discard_transport()
+                    if self.session_id and self.session_id != old:
+                        await self._terminate_api(self.session_id)
+                    await asyncio.sleep(delay)
+                    continue
+            self.reconnects += 1
+            self.report(f"reconnected in {time.monotonic() - started:.1f} s ({how}); "
+                        f"reconnects so far: {self.reconnects}")
+            return
+
+    async def _cleanup(self) -> None:
+        self.phase = "stopping"
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+        if self._server is not None:
+            self._server.close()
+        session, self._ps = self._ps, None
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await session.close()  # tells the agent to terminate (TerminateSession flag)
+        for sid in list(self.open_sessions):
+            await self._terminate_api(sid)
+        if self._proc is not None:
+            await _stop_process(self._proc)
+        if self._pump is not None:
+            self._pump.cancel()
+        if self._sock is not None:
+            self._sock.close()
+
+
+async def _stop_process(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        # After TerminateSession the plugin exits by itself; give it a moment, then insist.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 1.0)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 3.0)
+
+
+# ---- foreground / background / context manager -----------------------------------------------
+
+def run_tunnel(cfg: EnvConfig, *, local_port: int | None = None, reason: str = "", transport: str = "auto",
+               instance: str = "", host: str = "", background: bool = False, out: TextIO | None = None,
+               report: Report = stderr_report) -> None:
+    """`invoke tunnel`: run until Ctrl-C / SIGTERM (returns normally), or detach with `background`."""
+    port = cfg.tunnel.local_port if local_port is None else local_port
+    out = out or sys.stdout
+    if background:
+        record = start_background(cfg, local_port=port, reason=reason, transport=transport, instance=instance,
+                                  host=host)
+        print(describe_ready(cfg, _record_info(record), background=True), file=out, flush=True)
+        print(f"log: {record.log}", file=out, flush=True)
+        return
+    transport_mod.choose(transport)  # plugin missing / unknown transport: fail before anything else
+    asyncio.run(_run_foreground(cfg, local_port=port, reason=reason, transport=transport, instance=instance,
+                                host=host, out=out, report=report, background=False))
+
+
+async def _run_foreground(cfg: EnvConfig, *, local_port: int, reason: str, transport: str, instance: str,
+                          host: str, out: TextIO, report: Report, background: bool) -> None:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    stopping = False
+
+    def on_signal(name: str) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        report(f"{name}: terminating the session and stopping")
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    record = tunnels_state.claim(tunnels_state.TunnelRecord(
+        env=cfg.name, pid=os.getpid(), background=background, region=cfg.region, env_file=str(cfg.source),
+        log=str(tunnels_state.log_path(cfg.name)) if background else ""))
+    secret_arn = ""
+
+    def on_ready(info: TunnelInfo) -> None:
+        print(describe_ready(cfg, info, background=background, secret_arn=secret_arn), file=out, flush=True)
+
+    def on_change(sup: Supervisor) -> None:
+        nonlocal record, secret_arn
+        if sup.db is not None:
+            secret_arn = sup.db.secret_arn
+        status = {"ready": "ready", "reconnecting": "reconnecting"}.get(sup.phase, "starting")
+        record = tunnels_state.update(
+            record, status=status, local_host=sup.local_host, local_port=sup.local_port, session_id=sup.session_id,
+            transport=sup.mode, reconnects=sup.reconnects, sessions=tuple(sup.open_sessions),
+            instance_id=sup.relay.instance_id if sup.relay else "", db_host=sup.db.address if sup.db else "",
+            db_port=sup.db.port if sup.db else 0, db_name=sup.db.name if sup.db else "",
+            db_user=sup.db.username if sup.db else "")
+
+    supervisor = Supervisor(cfg, local_port=local_port, reason=reason, transport=transport, instance=instance,
+                            host=host, report=report, on_ready=on_ready, on_change=on_change)
+    try:
+        await supervisor.run()
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
+        report("stopped; session terminated")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        tunnels_state.release(record)
+
+
+def _record_info(record: tunnels_state.TunnelRecord) -> TunnelInfo:
+    return TunnelInfo(env=record.env, local_host=record.local_host, local_port=record.local_port,
+                      session_id=record.session_id, transport=record.transport, db_host=record.db_host,
+                      db_port=record.db_port, db_name=record.db_name, db_user=record.db_user,
+                      instance_id=record.instance_id)
+
+
+def start_background(cfg: EnvConfig, *, local_port: int, reason: str = "", transport: str = "auto",
+                     instance: str = "", host: str = "", timeout: float = BACKGROUND_START_TIMEOUT
+                     ) -> tunnels_state.TunnelRecord:
+    """Start a detached tunnel process and return its record once it is ready (or raise its error)."""
+    transport_mod.choose(transport)
+    existing = tunnels_state.read(cfg.name)
+    if existing is not None:
+        raise tunnels_state.TunnelExistsError(
+            f"a tunnel to {cfg.name} is already running on this machine (port {existing.local_port}, "
+            f"pid {existing.pid})", next_step=f"use it, or invoke tunnel-close --env {cfg.name}")
+    tunnels_state.tunnels_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
+    log = tunnels_state.log_path(cfg.name)
+    argv = [sys.executable, "-m", "ops.tunnel", "--env-file", str(cfg.source), "--env", cfg.name,
+            "--local-port", str(local_port), "--transport", transport, "--background"]
+    for flag, value in (("--reason", reason), ("--instance", instance), ("--host", host)):
+        if value:
+            argv += [flag, value]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = tunnels_state.read(cfg.name)
+        if record is not None and record.pid == proc.pid and record.status == "ready":
+            return record
+        if proc.poll() is not None:
+            raise _error_from_log(log, proc.returncode)
+        time.sleep(0.02)
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(CLEANUP_TIMEOUT)
+    raise OpsError(f"the background tunnel to {cfg.name} was not ready within {timeout:g} s",
+                   next_step=f"see {log}, or run it in the foreground: invoke tunnel --env {cfg.name}")
+
+
+def _error_from_log(log: Path, code: int) -> OpsError:
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    error = next((line for line in reversed(lines) if line.startswith("error: ")), "")
+    if error:
+        message, _, next_step = error.removeprefix("error: ").partition("; next: ")
+        return OpsError(message, next_step=next_step)
+    return OpsError(f"the background tunnel exited with code {code} before it was ready", next_step=f"see {log}")
+
+
+class _TunnelThread:
+    """A supervisor on its own event loop in a thread, for synchronous callers."""
+
+    def __init__(self, cfg: EnvConfig, **kwargs: Any) -> None:
+        self._supervisor_args = kwargs
+        self._cfg = cfg
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.info: TunnelInfo | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name=f"tunnel-{cfg.name}", daemon=True)
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.current_task()
+
+            def on_ready(info: TunnelInfo) -> None:
+                self.info = info
+                self._ready.set()
+
+            try:
+                await Supervisor(self._cfg, on_ready=on_ready, **self._supervisor_args).run()
+            except asyncio.CancelledError:
+                pass
+            except BaseException as exc:  # handed to the caller's thread
+                self.error = exc
+            finally:
+                self._ready.set()
+
+        asyncio.run(main())
+
+    def start(self) -> TunnelInfo:
+        self._thread.start()
+        self._ready.wait()
+        if self.error is not None:
+            self._thread.join(CLEANUP_TIMEOUT)
+            raise self.error
+        if self.info is None:
+            raise OpsError("the tunnel stopped before it was ready")
+        return self.info
+
+    def stop(self) -> None:
+        deadline = time.monotonic() + 5
+        while self._task is None and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self._loop is not None and self._task is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(CLEANUP_TIMEOUT + 5)
+
+
+@contextmanager
+def open_tunnel(cfg: EnvConfig, *, local_port: int = 0, reason: str = "", transport: str = "auto",
+                instance: str = "", host: str = "", report: Report | None = None,
+                keepalive: float | None = None) -> Iterator[TunnelInfo]:
+    """A ready tunnel for the `with` body (free port by default); the session is terminated on exit,
+    including on exceptions and Ctrl-C. The supervisor (with reconnects) runs in a background thread."""
+    runner = _TunnelThread(cfg, local_port=local_port, reason=reason, transport=transport, instance=instance,
+                           host=host, report=report or stderr_report, keepalive=keepalive)
+    try:
+        yield runner.start()
+    finally:
+        runner.stop()
+
+
+# ---- the detached process (`--background`) ---------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ops.tunnel", description="run one tunnel (background child)")
+    parser.add_argument("--env-file", required=True, type=Path, help="envs/<name>.toml of the environment")
+    parser.add_argument("--env", default="", help="environment name (default: the file's stem)")
+    parser.add_argument("--local-port", type=int, default=None, help="local port (0: any free port)")
+    parser.add_argument("--reason", default="", help="StartSession reason")
+    parser.add_argument("--transport", default="auto", choices=transport_mod.TRANSPORTS, help="transport")
+    parser.add_argument("--instance", default="", help="relay instance id override")
+    parser.add_argument("--host", default="", help="database HOST[:PORT] override")
+    parser.add_argument("--background", action="store_true", help="record the tunnel as a background one")
+    args = parser.parse_args(argv)
+    try:
+        path: Path = args.env_file
+        cfg = parse_env(args.env or path.stem, path.read_bytes(), path)
+        port = cfg.tunnel.local_port if args.local_port is None else args.local_port
+        transport_mod.choose(args.transport)
+        asyncio.run(_run_foreground(cfg, local_port=port, reason=args.reason, transport=args.transport,
+                                    instance=args.instance, host=args.host, out=sys.stdout, report=stderr_report,
+                                    background=args.background))
+    except OpsError as exc:
+        print(f"error: {exc.message}" + (f"; next: {exc.next_step}" if exc.next_step else ""), file=sys.stderr,
+              flush=True)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""End to end on the sandbox: moto server, the local Session Manager endpoint, a real PostgreSQL.
+
+SQL through the tunnel (native and plugin), forced drops while a client is connected, Ctrl-C and
+SIGTERM in every phase, background tunnels to two environments at once.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ops import tunnels_state
+from ops.tunnel import open_tunnel, start_background
+from tests.conftest import PROJECT_ROOT
+from tests.tunnel_fixtures import PLUGIN_BUILD, World, run_cli, wait_for
+
+pytest_plugins = ["tests.tunnel_fixtures"]
+pytestmark = pytest.mark.slow
+
+
+def query(port: int, sql: str = "select 40 + 2", *, host: str = "127.0.0.1", timeout: int = 10) -> object:
+    with psycopg.connect(host=host, port=port, user="app_admin", dbname="app", sslmode="disable",
+                         connect_timeout=timeout) as conn:
+        row = conn.execute(sql).fetchone()
+        return row[0] if row else None
+
+
+def plugin_path() -> str:
+    found = os.environ.get("BASTIONLESS_SESSION_MANAGER_PLUGIN") or (str(PLUGIN_BUILD) if PLUGIN_BUILD.exists() else "")
+    if not found:
+        import shutil
+
+        found = shutil.which("session-manager-plugin") or ""
+    return found
+
+
+def plugin_processes() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"session-manager-plugin\x00AWS_SSM_START_SESSION_RESPONSE" in cmd:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_sql_through_the_native_tunnel(pg_world: World) -> None:
+    cfg = pg_world.add_env("sandbox")
+    lines: list[str] = []
+    with open_tunnel(cfg, transport="native", reason="INC-1: check orders", report=lines.append) as info:
+        assert info.transport == "native" and info.instance_id == pg_world.relays["sandbox"]
+        assert (info.db_name, info.db_user, info.db_port) == ("app", "app_admin", 5432)
+        assert query(info.local_port) == 42
+        # several connections at once share the session (smux)
+        results: list[object] = []
+        threads = [threading.Thread(target=lambda: results.append(query(info.local_port, "select 7")))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [7, 7, 7, 7]
+        (active,) = pg_world.active_sessions(info.instance_id)
+        assert active["SessionId"] == info.session_id and active["Reason"] == "INC-1: check orders"
+    assert pg_world.active_sessions() == []
+
+
+def test_open_tunnel_terminates_on_exception(pg_world: World) -> None:
+    cfg = pg_world.add_env("sandbox")
+    with pytest.raises(RuntimeError, match="boom"), open_tunnel(cfg, transport="native", report=lambda _l: None):
+        raise RuntimeError("boom")
+    assert pg_world.active_sessions() == []
+
+
+def test_plugin_transport_end_to_end(pg_world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    plugin = plugin_path()
+    if not plugin:
+        pytest.skip("no session-manager-plugin installed (set BASTIONLESS_SESSION_MANAGER_PLUGIN to run this)")
+    monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", plugin)
+    cfg = pg_world.add_env("sandbox")
+    lines: list[str] = []
+    with open_tunnel(cfg, transport="auto", report=lines.append) as info:
+        assert info.transport == "plugin"
+        assert query(info.local_port) == 42
+        assert query(info.local_port, "select 'again'") == "again"
+        assert len(plugin_processes()) == 1
+    assert any("transport: plugin" in line for line in lines)
+    assert pg_world.active_sessions() == []
+    wait_for(lambda: not plugin_processes(), timeout=5, what="the plugin to exit")
+
+
+def test_forced_drop_reconnects_and_keeps_the_port(pg_world: World) -> None:
+    cfg = pg_world.add_env("sandbox")
+    lines: list[str] = []
+    with open_tunnel(cfg, transport="native", report=lines.append) as info:
+        client = psycopg.connect(host="127.0.0.1", port=info.local_port, user="app_admin", dbname="app",
+                                 sslmode="disable", autocommit=True)
+        try:
+            assert client.execute("select 1").fetchone() == (1,)
+            for n in (1, 2):
+                pg_world.endpoint.post(f"/_sandbox/sessions/{info.session_id}/drop")
+                dropped_at = time.monotonic()
+                wait_for(lambda: _works(info.local_port), timeout=10, what="a new connection after the drop")
+                assert time.monotonic() - dropped_at < 5.0
+                wait_for(lambda n=n: any(f"reconnects so far: {n}" in line for line in lines), timeout=5,
+                         what=f"reconnect #{n} to be reported")
+        finally:
+            client.close()  # its stream died with the old data channel
+        assert any("data channel dropped" in line and f"local port {info.local_port} stays open" in line
+                   for line in lines)
+        assert any(f"resumed session {info.session_id}" in line for line in lines)
+        assert query(info.local_port) == 42
+    assert pg_world.active_sessions() == []
+
+
+def test_plugin_drop_is_replaced_by_a_new_plugin_session(pg_world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    plugin = plugin_path()
+    if not plugin:
+        pytest.skip("no session-manager-plugin installed (set BASTIONLESS_SESSION_MANAGER_PLUGIN to run this)")
+    monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", plugin)
+    cfg = pg_world.add_env("sandbox")
+    lines: list[str] = []
+    with open_tunnel(cfg, transport="plugin", report=lines.append) as info:
+        assert query(info.local_port) == 42
+        pg_world.endpoint.post(f"/_sandbox/sessions/{info.session_id}/drop")
+        dropped_at = time.monotonic()
+        # The plugin tries to resume by itself first; either way the port works again shortly.
+        wait_for(lambda: _works(info.local_port) and time.monotonic() - dropped_at > 0.5, timeout=15,
+                 what="the port to work after the drop")
+        assert time.monotonic() - dropped_at < 10
+        assert len(plugin_processes()) == 1
+    assert not any("too old" in line for line in lines)
+    assert pg_world.active_sessions() == []
+    wait_for(lambda: not plugin_processes(), timeout=5, what="the plugin to exit")
+
+
+def test_session_ended_by_the_service_is_replaced(pg_world: World) -> None:
+    """Idle timeout or max duration: the service terminates the session; a new one takes over."""
+    cfg = pg_world.add_env("sandbox")
+    lines: list[str] = []
+    with open_tunnel(cfg, transport="native", report=lines.append) as info:
+        from tests.tunnel_fixtures import aws_client
+
+        aws_client("ssm", pg_world.endpoint.url, "us-east-1").terminate_session(SessionId=info.session_id)
+        wait_for(lambda: any("reconnected" in line and "new session" in line for line in lines), timeout=10,
+                 what="a new session")
+        assert query(info.local_port) == 42
+        (active,) = pg_world.active_sessions()
+        assert active["SessionId"] != info.session_id
+    assert pg_world.active_sessions() == []
+
+
+def test_relay_down_during_reconnect_backs_off_then_recovers(pg_world: World) -> None:
+    cfg = pg_world.add_env("sandbox")
+    lines: list[str] = []
+    with open_tunnel(cfg, transport="native", report=lines.append) as info:
+        from tests.tunnel_fixtures import aws_client
+
+        pg_world.set_relay("sandbox", running=False)
+        try:
+            aws_client("ssm", pg_world.endpoint.url, "us-east-1").terminate_session(SessionId=info.session_id)
+            wait_for(lambda: sum("retrying in" in line for line in lines) >= 2, timeout=10, what="two retries")
+            assert any("reconnect failed: relay" in line and "TargetNotConnected" in line for line in lines)
+        finally:
+            pg_world.set_relay("sandbox", running=True)
+        wait_for(lambda: any("reconnected" in line for line in lines), timeout=15, what="the reconnect")
+        assert query(info.local_port) == 42
+    assert pg_world.active_sessions() == []
+
+
+def test_keepalive_sends_traffic_while_idle(pg_world: World) -> None:
+    cfg = pg_world.add_env("sandbox")
+    with open_tunnel(cfg, transport="native", report=lambda _l: None, keepalive=1.0) as info:
+        stats = f"/_sandbox/sessions/{info.session_id}"
+        time.sleep(0.5)
+        before = pg_world.endpoint.get(stats)["received_bytes"]
+        time.sleep(3.5)  # nobody uses the tunnel
+        after = pg_world.endpoint.get(stats)["received_bytes"]
+        assert after > before
+    with open_tunnel(cfg, transport="native", report=lambda _l: None) as info:  # default: minutes, not seconds
+        stats = f"/_sandbox/sessions/{info.session_id}"
+        time.sleep(0.5)
+        before = pg_world.endpoint.get(stats)["received_bytes"]
+        time.sleep(2.0)
+        assert pg_world.endpoint.get(stats)["received_bytes"] == before
+
+
+def _works(port: int) -> bool:
+    try:
+        return query(port, "select 1", timeout=3) == 1
+    except psycopg.OperationalError:
+        return False
+
+
+class Tunnel:
+    """`invoke tunnel` as a user runs it, with its output collected line by line."""
+
+    def __init__(self, world: World, *args: str, **env: str) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "invoke", "tunnel", "--env", "sandbox", "--local-port", "0", *args],
+            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=world.subprocess_env(**env))
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_line(self, needle: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            self.seen.append(line)
+            if needle in line:
+                return line
+        raise AssertionError(f"no line with {needle!r}; output:\n" + "\n".join(self.seen))
+
+    def port(self) -> int:
+        line = next(x for x in self.seen if x.strip().startswith("port "))
+        return int(line.split()[-1])
+
+    def stop(self, sig: int) -> int:
+        self.proc.send_signal(sig)
+        code = self.proc.wait(20)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return code
+
+
+@pytest.fixture
+def cli_tunnels(pg_world: World) -> Iterator[list[Tunnel]]:
+    started: list[Tunnel] = []
+    try:
+        yield started
+    finally:
+        for t in started:
+            if t.proc.poll() is None:
+                t.proc.kill()
+                t.proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("phase", ["discovering", "starting", "ready", "transferring"])
+def test_signal_in_each_phase_leaves_nothing(pg_world: World, cli_tunnels: list[Tunnel], phase: str,
+                                             sig: int) -> None:
+    pg_world.add_env("sandbox")
+    hold = {"discovering": "discovering=30", "starting": "starting=30"}.get(phase, "")
+    tunnel = Tunnel(pg_world, "--transport", "native", BASTIONLESS_TUNNEL_PHASE_DELAY=hold)
+    cli_tunnels.append(tunnel)
+    transfer: threading.Thread | None = None
+    errors: list[BaseException] = []
+    if phase in ("discovering", "starting"):
+        tunnel.wait_line(f"holding in phase {phase}")
+        if phase == "starting":
+            assert len(pg_world.active_sessions()) == 1  # the session exists: it must not survive the signal
+    else:
+        tunnel.wait_line("DATABASE_URL=")
+        listed = run_cli(pg_world, "tunnels")
+        assert "sandbox" in listed.stdout and "ready" in listed.stdout and "(fg)" in listed.stdout
+        if phase == "transferring":
+            port = tunnel.port()
+
+            received: list[int] = []
+
+            def long_query() -> None:
+                # ~200 MB streamed through the tunnel: still flowing when the signal arrives.
+                try:
+                    with psycopg.connect(host="127.0.0.1", port=port, user="app_admin", dbname="app",
+                                         sslmode="disable", autocommit=True) as conn, conn.cursor() as cur, \
+                            cur.copy("copy (select repeat('x', 1000) from generate_series(1, 200000)) to stdout") as cp:
+                        for chunk in cp:
+                            received.append(len(chunk))
+                except BaseException as exc:  # the tunnel goes away under it: expected
+                    errors.append(exc)
+
+            transfer = threading.Thread(target=long_query)
+            transfer.start()
+            wait_for(lambda: sum(received) > 1_000_000, timeout=10, what="data flowing through the tunnel")
+    code = tunnel.stop(sig)
+    if transfer is not None:
+        transfer.join(20)
+        assert errors, "the transfer finished before the signal: not the transferring phase"
+    assert code == 0, "\n".join(tunnel.seen)
+    assert any("terminating the session and stopping" in line for line in tunnel.seen)
+    assert "Traceback" not in "\n".join(tunnel.seen)
+    assert pg_world.active_sessions() == []
+    assert tunnels_state.list_tunnels() == []
+    assert not list((pg_world.state_dir / "tunnels").glob("*.json"))
+
+
+def test_signal_with_the_plugin_leaves_no_plugin_process(pg_world: World, cli_tunnels: list[Tunnel]) -> None:
+    plugin = plugin_path()
+    if not plugin:
+        pytest.skip("no session-manager-plugin installed (set BASTIONLESS_SESSION_MANAGER_PLUGIN to run this)")
+    pg_world.add_env("sandbox")
+    tunnel = Tunnel(pg_world, "--transport", "plugin", BASTIONLESS_SESSION_MANAGER_PLUGIN=plugin)
+    cli_tunnels.append(tunnel)
+    tunnel.wait_line("DATABASE_URL=")
+    assert query(tunnel.port()) == 42
+    assert len(plugin_processes()) == 1
+    assert tunnel.stop(signal.SIGINT) == 0
+    assert pg_world.active_sessions() == []
+    wait_for(lambda: not plugin_processes(), timeout=5, what="the plugin to exit")
+
+
+def test_background_tunnels_to_two_envs(pg_world: World) -> None:
+    first = pg_world.add_env("sandbox")
+    second = pg_world.add_env("second")
+    a = start_background(first, local_port=0, transport="native", reason="bg test")
+    b = start_background(second, local_port=0, transport="native")
+    try:
+        assert a.pid != b.pid and a.local_port != b.local_port
+        assert {(r.env, r.status, r.background) for r in tunnels_state.list_tunnels()} == {
+            ("sandbox", "ready", True), ("second", "ready", True)}
+        assert query(a.local_port) == 42 and query(b.local_port) == 42
+        assert len(pg_world.active_sessions()) == 2
+
+        with pytest.raises(tunnels_state.TunnelExistsError, match="already running"):
+            start_background(first, local_port=0, transport="native")
+        foreground = run_cli(pg_world, "tunnel", "--env", "sandbox", "--local-port", "0", "--transport", "native")
+        assert foreground.returncode == 1
+        assert foreground.stderr.strip().splitlines()[-1] == (
+            f"error: a tunnel to sandbox is already running on this machine (port {a.local_port}, pid {a.pid}); "
+            f"next: use it, or invoke tunnel-close --env sandbox")
+
+        listed = run_cli(pg_world, "tunnels")
+        assert listed.returncode == 0
+        rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+        assert rows["sandbox"][1:4] == [f"127.0.0.1:{a.local_port}", a.session_id, "native"]
+        assert rows["second"][1:4] == [f"127.0.0.1:{b.local_port}", b.session_id, "native"]
+
+        closed = run_cli(pg_world, "tunnel-close", "--env", "second")
+        assert closed.returncode == 0 and f"closed the tunnel to second (port {b.local_port}" in closed.stdout
+        assert not tunnels_state.pid_alive(b.pid)
+        assert [s["SessionId"] for s in pg_world.active_sessions()] == [a.session_id]
+        assert query(a.local_port) == 42
+
+        c = start_background(second, local_port=0, transport="native")
+        closed = run_cli(pg_world, "tunnel-close", "--all")
+        assert closed.returncode == 0
+        assert "closed the tunnel to sandbox" in closed.stdout and "closed the tunnel to second" in closed.stdout
+        assert not tunnels_state.pid_alive(a.pid) and not tunnels_state.pid_alive(c.pid)
+        assert tunnels_state.list_tunnels() == []
+        assert pg_world.active_sessions() == []
+    finally:
+        tunnels_state.close_all(timeout=10)
+
+
+def test_background_failure_reports_the_childs_error(pg_world: World) -> None:
+    cfg = pg_world.add_env("sandbox")
+    pg_world.set_db(cfg, running=False)
+    try:
+        with pytest.raises(Exception, match=r"database bastionless-sandbox is not available \(status stopped\)"):
+            start_background(cfg, local_port=0, transport="native")
+    finally:
+        pg_world.set_db(cfg, running=True)
+    assert tunnels_state.list_tunnels() == []
+
+
+def test_background_via_the_cli(pg_world: World) -> None:
+    pg_world.add_env("sandbox")
+    started = run_cli(pg_world, "tunnel", "--env", "sandbox", "--local-port", "0", "--background",
+                      "--transport", "native")
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "DATABASE_URL=postgresql://app_admin@127.0.0.1:" in started.stdout
+        assert "stop: invoke tunnel-close --env sandbox" in started.stdout
+        (record,) = tunnels_state.list_tunnels()
+        assert query(record.local_port) == 42
+    finally:
+        closed = run_cli(pg_world, "tunnel-close", "--env", "sandbox")
+    assert closed.returncode == 0
+    assert pg_world.active_sessions() == []

@@ -1,0 +1,220 @@
+"""A small sandbox for the tunnel tests: moto server, the local Session Manager endpoint, a real
+PostgreSQL, and environments whose relay and database are created in moto with boto3.
+
+Load with `pytest_plugins = ["tests.tunnel_fixtures"]`. The state dir (endpoints.json,
+relay_hosts.json, sessions.json, tunnels/) is this module's own, exported as BASTIONLESS_STATE_DIR
+while the fixtures live, so subprocesses (the CLI, background tunnels) see the same sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from ops.config import ENVS_DIR, EnvConfig, load_env
+from tests.conftest import PROJECT_ROOT
+from tests.ssm_support import EndpointThread, free_port
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PLUGIN_BUILD = Path("/tmp/smp-bin/session-manager-plugin")
+
+
+def aws_client(service: str, url: str, region: str) -> Any:
+    return boto3.client(service, region_name=region, endpoint_url=url,  # type: ignore[call-overload]
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@dataclass
+class World:
+    moto_url: str
+    endpoint: EndpointThread
+    state_dir: Path
+    envs_dir: Path
+    pg_port: int = 0
+    relays: dict[str, str] = field(default_factory=dict)
+
+    def client(self, service: str, region: str = "us-east-1") -> Any:
+        return aws_client(service, self.moto_url, region)
+
+    def add_env(self, name: str, *, region: str = "us-east-1") -> EnvConfig:
+        """An env file (copy of envs/sandbox.toml) plus its relay and RDS instance in moto."""
+        path = self.envs_dir / f"{name}.toml"
+        if not path.exists():
+            path.write_text((ENVS_DIR / "sandbox.toml").read_text().replace('region = "us-east-1"',
+                                                                            f'region = "{region}"'))
+        cfg = load_env(name, self.envs_dir)
+        if name in self.relays:
+            return cfg
+        ec2 = self.client("ec2", region)
+        vpc = ec2.create_vpc(CidrBlock="10.40.0.0/16")["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.1.0/24")["Subnet"]["SubnetId"]
+        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        self.relays[name] = ec2.run_instances(
+            ImageId=image, MinCount=1, MaxCount=1, InstanceType="t4g.nano", SubnetId=subnet,
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [
+                {"Key": "Name", "Value": f"{cfg.stack_name}/TunnelInstance"},
+                {"Key": "bastionless:env", "Value": name}, {"Key": "bastionless:role", "Value": "relay"}]}],
+        )["Instances"][0]["InstanceId"]
+        db = self.client("rds", region).create_db_instance(
+            DBInstanceIdentifier=cfg.stack_name, Engine="postgres", DBInstanceClass="db.t4g.small",
+            AllocatedStorage=20, DBName=cfg.database.name, MasterUsername=cfg.database.username,
+            ManageMasterUserPassword=True, Port=5432)["DBInstance"]
+        if self.pg_port:
+            self.map_host(db["Endpoint"]["Address"], int(db["Endpoint"]["Port"]), self.pg_port)
+        return cfg
+
+    def map_host(self, host: str, port: int, pg_port: int) -> None:
+        path = self.state_dir / "relay_hosts.json"
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data[f"{host}:{port}"] = f"127.0.0.1:{pg_port}"
+        path.write_text(json.dumps(data))
+
+    def set_relay(self, name: str, *, running: bool, region: str = "us-east-1") -> None:
+        ec2 = self.client("ec2", region)
+        iid = self.relays[name]
+        if running:
+            ec2.start_instances(InstanceIds=[iid])
+        else:
+            ec2.stop_instances(InstanceIds=[iid])
+
+    def set_db(self, cfg: EnvConfig, *, running: bool) -> None:
+        rds = self.client("rds", cfg.region)
+        if running:
+            rds.start_db_instance(DBInstanceIdentifier=cfg.stack_name)
+        else:
+            rds.stop_db_instance(DBInstanceIdentifier=cfg.stack_name)
+
+    def active_sessions(self, target: str = "") -> list[dict[str, Any]]:
+        kwargs: dict[str, Any] = {"Filters": [{"key": "Target", "value": target}]} if target else {}
+        sessions: list[dict[str, Any]] = aws_client("ssm", self.endpoint.url, "us-east-1").describe_sessions(
+            State="Active", **kwargs)["Sessions"]
+        return sessions
+
+    def subprocess_env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ, BASTIONLESS_STATE_DIR=str(self.state_dir), PYTHONUNBUFFERED="1")
+        env.pop("BASTIONLESS_SESSION_MANAGER_PLUGIN", None)
+        env.update(extra)
+        return env
+
+
+def start_postgres(root: Path) -> tuple[int, list[str]]:
+    data = root / "data"
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        user = pwd.getpwnam("postgres")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*prefix, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "app_admin",
+                    "--no-sync"], check=True, capture_output=True)
+    subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
+                    "-o", f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root}",
+                    "start"], check=True, capture_output=True)
+    subprocess.run([*prefix, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "app_admin",
+                    "app"], check=True, capture_output=True)
+    return port, prefix
+
+
+@pytest.fixture(scope="session")
+def tunnel_postgres() -> Iterator[int]:
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip("PostgreSQL 15 server binaries not installed")
+    root = Path(tempfile.mkdtemp(prefix="tunnel-pg-"))
+    port, prefix = start_postgres(root)
+    try:
+        yield port
+    finally:
+        subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def start_moto(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """moto_server in its own process: in-process moto servers share one global state with every
+    other test module's, and two of them would see each other's relays and databases."""
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):  # noqa: S310 - loopback test server
+                return proc, url
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto_server did not start; see {log}") from None
+            time.sleep(0.05)
+
+
+def _world(tmp: Path, pg_port: int) -> Iterator[World]:
+    state = tmp / "state"
+    envs = tmp / "envs"
+    state.mkdir()
+    envs.mkdir()
+    moto, moto_url = start_moto(tmp / "moto.log")
+    endpoint = EndpointThread(moto_url=moto_url, state_dir=state).start()
+    (state / "endpoints.json").write_text(json.dumps({"default": moto_url, "ssm": endpoint.url, "ecs": endpoint.url}))
+    old = os.environ.get("BASTIONLESS_STATE_DIR")
+    os.environ["BASTIONLESS_STATE_DIR"] = str(state)
+    world = World(moto_url=moto_url, endpoint=endpoint, state_dir=state, envs_dir=envs, pg_port=pg_port)
+    try:
+        yield world
+    finally:
+        from ops import tunnels_state
+
+        tunnels_state.close_all(timeout=10)
+        if old is None:
+            os.environ.pop("BASTIONLESS_STATE_DIR", None)
+        else:
+            os.environ["BASTIONLESS_STATE_DIR"] = old
+        endpoint.stop()
+        moto.terminate()
+        try:
+            moto.wait(10)
+        except subprocess.TimeoutExpired:
+            moto.kill()
+            moto.wait()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """moto + endpoint, no PostgreSQL (discovery and error tests)."""
+    yield from _world(tmp_path_factory.mktemp("tunnel-world"), 0)
+
+
+@pytest.fixture(scope="module")
+def pg_world(tmp_path_factory: pytest.TempPathFactory, tunnel_postgres: int) -> Iterator[World]:
+    """moto + endpoint + a real PostgreSQL behind the emulated relay."""
+    yield from _world(tmp_path_factory.mktemp("tunnel-pg-world"), tunnel_postgres)
+
+
+def run_cli(world: World, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=world.subprocess_env(**env))
+
+
+def wait_for(predicate: Any, *, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
