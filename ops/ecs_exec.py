@@ -8,10 +8,8 @@ The decision functions are pure (they take API-shaped dicts) so `ops.doctor` reu
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import shutil
 import signal
 import stat
 import subprocess
@@ -24,8 +22,9 @@ from typing import Any, Literal
 import botocore.exceptions
 
 from ops import aws
+from ops import transport as transport_mod
 from ops.config import EnvConfig
-from ops.errors import AbortedError, OpsError, ToolMissingError
+from ops.errors import AbortedError, OpsError
 
 Transport = Literal["auto", "native", "plugin"]
 # (title, options) -> index of the chosen option; raises AbortedError when the user gives up.
@@ -34,7 +33,6 @@ Chooser = Callable[[str, Sequence[str]], int]
 EXEC_AGENT = "ExecuteCommandAgent"
 MIN_FARGATE_LINUX = (1, 4, 0)
 MIN_FARGATE_WINDOWS = (1, 0, 0)
-PLUGIN = "session-manager-plugin"
 
 
 class EcsExecError(OpsError):
@@ -225,11 +223,18 @@ def runtime_id(task: Mapping[str, Any], container: str, *, sandbox: bool) -> str
     raise EcsExecError(f"container {container} has no runtime id yet", next_step="wait until the task is RUNNING")
 
 
-def plugin_argv(*, plugin: str, session: Mapping[str, Any], region: str, profile: str, target: str,
-                endpoint_url: str) -> list[str]:
-    """The argv the AWS CLI gives the plugin for `aws ecs execute-command` (awscli customizations/ecs)."""
-    return [plugin, json.dumps(dict(session)), region, "StartSession", profile, json.dumps({"Target": target}),
-            endpoint_url]
+def plugin_invocation(*, plugin: str, session: Mapping[str, Any], region: str, profile: str, target: str,
+                      endpoint_url: str, base_env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
+    """(argv, env) for the plugin as the AWS CLI builds them for `aws ecs execute-command`.
+
+    ExecuteCommand answers in camelCase; the plugin reads the StartSession shape. The token goes in the
+    environment only (ops.transport), never argv where `ps` shows it.
+    """
+    response = {"SessionId": session["sessionId"], "TokenValue": session["tokenValue"],
+                "StreamUrl": session["streamUrl"]}
+    return transport_mod.plugin_invocation(plugin=plugin, response=response, region=region, profile=profile,
+                                           parameters={"Target": target}, endpoint_url=endpoint_url,
+                                           base_env=base_env)
 
 
 def reason_user_agent(reason: str) -> str:
@@ -329,20 +334,11 @@ def execute_command(ecs: Any, target: Target, *, command: str, env: str = "") ->
     return result
 
 
-def plugin_path() -> str | None:
-    return shutil.which(PLUGIN)
-
-
 def choose_transport(cfg: EnvConfig, transport: Transport) -> Literal["native", "plugin"]:
-    if transport == "plugin":
-        if plugin_path() is None:
-            raise ToolMissingError(f"{PLUGIN} is not on PATH",
-                                   next_step="install the Session Manager plugin, or use --transport native")
-        return "plugin"
-    if transport == "native":
+    if transport == "auto" and cfg.sandbox:
+        # The local sandbox endpoint is ours, so the native client; in AWS the plugin when installed.
         return "native"
-    # The local sandbox endpoint is ours, so the native client; in AWS the plugin when installed.
-    return "plugin" if not cfg.sandbox and plugin_path() is not None else "native"
+    return transport_mod.choose(transport)
 
 
 @contextlib.contextmanager
@@ -361,11 +357,15 @@ def hand_off(cfg: EnvConfig, target: Target, response: Mapping[str, Any], *, ecs
     session = response["session"]
     tgt = f"ecs:{target.cluster}_{target.task_id}_{runtime_id(target.task, target.container, sandbox=cfg.sandbox)}"
     if choose_transport(cfg, transport) == "plugin":
-        argv = plugin_argv(plugin=plugin_path() or PLUGIN, session=session, region=cfg.region,
-                           profile=os.environ.get("AWS_PROFILE", ""), target=tgt,
-                           endpoint_url=str(ecs.meta.endpoint_url))
+        plugin = transport_mod.plugin_path() or transport_mod.PLUGIN
+        version = transport_mod.plugin_version(plugin)
+        if not transport_mod.supports_env_handoff(version):
+            raise transport_mod.old_plugin_error(version)
+        argv, env = plugin_invocation(plugin=plugin, session=session, region=cfg.region,
+                                      profile=transport_mod.default_profile(cfg), target=tgt,
+                                      endpoint_url=str(ecs.meta.endpoint_url), base_env=os.environ)
         with _ignore_sigint():
-            return subprocess.run(argv, check=False).returncode
+            return subprocess.run(argv, env=env, check=False).returncode
     from ops.ssm.client import run_shell
 
     return run_shell(stream_url=session["streamUrl"], token=session["tokenValue"], session_id=session["sessionId"],

@@ -13,7 +13,7 @@ from ops.ecs_exec import (
     agent_problem,
     choose_container,
     choose_task,
-    plugin_argv,
+    plugin_invocation,
     preflight_problems,
     reason_user_agent,
     runtime_id,
@@ -158,16 +158,22 @@ def test_every_failure_is_reported_at_once() -> None:
 
 # ---- hand-off ----
 
-def test_plugin_argv_matches_the_aws_cli() -> None:
+def test_plugin_invocation_matches_the_aws_cli_with_the_token_only_in_env() -> None:
     session = {"sessionId": "ecs-execute-command-0abc", "streamUrl": "wss://ssmmessages.eu-west-1.amazonaws.com/v1/x",
-               "tokenValue": "tok"}
-    argv = plugin_argv(plugin="session-manager-plugin", session=session, region="eu-west-1", profile="prod",
-                       target=f"ecs:{CLUSTER}_aaa_aaa-0", endpoint_url="https://ecs.eu-west-1.amazonaws.com")
+               "tokenValue": "tok-secret-value"}
+    argv, env = plugin_invocation(plugin="session-manager-plugin", session=session, region="eu-west-1",
+                                  profile="prod", target=f"ecs:{CLUSTER}_aaa_aaa-0",
+                                  endpoint_url="https://ecs.eu-west-1.amazonaws.com", base_env={"HOME": "/h"})
     assert argv[0] == "session-manager-plugin"
-    assert json.loads(argv[1]) == session
+    assert argv[1] == "AWS_SSM_START_SESSION_RESPONSE"
     assert argv[2:5] == ["eu-west-1", "StartSession", "prod"]
     assert json.loads(argv[5]) == {"Target": f"ecs:{CLUSTER}_aaa_aaa-0"}
     assert argv[6] == "https://ecs.eu-west-1.amazonaws.com"
+    assert not any("tok-secret-value" in a for a in argv)
+    assert json.loads(env["AWS_SSM_START_SESSION_RESPONSE"]) == {
+        "SessionId": "ecs-execute-command-0abc", "TokenValue": "tok-secret-value",
+        "StreamUrl": "wss://ssmmessages.eu-west-1.amazonaws.com/v1/x"}
+    assert env["HOME"] == "/h"
 
 
 def test_runtime_id_from_the_container() -> None:
