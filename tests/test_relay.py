@@ -1,0 +1,59 @@
+"""Relay helpers without AWS: the Terraform address of the relay, and waiting with progress."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from ops.errors import OpsError
+from ops.relay import relay_address, wait_for
+
+
+def test_relay_address_is_found_by_its_role_tag(tmp_path: Path) -> None:
+    (tmp_path / "cdk.tf.json").write_text(json.dumps({"resource": {"aws_instance": {
+        "Other_1234": {"tags": {"Name": "x"}},
+        "Relay_Instance_ABCD": {"tags": {"bastionless:role": "relay", "Name": "bastionless-prod/TunnelInstance"}}}}}))
+    assert relay_address(tmp_path) == "aws_instance.Relay_Instance_ABCD"
+
+
+def test_relay_address_of_the_real_synthesized_stack() -> None:
+    from ops.config import load_env
+    from ops.synth import synth
+
+    workdir = synth(load_env("sandbox"))
+    address = relay_address(workdir)
+    assert address.startswith("aws_instance.") and "Relay" in address
+
+
+def test_relay_address_without_exactly_one_relay(tmp_path: Path) -> None:
+    (tmp_path / "cdk.tf.json").write_text(json.dumps({"resource": {}}))
+    with pytest.raises(OpsError, match="found 0"):
+        relay_address(tmp_path)
+    with pytest.raises(OpsError, match="cannot read"):
+        relay_address(tmp_path / "missing")
+
+
+def test_wait_for_prints_progress_and_returns() -> None:
+    values = iter(["ConnectionLost", "ConnectionLost", "Online"])
+    out = io.StringIO()
+    assert wait_for("i-1 Online", lambda: next(values), lambda v: v == "Online", timeout=10, out=out,
+                    interval=0) == "Online"
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("  waiting for i-1 Online: ConnectionLost")
+    assert lines[-1].startswith("  i-1 Online: Online")
+
+
+def test_wait_for_times_out_with_the_fix() -> None:
+    with pytest.raises(OpsError) as info:
+        wait_for("i-1 Online", lambda: "ConnectionLost", lambda v: v == "Online", timeout=0, out=io.StringIO(),
+                 interval=0, fix="invoke doctor --env prod")
+    assert "still ConnectionLost after 0 s" in info.value.message and info.value.next_step == "invoke doctor --env prod"
+
+
+def test_wait_for_gives_up_on_a_state_that_cannot_change() -> None:
+    with pytest.raises(OpsError, match="will not change"):
+        wait_for("i-1 running", lambda: "terminated", lambda v: v == "running", timeout=60, out=io.StringIO(),
+                 interval=0, fail=lambda v: v == "terminated", fix="invoke relay-replace --env prod")
