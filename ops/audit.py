@@ -47,6 +47,7 @@ class AuditEvent:
     session_id: str
     reason: str
     event_id: str
+    error: str = ""  # CloudTrail's errorCode when AWS refused the call
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -93,18 +94,17 @@ def parse_event(raw: dict[str, Any]) -> AuditEvent:
         when = datetime.fromisoformat(str(detail.get("eventTime", "1970-01-01T00:00:00Z")).replace("Z", "+00:00"))
     session = str(resp.get("sessionId") or req.get("sessionId") or (resp.get("session") or {}).get("sessionId") or "")
     if name == "ExecuteCommand":
-        target = f"{req.get('cluster', '')}/{req.get('task', '')}/{req.get('container', '')}".strip("/")
+        cluster = str(req.get("cluster") or "").rsplit("/", 1)[-1]
+        task = str(req.get("task") or "").rsplit("/", 1)[-1]
+        target = f"{cluster}/{task}/{req.get('container') or ''}".strip("/")
         reason = reason_from_agent(str(detail.get("userAgent", "")))
     else:
         target = str(req.get("target") or "")
         reason = str(req.get("reason") or "")
     return AuditEvent(time=when.astimezone(UTC), event=name, caller=str(ident.get("arn") or raw.get("Username") or ""),
                       source_ip=str(detail.get("sourceIPAddress") or ""), target=target, session_id=session,
-                      reason=reason, event_id=str(raw.get("EventId") or detail.get("eventID") or ""))
-
-
-def _in_cluster(cfg: EnvConfig, cluster: str) -> bool:
-    return cluster == cfg.stack_name or cluster.endswith(f":cluster/{cfg.stack_name}")
+                      reason=reason, event_id=str(raw.get("EventId") or detail.get("eventID") or ""),
+                      error=str(detail.get("errorCode") or ""))
 
 
 def audit(cfg: EnvConfig, *, since: datetime, until: datetime | None = None) -> list[AuditEvent]:
@@ -120,7 +120,7 @@ def audit(cfg: EnvConfig, *, since: datetime, until: datetime | None = None) -> 
         if ev.event == "StartSession" and ev.target in relays:
             ours.add(ev.session_id)
             kept.append(ev)
-        elif ev.event == "ExecuteCommand" and _in_cluster(cfg, ev.target.split("/", 1)[0]):
+        elif ev.event == "ExecuteCommand" and ev.target.split("/", 1)[0] == cfg.stack_name:
             ours.add(ev.session_id)
             kept.append(ev)
     unknown = {ev.session_id for ev in events if ev.event in ("ResumeSession", "TerminateSession")
@@ -151,7 +151,8 @@ def _history_sessions(cfg: EnvConfig, ids: set[str], relays: set[str]) -> set[st
 def format_table(events: Iterable[AuditEvent]) -> str:
     rows = [("time (UTC)", "event", "caller", "source IP", "target", "session", "reason")]
     for ev in events:
-        rows.append((ev.time.strftime("%Y-%m-%d %H:%M:%SZ"), ev.event, ev.caller, ev.source_ip or "-",
+        name = f"{ev.event} (refused: {ev.error})" if ev.error else ev.event
+        rows.append((ev.time.strftime("%Y-%m-%d %H:%M:%SZ"), name, ev.caller, ev.source_ip or "-",
                      ev.target or "-", ev.session_id or "-", ev.reason or "-"))
     if len(rows) == 1:
         return "no session events in that period"

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from ops import aws, deploy, terraform
 from ops.config import EnvConfig
 from ops.discovery import ENV_TAG, RELAY_ROLE, ROLE_TAG, RelayNotReadyError, aws_call, relay_name
-from ops.errors import OpsError
+from ops.errors import AbortedError, OpsError
 
 Ask = Callable[[str], str]
 ONLINE_TIMEOUT = 600.0
@@ -55,6 +55,16 @@ class ReplaceResult:
 def _say(out: TextIO, text: str) -> None:
     out.write(text + "\n")
     out.flush()
+
+
+def confirm(cfg: EnvConfig, *, action: str, account: str, ask: Ask, what: str) -> None:
+    """deploy.confirm (prod: type the env name, else y/N), with a cancel message naming `what`."""
+    try:
+        deploy.confirm(cfg, action=action, account=account, ask=ask)
+    except AbortedError as exc:
+        if exc.next_step:  # e.g. stdin closed: keep its fix (pass --yes)
+            raise
+        raise AbortedError(f"{what} on {cfg.name} cancelled; nothing was changed") from None
 
 
 def relay_instances(cfg: EnvConfig, *, include_gone: bool = False) -> list[RelayInstance]:
@@ -155,7 +165,7 @@ def restart(cfg: EnvConfig, *, yes: bool = False, reboot: bool = False, ask: Ask
     how = "Reboot" if reboot and relay.state == "running" else "Start" if relay.state == "stopped" else "Stop and start"
     if not yes:
         _say(out, "open tunnels and shells through the relay will drop and reconnect (or need reopening)")
-        deploy.confirm(cfg, action=f"{how} the relay {iid} of", account=ident["Account"], ask=ask)
+        confirm(cfg, action=f"{how} the relay {iid} of", account=ident["Account"], ask=ask, what="relay restart")
     started = time.monotonic()
     requested = time.time()
     ec2 = aws.client(cfg, "ec2")
@@ -168,6 +178,8 @@ def restart(cfg: EnvConfig, *, yes: bool = False, reboot: bool = False, ask: Ask
                 aws_call(cfg, "ec2:StopInstances", lambda: ec2.stop_instances(InstanceIds=[iid]))
                 _say(out, f"stopping {iid}")
             wait_state(cfg, iid, "stopped", timeout=timeout, out=out, interval=interval)
+        # Systems Manager's view of the stopped relay (it may lag: an Online here is the ping from before).
+        _say(out, f"  Session Manager ping while stopped: {ping_status(cfg, iid)}")
         aws_call(cfg, "ec2:StartInstances", lambda: ec2.start_instances(InstanceIds=[iid]))
         _say(out, f"starting {iid}")
         wait_state(cfg, iid, "running", timeout=timeout, out=out, interval=interval)
@@ -221,7 +233,8 @@ def replace(cfg: EnvConfig, *, yes: bool = False, ask: Ask = deploy.ask_terminal
                            next_step=f"invoke plan --env {cfg.name}")
         if not yes:
             _say(out, "open tunnels and shells through the relay will drop; reopen them once the new relay is Online")
-            deploy.confirm(cfg, action=f"Replace the relay ({address}) of", account=ident["Account"], ask=ask)
+            confirm(cfg, action=f"Replace the relay ({address}) of", account=ident["Account"], ask=ask,
+                    what="relay replacement")
         tf.apply(plan_file=plan_path)
     finally:
         plan_path.unlink(missing_ok=True)

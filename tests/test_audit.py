@@ -27,6 +27,14 @@ def test_start_session_event() -> None:
                             reason="INC-7 data fix", event_id="e1")
 
 
+def test_a_refused_call_shows_its_error_code() -> None:
+    ev = parse_event(lookup_entry("StartSession", {
+        "userIdentity": {"arn": "arn:aws:iam::1:user/a"}, "requestParameters": {"target": "i-1", "reason": "r"},
+        "errorCode": "TargetNotConnected", "errorMessage": "i-1 is not connected"}))
+    assert ev.error == "TargetNotConnected" and ev.session_id == ""
+    assert "StartSession (refused: TargetNotConnected)" in format_table([ev])
+
+
 def test_terminate_and_execute_command_events() -> None:
     term = parse_event(lookup_entry("TerminateSession", {
         "userIdentity": {"arn": "arn:aws:iam::1:user/oncall"}, "requestParameters": {"sessionId": "alice-0123"},

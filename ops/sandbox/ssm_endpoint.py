@@ -5,10 +5,18 @@ A stand-in for the parts of AWS that moto lacks, on one HTTP port:
   `DescribeSessions`, `DescribeInstanceInformation`, and ECS `ExecuteCommand`; every other request is
   proxied unchanged to moto, so boto3's `ssm` and `ecs` clients point here;
 - the data-channel websocket `/v1/data-channel/<session-id>` with an agent (ops.sandbox.agent);
-- test hooks under `/_sandbox/` (drop a websocket, inject loss/reorder, pause/start publication).
+- test hooks under `/_sandbox/` (drop a websocket, inject loss/reorder, pause/start publication, agent
+  boot time after a relay start);
+- `CloudTrail_20131101.LookupEvents` for the calls above (every other CloudTrail call goes to moto).
 
 Emulated, and said so: the session owner is what moto's STS says about the caller's access key
-(signatures are not verified); the relay's "SSM ping" is Online iff its moto instance is running.
+(signatures are not verified); the relay's "SSM ping" is Online iff its moto instance is running
+(a stopped instance is ConnectionLost, a terminated one is not listed). The CloudTrail events are
+EMULATED: moto's LookupEvents does not record Session Manager or ECS Exec calls, so this endpoint
+records a CloudTrail-shaped event (caller ARN from moto's STS, sourceIPAddress = the loopback address
+the call came from, user agent, time, request parameters including the reason, errorCode for a
+refused call) for each StartSession, ResumeSession, TerminateSession and ExecuteCommand it serves,
+keeps them in sessions.json and answers LookupEvents from them. `invoke audit` says so in the sandbox.
 
     python -m ops.sandbox.ssm_endpoint --host 127.0.0.1 --port 0 --moto-url URL --state-dir DIR
 prints `READY <url>` once serving and runs until SIGTERM.
@@ -43,6 +51,13 @@ SESSIONS_FILE = "sessions.json"
 PREFERENCES_DOCUMENT = "SSM-SessionManagerRunShell"
 ECS_TASKS_FILE = "ecs_tasks.json"
 JSON_CT = "application/x-amz-json-1.1"
+LOOKUP_EVENTS = "com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.LookupEvents"
+# The calls whose CloudTrail events this endpoint emulates, and their event sources.
+AUDITED = {"AmazonSSM.StartSession": "ssm.amazonaws.com", "AmazonSSM.TerminateSession": "ssm.amazonaws.com",
+           "AmazonSSM.ResumeSession": "ssm.amazonaws.com",
+           "AmazonEC2ContainerServiceV20141113.ExecuteCommand": "ecs.amazonaws.com"}
+MAX_EVENTS = 20000
+HIDDEN = "Value hidden due to security reasons."
 RELAY_TAG = ("bastionless:role", "relay")
 _CRED_RE = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/]+)/")
 # moto does not verify signatures; the caller's access key is kept so STS says who the caller is.
@@ -118,21 +133,29 @@ class Endpoint:
         self.base_url = ""
         self._http: ClientSession | None = None
         self._owners: dict[str, str] = {}
+        self.events: list[dict[str, Any]] = []  # emulated CloudTrail records, oldest first
+        # An agent needs a while after its instance starts before it is Online again: the sandbox waits
+        # `agent_boot_seconds` after it saw a relay come back to running (0 unless a test sets it).
+        self.agent_boot_seconds = 0.0
+        self._running_since: dict[str, float] = {}
         self._load()
 
     # ---- persistence ----
     def _load(self) -> None:
         path = self.state_dir / SESSIONS_FILE
         with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
-            for rec in json.loads(path.read_text()).get("sessions", []):
+            data = json.loads(path.read_text())
+            for rec in data.get("sessions", []):
                 sess = Session.from_record(rec)
                 self.sessions[sess.session_id] = sess
+            self.events = [e for e in data.get("events", []) if isinstance(e, dict)]
         self._save()
 
     def _save(self) -> None:
         path = self.state_dir / SESSIONS_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"sessions": [s.record() for s in self.sessions.values()]}, indent=1))
+        tmp.write_text(json.dumps({"sessions": [s.record() for s in self.sessions.values()],
+                                   "events": self.events[-MAX_EVENTS:]}, indent=1))
         os.replace(tmp, path)
 
     # ---- moto access ----
@@ -196,6 +219,7 @@ class Endpoint:
             "AmazonSSM.DescribeSessions": self.describe_sessions,
             "AmazonSSM.DescribeInstanceInformation": self.describe_instance_information,
             "AmazonEC2ContainerServiceV20141113.ExecuteCommand": self.execute_command,
+            LOOKUP_EVENTS: self.lookup_events,
         }.get(target)
         if handler is None:
             if target.endswith((".ListTasks", ".DescribeTasks")) and target.startswith("AmazonEC2Container"):
@@ -207,7 +231,14 @@ class Endpoint:
             auth = request.headers.get("Authorization", "")
             match = _CRED_RE.search(auth)
             access_key, region = (match.group(1), match.group(2)) if match else ("testing", "us-east-1")
-            result = await handler(params, access_key=access_key, region=region)
+            try:
+                result = await handler(params, access_key=access_key, region=region)
+            except ApiError as exc:
+                if target in AUDITED:
+                    await self._audit(request, target, params, {}, access_key=access_key, region=region, error=exc)
+                raise
+            if target in AUDITED:
+                await self._audit(request, target, params, result, access_key=access_key, region=region)
         except ApiError as exc:
             return web.json_response({"__type": exc.code, "message": exc.message}, status=exc.status,
                                      content_type=JSON_CT)
@@ -262,6 +293,87 @@ class Endpoint:
                 body["failures"] = [f for f in body.get("failures", [])
                                     if f.get("arn") not in (wanted, found.get("taskArn"))]
         return web.Response(body=json.dumps(body).encode(), content_type=JSON_CT)
+
+    # ---- emulated CloudTrail ----
+    async def _audit(self, request: web.Request, target: str, params: dict[str, Any], result: dict[str, Any], *,
+                     access_key: str, region: str, error: ApiError | None = None) -> None:
+        """Record one CloudTrail-shaped management event for an audited call (EMULATED, see the module doc)."""
+        owner = await self._owner(access_key, region)
+        name = target.rsplit(".", 1)[-1]
+        account = owner.split(":")[4] if owner.count(":") >= 5 else "000000000000"
+        kind = ("AssumedRole" if ":assumed-role/" in owner else "Root" if owner.endswith(":root") else "IAMUser")
+        user = owner.rsplit("/", 1)[-1] if "/" in owner else "root"
+        if name == "ExecuteCommand":
+            keys: tuple[str, ...] = ("cluster", "container", "command", "interactive", "task")
+            req: dict[str, Any] = {k: params.get(k) for k in keys if k in params}
+            resp = {k: v for k, v in result.items() if k != "session"}
+            if "session" in result:
+                resp["session"] = {"sessionId": result["session"]["sessionId"],
+                                   "streamUrl": result["session"]["streamUrl"],
+                                   "tokenValue": "HIDDEN_DUE_TO_SECURITY_REASONS"}
+        else:
+            names: dict[str, str] = {"Target": "target", "DocumentName": "documentName",
+                                     "Parameters": "parameters", "Reason": "reason", "SessionId": "sessionId"}
+            req = {names[k]: v for k, v in params.items() if k in names}
+            resp = {"sessionId": result["SessionId"]} if "SessionId" in result else {}
+            if "TokenValue" in result:
+                resp.update({"tokenValue": HIDDEN, "streamUrl": result.get("StreamUrl", "")})
+        now = time.time()
+        record: dict[str, Any] = {
+            "eventVersion": "1.09",
+            "userIdentity": {"type": kind, "principalId": access_key, "arn": owner, "accountId": account,
+                             "accessKeyId": access_key, "userName": user},
+            "eventTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "eventSource": AUDITED[target], "eventName": name, "awsRegion": region,
+            "sourceIPAddress": request.remote or "127.0.0.1",
+            "userAgent": request.headers.get("User-Agent", ""),
+            "requestParameters": req, "responseElements": resp or None,
+            "requestID": secrets.token_hex(16), "eventID": secrets.token_hex(16), "readOnly": False,
+            "eventType": "AwsApiCall", "managementEvent": True, "recipientAccountId": account,
+            "eventCategory": "Management", "emulated": "bastionless sandbox endpoint",
+        }
+        if error is not None:
+            record.update({"errorCode": error.code, "errorMessage": error.message})
+        resource = str(req.get("target") or req.get("task") or req.get("sessionId") or "")
+        self.events.append({"time": now, "name": name, "source": AUDITED[target], "username": user,
+                            "access_key": access_key, "resource": resource, "record": record})
+        self._save()
+
+    async def lookup_events(self, params: dict[str, Any], *, access_key: str, region: str) -> dict[str, Any]:
+        """CloudTrail LookupEvents over the emulated events: one lookup attribute, time range, paging."""
+        attrs = params.get("LookupAttributes") or []
+        if len(attrs) > 1:
+            raise ApiError("InvalidLookupAttributesException", "only one lookup attribute is allowed")
+        start = _ts(params["StartTime"]) if params.get("StartTime") is not None else 0.0
+        end = _ts(params["EndTime"]) if params.get("EndTime") is not None else time.time() + 1
+        found = [e for e in self.events if start <= float(e["time"]) <= end
+                 and e["record"].get("awsRegion", region) == region]
+        if attrs:
+            key, value = attrs[0].get("AttributeKey"), attrs[0].get("AttributeValue")
+            field_of = {"EventName": "name", "EventSource": "source", "Username": "username",
+                        "AccessKeyId": "access_key", "ResourceName": "resource"}
+            if key == "EventId":
+                found = [e for e in found if e["record"]["eventID"] == value]
+            elif key == "ReadOnly":
+                found = [e for e in found if str(value).lower() == "false"]
+            elif key in field_of:
+                found = [e for e in found if e[field_of[key]] == value]
+            else:
+                raise ApiError("InvalidLookupAttributesException", f"unsupported lookup attribute {key}")
+        found.sort(key=lambda e: float(e["time"]), reverse=True)
+        limit = min(int(params.get("MaxResults") or 50), 50)
+        offset = int(params.get("NextToken") or 0)
+        page = found[offset:offset + limit]
+        out: dict[str, Any] = {"Events": [{
+            "EventId": e["record"]["eventID"], "EventName": e["name"], "ReadOnly": "false",
+            "AccessKeyId": e["access_key"], "EventTime": float(e["time"]), "EventSource": e["source"],
+            "Username": e["username"],
+            "Resources": [{"ResourceType": "AWS::EC2::Instance" if e["resource"].startswith("i-") else
+                           "AWS::SSM::ManagedInstance", "ResourceName": e["resource"]}] if e["resource"] else [],
+            "CloudTrailEvent": json.dumps(e["record"])} for e in page]}
+        if offset + limit < len(found):
+            out["NextToken"] = str(offset + limit)
+        return out
 
     def _stream_url(self, session_id: str) -> str:
         ws_base = self.base_url.replace("http://", "ws://", 1)
@@ -383,7 +495,17 @@ class Endpoint:
                 ids += flt.get("Values") or []
         infos = []
         for inst in await self._relays(region, ids or None):
-            running = inst.get("State", {}).get("Name") == "running"
+            state = inst.get("State", {}).get("Name")
+            if state == "terminated":
+                continue  # Systems Manager drops terminated instances from its inventory
+            running = state == "running"
+            iid = str(inst["InstanceId"])
+            if not running:
+                self._running_since[iid] = 0.0  # seen down: the next start has to boot the agent
+            elif self._running_since.get(iid) == 0.0:
+                self._running_since[iid] = time.time()
+            booted = time.time() - self._running_since.get(iid, 0.0) >= self.agent_boot_seconds
+            running = running and booted
             infos.append({
                 "InstanceId": inst["InstanceId"], "PingStatus": "Online" if running else "ConnectionLost",
                 "LastPingDateTime": time.time(), "AgentVersion": self.agent_version, "IsLatestVersion": True,
@@ -578,6 +700,11 @@ class Endpoint:
         return {"drop_every": self.loss.drop_every, "reorder_every": self.loss.reorder_every,
                 "dropped": self.loss.dropped, "reordered": self.loss.reordered}
 
+    async def hook_agent_boot(self, request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else {}
+        self.agent_boot_seconds = float(body.get("seconds", 0))
+        return web.json_response({"agent_boot_seconds": self.agent_boot_seconds})
+
     async def hook_stats(self, request: web.Request) -> web.Response:
         sess = self.sessions.get(request.match_info["session_id"])
         if sess is None:
@@ -615,6 +742,7 @@ def make_app(endpoint: Endpoint) -> web.Application:
     app.router.add_post("/_sandbox/sessions/{session_id}/publication/{action}", endpoint.hook_publication)
     app.router.add_get("/_sandbox/sessions/{session_id}", endpoint.hook_stats)
     app.router.add_post("/_sandbox/loss", endpoint.hook_loss)
+    app.router.add_post("/_sandbox/agent-boot", endpoint.hook_agent_boot)
     app.router.add_route("*", "/{tail:.*}", endpoint.handle_root)
     app.on_shutdown.append(endpoint.shutdown)
     return app
