@@ -114,15 +114,48 @@ class Terraform:
         ok = (0, 2) if detailed_exitcode else (0,)
         return self._run(args, env=self._env(), what="terraform plan", ok=ok)
 
-    def apply(self, *, plan_file: Path | None = None, auto_approve: bool = False) -> None:
-        """`terraform apply` of a saved plan, or of a fresh plan when `auto_approve` (already confirmed)."""
+    def apply(self, *, plan_file: Path | None = None, auto_approve: bool = False, targets: Sequence[str] = ()) -> None:
+        """`terraform apply` of a saved plan, or of a fresh plan when `auto_approve` (already confirmed).
+
+        `targets` limits a fresh plan to those resources and what they depend on (`-target`).
+        """
         if plan_file is None and not auto_approve:
             raise ValueError("apply needs a saved plan_file or auto_approve=True: terraform cannot prompt here; "
                              "confirm first, then pass auto_approve=True")
         self.init()
         args = ["apply", "-input=false", *self._color()]
-        args += [str(plan_file)] if plan_file is not None else ["-auto-approve"]
+        args += [str(plan_file)] if plan_file is not None else ["-auto-approve", *(f"-target={t}" for t in targets)]
         self._run(args, env=self._env(), what="terraform apply")
+
+    def import_resource(self, address: str, resource_id: str) -> None:
+        """`terraform import ADDRESS ID`: adopt an existing object into the state."""
+        self.init()
+        self._run(["import", "-input=false", *self._color(), address, resource_id], env=self._env(),
+                  what="terraform import")
+
+    def state(self) -> dict[str, Any]:
+        """The current state as JSON (`terraform state pull`); {} when there is none yet."""
+        self.init()
+        proc = self._capture(["state", "pull"], env=self._env())
+        try:
+            data = json.loads(proc.stdout or "{}")
+        except ValueError as exc:
+            raise OpsError(f"terraform state pull printed something that is not JSON ({exc})") from None
+        return data if isinstance(data, dict) else {}
+
+    def push_state(self, data: Mapping[str, Any]) -> None:
+        """`terraform state push` of an edited state (its serial must be higher than the current one)."""
+        self.init()
+        folder = self.home / "plans"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = folder / "state-push.tfstate"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(data, fh)
+            self._capture(["state", "push", str(path)], env=self._env())
+        finally:
+            path.unlink(missing_ok=True)
 
     def destroy(self, *, auto_approve: bool = False) -> None:
         """`terraform destroy`; the caller confirms first (terraform cannot prompt here)."""

@@ -1,0 +1,209 @@
+"""Sandbox only: create the RDS instance through the emulator's API and adopt it into terraform state.
+
+Why: against moto, `aws_db_instance` takes ~80 s to create, none of it work: the provider's waiter
+sleeps a fixed minute before its first poll and then wants three "available" answers 10 s apart.
+The API call itself returns at once. So, for a sandbox env whose state does not hold the instance yet:
+
+1. `terraform apply -target` the resources the instance refers to (subnet group, security group,
+   parameter group, and what they need);
+2. `CreateDBInstance` with exactly the arguments the provider would send, taken from the
+   synthesized configuration (references resolved from the state) plus the provider's default tags;
+3. `terraform import` it; then record in the state the arguments RDS never reports back
+   (`apply_immediately`, `manage_master_user_password`, ...) with the configured values, as the
+   provider's own create would have, so the plan has nothing to "update" (an update would run the
+   same slow waiter);
+4. the caller runs the normal full apply, which creates everything else.
+
+The configuration is untouched (no override files, nothing different from prod), and prod never
+comes here. Anything this module does not know how to translate makes it step aside: the
+ordinary apply then creates the instance, just slower.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from ops import aws
+from ops.config import EnvConfig
+from ops.errors import OpsError
+from ops.terraform import Terraform
+
+RESOURCE_TYPE = "aws_db_instance"
+# Terraform argument -> CreateDBInstance parameter, for the arguments our Database construct sets.
+CREATE_PARAMS = {
+    "identifier": "DBInstanceIdentifier",
+    "allocated_storage": "AllocatedStorage",
+    "auto_minor_version_upgrade": "AutoMinorVersionUpgrade",
+    "backup_retention_period": "BackupRetentionPeriod",
+    "copy_tags_to_snapshot": "CopyTagsToSnapshot",
+    "db_name": "DBName",
+    "db_subnet_group_name": "DBSubnetGroupName",
+    "deletion_protection": "DeletionProtection",
+    "enabled_cloudwatch_logs_exports": "EnableCloudwatchLogsExports",
+    "engine": "Engine",
+    "engine_version": "EngineVersion",
+    "iam_database_authentication_enabled": "EnableIAMDatabaseAuthentication",
+    "instance_class": "DBInstanceClass",
+    "manage_master_user_password": "ManageMasterUserPassword",
+    "parameter_group_name": "DBParameterGroupName",
+    "port": "Port",
+    "publicly_accessible": "PubliclyAccessible",
+    "storage_encrypted": "StorageEncrypted",
+    "storage_type": "StorageType",
+    "username": "MasterUsername",
+    "vpc_security_group_ids": "VpcSecurityGroupIds",
+    "kms_key_id": "KmsKeyId",
+    "multi_az": "MultiAZ",
+}
+# Arguments that exist only in terraform (per-request flags or delete-time settings): RDS does not
+# report them, so an import leaves them empty while a create stores the configured value.
+CONFIG_ONLY = ("apply_immediately", "manage_master_user_password", "skip_final_snapshot",
+               "final_snapshot_identifier", "delete_automated_backups")
+_IGNORED = {"//", "tags", "lifecycle", "depends_on", "timeouts", "provider"}
+_REF = re.compile(r"^\$\{([a-z][a-z0-9_]*\.[A-Za-z0-9_]+)\.([a-z0-9_]+)\}$")
+
+
+@dataclass(frozen=True)
+class Adoption:
+    address: str
+    spec: dict[str, Any]
+    refs: tuple[str, ...]
+    default_tags: dict[str, str]
+
+    @property
+    def identifier(self) -> str:
+        return str(self.spec["identifier"])
+
+
+def _say(out: TextIO, text: str) -> None:
+    out.write(text + "\n")
+    out.flush()
+
+
+def plan_adoption(config: dict[str, Any], state: dict[str, Any]) -> tuple[Adoption | None, str]:
+    """What to adopt, or (None, why not)."""
+    instances = (config.get("resource") or {}).get(RESOURCE_TYPE) or {}
+    if len(instances) != 1:
+        return None, f"{len(instances)} {RESOURCE_TYPE} resources (expected one)"
+    name, spec = next(iter(instances.items()))
+    address = f"{RESOURCE_TYPE}.{name}"
+    if any(r.get("type") == RESOURCE_TYPE and r.get("name") == name and r.get("mode") == "managed"
+           for r in state.get("resources", [])):
+        return None, "already in the state"
+    unknown = sorted(set(spec) - set(CREATE_PARAMS) - set(CONFIG_ONLY) - _IGNORED)
+    if unknown or "count" in spec or "for_each" in spec:
+        return None, f"argument {(unknown or ['count/for_each'])[0]!r} is not translated"
+    if not isinstance(spec.get("identifier"), str) or "${" in spec["identifier"]:
+        return None, "the identifier is not a literal"
+    refs: set[str] = set()
+    for key in CREATE_PARAMS:
+        for value in _values(spec.get(key)):
+            if isinstance(value, str) and "${" in value:
+                match = _REF.match(value)
+                if match is None:
+                    return None, f"{key} = {value!r} is not a plain reference"
+                refs.add(match.group(1))
+    # Everything that does not need the instance goes in the first, targeted apply, not only what the
+    # instance needs: the slow creations elsewhere (KMS key, relay) then overlap with them.
+    independent = tuple(sorted(set(_addresses(config)) - _dependents(config, address)))
+    refs.update(independent)
+    provider = ((config.get("provider") or {}).get("aws") or [{}])[0]
+    default_tags = ((provider.get("default_tags") or [{}])[0].get("tags") or {})
+    return Adoption(address=address, spec=spec, refs=tuple(sorted(refs)),
+                    default_tags={str(k): str(v) for k, v in default_tags.items()}), ""
+
+
+def _addresses(config: dict[str, Any]) -> list[str]:
+    return [f"{rtype}.{name}" for rtype, items in (config.get("resource") or {}).items() for name in items]
+
+
+def _dependents(config: dict[str, Any], address: str) -> set[str]:
+    """`address` and every resource that refers to it, directly or through others."""
+    bodies = {f"{rtype}.{name}": json.dumps(body) for rtype, items in (config.get("resource") or {}).items()
+              for name, body in items.items()}
+    found = {address}
+    grew = True
+    while grew:
+        grew = False
+        for other, body in bodies.items():
+            if other not in found and any(re.search(rf"(\$\{{|\"){re.escape(a)}[.\"]", body) for a in found):
+                found.add(other)
+                grew = True
+    return found
+
+
+def _values(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _attributes(state: dict[str, Any], address: str) -> dict[str, Any]:
+    rtype, name = address.split(".", 1)
+    for res in state.get("resources", []):
+        if res.get("type") == rtype and res.get("name") == name and res.get("mode") == "managed":
+            instances = res.get("instances") or []
+            if instances:
+                attrs: dict[str, Any] = instances[0].get("attributes") or {}
+                return attrs
+    raise OpsError(f"{address} is not in the terraform state after the targeted apply")
+
+
+def _resolve(value: Any, state: dict[str, Any]) -> Any:
+    if isinstance(value, list):
+        return [_resolve(v, state) for v in value]
+    if isinstance(value, str) and (match := _REF.match(value)):
+        return _attributes(state, match.group(1))[match.group(2)]
+    return value
+
+
+def create_params(adoption: Adoption, state: dict[str, Any]) -> dict[str, Any]:
+    params = {CREATE_PARAMS[k]: _resolve(v, state) for k, v in adoption.spec.items() if k in CREATE_PARAMS}
+    tags = {**adoption.default_tags, **{str(k): str(v) for k, v in (adoption.spec.get("tags") or {}).items()}}
+    if tags:
+        params["Tags"] = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+    return params
+
+
+def adopt_database(cfg: EnvConfig, tf: Terraform, *, config: dict[str, Any], out: TextIO = sys.stderr) -> bool:
+    """Create and import the RDS instance when the state does not hold it. True if it did."""
+    if not cfg.sandbox:
+        raise ValueError("the RDS shortcut is for sandbox environments only")
+    adoption, why = plan_adoption(config, tf.state())
+    if adoption is None:
+        if why != "already in the state":
+            _say(out, f"sandbox: creating the RDS instance the slow way ({why})")
+        return False
+    _say(out, f"sandbox: creating {adoption.identifier} through the emulator's API and importing it (the provider's "
+              "create waiter alone would take ~80 s); first its dependencies:")
+    if adoption.refs:
+        tf.apply(auto_approve=True, targets=adoption.refs)
+    rds = aws.client(cfg, "rds")
+    try:
+        rds.create_db_instance(**create_params(adoption, tf.state()))
+    except rds.exceptions.DBInstanceAlreadyExistsFault:
+        pass  # left over from an interrupted run: adopt it as it is
+    try:
+        tf.import_resource(adoption.address, adoption.identifier)
+    except BaseException:
+        # Not in the state: remove it, or the ordinary apply would fail on "already exists".
+        rds.delete_db_instance(DBInstanceIdentifier=adoption.identifier, SkipFinalSnapshot=True,
+                               DeleteAutomatedBackups=True)
+        raise
+    record_config_only_arguments(tf, adoption)
+    return True
+
+
+def record_config_only_arguments(tf: Terraform, adoption: Adoption) -> None:
+    state = tf.state()
+    attrs = _attributes(state, adoption.address)
+    changed = False
+    for key in CONFIG_ONLY:
+        if key in adoption.spec and attrs.get(key) != adoption.spec[key]:
+            attrs[key] = adoption.spec[key]
+            changed = True
+    if changed:
+        state["serial"] = int(state.get("serial", 0)) + 1
+        tf.push_state(state)

@@ -1,0 +1,62 @@
+"""The real sandbox, once per test session: `pytest_plugins = ["tests.sandbox_fixtures"]`.
+
+`sandbox_session` runs `ops.sandbox.manager.up()` (moto, the Session Manager endpoint, PostgreSQL,
+terraform apply of the sandbox stack) in a state dir of its own and, at the end of the session,
+`down()`, then asserts that none of its processes runs and none of its ports listens.
+
+Tests use the function fixture `sandbox`: it points BASTIONLESS_STATE_DIR at the sandbox's state
+dir for the duration of the test (child processes see it too, through the environment), so tests
+that need an empty state dir are unaffected. Treat the deployed stack as shared: do not destroy it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from ops.config import load_env
+from ops.sandbox import manager
+from tests.sandbox_support import Sandbox, assert_nothing_running, records_in
+
+ENV = "sandbox"
+
+
+@contextmanager
+def _with_state_dir(path: Path) -> Iterator[None]:
+    old = os.environ.get("BASTIONLESS_STATE_DIR")
+    os.environ["BASTIONLESS_STATE_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("BASTIONLESS_STATE_DIR", None)
+        else:
+            os.environ["BASTIONLESS_STATE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def sandbox_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    state_dir = tmp_path_factory.mktemp("sandbox")
+    out = io.StringIO()
+    try:
+        with _with_state_dir(state_dir):
+            info = manager.up(env=ENV, deploy=True, out=out)
+        box = Sandbox(cfg=load_env(ENV), state_dir=state_dir, moto_url=info.moto_url, endpoint_url=info.endpoint_url,
+                      pg_port=info.pg_port, log=out.getvalue())
+        yield box
+    finally:
+        records = records_in(state_dir)
+        with _with_state_dir(state_dir):
+            manager.down(out=io.StringIO())
+        assert_nothing_running(records)
+
+
+@pytest.fixture
+def sandbox(sandbox_session: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
+    monkeypatch.setenv("BASTIONLESS_STATE_DIR", str(sandbox_session.state_dir))
+    return sandbox_session

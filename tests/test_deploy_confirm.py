@@ -1,0 +1,107 @@
+"""Deploy confirmation, output formatting and the sandbox-only terraform environment (no AWS, no terraform)."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ops import deploy, terraform
+from ops.config import load_env
+from ops.errors import AbortedError
+
+
+def _answers(*lines: str) -> tuple[list[str], deploy.Ask]:
+    prompts: list[str] = []
+    queue = list(lines)
+
+    def ask(prompt: str) -> str:
+        prompts.append(prompt)
+        return queue.pop(0)
+
+    return prompts, ask
+
+
+def test_prod_needs_the_environment_name_typed() -> None:
+    prod = load_env("prod")
+    prompts, ask = _answers("prod")
+    deploy.confirm(prod, action="Apply these changes to", account="222222222222", ask=ask)
+    assert "Type the environment name (prod)" in prompts[0] and "222222222222" in prompts[0]
+    for wrong in ("y", "yes", "PROD", " prod", ""):
+        _, ask = _answers(wrong)
+        with pytest.raises(AbortedError, match="cancelled; nothing was changed"):
+            deploy.confirm(prod, action="Apply these changes to", account="222222222222", ask=ask)
+
+
+@pytest.mark.parametrize(("answer", "ok"), [("y", True), ("YES", True), ("", False), ("n", False), ("staging", False)])
+def test_other_envs_ask_yes_no_defaulting_to_no(answer: str, ok: bool) -> None:
+    prompts, ask = _answers(answer)
+    if ok:
+        deploy.confirm(load_env("staging"), action="Apply these changes to", account="1", ask=ask)
+    else:
+        with pytest.raises(AbortedError):
+            deploy.confirm(load_env("staging"), action="Apply these changes to", account="1", ask=ask)
+    assert prompts[0].endswith("[y/N] ")
+
+
+def test_closed_stdin_is_a_refusal_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    with pytest.raises(AbortedError) as exc:
+        deploy.ask_terminal("? ")
+    assert exc.value.next_step == "pass --yes for automation"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("prod\n"))
+    assert deploy.ask_terminal("? ") == "prod"
+
+
+def test_outputs_table_and_json() -> None:
+    values = {"db_port": 5432, "db_address": "db.example", "developer_policy_json": '{"a": [1, 2]}'}
+    table = deploy.format_outputs(values)
+    assert table.splitlines()[0].split() == ["db_address", "db.example"]
+    assert "developer_policy_json  {\"a\":[1,2]}" in table
+    assert json.loads(deploy.format_outputs(values, as_json=True)) == values
+    assert "not deployed" in deploy.format_outputs({})
+
+
+def test_sandbox_env_points_terraform_at_the_emulator_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BASTIONLESS_STATE_DIR", str(tmp_path))
+    (tmp_path / "endpoints.json").write_text(json.dumps({"default": "http://127.0.0.1:1234",
+                                                         "ssm": "http://127.0.0.1:99"}))
+    env = {"AWS_PROFILE": "prod-admin", "AWS_SESSION_TOKEN": "tok", "AWS_ENDPOINT_URL_S3": "http://x", "KEEP": "1"}
+    terraform.apply_sandbox_env(env, load_env("sandbox"))
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1234", "terraform talks to moto, not the SSM proxy"
+    assert env["AWS_ACCESS_KEY_ID"] == "testing" and env["AWS_SECRET_ACCESS_KEY"] == "testing"
+    assert "AWS_PROFILE" not in env and "AWS_SESSION_TOKEN" not in env and "AWS_ENDPOINT_URL_S3" not in env
+    assert env["KEEP"] == "1"
+    with pytest.raises(ValueError, match="not a sandbox"):
+        terraform.apply_sandbox_env({}, load_env("prod"))
+
+
+def test_only_aws_runs_of_a_sandbox_env_get_the_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prod never gets endpoints; a sandbox run that needs AWS fails with the fix when the sandbox is down."""
+    monkeypatch.setenv("BASTIONLESS_STATE_DIR", str(tmp_path / "state"))
+    work = tmp_path / "stack"
+    work.mkdir()
+    (work / "cdk.tf.json").write_text(json.dumps(
+        {"terraform": {"required_providers": {"aws": {"source": "aws", "version": "5.100.0"}}}}))
+    prod = terraform.Terraform(load_env("prod"), work)
+    monkeypatch.setattr(prod, "_prepared_env", {"PATH": "/bin"})
+    assert "AWS_ENDPOINT_URL" not in prod._env()
+    box = terraform.Terraform(load_env("sandbox"), work)
+    monkeypatch.setattr(box, "_prepared_env", {"PATH": "/bin"})
+    assert "AWS_ENDPOINT_URL" not in box._env(backend=False), "validate works without the sandbox"
+    from ops.aws import SandboxNotRunningError
+
+    with pytest.raises(SandboxNotRunningError) as exc:
+        box._env()
+    assert exc.value.next_step == "invoke sandbox up"
+    staging = replace(load_env("sandbox"), sandbox=False)
+    assert "AWS_ENDPOINT_URL" not in _prepared(terraform.Terraform(staging, work))._env()
+
+
+def _prepared(tf: terraform.Terraform) -> terraform.Terraform:
+    tf._prepared_env = {"PATH": "/bin"}
+    return tf

@@ -1,0 +1,67 @@
+"""The sandbox RDS shortcut's translation from the synthesized configuration (no AWS, no terraform)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from ops.config import load_env
+from ops.sandbox import fast_rds
+from ops.synth import SYNTH_FILE, synth
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((synth(load_env("sandbox")) / SYNTH_FILE).read_text())
+    return data
+
+
+def _state(**attrs: dict[str, Any]) -> dict[str, Any]:
+    return {"resources": [{"mode": "managed", "type": a.split(".")[0], "name": a.split(".")[1],
+                           "instances": [{"attributes": v}]} for a, v in attrs.items()]}
+
+
+def test_the_synthesized_database_is_translated_completely(config: dict[str, Any]) -> None:
+    adoption, why = fast_rds.plan_adoption(config, {})
+    assert adoption is not None, why
+    spec = adoption.spec
+    assert adoption.identifier == "bastionless-sandbox"
+    # Everything but the instance and what refers to it is applied first, including its own dependencies.
+    subnet_group = spec["db_subnet_group_name"].split("${")[1].rsplit(".", 1)[0]
+    assert subnet_group in adoption.refs
+    assert adoption.address not in adoption.refs
+    assert not any(r.startswith("aws_iam_role_policy.Access_Policy") for r in adoption.refs), \
+        "the developer policy names the database secret: it must wait for the instance"
+    sg = next(r for r in adoption.refs if "Database_SecurityGroup" in r)
+    state = _state(**{subnet_group: {"name": "bastionless-sandbox"}, sg: {"id": "sg-123"},
+                      spec["parameter_group_name"].split("${")[1].rsplit(".", 1)[0]: {"name": "pg"}})
+    params = fast_rds.create_params(adoption, state)
+    assert params["DBInstanceIdentifier"] == "bastionless-sandbox"
+    assert params["VpcSecurityGroupIds"] == ["sg-123"] and params["DBSubnetGroupName"] == "bastionless-sandbox"
+    assert params["ManageMasterUserPassword"] is True and "MasterUserPassword" not in params
+    assert params["MasterUsername"] == "app_admin" and params["StorageEncrypted"] is True
+    tags = {t["Key"]: t["Value"] for t in params["Tags"]}
+    assert tags == {"Name": "bastionless-sandbox", "environment": "sandbox", "managed-by": "cdktf",
+                    "project": "bastionless"}, "the provider's default tags are part of what it sends"
+
+
+def test_steps_aside_when_in_state_or_untranslatable(config: dict[str, Any]) -> None:
+    adoption, _ = fast_rds.plan_adoption(config, {})
+    assert adoption is not None
+    name = adoption.address.split(".")[1]
+    assert fast_rds.plan_adoption(config, _state(**{adoption.address: {}}))[0] is None
+    changed = copy.deepcopy(config)
+    changed["resource"]["aws_db_instance"][name]["performance_insights_enabled"] = True
+    none, why = fast_rds.plan_adoption(changed, {})
+    assert none is None and "performance_insights_enabled" in why
+    changed = copy.deepcopy(config)
+    changed["resource"]["aws_db_instance"][name]["port"] = "${var.port + 1}"
+    assert fast_rds.plan_adoption(changed, {})[0] is None
+
+
+def test_prod_never_takes_the_shortcut(config: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="sandbox environments only"):
+        fast_rds.adopt_database(load_env("prod"), None, config=config)  # type: ignore[arg-type]

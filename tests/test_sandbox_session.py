@@ -1,0 +1,59 @@
+"""The deployed sandbox (session fixture): what `sandbox up` leaves for the tunnel, database and ECS tasks."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import psycopg
+import pytest
+
+from ops import aws
+from ops.sandbox import manager
+from tests.sandbox_support import Sandbox, records_in
+
+pytest_plugins = ["tests.sandbox_fixtures"]
+pytestmark = pytest.mark.slow
+
+
+def test_every_component_is_healthy_and_the_stack_applied(sandbox: Sandbox) -> None:
+    rows = {r.name: r for r in manager.status()}
+    assert all(rows[n].health == "healthy" for n in ("moto", "ssm-endpoint", "postgres")), rows
+    assert rows["stack"].health == "applied" and "56 resources" in rows["stack"].detail
+    assert "importing it" in sandbox.log, "the RDS instance was created through the API and imported"
+
+
+def test_the_rds_secret_opens_the_local_database_as_in_prod(sandbox: Sandbox) -> None:
+    cfg = sandbox.cfg
+    db = aws.client(cfg, "rds").describe_db_instances(DBInstanceIdentifier=cfg.stack_name)["DBInstances"][0]
+    secret = aws.client(cfg, "secretsmanager").get_secret_value(SecretId=db["MasterUserSecret"]["SecretArn"])
+    creds = json.loads(secret["SecretString"])
+    assert creds["username"] == cfg.database.username and len(creds["password"]) >= 32
+    assert creds["password"] != "P@55w0rd!", "moto's placeholder is replaced, as RDS generates one"
+    hosts = json.loads((sandbox.state_dir / "relay_hosts.json").read_text())
+    host, port = hosts[f"{db['Endpoint']['Address']}:{db['Endpoint']['Port']}"].split(":")
+    with psycopg.connect(host=host, port=int(port), user=creds["username"], password=creds["password"],
+                         dbname=cfg.database.name, connect_timeout=5) as conn:
+        assert conn.execute("select current_user").fetchone() == (cfg.database.username,)
+
+
+def test_ecs_sample_task_is_served_by_the_endpoint(sandbox: Sandbox) -> None:
+    cfg = sandbox.cfg
+    ecs = aws.client(cfg, "ecs")
+    service = ecs.describe_services(cluster=cfg.stack_name, services=[f"{cfg.stack_name}-sample"])["services"][0]
+    assert service["enableExecuteCommand"] is True
+    arns = ecs.list_tasks(cluster=cfg.stack_name)["taskArns"]
+    assert len(arns) == 1
+    task = ecs.describe_tasks(cluster=cfg.stack_name, tasks=arns)["tasks"][0]
+    assert task["lastStatus"] == "RUNNING" and task["enableExecuteCommand"] is True
+    assert task["containers"][0]["name"] == cfg.ecs.default_container
+    assert task["taskDefinitionArn"] == service["taskDefinition"]
+
+
+def test_warm_up_keeps_everything_and_skips_terraform(sandbox: Sandbox) -> None:
+    before = records_in(sandbox.state_dir)
+    out = io.StringIO()
+    manager.up(env="sandbox", deploy=True, out=out)
+    assert records_in(sandbox.state_dir) == before
+    assert "already applied to this sandbox, inputs unchanged" in out.getvalue()
+    assert "terraform" not in out.getvalue().lower(), "a warm `sandbox up` does not run terraform"
