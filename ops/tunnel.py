@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote, urlencode
 
-from ops import aws, tunnels_state
+from ops import aws, dburl, tunnels_state
 from ops import transport as transport_mod
 from ops.config import PROJECT_ROOT, EnvConfig, parse_env
 from ops.discovery import (
@@ -96,7 +96,8 @@ def database_url(cfg: EnvConfig, info: TunnelInfo) -> str:
         host = info.local_host
     params["sslmode"] = sslmode
     if cfg.database.ca_bundle and sslmode in ("verify-ca", "verify-full"):
-        params["sslrootcert"] = cfg.database.ca_bundle
+        # Absolute: the URL is pasted into tools that run from other folders.
+        params["sslrootcert"] = dburl.bundle_location(cfg)
     return f"postgresql://{user}@{host}:{info.local_port}/{name}?{urlencode(params)}"
 
 

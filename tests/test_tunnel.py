@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -125,6 +126,7 @@ def test_database_url_for_verify_full_dials_localhost_but_checks_the_rds_name() 
     url = database_url(cfg, INFO)
     assert url.startswith("postgresql://app_admin@bastionless-sandbox.abc.us-east-1.rds.amazonaws.com:5433/app?")
     assert "hostaddr=127.0.0.1" in url and f"sslmode={cfg.database.sslmode}" in url
+    assert f"sslrootcert={quote(str(PROJECT_ROOT / cfg.database.ca_bundle), safe='')}" in url
     assert ":@" not in url and "password" not in url
 
 

@@ -1,0 +1,361 @@
+"""Add or update the environment's PostgreSQL connection in DBeaver's `data-sources.json`.
+
+The format follows DBeaver's own writer (`DataSourceSerializerModern.saveDataSources` /
+`saveDataSource`): top-level `folders` then `connections` keyed by connection id; a connection has
+`provider`, `driver`, `name`, optional `save-password`, `folder` and a `configuration` object (`host`,
+`port` as a string, `database`, `url`, `configurationType`, `type` = connection type id, `auth-model`,
+`handlers`). The user name may sit in `configuration.user` (DBeaver reads it there, #6564); the
+password is never written (`save-password` false: DBeaver asks when connecting).
+
+We edit the existing text in place: only our folder and our connection are inserted or replaced,
+every other byte stays as DBeaver (or anyone) wrote it, and the result must parse to exactly the
+intended merge before it is written. What we add is laid out as DBeaver's Gson writer would (tab
+indent, `": "`, HTML-safe escapes such as `\\u003d` for `=`). The file is backed up first and replaced
+atomically; backups and temporary files never match `data-sources*.json`, the names DBeaver loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ops.config import EnvConfig
+from ops.dburl import ca_bundle_path
+from ops.errors import OpsError
+
+FOLDER = "bastionless"
+PROJECT = "General"
+PROVIDER = "postgresql"
+DRIVER = "postgres-jdbc"
+SSL_HANDLER = "postgre_ssl"
+# Gson's JsonWriter (htmlSafe, DBeaver's CONFIG_GSON default) escapes these inside strings.
+_GSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "=": "\\u003d", "'": "\\u0027",
+                 "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+class DBeaverConfigError(OpsError):
+    """The existing data-sources.json cannot be read or merged."""
+
+
+@dataclass(frozen=True)
+class DBeaverResult:
+    path: Path
+    connection_id: str
+    changed: bool
+    backup: Path | None
+    entry: dict[str, Any]
+
+
+def default_workspace(*, system: str = "", home: Path | None = None,
+                      environ: Mapping[str, str] | None = None) -> Path:
+    """DBeaver's default workspace (`RuntimeUtils.getWorkingDirectory` + `workspace6`)."""
+    system = system or platform.system()
+    home = home or Path.home()
+    environ = os.environ if environ is None else environ
+    if system == "Windows":
+        base = Path(environ.get("APPDATA") or home) / "DBeaverData"
+    elif system == "Darwin":
+        base = home / "Library" / "DBeaverData"
+    else:
+        # DBeaver reads XDG_DATA_HOME as a Java system property, not the environment: in practice
+        # always ~/.local/share. It keeps using a legacy ".DBeaverData" when only that exists (#6316).
+        data_home = home / ".local" / "share"
+        good, bad = data_home / "DBeaverData", data_home / ".DBeaverData"
+        base = bad if not good.exists() and bad.exists() else good
+    return base / "workspace6"
+
+
+def data_sources_path(workspace: Path) -> Path:
+    return workspace / PROJECT / ".dbeaver" / "data-sources.json"
+
+
+def connection_id(cfg: EnvConfig) -> str:
+    """Stable per environment, so a rerun updates the connection instead of adding another."""
+    return f"{DRIVER}-bastionless-{cfg.name}"
+
+
+def connection_entry(cfg: EnvConfig, *, user: str, port: int | None = None) -> dict[str, Any]:
+    """Our connection as DBeaver stores it: localhost, the env's tunnel port, no password."""
+    port = cfg.tunnel.local_port if port is None else port
+    if not port:
+        raise OpsError(f"[tunnel] local_port of {cfg.name} is 0 (any free port): DBeaver needs a fixed port",
+                       next_step=f"set [tunnel] local_port in {cfg.source.name}, e.g. 5433")
+    db = cfg.database.name
+    conf: dict[str, Any] = {
+        "host": "localhost",
+        "port": str(port),
+        "database": db,
+        "url": f"jdbc:postgresql://localhost:{port}/{db}",
+        "configurationType": "MANUAL",
+        "type": "prod" if cfg.is_prod else "dev",
+        "user": user,
+        "auth-model": "native",
+    }
+    ssl = _ssl_handler(cfg)
+    if ssl:
+        conf["handlers"] = {SSL_HANDLER: ssl}
+    return {
+        "provider": PROVIDER,
+        "driver": DRIVER,
+        "name": f"bastionless {cfg.name}",
+        "description": f"{cfg.name} RDS through the Session Manager tunnel: run `invoke tunnel --env {cfg.name}` "
+                       f"first. Password: Secrets Manager (not saved).",
+        "save-password": False,
+        "folder": FOLDER,
+        "configuration": conf,
+    }
+
+
+def _ssl_handler(cfg: EnvConfig) -> dict[str, Any]:
+    mode = cfg.database.sslmode
+    if mode == "disable":
+        return {}
+    props: dict[str, str] = {}
+    bundle = ca_bundle_path(cfg)
+    if mode in ("verify-ca", "verify-full") and bundle:
+        # pgJDBC verifies the hostname against `localhost` (it has no libpq hostaddr), which the RDS
+        # certificate does not name: verify the chain (verify-ca) instead of failing every connect.
+        mode = "verify-ca"
+        props["ssl.method"] = "CERTIFICATES"
+        props["ssl.ca.cert"] = bundle
+    elif mode == "verify-full":
+        mode = "verify-ca"
+    props["sslMode"] = mode
+    return {"type": "CONFIG", "enabled": True, "save-password": False, "properties": props}
+
+
+def merge(document: dict[str, Any], cfg: EnvConfig, entry: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `document` with our folder and connection added or replaced; all else untouched."""
+    out = dict(document)
+    folders = out.get("folders")
+    if folders is None:
+        # DBeaver writes folders first: keep that order for a new file.
+        out = {"folders": {}, **out}
+        folders = out["folders"]
+    if not isinstance(folders, dict):
+        raise DBeaverConfigError("\"folders\" in data-sources.json is not an object",
+                                 next_step="fix the file in DBeaver (or restore its backup), then rerun")
+    if FOLDER not in folders:
+        out["folders"] = {**folders, FOLDER: {}}
+    connections = out.get("connections", {})
+    if not isinstance(connections, dict):
+        raise DBeaverConfigError("\"connections\" in data-sources.json is not an object",
+                                 next_step="fix the file in DBeaver (or restore its backup), then rerun")
+    out["connections"] = {**connections, connection_id(cfg): entry}  # same position when it already existed
+    return out
+
+
+def gson_dumps(document: Any, *, level: int = 0) -> str:
+    """JSON as DBeaver's Gson writer lays it out (tab indent, HTML-safe escapes, no final newline),
+    indented for nesting `level` when spliced into a document."""
+    text = json.dumps(document, indent="\t", ensure_ascii=False)
+    if level:
+        text = text.replace("\n", "\n" + "\t" * level)
+    # These characters can only occur inside strings in JSON text, so a plain replace is exact.
+    for char, escaped in _GSON_ESCAPES.items():
+        text = text.replace(char, escaped)
+    return text
+
+
+def write_config(cfg: EnvConfig, *, user: str, workspace: Path | None = None, port: int | None = None,
+                 dry_run: bool = False) -> DBeaverResult:
+    """Add or update the env's connection in `<workspace>/General/.dbeaver/data-sources.json`."""
+    path = data_sources_path(workspace or default_workspace())
+    entry = connection_entry(cfg, user=user, port=port)
+    original = path.read_bytes() if path.exists() else None
+    document: dict[str, Any] = {}
+    text = ""
+    if original is not None and original.strip():
+        try:
+            text = original.decode("utf-8")
+            loaded = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DBeaverConfigError(f"{path} is not valid JSON ({exc}); it was left unchanged",
+                                     next_step="fix or move the file (DBeaver recreates it), then rerun") from None
+        if not isinstance(loaded, dict):
+            raise DBeaverConfigError(f"{path} is not a JSON object; it was left unchanged",
+                                     next_step="fix or move the file, then rerun")
+        document = loaded
+    wanted = merge(document, cfg, entry)
+    result = DBeaverResult(path=path, connection_id=connection_id(cfg), changed=False, backup=None, entry=entry)
+    if dry_run or (original is not None and wanted == document):
+        return result
+    new = (splice(text, cfg, entry) if text else gson_dumps(wanted)).encode("utf-8")
+    if json.loads(new) != wanted:  # the splice must mean exactly the merge; never write anything else
+        raise DBeaverConfigError(f"could not merge into {path} safely; it was left unchanged",
+                                 next_step=f"add the connection by hand: invoke dbeaver --env {cfg.name} --print")
+    backup = None
+    if original is not None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        backup = path.with_name(f"{path.name}.{stamp}.bak")
+        n = 1
+        while backup.exists():
+            backup = path.with_name(f"{path.name}.{stamp}-{n}.bak")
+            n += 1
+        shutil.copy2(path, backup)
+    _atomic_write(path, new)
+    return dataclasses.replace(result, changed=True, backup=backup)
+
+
+# ---- text splicing: change only our folder and connection, leave every other byte alone -------
+
+def splice(text: str, cfg: EnvConfig, entry: dict[str, Any]) -> str:
+    """`text` (a JSON object) with our folder and connection inserted or replaced in place."""
+    top = _object_members(text, _skip_ws(text, 0))
+    if not top:
+        return gson_dumps(merge({}, cfg, entry))
+    members = {key: span for key, *span in top}
+    edits: list[tuple[int, int, str]] = []  # (start, end, replacement), applied back to front
+    cid = connection_id(cfg)
+    if "connections" in members:
+        _, vstart, vend = members["connections"]
+        edits.append(_set_member(text, vstart, vend, cid, entry, depth=2))
+    else:
+        edits.append(_set_member(text, top_start(text), top_end(text), "connections", {cid: entry}, depth=1))
+    if "folders" in members:
+        _, vstart, vend = members["folders"]
+        if FOLDER not in dict((k, 0) for k, *_ in _object_members(text, vstart)):
+            edits.append(_set_member(text, vstart, vend, FOLDER, {}, depth=2))
+    else:
+        start = top_start(text)
+        sep = "," if top else ""
+        edits.append((start + 1, start + 1, f"\n\t\"folders\": {gson_dumps({FOLDER: {}}, level=1)}{sep}"))
+    for start, end, replacement in sorted(edits, reverse=True):
+        text = text[:start] + replacement + text[end:]
+    return text
+
+
+def top_start(text: str) -> int:
+    return _skip_ws(text, 0)
+
+
+def top_end(text: str) -> int:
+    return _skip_value(text, top_start(text))
+
+
+def _set_member(text: str, obj_start: int, obj_end: int, key: str, value: Any, *, depth: int) -> tuple[int, int, str]:
+    """Replace member `key` of the object text[obj_start:obj_end] in place, or append it."""
+    members = _object_members(text, obj_start)
+    serialized = gson_dumps(value, level=depth)
+    for name, _kstart, vstart, vend in members:
+        if name == key:
+            return vstart, vend, serialized
+    pad = "\t" * depth
+    member = f"{gson_dumps(key)}: {serialized}"
+    if members:
+        last_end = members[-1][3]
+        return last_end, last_end, f",\n{pad}{member}"
+    # An empty object: lay it out as Gson would.
+    return obj_start, obj_end, f"{{\n{pad}{member}\n{chr(9) * (depth - 1)}}}"
+
+
+def _object_members(text: str, i: int) -> list[tuple[str, int, int, int]]:
+    """(key, key start, value start, value end) of each member of the object starting at text[i]."""
+    if text[i] != "{":
+        raise DBeaverConfigError("data-sources.json: expected an object", next_step="fix or move the file, then rerun")
+    out: list[tuple[str, int, int, int]] = []
+    i = _skip_ws(text, i + 1)
+    if text[i] == "}":
+        return out
+    while True:
+        kstart = i
+        kend = _skip_value(text, i)
+        key = json.loads(text[kstart:kend])
+        i = _skip_ws(text, kend)
+        i = _skip_ws(text, i + 1)  # the colon
+        vstart = i
+        vend = _skip_value(text, i)
+        out.append((key, kstart, vstart, vend))
+        i = _skip_ws(text, vend)
+        if text[i] == "}":
+            return out
+        i = _skip_ws(text, i + 1)  # the comma
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _skip_value(text: str, i: int) -> int:
+    """Index just past the JSON value starting at text[i] (the text is known to be valid JSON)."""
+    ch = text[i]
+    if ch == '"':
+        i += 1
+        while text[i] != '"':
+            i += 2 if text[i] == "\\" else 1
+        return i + 1
+    if ch in "{[":
+        depth = 0
+        while True:
+            c = text[i]
+            if c == '"':
+                i = _skip_value(text, i)
+                continue
+            if c in "{[":
+                depth += 1
+            elif c in "}]":
+                depth -= 1
+                if depth == 0:
+                    return i + 1
+            i += 1
+    while i < len(text) and text[i] not in ",}] \t\r\n":
+        i += 1
+    return i
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    # The temporary name must not match data-sources*.json, or a running DBeaver could load it.
+    fd, tmp = tempfile.mkstemp(prefix=".bastionless-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def configure(cfg: EnvConfig, *, workspace: Path | None = None, dry_run: bool = False) -> DBeaverResult:
+    """`invoke dbeaver`: the user name from the database secret (the password is not kept), then merge."""
+    from ops.aws import check_account
+    from ops.secrets import database_credentials
+
+    check_account(cfg)
+    creds = database_credentials(cfg)
+    return write_config(cfg, user=creds.username, workspace=workspace, dry_run=dry_run)
+
+
+def describe(cfg: EnvConfig, result: DBeaverResult) -> str:
+    if result.changed:
+        lines = [f"DBeaver connection \"{result.entry['name']}\" written to {result.path}"]
+        if result.backup:
+            lines.append(f"  backup of the previous file: {result.backup}")
+    else:
+        lines = [f"DBeaver connection \"{result.entry['name']}\" already up to date in {result.path}"]
+    conf = result.entry["configuration"]
+    lines += [f"  localhost:{conf['port']}  database {conf['database']}  user {conf['user']}  "
+              f"type {conf['type']}  folder {FOLDER}  (password not saved: DBeaver asks for it)",
+              f"next: invoke tunnel --env {cfg.name}   (keep it running), then connect in DBeaver "
+              f"(restart DBeaver if it was open)"]
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""`invoke psql`: psql through an ephemeral tunnel, the password in the child's PGPASSWORD only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Sequence
+
+from ops.config import EnvConfig
+from ops.dburl import through_tunnel
+from ops.errors import CommandFailedError, ToolMissingError
+
+INSTALL_HINT = ("install the PostgreSQL client: apt-get install postgresql-client (Debian/Ubuntu), "
+                "dnf install postgresql (Fedora), brew install libpq && brew link --force libpq (macOS)")
+
+
+def psql_binary() -> str:
+    path = os.environ.get("BASTIONLESS_PSQL") or shutil.which("psql")
+    if not path:
+        raise ToolMissingError("psql is not installed (not found on PATH)", next_step=INSTALL_HINT)
+    return path
+
+
+def psql_argv(binary: str, *, command: str = "", args: Sequence[str] = ()) -> list[str]:
+    """psql's command line: connection settings and the password travel in the environment, not here."""
+    argv = [binary, "--set", "ON_ERROR_STOP=1"]
+    if command:
+        argv += ["--command", command]
+    return [*argv, *args]
+
+
+def _child_env(extra: dict[str, str]) -> dict[str, str]:
+    # A PGSERVICE or PGHOSTADDR from the caller's shell must not redirect our connection.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(extra)
+    env["PGAPPNAME"] = "bastionless-psql"
+    env["PGCONNECT_TIMEOUT"] = "15"
+    return env
+
+
+def run_psql(cfg: EnvConfig, *, command: str = "", args: Sequence[str] = (), transport: str = "auto",
+             reason: str = "", capture: bool = False,
+             report: Callable[[str], None] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run psql (interactive, or `command` with -c) against the env's database; returns psql's result."""
+    binary = psql_binary()
+    with through_tunnel(cfg, reason=reason or "bastionless psql", transport=transport, report=report) as conn:
+        env = _child_env(conn.params.libpq_env(password=conn.credentials.password))
+        proc = subprocess.Popen(psql_argv(binary, command=command, args=args), env=env, text=True,
+                                stdout=subprocess.PIPE if capture else None,
+                                stderr=subprocess.PIPE if capture else None)
+        # psql handles Ctrl-C itself (cancels the running query); we only wait for it to finish.
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+        try:
+            out, err = proc.communicate()
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGINT, old)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out or "", err or "")
+
+
+def query(cfg: EnvConfig, sql: str, *, transport: str = "auto") -> str:
+    """One SQL command through a fresh tunnel; psql's output (for the demo and scripts)."""
+    result = run_psql(cfg, command=sql, args=["--no-psqlrc"], transport=transport, capture=True)
+    if result.returncode != 0:
+        raise CommandFailedError(f"psql failed on {cfg.name} (exit status {result.returncode}): "
+                                 f"{result.stderr.strip()}", returncode=result.returncode)
+    return result.stdout
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,156 @@
+"""Fixtures for the database workflow tests: a real PostgreSQL that, like RDS, takes only password
+(SCRAM) logins over TCP; moto for Secrets Manager/RDS; the tunnel sandbox (tests.tunnel_fixtures)
+with that PostgreSQL behind the emulated relay and the RDS-managed secret holding its password.
+
+Load with `pytest_plugins = ["tests.db_fixtures"]`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ops.config import EnvConfig
+from ops.dburl import ConnectionParams
+from tests.conftest import PROJECT_ROOT
+from tests.ssm_support import free_port
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+DB_USER = "app_admin"
+DB_NAME = "app"
+# Every character that needs escaping somewhere (URL, libpq conninfo, .pgpass, shell), and a
+# unique part so a search of /proc or of output cannot match anything else by accident.
+PASSWORD = f"pw-{uuid.uuid4().hex[:12]} :@/#?%&=+'\"\\x"
+
+
+@dataclass
+class Postgres:
+    port: int
+    root: Path
+    prefix: list[str]
+
+    def params(self, *, user: str = DB_USER, dbname: str = DB_NAME) -> ConnectionParams:
+        return ConnectionParams(host="127.0.0.1", hostaddr="", port=self.port, dbname=dbname, user=user,
+                                sslmode="disable")
+
+    def superuser_sql(self, sql: str, *, dbname: str = DB_NAME) -> str:
+        """Run SQL as the bootstrap superuser over the private Unix socket (no password); rows as
+        `psql -At` prints them (columns joined by |, one row per line)."""
+        import psycopg
+
+        with psycopg.connect(host=str(self.root), port=self.port, user="postgres", dbname=dbname,
+                             autocommit=True) as conn:
+            cur = conn.execute(sql.encode())
+            rows = cur.fetchall() if cur.description else []
+        return "\n".join("|".join("" if v is None else str(v) for v in row) for row in rows)
+
+
+needs_psql = pytest.mark.skipif(shutil.which("psql") is None, reason="the psql client is not installed")
+
+
+def start_postgres(root: Path, *, password: str = PASSWORD) -> Postgres:
+    data = root / "data"
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        user = pwd.getpwnam("postgres")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*prefix, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
+                    "--auth-host=scram-sha-256", "--no-sync"], check=True, capture_output=True)
+    subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
+                    "-o", f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root}",
+                    "start"], check=True, capture_output=True)
+    pg = Postgres(port=port, root=root, prefix=prefix)
+    # The password reaches the server as a SCRAM verifier computed here, never as plaintext.
+    import psycopg
+
+    with psycopg.connect(host=str(root), port=port, user="postgres", dbname="postgres", autocommit=True) as conn:
+        verifier = conn.pgconn.encrypt_password(password.encode(), DB_USER.encode(), b"scram-sha-256").decode()
+        conn.execute(f"CREATE ROLE {DB_USER} LOGIN CREATEDB PASSWORD '{verifier}'")
+        conn.execute(f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}")
+    return pg
+
+
+def stop_postgres(pg: Postgres) -> None:
+    subprocess.run([*pg.prefix, str(PG_BIN / "pg_ctl"), "-D", str(pg.root / "data"), "-m", "immediate", "stop"],
+                   capture_output=True)
+    shutil.rmtree(pg.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    """A fresh password-only PostgreSQL per test module."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip("PostgreSQL 15 server binaries not installed")
+    pg = start_postgres(Path(tempfile.mkdtemp(prefix="db-pg-")))
+    try:
+        yield pg
+    finally:
+        stop_postgres(pg)
+
+
+def reset_schema(pg: Postgres) -> None:
+    pg.superuser_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION app_admin;")
+
+
+def tables(pg: Postgres) -> set[str]:
+    out = pg.superuser_sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    return set(out.split()) if out else set()
+
+
+def copy_migrations(dest: Path, *, extra: dict[str, str] | None = None) -> Path:
+    """A copy of the shipped migrations/ with extra revision files; returns its alembic.ini."""
+    target = dest / "migrations"
+    shutil.copytree(PROJECT_ROOT / "migrations", target, ignore=shutil.ignore_patterns("__pycache__"))
+    for name, text in (extra or {}).items():
+        (target / "versions" / name).write_text(text)
+    return target / "alembic.ini"
+
+
+def revision_file(rev: str, down: str, body: str, doc: str = "test revision") -> str:
+    return (f'"""{doc}"""\nimport sqlalchemy as sa\nfrom alembic import op\n\nrevision = {rev!r}\n'
+            f"down_revision = {down!r}\nbranch_labels = None\ndepends_on = None\n\n\n"
+            f"def upgrade() -> None:\n{body}\n\n\ndef downgrade() -> None:\n    pass\n")
+
+
+FAILING_REVISION = revision_file("0004", "0003", (
+    "    op.create_table('audit', sa.Column('id', sa.Integer, primary_key=True))\n"
+    "    op.add_column('users', sa.Column('nickname', sa.Text))\n"
+    "    op.execute('SELECT 1 / 0')"), doc="a revision that fails half-way")
+
+SLOW_REVISION = revision_file("0004", "0003", (
+    "    op.create_table('slow', sa.Column('id', sa.Integer, primary_key=True))\n"
+    "    op.execute('SELECT pg_sleep(3)')"), doc="a revision that takes a while")
+
+
+def set_database_secret(world: object, cfg: EnvConfig, *, username: str = DB_USER, password: str = PASSWORD) -> str:
+    """Make the RDS-managed secret hold the real credentials (RDS keeps username = master user)."""
+    rds = world.client("rds", cfg.region)  # type: ignore[attr-defined]
+    arn = rds.describe_db_instances(DBInstanceIdentifier=cfg.stack_name)["DBInstances"][0]["MasterUserSecret"][
+        "SecretArn"]
+    world.client("secretsmanager", cfg.region).put_secret_value(  # type: ignore[attr-defined]
+        SecretId=arn, SecretString=json.dumps({"username": username, "password": password}))
+    return str(arn)
+
+
+@pytest.fixture(scope="module")
+def db_world(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres) -> Iterator[object]:
+    """moto + the local Session Manager endpoint + the password-only PostgreSQL behind the relay,
+    env `sandbox` (so CLI subprocesses load the same envs/sandbox.toml) with its secret set."""
+    from tests.tunnel_fixtures import _world
+
+    with contextmanager(_world)(tmp_path_factory.mktemp("db-world"), postgres.port) as world:
+        set_database_secret(world, world.add_env("sandbox"))
+        yield world
