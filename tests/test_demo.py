@@ -46,8 +46,6 @@ def test_keep_leaves_the_sandbox_running() -> None:
     assert all("down" not in s.argv for s in demo.steps(keep=True))
 
 
-@pytest.mark.xfail(strict=True, reason="the sandbox, deploy, tunnel, database and audit tasks (issues 3, 5, 6, 8) "
-                   "have not landed; strict, so this starts failing the build the day they do and it must be unmarked")
 def test_every_demo_command_is_a_real_task_with_real_flags() -> None:
     from tests.test_cli import _namespace, task_arguments
 
