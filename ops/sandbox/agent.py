@@ -380,19 +380,9 @@ class MuxPortPlugin(_Plugin):
             return
         self.connections += 1
 
-        async def downstream() -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await reader.read(self.agent.payload_size):
-                    await stream.write(data)
-            await stream.close()
-
-        down = asyncio.ensure_future(downstream())
+        down = asyncio.ensure_future(stream.copy_from(reader, self.agent.payload_size))
         try:
-            while data := await stream.read():
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
+            await stream.copy_to(writer)
         finally:
             stream.discard()
             # Like io.Copy + Close on both sides in the agent: one direction ending ends the pair.

@@ -392,19 +392,9 @@ class PortSession(_Session):
         assert self._mux is not None
         stream = await self._mux.open_stream()
 
-        async def upstream() -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await reader.read(self.payload_size * 4):
-                    await stream.write(data)
-            await stream.close()
-
-        up = asyncio.ensure_future(upstream())
+        up = asyncio.ensure_future(stream.copy_from(reader, self.payload_size * 4))
         try:
-            while data := await stream.read():
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
+            await stream.copy_to(writer)
         finally:
             stream.discard()
             up.cancel()

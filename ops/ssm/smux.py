@@ -126,6 +126,20 @@ class Stream:
             raise SmuxError("write on a closed stream")
         await self.session.send(data_frames(self.id, data))
 
+    async def copy_from(self, reader: asyncio.StreamReader, chunk: int) -> None:
+        """TCP -> this stream until the socket's EOF, then FIN (one half of io.Copy in the agent)."""
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(chunk):
+                await self.write(data)
+        await self.close()
+
+    async def copy_to(self, writer: asyncio.StreamWriter) -> None:
+        """This stream -> TCP until the peer's FIN; a socket closed under us is an ordinary end."""
+        with contextlib.suppress(ConnectionError):
+            while data := await self.read():
+                writer.write(data)
+                await writer.drain()
+
     async def close(self) -> None:
         if not self.local_closed:
             self.local_closed = True
