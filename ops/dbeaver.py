@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any
 from ops.config import EnvConfig
 from ops.dburl import ca_bundle_path
 from ops.errors import OpsError
+from ops.fileio import atomic_write
 
 FOLDER = "bastionless"
 PROJECT = "General"
@@ -202,7 +202,7 @@ def write_config(cfg: EnvConfig, *, user: str, workspace: Path | None = None, po
             backup = path.with_name(f"{path.name}.{stamp}-{n}.bak")
             n += 1
         shutil.copy2(path, backup)
-    _atomic_write(path, new)
+    atomic_write(path, new, mode=path.stat().st_mode & 0o7777 if path.exists() else 0o644, durable=True)
     return dataclasses.replace(result, changed=True, backup=backup)
 
 
@@ -312,28 +312,6 @@ def _skip_value(text: str, i: int) -> int:
     while i < len(text) and text[i] not in ",}] \t\r\n":
         i += 1
     return i
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-    # The temporary name must not match data-sources*.json, or a running DBeaver could load it.
-    fd, tmp = tempfile.mkstemp(prefix=".bastionless-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def configure(cfg: EnvConfig, *, workspace: Path | None = None, dry_run: bool = False) -> DBeaverResult:

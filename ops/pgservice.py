@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from ops.config import EnvConfig
 from ops.dburl import ConnectionParams
+from ops.fileio import atomic_write
 
 _SECTION_RE = re.compile(r"^\s*\[(?P<name>[^\]]+)\]\s*$")
 
@@ -80,7 +80,7 @@ def write_service(cfg: EnvConfig, params: ConnectionParams, *, path: Path | None
     old = path.read_text() if path.exists() else ""
     new = merge_service(old, service_name(cfg), service_section(service_name(cfg), params))
     if new != old:
-        _atomic_write(path, new, mode=(path.stat().st_mode & 0o7777) if path.exists() else 0o644)
+        atomic_write(path, new, durable=True, mode=(path.stat().st_mode & 0o7777) if path.exists() else 0o644)
     return path
 
 
@@ -102,7 +102,7 @@ def write_pgpass(params: ConnectionParams, password: str, *, path: Path | None =
     kept = [ln for ln in old.splitlines(keepends=True) if _pgpass_key(ln) != key]
     if kept and not kept[-1].endswith("\n"):
         kept[-1] += "\n"
-    _atomic_write(path, "".join(kept) + line, mode=0o600)
+    atomic_write(path, "".join(kept) + line, mode=0o600, durable=True)
     return path
 
 
@@ -122,22 +122,6 @@ def _pgpass_key(line: str) -> tuple[str, ...]:
         else:
             cur += ch
     return tuple(fields)
-
-
-def _atomic_write(path: Path, text: str, *, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates the file 0600: the password is never readable by others, not even briefly.
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def configure(cfg: EnvConfig, params: ConnectionParams, *, pgpass: bool = False) -> str:

@@ -24,7 +24,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,6 +31,7 @@ from typing import Any, TextIO
 from ops import aws
 from ops.config import EnvConfig
 from ops.errors import CommandFailedError, OpsError, ToolMissingError
+from ops.fileio import atomic_write
 
 MIN_TERRAFORM = (1, 5)
 MIRROR_ENV = "BASTIONLESS_PROVIDER_MIRROR"
@@ -463,10 +463,7 @@ def cli_config(mirror: Path, providers: Mapping[str, str]) -> str:
 def _write_if_changed(path: Path, text: str) -> None:
     if path.is_file() and path.read_text() == text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, prefix=path.name) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+    atomic_write(path, text)
 
 
 def _first_error(stderr: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ops import aws
 from ops.errors import OpsError
+from ops.fileio import atomic_write
 
 CLOSE_TIMEOUT = 15.0
 
@@ -106,11 +107,7 @@ def _write(path: Path, record: TunnelRecord, *, exclusive: bool = False) -> None
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=0o600)
 
 
 def _read_file(path: Path) -> TunnelRecord | None:

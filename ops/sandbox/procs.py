@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.errors import OpsError
+from ops.fileio import atomic_write
 
 LOOPBACK = "127.0.0.1"
 
@@ -223,12 +224,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def write_json(path: Path, data: Mapping[str, Any], *, mode: int = 0o644) -> None:
     """Write atomically, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=mode)
 
 
 def log_tail(path: Path | str, lines: int = 5) -> str:
