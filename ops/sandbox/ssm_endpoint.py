@@ -504,6 +504,9 @@ class Endpoint:
                 self._running_since[iid] = 0.0  # seen down: the next start has to boot the agent
             elif self._running_since.get(iid) == 0.0:
                 self._running_since[iid] = time.time()
+            elif iid not in self._running_since:
+                launched = inst.get("LaunchTime")  # a new instance boots its agent from its launch
+                self._running_since[iid] = launched.timestamp() if hasattr(launched, "timestamp") else 0.0
             booted = time.time() - self._running_since.get(iid, 0.0) >= self.agent_boot_seconds
             running = running and booted
             infos.append({
