@@ -506,7 +506,7 @@ class Endpoint:
                 self._running_since[iid] = time.time()
             elif iid not in self._running_since:
                 launched = inst.get("LaunchTime")  # a new instance boots its agent from its launch
-                self._running_since[iid] = launched.timestamp() if hasattr(launched, "timestamp") else 0.0
+                self._running_since[iid] = _ts(launched) if launched is not None else 0.0
             booted = time.time() - self._running_since.get(iid, 0.0) >= self.agent_boot_seconds
             running = running and booted
             infos.append({
