@@ -8,11 +8,7 @@ Load with `pytest_plugins = ["tests.db_fixtures"]`.
 from __future__ import annotations
 
 import json
-import os
-import pwd
 import shutil
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,9 +20,8 @@ import pytest
 from ops.config import EnvConfig
 from ops.dburl import ConnectionParams
 from tests.conftest import PROJECT_ROOT
-from tests.ssm_support import free_port
+from tests.pg_support import Cluster, start_cluster
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DB_USER = "app_admin"
 DB_NAME = "app"
 # Every character that needs escaping somewhere (URL, libpq conninfo, .pgpass, shell), and a
@@ -39,6 +34,7 @@ class Postgres:
     port: int
     root: Path
     prefix: list[str]
+    cluster: Cluster
 
     def params(self, *, user: str = DB_USER, dbname: str = DB_NAME) -> ConnectionParams:
         return ConnectionParams(host="127.0.0.1", hostaddr="", port=self.port, dbname=dbname, user=user,
@@ -59,24 +55,14 @@ class Postgres:
 needs_psql = pytest.mark.skipif(shutil.which("psql") is None, reason="the psql client is not installed")
 
 
-def start_postgres(root: Path, *, password: str = PASSWORD) -> Postgres:
-    data = root / "data"
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        user = pwd.getpwnam("postgres")
-        os.chown(root, user.pw_uid, user.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    subprocess.run([*prefix, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
-                    "--auth-host=scram-sha-256", "--no-sync"], check=True, capture_output=True)
-    subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
-                    "-o", f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root}",
-                    "start"], check=True, capture_output=True)
-    pg = Postgres(port=port, root=root, prefix=prefix)
+def start_postgres(prefix: str = "db-pg-", *, password: str = PASSWORD) -> Postgres:
+    cluster = start_cluster(prefix, superuser="postgres", auth=["--auth-local=trust", "--auth-host=scram-sha-256"])
+    pg = Postgres(port=cluster.port, root=cluster.root, prefix=cluster.prefix, cluster=cluster)
     # The password reaches the server as a SCRAM verifier computed here, never as plaintext.
     import psycopg
 
-    with psycopg.connect(host=str(root), port=port, user="postgres", dbname="postgres", autocommit=True) as conn:
+    with psycopg.connect(host=str(cluster.root), port=cluster.port, user="postgres", dbname="postgres",
+                         autocommit=True) as conn:
         verifier = conn.pgconn.encrypt_password(password.encode(), DB_USER.encode(), b"scram-sha-256").decode()
         conn.execute(f"CREATE ROLE {DB_USER} LOGIN CREATEDB PASSWORD '{verifier}'")
         conn.execute(f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}")
@@ -84,17 +70,13 @@ def start_postgres(root: Path, *, password: str = PASSWORD) -> Postgres:
 
 
 def stop_postgres(pg: Postgres) -> None:
-    subprocess.run([*pg.prefix, str(PG_BIN / "pg_ctl"), "-D", str(pg.root / "data"), "-m", "immediate", "stop"],
-                   capture_output=True)
-    shutil.rmtree(pg.root, ignore_errors=True)
+    pg.cluster.stop()
 
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Postgres]:
     """A fresh password-only PostgreSQL per test module."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip("PostgreSQL 15 server binaries not installed")
-    pg = start_postgres(Path(tempfile.mkdtemp(prefix="db-pg-")))
+    pg = start_postgres()
     try:
         yield pg
     finally:

@@ -3,49 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from ops.ssm.client import PortSession
-from tests.ssm_support import EndpointThread, Sandbox, free_port
+from tests.pg_support import start_cluster
+from tests.ssm_support import EndpointThread, Sandbox
 
 pytest_plugins = ["tests.ssm_fixtures"]
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_HOST = "bastionless-pg.cluster.eu-west-1.rds.amazonaws.com"
 
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[int]:
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip("PostgreSQL 15 server binaries not installed")
-    root = Path(tempfile.mkdtemp(prefix="ssm-pg-"))
-    data = root / "data"
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        user = pwd.getpwnam("postgres")
-        os.chown(root, user.pw_uid, user.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    subprocess.run([*prefix, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "app", "--no-sync"],
-                   check=True, capture_output=True)
-    subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
-                    "-o", f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root}",
-                    "start"], check=True, capture_output=True)
+    cluster = start_cluster("ssm-pg-", superuser="app", auth=["-A", "trust"])
     try:
-        yield port
+        yield cluster.port
     finally:
-        subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.stop()
 
 
 def query_through_session(box: Sandbox, pg_port: int) -> list[tuple[object, ...]]:

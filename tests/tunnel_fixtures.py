@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import psycopg
 import pytest
 
 from ops.config import ENVS_DIR, EnvConfig, load_env
 from tests.conftest import PROJECT_ROOT
+from tests.pg_support import start_cluster
 from tests.ssm_support import EndpointThread, free_port
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PLUGIN_BUILD = Path("/tmp/smp-bin/session-manager-plugin")
 
 
@@ -111,36 +109,17 @@ class World:
         return env
 
 
-def start_postgres(root: Path) -> tuple[int, list[str]]:
-    data = root / "data"
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        user = pwd.getpwnam("postgres")
-        os.chown(root, user.pw_uid, user.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    subprocess.run([*prefix, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "app_admin",
-                    "--no-sync"], check=True, capture_output=True)
-    subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
-                    "-o", f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root}",
-                    "start"], check=True, capture_output=True)
-    subprocess.run([*prefix, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "app_admin",
-                    "app"], check=True, capture_output=True)
-    return port, prefix
-
-
 @pytest.fixture(scope="session")
 def tunnel_postgres() -> Iterator[int]:
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip("PostgreSQL 15 server binaries not installed")
-    root = Path(tempfile.mkdtemp(prefix="tunnel-pg-"))
-    port, prefix = start_postgres(root)
+    """Trust auth: the tunnel tests are about bytes through the channel, not about logins."""
+    cluster = start_cluster("tunnel-pg-", superuser="app_admin", auth=["-A", "trust"])
     try:
-        yield port
+        with psycopg.connect(host="127.0.0.1", port=cluster.port, user="app_admin", dbname="postgres",
+                             autocommit=True) as conn:
+            conn.execute("CREATE DATABASE app")
+        yield cluster.port
     finally:
-        subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.stop()
 
 
 def start_moto(log: Path) -> tuple[subprocess.Popen[bytes], str]:
