@@ -115,7 +115,7 @@ def test_a_renamed_task_and_a_bad_value_break_the_check(tmp_path: Path) -> None:
 def test_markers_attach_to_the_next_block() -> None:
     book = rb.find("relay-unhealthy")
     doctor = next(b for b in book.blocks if b.lines and "doctor" in b.lines[0][1] and b.section == "Steps")
-    assert doctor.markers == {"exit": ["1"], "expect": ["relay running"]}
+    assert doctor.markers == {"exit": ["1"], "expect": ["is stopped"]}
     skipped = [b for b in rb.find("revoke-access").blocks if "skip" in b.markers]
     assert len(skipped) == 2
 
