@@ -119,6 +119,18 @@ def ping_status(cfg: EnvConfig, instance_id: str, *, after: float | None = None)
     return "not registered"
 
 
+def status_checks(cfg: EnvConfig, instance_id: str) -> str:
+    """EC2's status checks, e.g. "system ok, instance impaired" (an impaired system check needs a stop + start)."""
+    ec2 = aws.client(cfg, "ec2")
+    found = aws_call(cfg, "ec2:DescribeInstanceStatus", lambda: ec2.describe_instance_status(
+        InstanceIds=[instance_id], IncludeAllInstances=True)).get("InstanceStatuses", [])
+    if not found:
+        return "unknown"
+    item = found[0]
+    return (f"system {item.get('SystemStatus', {}).get('Status', 'unknown')}, "
+            f"instance {item.get('InstanceStatus', {}).get('Status', 'unknown')}")
+
+
 def wait_for(what: str, probe: Callable[[], str], done: Callable[[str], bool], *, timeout: float, out: TextIO,
              interval: float = POLL_SECONDS, fail: Callable[[str], bool] | None = None,
              fix: str = "") -> str:
@@ -161,7 +173,8 @@ def restart(cfg: EnvConfig, *, yes: bool = False, reboot: bool = False, ask: Ask
     relay = current_relay(cfg)
     iid = relay.instance_id
     ping = ping_status(cfg, iid) if relay.state == "running" else "-"
-    _say(out, f"relay {iid}: {relay.state}, Session Manager ping {ping}")
+    checks = status_checks(cfg, iid) if relay.state == "running" else "-"
+    _say(out, f"relay {iid}: {relay.state}, Session Manager ping {ping}, status checks: {checks}")
     how = "Reboot" if reboot and relay.state == "running" else "Start" if relay.state == "stopped" else "Stop and start"
     if not yes:
         _say(out, "open tunnels and shells through the relay will drop and reconnect (or need reopening)")

@@ -66,6 +66,7 @@ def test_restart_of_a_running_relay_stops_and_starts_it(sandbox: Sandbox) -> Non
         proc = run(sandbox, "relay-restart", "--env", "sandbox", "--yes", "--timeout", "60")
     assert proc.returncode == 0, proc.stderr
     err = proc.stderr
+    assert f"relay {iid}: running, Session Manager ping Online, status checks: system ok, instance ok" in err
     assert err.index(f"stopping {iid}") < err.index(f"{iid} stopped: stopped") < err.index(f"starting {iid}")
     assert "Session Manager ping while stopped: ConnectionLost" in err
     assert err.index(f"{iid} running: running") < err.index(f"{iid} Online in Session Manager: Online")
