@@ -351,16 +351,23 @@ def _ignore_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
 
 
-def hand_off(cfg: EnvConfig, target: Target, response: Mapping[str, Any], *, ecs: Any, transport: Transport,
+def usable_plugin(cfg: EnvConfig, transport: Transport) -> str | None:
+    """The plugin to run, checked before ExecuteCommand opens a session; None for the native client."""
+    if choose_transport(cfg, transport) != "plugin":
+        return None
+    plugin = transport_mod.plugin_path() or transport_mod.PLUGIN
+    version = transport_mod.plugin_version(plugin)
+    if not transport_mod.supports_env_handoff(version):
+        raise transport_mod.old_plugin_error(version)
+    return plugin
+
+
+def hand_off(cfg: EnvConfig, target: Target, response: Mapping[str, Any], *, ecs: Any, plugin: str | None,
              stdin_fd: int | None, stdout_fd: int) -> int:
     """Relay the session until the remote command ends; the remote exit status (native) or the plugin's."""
     session = response["session"]
     tgt = f"ecs:{target.cluster}_{target.task_id}_{runtime_id(target.task, target.container, sandbox=cfg.sandbox)}"
-    if choose_transport(cfg, transport) == "plugin":
-        plugin = transport_mod.plugin_path() or transport_mod.PLUGIN
-        version = transport_mod.plugin_version(plugin)
-        if not transport_mod.supports_env_handoff(version):
-            raise transport_mod.old_plugin_error(version)
+    if plugin is not None:
         argv, env = plugin_invocation(plugin=plugin, session=session, region=cfg.region,
                                       profile=transport_mod.default_profile(cfg), target=tgt,
                                       endpoint_url=str(ecs.meta.endpoint_url), base_env=os.environ)
@@ -415,10 +422,11 @@ def ecs_shell(cfg: EnvConfig, *, service: str = "", task: str = "", container: s
     target = resolve_target(cfg, ecs=ecs, service=service, task=task, container=container,
                             interactive=interactive, chooser=chooser)
     preflight(target)
+    plugin = usable_plugin(cfg, transport)
     response = execute_command(ecs, target, command=command or cfg.ecs.shell_command, env=cfg.name)
     if log is not None:
         log(f"session {response['session']['sessionId']}: task {target.task_id} container {target.container}")
-    return hand_off(cfg, target, response, ecs=ecs, transport=transport, stdin_fd=stdin_fd, stdout_fd=stdout_fd)
+    return hand_off(cfg, target, response, ecs=ecs, plugin=plugin, stdin_fd=stdin_fd, stdout_fd=stdout_fd)
 
 
 def run_command(cfg: EnvConfig, *, command: str, service: str = "", task: str = "", container: str = "",

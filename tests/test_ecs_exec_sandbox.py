@@ -19,6 +19,7 @@ import pytest
 
 from ops import ecs_exec
 from ops.ecs_exec import EcsExecError
+from ops.errors import ToolMissingError
 from tests.ecs_support import TASK_IDS, World, sandbox_task
 
 pytest_plugins = ["tests.ecs_fixtures"]
@@ -162,27 +163,59 @@ def test_interactive_shell_under_tmux(world: World, tmp_path: Path) -> None:
 
 def test_plugin_transport_gets_the_aws_cli_argv_and_ctrl_c_is_left_to_it(world: World, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    # Test double for session-manager-plugin (not installed here): records its argv, sends Ctrl-C to its
-    # parent as a terminal would to the whole foreground group, exits 7.
+    # Test double for session-manager-plugin (not installed here): answers --version like a current
+    # plugin; otherwise records its argv and environment, sends Ctrl-C to its parent as a terminal
+    # would to the whole foreground group, and exits 7.
     fake = tmp_path / "session-manager-plugin"
     record = tmp_path / "argv.json"
     fake.write_text(f"#!{sys.executable}\n"
                     "import json, os, signal, sys\n"
-                    f"open({str(record)!r}, 'w').write(json.dumps(sys.argv))\n"
+                    "if sys.argv[1:] == ['--version']:\n"
+                    "    print('1.2.764.0')\n"
+                    "    sys.exit(0)\n"
+                    f"open({str(record)!r}, 'w').write(json.dumps({{'argv': sys.argv, "
+                    "'response': os.environ.get('AWS_SSM_START_SESSION_RESPONSE')}))\n"
                     "os.kill(os.getppid(), signal.SIGINT)\n"
                     "sys.exit(7)\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", raising=False)
     code = ecs_exec.ecs_shell(world.cfg, command="/bin/sh", transport="plugin", interactive=False, chooser=None,
                               stdin_fd=None)
     assert code == 7
-    argv = json.loads(record.read_text())
-    session = json.loads(argv[1])
-    assert set(session) >= {"sessionId", "streamUrl", "tokenValue"}
+    seen = json.loads(record.read_text())
+    argv, response = seen["argv"], json.loads(seen["response"])
+    assert set(response) == {"SessionId", "StreamUrl", "TokenValue"}
+    # The token travels in the environment only, as the AWS CLI does for current plugins.
+    assert argv[1] == "AWS_SSM_START_SESSION_RESPONSE"
+    assert not any(response["TokenValue"] in a for a in argv)
     assert argv[2:5] == ["us-east-1", "StartSession", ""]
     tid = TASK_IDS[0]
     assert json.loads(argv[5]) == {"Target": f"ecs:{world.ids['cluster']}_{tid}_{tid}-app"}
     assert argv[6] == world.endpoint.url
+
+
+def test_a_plugin_that_wants_the_token_in_argv_is_refused(world: World, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "session-manager-plugin"  # test double: a plugin as old as 1.2.497.0
+    ran = tmp_path / "ran"
+    fake.write_text(f"#!{sys.executable}\nimport sys\n"
+                    "if sys.argv[1:] == ['--version']:\n    print('1.2.497.0')\n    sys.exit(0)\n"
+                    f"open({str(ran)!r}, 'w').write('started')\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", raising=False)
+    sessions = world.state_dir / "sessions.json"
+
+    def opened() -> int:
+        return len(json.loads(sessions.read_text())["sessions"]) if sessions.exists() else 0
+
+    before = opened()
+    with pytest.raises(ToolMissingError, match="too old"):
+        ecs_exec.ecs_shell(world.cfg, command="/bin/sh", transport="plugin", interactive=False, chooser=None,
+                           stdin_fd=None)
+    assert not ran.exists()
+    assert opened() == before  # refused before ExecuteCommand: no session left dangling
 
 
 def test_execute_command_rejection_names_doctor(world: World) -> None:
