@@ -29,7 +29,7 @@ def runbook(c: Context, name: str) -> None:
     with ops_errors():
         from ops import runbooks as rb
 
-        print(rb.find(name).text, end="")
+        print(rb.find(name).for_reading(), end="")
 
 
 @task(name="sessions", help={

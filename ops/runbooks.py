@@ -80,6 +80,10 @@ class Runbook:
     sections: tuple[str, ...]
     blocks: tuple[Block, ...]
 
+    def for_reading(self) -> str:
+        """The text without the sandbox markers (HTML comments only the end-to-end test reads)."""
+        return "".join(line for line in self.text.splitlines(keepends=True) if not _MARKER_RE.match(line))
+
     def commands(self, *, inline: bool = True) -> list[Command]:
         """Every command: the lines of fenced blocks (comments and blanks left out) and inline `invoke ...`."""
         found: list[Command] = []

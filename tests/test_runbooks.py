@@ -137,7 +137,11 @@ def test_runbooks_and_runbook_tasks(capsys: pytest.CaptureFixture[str]) -> None:
     for book in BOOKS:
         assert book.name in index and book.purpose in index
     runbook.body(None, name="audit")
-    assert capsys.readouterr().out == (PROJECT_ROOT / "runbooks" / "09-audit.md").read_text()
+    printed = capsys.readouterr().out
+    source = (PROJECT_ROOT / "runbooks" / "09-audit.md").read_text()
+    assert "<!-- sandbox:" in source and "sandbox:" not in printed.replace("In the sandbox", "")
+    kept = [ln for ln in source.splitlines() if not ln.strip().startswith("<!-- sandbox:")]
+    assert printed.splitlines() == kept
     with pytest.raises(Exit) as info:
         runbook.body(None, name="no-such")
     assert str(info.value.message).startswith("error: no runbook 'no-such'; next: invoke runbooks")
