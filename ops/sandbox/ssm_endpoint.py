@@ -154,8 +154,10 @@ class Endpoint:
     def _save(self) -> None:
         path = self.state_dir / SESSIONS_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"sessions": [s.record() for s in self.sessions.values()],
-                                   "events": self.events[-MAX_EVENTS:]}, indent=1))
+        data: dict[str, Any] = {"sessions": [s.record() for s in self.sessions.values()]}
+        if self.events:
+            data["events"] = self.events[-MAX_EVENTS:]
+        tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, path)
 
     # ---- moto access ----
