@@ -7,6 +7,7 @@ paging), since `invoke audit` in prod calls the same API on AWS.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,6 +34,7 @@ def test_audit_shows_who_when_where_why_for_starts_terminates_and_exec(sandbox: 
     before = datetime.now(UTC) - timedelta(seconds=2)
     sid = open_relay_session(sandbox, alice, "INC-21 refund check")
     exec_sid = open_exec_session(sandbox, alice)
+    alice.client(sandbox, "ssm").resume_session(SessionId=sid)  # what a tunnel does after a network blip
     oncall.client(sandbox, "ssm").terminate_session(SessionId=sid)
     moto_ssm(sandbox).terminate_session(SessionId=exec_sid)
     found = [e for e in events(sandbox) if e["session_id"] in (sid, exec_sid)]
@@ -41,6 +43,7 @@ def test_audit_shows_who_when_where_why_for_starts_terminates_and_exec(sandbox: 
     assert start["caller"] == alice.arn and start["source_ip"] == "127.0.0.1"
     assert start["target"] == relay_id(sandbox) and start["reason"] == "INC-21 refund check"
     assert datetime.fromisoformat(start["time"]) >= before
+    assert by[("ResumeSession", sid)]["caller"] == alice.arn
     term = by[("TerminateSession", sid)]
     assert term["caller"] == oncall.arn and datetime.fromisoformat(term["time"]) >= datetime.fromisoformat(
         start["time"])
@@ -87,6 +90,17 @@ def test_the_window_excludes_older_events(sandbox: Sandbox) -> None:
     assert "no session events in that period" in empty.stdout
     bad = run(sandbox, "audit", "--env", "sandbox", "--since", "yesterday")
     assert bad.returncode == 1 and "--since 'yesterday' is not a duration or a date" in bad.stderr
+
+
+def test_a_terminate_of_a_session_started_before_the_window_is_still_attributed(sandbox: Sandbox) -> None:
+    alice = person(sandbox)
+    sid = open_relay_session(sandbox, alice, "INC-26 long session")
+    time.sleep(1.1)
+    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    time.sleep(1.1)
+    moto_ssm(sandbox).terminate_session(SessionId=sid)
+    found = [(e["event"], e["caller"]) for e in events(sandbox, since) if e["session_id"] == sid]
+    assert found == [("TerminateSession", "arn:aws:sts::123456789012:user/moto")], "found via the session history"
 
 
 def test_lookup_events_emulation_speaks_the_cloudtrail_api(sandbox: Sandbox) -> None:
