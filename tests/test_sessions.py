@@ -66,3 +66,34 @@ def test_table_shows_id_owner_start_status_and_reason() -> None:
     assert first.startswith("a1") and ALICE in first and "2026-11-30 05:00:00Z" in first and "INC-1 look" in first
     assert "(ECS Exec)" in second
     assert format_table([]) == "no sessions"
+
+
+@pytest.mark.parametrize("argv", [
+    ("sessions", {"env": "sandbox"}),
+    ("sessions_terminate", {"env": "sandbox", "owner": ALICE, "yes": True}),
+    ("audit", {"env": "sandbox"}),
+    ("relay_restart", {"env": "sandbox", "yes": True}),
+])
+def test_without_a_running_sandbox_each_command_says_how_to_start_it(
+        argv: tuple[str, dict[str, object]], tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from invoke.exceptions import Exit
+
+    from cli import oncall
+
+    monkeypatch.setenv("BASTIONLESS_STATE_DIR", str(tmp_path))
+    name, kwargs = argv
+    with pytest.raises(Exit) as info:
+        getattr(oncall, name).body(None, **kwargs)
+    assert info.value.message == "error: the sandbox is not running; next: invoke sandbox up"
+    assert info.value.code == 1
+
+
+def test_unknown_environment_is_one_line_with_the_fix() -> None:
+    from invoke.exceptions import Exit
+
+    from cli.oncall import sessions
+
+    with pytest.raises(Exit) as info:
+        sessions.body(None, env="nope")
+    assert str(info.value.message).startswith("error: unknown environment 'nope'")
+    assert "copy envs/staging.toml" in str(info.value.message)
