@@ -50,7 +50,7 @@ def moto_process(log: Path, *, managed_policies: bool = False) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def ecs_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     state_dir = tmp_path_factory.mktemp("ecs-world")
     with moto_process(state_dir / "moto.log") as moto_url:
         yield from _world(moto_url, state_dir)

@@ -50,7 +50,7 @@ def relay(moto_url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def sandbox(moto_url: str, relay: str, echo_server: tuple[str, int],
+def ssm_sandbox(moto_url: str, relay: str, echo_server: tuple[str, int],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     endpoint = EndpointThread(moto_url=moto_url, state_dir=tmp_path_factory.mktemp("ssm-state")).start()
     box = Sandbox(endpoint=endpoint, relay=relay, moto_url=moto_url)

@@ -11,6 +11,12 @@ from tests.db_fixtures import set_database_secret
 from tests.tunnel_fixtures import World
 
 pytest_plugins = ["tests.tunnel_fixtures"]
+
+
+@pytest.fixture(scope="module")
+def world(tunnel_world: World) -> World:
+    """This module's `world`: named apart in the plugin, since every plugin's fixtures are global."""
+    return tunnel_world
 pytestmark = pytest.mark.slow
 
 SECRET = "s3cret-only-in-the-secret:@/"

@@ -25,6 +25,12 @@ from tests.tunnel_fixtures import World
 pytest_plugins = ["tests.tunnel_fixtures"]
 
 
+@pytest.fixture(scope="module")
+def world(tunnel_world: World) -> World:
+    """This module's `world`: named apart in the plugin, since every plugin's fixtures are global."""
+    return tunnel_world
+
+
 @pytest.mark.slow
 def test_find_relay_by_tags_running_and_online(world: World) -> None:
     cfg = world.add_env("sandbox")

@@ -17,6 +17,12 @@ from tests.ecs_support import TASK_IDS, World, sandbox_task
 
 pytest_plugins = ["tests.ecs_fixtures"]
 
+
+@pytest.fixture(scope="module")
+def world(ecs_world: World) -> World:
+    """This module's `world`: named apart in the plugin, since every plugin's fixtures are global."""
+    return ecs_world
+
 pytestmark = pytest.mark.slow
 
 

@@ -21,6 +21,12 @@ from tests.ssm_support import DB_HOST, DB_PORT, REGION, EndpointThread, Sandbox,
 
 pytest_plugins = ["tests.ssm_fixtures"]
 
+
+@pytest.fixture(scope="module")
+def sandbox(ssm_sandbox: Sandbox) -> Sandbox:
+    """This module's `sandbox`: named apart in the plugin, since every plugin's fixtures are global."""
+    return ssm_sandbox
+
 PLUGIN = os.environ.get("BASTIONLESS_SESSION_MANAGER_PLUGIN") or shutil.which("session-manager-plugin") or ""
 
 

@@ -14,6 +14,12 @@ from tests.ssm_support import EndpointThread, Sandbox
 
 pytest_plugins = ["tests.ssm_fixtures"]
 
+
+@pytest.fixture(scope="module")
+def sandbox(ssm_sandbox: Sandbox) -> Sandbox:
+    """This module's `sandbox`: named apart in the plugin, since every plugin's fixtures are global."""
+    return ssm_sandbox
+
 PG_HOST = "bastionless-pg.cluster.eu-west-1.rds.amazonaws.com"
 
 

@@ -16,6 +16,12 @@ from tests.ssm_support import DB_HOST, DB_PORT, EndpointThread, Sandbox, create_
 
 pytest_plugins = ["tests.ssm_fixtures"]
 
+
+@pytest.fixture(scope="module")
+def sandbox(ssm_sandbox: Sandbox) -> Sandbox:
+    """This module's `sandbox`: named apart in the plugin, since every plugin's fixtures are global."""
+    return ssm_sandbox
+
 Scenario = Callable[[PortSession, int], Awaitable[None]]
 
 

@@ -16,6 +16,12 @@ from tests.ssm_support import Sandbox
 
 pytest_plugins = ["tests.ssm_fixtures"]
 
+
+@pytest.fixture(scope="module")
+def sandbox(ssm_sandbox: Sandbox) -> Sandbox:
+    """This module's `sandbox`: named apart in the plugin, since every plugin's fixtures are global."""
+    return ssm_sandbox
+
 CLUSTER = "bastionless-test"
 TASK_ARN = "arn:aws:ecs:eu-west-1:123456789012:task/bastionless-test/0123456789abcdef0123456789abcdef"
 

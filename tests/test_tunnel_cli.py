@@ -18,6 +18,12 @@ from tests.tunnel_fixtures import World, run_cli
 pytest_plugins = ["tests.tunnel_fixtures"]
 
 
+@pytest.fixture(scope="module")
+def world(tunnel_world: World) -> World:
+    """This module's `world`: named apart in the plugin, since every plugin's fixtures are global."""
+    return tunnel_world
+
+
 def invoke(*args: str, state_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
     import os
 

@@ -173,7 +173,7 @@ def _world(tmp: Path, pg_port: int) -> Iterator[World]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def tunnel_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """moto + endpoint, no PostgreSQL (discovery and error tests)."""
     yield from _world(tmp_path_factory.mktemp("tunnel-world"), 0)
 
