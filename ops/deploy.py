@@ -60,8 +60,8 @@ def guard(cfg: EnvConfig, *, out: TextIO = sys.stderr) -> dict[str, str]:
     return ident
 
 
-def confirm(cfg: EnvConfig, *, action: str, account: str, ask: Ask) -> None:
-    """prod: type the environment name; elsewhere y/N. AbortedError on anything else."""
+def confirm(cfg: EnvConfig, *, action: str, account: str, ask: Ask, what: str) -> None:
+    """prod: type the environment name; elsewhere y/N. AbortedError naming `what` on anything else."""
     if cfg.is_prod:
         answer = ask(f"\n{action} {cfg.name} in AWS account {account}? Type the environment name ({cfg.name}) "
                      "to continue: ")
@@ -70,7 +70,7 @@ def confirm(cfg: EnvConfig, *, action: str, account: str, ask: Ask) -> None:
         answer = ask(f"\n{action} {cfg.name} in AWS account {account}? [y/N] ")
         ok = answer.lower() in ("y", "yes")
     if not ok:
-        raise AbortedError(f"{action.lower()} of {cfg.name} cancelled; nothing was changed")
+        raise AbortedError(f"{what} on {cfg.name} cancelled; nothing was changed")
 
 
 def _plan_file(tf: terraform.Terraform, name: str) -> Path:
@@ -111,7 +111,7 @@ def deploy(cfg: EnvConfig, *, yes: bool = False, ask: Ask = ask_terminal, out: T
         code = tf.plan(detailed_exitcode=True, out=plan_path)
         if code == 2:
             if not yes:
-                confirm(cfg, action="Apply these changes to", account=ident["Account"], ask=ask)
+                confirm(cfg, action="Apply these changes to", account=ident["Account"], ask=ask, what="deploy")
             if fast and not yes and _adopt_database(cfg, tf, out=out):
                 # The state changed under the saved plan: apply the same configuration afresh.
                 tf.apply(auto_approve=True)
@@ -176,7 +176,8 @@ def destroy(cfg: EnvConfig, *, yes: bool = False, force_deletion_protection: boo
             _say(out, f"{cfg.name}: nothing to destroy")
             return
         if not yes:
-            confirm(cfg, action="DESTROY everything listed above in", account=ident["Account"], ask=ask)
+            confirm(cfg, action="DESTROY everything listed above in", account=ident["Account"], ask=ask,
+                    what="destroy")
         if protected is not None and protected[1]:
             answer = ask(f"\nThe database {protected[0]} has deletion protection. Type its identifier "
                          f"({protected[0]}) to turn protection off and delete it: ")

@@ -294,6 +294,12 @@ class _Doctor:
             self.skip("relay", "relay agent version", f"the relay is {state}")
             return
         self.add("relay", "relay running", "pass", f"{rid} is running")
+        statuses = self.client("ec2").describe_instance_status(
+            InstanceIds=[rid], IncludeAllInstances=True).get("InstanceStatuses", [])
+        item = statuses[0] if statuses else {}
+        self.add("relay", "relay status checks", *status_check_verdict(
+            self.cfg, item.get("SystemStatus", {}).get("Status", "unknown"),
+            item.get("InstanceStatus", {}).get("Status", "unknown")))
         infos = self.client("ssm").describe_instance_information(
             Filters=[{"Key": "InstanceIds", "Values": [rid]}]).get("InstanceInformationList", [])
         info = infos[0] if infos else {}
@@ -871,3 +877,16 @@ def format_table(results: Sequence[CheckResult]) -> str:
     counts = {s: sum(1 for r in results if r.status == s) for s in ("pass", "warn", "fail")}
     lines.append(f"{counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail")
     return "\n".join(lines)
+
+
+def status_check_verdict(cfg: EnvConfig, system: str, instance: str) -> tuple[Status, str, str]:
+    """EC2's two status checks as (status, detail, fix). An impaired system check means the host under
+    the relay is failing: a stop and start moves the instance to other hardware; a reboot does not."""
+    detail = f"system {system}, instance {instance}"
+    if "impaired" in (system, instance):
+        return ("fail", detail, f"invoke relay-restart --env {cfg.name} (stop + start: new hardware); if it stays "
+                                f"impaired, invoke relay-replace --env {cfg.name}")
+    if system == "ok" and instance == "ok":
+        return "pass", detail, ""
+    return ("warn", f"{detail} (a relay just started reports initializing for a few minutes)",
+            f"wait, then invoke doctor --env {cfg.name} again")

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from ops import aws, deploy, terraform
 from ops.config import EnvConfig
 from ops.discovery import ENV_TAG, RELAY_ROLE, ROLE_TAG, RelayNotReadyError, aws_call, relay_name
-from ops.errors import AbortedError, OpsError
+from ops.errors import OpsError
 
 Ask = Callable[[str], str]
 ONLINE_TIMEOUT = 600.0
@@ -55,16 +55,6 @@ class ReplaceResult:
 def _say(out: TextIO, text: str) -> None:
     out.write(text + "\n")
     out.flush()
-
-
-def confirm(cfg: EnvConfig, *, action: str, account: str, ask: Ask, what: str) -> None:
-    """deploy.confirm (prod: type the env name, else y/N), with a cancel message naming `what`."""
-    try:
-        deploy.confirm(cfg, action=action, account=account, ask=ask)
-    except AbortedError as exc:
-        if exc.next_step:  # e.g. stdin closed: keep its fix (pass --yes)
-            raise
-        raise AbortedError(f"{what} on {cfg.name} cancelled; nothing was changed") from None
 
 
 def relay_instances(cfg: EnvConfig, *, include_gone: bool = False) -> list[RelayInstance]:
@@ -178,7 +168,8 @@ def restart(cfg: EnvConfig, *, yes: bool = False, reboot: bool = False, ask: Ask
     how = "Reboot" if reboot and relay.state == "running" else "Start" if relay.state == "stopped" else "Stop and start"
     if not yes:
         _say(out, "open tunnels and shells through the relay will drop and reconnect (or need reopening)")
-        confirm(cfg, action=f"{how} the relay {iid} of", account=ident["Account"], ask=ask, what="relay restart")
+        deploy.confirm(cfg, action=f"{how} the relay {iid} of", account=ident["Account"], ask=ask,
+                       what="relay restart")
     started = time.monotonic()
     requested = time.time()
     ec2 = aws.client(cfg, "ec2")
@@ -218,36 +209,26 @@ def relay_address(workdir: Path) -> str:
     return found[0]
 
 
-class _ReplacingTerraform(terraform.Terraform):
-    """terraform.Terraform plus `plan -replace=ADDRESS` (the base class has no replace option)."""
-
-    def plan_replace(self, address: str, out: Path) -> int:
-        self.init()
-        args = ["plan", "-input=false", *self._color(), "-detailed-exitcode", f"-replace={address}", f"-out={out}"]
-        return self._run(args, env=self._env(), what="terraform plan -replace", ok=(0, 2))
-
-
 def replace(cfg: EnvConfig, *, yes: bool = False, ask: Ask = deploy.ask_terminal, timeout: float = ONLINE_TIMEOUT,
             interval: float = POLL_SECONDS, out: TextIO = sys.stderr) -> ReplaceResult:
     """Replace the relay through Terraform (plan shown, confirmed, applied), then wait until the new one is Online."""
     deploy.preflight(cfg)
     ident = deploy.guard(cfg, out=out)
     before = {i.instance_id for i in relay_instances(cfg)}
-    base = terraform.for_env(cfg)
-    tf = _ReplacingTerraform(cfg, base.workdir, base.extra_env)
+    tf = terraform.for_env(cfg)
     address = relay_address(tf.workdir)
     _say(out, f"planning the replacement of {address} (relay {', '.join(sorted(before)) or 'missing'})")
     plan_path = deploy._plan_file(tf, "relay-replace.tfplan")
     started = time.monotonic()
     try:
-        code = tf.plan_replace(address, plan_path)
+        code = tf.plan(detailed_exitcode=True, out=plan_path, replace=[address])
         if code == 0:
             raise OpsError(f"terraform planned no change for {address}; nothing was replaced",
                            next_step=f"invoke plan --env {cfg.name}")
         if not yes:
             _say(out, "open tunnels and shells through the relay will drop; reopen them once the new relay is Online")
-            confirm(cfg, action=f"Replace the relay ({address}) of", account=ident["Account"], ask=ask,
-                    what="relay replacement")
+            deploy.confirm(cfg, action=f"Replace the relay ({address}) of", account=ident["Account"], ask=ask,
+                           what="relay replacement")
         tf.apply(plan_file=plan_path)
     finally:
         plan_path.unlink(missing_ok=True)

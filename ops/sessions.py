@@ -23,7 +23,7 @@ from ops import aws, deploy
 from ops.config import EnvConfig
 from ops.discovery import aws_call
 from ops.errors import OpsError
-from ops.relay import confirm, relay_instances
+from ops.relay import relay_instances
 
 Ask = Callable[[str], str]
 ACTIVE_STATES = ("Connected", "Connecting", "Disconnected", "Terminating")
@@ -190,7 +190,7 @@ def terminate(cfg: EnvConfig, *, session_id: str = "", owner: str = "", yes: boo
                        next_step=f"invoke sessions --env {cfg.name} --all (shows ended ones too)")
     out.write(format_table(chosen) + "\n")
     if not yes:
-        confirm(cfg, action=f"Terminate the {len(chosen)} session(s) listed above on", account=ident["Account"],
+        deploy.confirm(cfg, action=f"Terminate the {len(chosen)} session(s) listed above on", account=ident["Account"],
                 ask=ask, what="terminating sessions")
     ssm = aws.client(cfg, "ssm")
     for sess in chosen:

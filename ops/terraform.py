@@ -98,10 +98,12 @@ class Terraform:
         self.init(backend=False)
         self._run(["validate", *self._color()], env=self._env(backend=False), what="terraform validate")
 
-    def plan(self, *, detailed_exitcode: bool = False, destroy: bool = False, out: Path | None = None) -> int:
+    def plan(self, *, detailed_exitcode: bool = False, destroy: bool = False, out: Path | None = None,
+             replace: Sequence[str] = ()) -> int:
         """`terraform plan`. Returns 0, or 2 with `detailed_exitcode` when there are changes.
 
         `out` (a saved plan for `apply(plan_file=...)`) is relative to the stack directory unless absolute.
+        `replace`: resource addresses to recreate even though nothing changed (`-replace=ADDRESS`).
         """
         self.init()
         args = ["plan", "-input=false", *self._color()]
@@ -109,6 +111,7 @@ class Terraform:
             args.append("-detailed-exitcode")
         if destroy:
             args.append("-destroy")
+        args += [f"-replace={address}" for address in replace]
         if out is not None:
             args.append(f"-out={out}")
         ok = (0, 2) if detailed_exitcode else (0,)

@@ -29,22 +29,22 @@ def _answers(*lines: str) -> tuple[list[str], deploy.Ask]:
 def test_prod_needs_the_environment_name_typed() -> None:
     prod = load_env("prod")
     prompts, ask = _answers("prod")
-    deploy.confirm(prod, action="Apply these changes to", account="222222222222", ask=ask)
+    deploy.confirm(prod, action="Apply these changes to", account="222222222222", ask=ask, what="deploy")
     assert "Type the environment name (prod)" in prompts[0] and "222222222222" in prompts[0]
     for wrong in ("y", "yes", "PROD", " prod", ""):
         _, ask = _answers(wrong)
-        with pytest.raises(AbortedError, match="cancelled; nothing was changed"):
-            deploy.confirm(prod, action="Apply these changes to", account="222222222222", ask=ask)
+        with pytest.raises(AbortedError, match=r"^deploy on prod cancelled; nothing was changed$"):
+            deploy.confirm(prod, action="Apply these changes to", account="222222222222", ask=ask, what="deploy")
 
 
 @pytest.mark.parametrize(("answer", "ok"), [("y", True), ("YES", True), ("", False), ("n", False), ("staging", False)])
 def test_other_envs_ask_yes_no_defaulting_to_no(answer: str, ok: bool) -> None:
     prompts, ask = _answers(answer)
     if ok:
-        deploy.confirm(load_env("staging"), action="Apply these changes to", account="1", ask=ask)
+        deploy.confirm(load_env("staging"), action="Apply these changes to", account="1", ask=ask, what="deploy")
     else:
         with pytest.raises(AbortedError):
-            deploy.confirm(load_env("staging"), action="Apply these changes to", account="1", ask=ask)
+            deploy.confirm(load_env("staging"), action="Apply these changes to", account="1", ask=ask, what="deploy")
     assert prompts[0].endswith("[y/N] ")
 
 

@@ -180,3 +180,22 @@ def test_iam_simulation_outside_the_sandbox() -> None:
     assert execute["ContextEntries.member.1.ContextKeyName"] == ["ecs:cluster"]
     assert execute["ContextEntries.member.1.ContextKeyValues.member.1"] == [
         "arn:aws:ecs:eu-west-1:111111111111:cluster/bastionless-staging"]
+
+
+@pytest.mark.parametrize(("system", "instance", "status"), [
+    ("ok", "ok", "pass"),
+    ("impaired", "ok", "fail"),
+    ("ok", "impaired", "fail"),
+    ("initializing", "initializing", "warn"),
+    ("unknown", "unknown", "warn"),
+])
+def test_relay_status_checks(system: str, instance: str, status: str) -> None:
+    from ops.doctor import status_check_verdict
+
+    cfg = load_env("prod")
+    verdict, detail, fix = status_check_verdict(cfg, system, instance)
+    assert verdict == status and f"system {system}, instance {instance}" in detail
+    if status == "fail":
+        assert "invoke relay-restart --env prod" in fix and "invoke relay-replace --env prod" in fix
+    if status == "pass":
+        assert fix == ""
