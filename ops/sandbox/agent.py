@@ -381,21 +381,27 @@ class MuxPortPlugin(_Plugin):
         self.connections += 1
 
         down = asyncio.ensure_future(stream.copy_from(reader, self.agent.payload_size))
+        session_closing = False
         try:
             await stream.copy_to(writer)
+        except asyncio.CancelledError:
+            session_closing = True  # the whole session ends: drop the pair now, drain nothing
+            raise
         finally:
             stream.discard()
             # Like io.Copy + Close on both sides in the agent: one direction ending ends the pair.
             with contextlib.suppress(Exception):
                 writer.write_eof()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(down), 30)
+            if not session_closing:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(asyncio.shield(down), 30)
             down.cancel()
             writer.close()
-            await stream.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(stream.close(), 1)
 
     async def stop(self) -> None:
-        self.mux.close()
+        await self.mux.aclose()
         await super().stop()
 
 

@@ -212,6 +212,14 @@ class SmuxSession:
             with contextlib.suppress(Exception):
                 await self.send(frame(CMD_NOP, 0))
 
+    async def aclose(self, timeout: float = 2.0) -> None:
+        """close(), then give the stream handlers a bounded moment to run their clean-up, so none is
+        left pending when the event loop ends."""
+        self.close()
+        pending = [t for t in self._tasks if t is not asyncio.current_task()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
     def close(self) -> None:
         self.closed.set()
         for stream in list(self.streams.values()):
