@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# Fixture modules are imported by other test modules as well as loaded as plugins: rewrite their
+# asserts either way, so a failing assert in a fixture shows its values.
+pytest.register_assert_rewrite("tests.tunnel_fixtures", "tests.db_fixtures", "tests.ecs_fixtures",
+                               "tests.ssm_fixtures", "tests.sandbox_fixtures")
+
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 if "BASTIONLESS_PROVIDER_MIRROR" not in os.environ and Path("/opt/tf-plugins").is_dir():
     os.environ["BASTIONLESS_PROVIDER_MIRROR"] = "/opt/tf-plugins"
