@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from ops import aws, terraform
 from ops.config import EnvConfig
+from ops.console import say
 from ops.errors import AbortedError, GuardrailError
 
 Ask = Callable[[str], str]
@@ -33,11 +34,6 @@ class DeployResult:
     env: str
     account: str
     changed: bool
-
-
-def _say(out: TextIO, text: str) -> None:
-    out.write(text + "\n")
-    out.flush()
 
 
 def ask_terminal(prompt: str) -> str:
@@ -56,7 +52,7 @@ def ask_terminal(prompt: str) -> str:
 def guard(cfg: EnvConfig, *, out: TextIO = sys.stderr) -> dict[str, str]:
     """The account check every plan/apply/destroy starts with."""
     ident = aws.check_account(cfg)
-    _say(out, f"AWS account {ident['Account']} ({ident['Arn']}) matches {cfg.source.name}")
+    say(out, f"AWS account {ident['Account']} ({ident['Arn']}) matches {cfg.source.name}")
     return ident
 
 
@@ -118,7 +114,7 @@ def deploy(cfg: EnvConfig, *, yes: bool = False, ask: Ask = ask_terminal, out: T
             else:
                 tf.apply(plan_file=plan_path)
         else:
-            _say(out, f"{cfg.name}: no changes; the infrastructure matches the configuration")
+            say(out, f"{cfg.name}: no changes; the infrastructure matches the configuration")
     finally:
         plan_path.unlink(missing_ok=True)
     if cfg.sandbox:
@@ -173,7 +169,7 @@ def destroy(cfg: EnvConfig, *, yes: bool = False, force_deletion_protection: boo
     try:
         code = tf.plan(detailed_exitcode=True, destroy=True, out=plan_path)
         if code == 0:
-            _say(out, f"{cfg.name}: nothing to destroy")
+            say(out, f"{cfg.name}: nothing to destroy")
             return
         if not yes:
             confirm(cfg, action="DESTROY everything listed above in", account=ident["Account"], ask=ask,
@@ -185,7 +181,7 @@ def destroy(cfg: EnvConfig, *, yes: bool = False, force_deletion_protection: boo
                 raise AbortedError(f"destroy of {cfg.name} cancelled; nothing was changed")
             aws.client(cfg, "rds").modify_db_instance(DBInstanceIdentifier=protected[0], DeletionProtection=False,
                                                       ApplyImmediately=True)
-            _say(out, f"deletion protection of {protected[0]} turned off")
+            say(out, f"deletion protection of {protected[0]} turned off")
         tf.apply(plan_file=plan_path)
     finally:
         plan_path.unlink(missing_ok=True)

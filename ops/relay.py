@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from ops import aws, deploy, terraform
 from ops.config import EnvConfig
+from ops.console import say
 from ops.discovery import ENV_TAG, RELAY_ROLE, ROLE_TAG, RelayNotReadyError, aws_call, relay_name
 from ops.errors import OpsError
 
@@ -50,11 +51,6 @@ class ReplaceResult:
     new_instance_id: str
     ping_status: str
     seconds: float
-
-
-def _say(out: TextIO, text: str) -> None:
-    out.write(text + "\n")
-    out.flush()
 
 
 def relay_instances(cfg: EnvConfig, *, include_gone: bool = False) -> list[RelayInstance]:
@@ -131,13 +127,13 @@ def wait_for(what: str, probe: Callable[[], str], done: Callable[[str], bool], *
         value = probe()
         waited = time.monotonic() - started
         if done(value):
-            _say(out, f"  {what}: {value} ({waited:.0f} s)")
+            say(out, f"  {what}: {value} ({waited:.0f} s)")
             return value
         if fail is not None and fail(value):
             raise OpsError(f"{what}: {value}, which will not change by waiting", next_step=fix)
         if waited >= timeout:
             raise OpsError(f"{what}: still {value or last or 'unknown'} after {timeout:.0f} s", next_step=fix)
-        _say(out, f"  waiting for {what}: {value} ({waited:.0f} s of at most {timeout:.0f} s)")
+        say(out, f"  waiting for {what}: {value} ({waited:.0f} s of at most {timeout:.0f} s)")
         last = value
         time.sleep(interval)
 
@@ -164,10 +160,10 @@ def restart(cfg: EnvConfig, *, yes: bool = False, reboot: bool = False, ask: Ask
     iid = relay.instance_id
     ping = ping_status(cfg, iid) if relay.state == "running" else "-"
     checks = status_checks(cfg, iid) if relay.state == "running" else "-"
-    _say(out, f"relay {iid}: {relay.state}, Session Manager ping {ping}, status checks: {checks}")
+    say(out, f"relay {iid}: {relay.state}, Session Manager ping {ping}, status checks: {checks}")
     how = "Reboot" if reboot and relay.state == "running" else "Start" if relay.state == "stopped" else "Stop and start"
     if not yes:
-        _say(out, "open tunnels and shells through the relay will drop and reconnect (or need reopening)")
+        say(out, "open tunnels and shells through the relay will drop and reconnect (or need reopening)")
         deploy.confirm(cfg, action=f"{how} the relay {iid} of", account=ident["Account"], ask=ask,
                        what="relay restart")
     started = time.monotonic()
@@ -175,17 +171,17 @@ def restart(cfg: EnvConfig, *, yes: bool = False, reboot: bool = False, ask: Ask
     ec2 = aws.client(cfg, "ec2")
     if how == "Reboot":
         aws_call(cfg, "ec2:RebootInstances", lambda: ec2.reboot_instances(InstanceIds=[iid]))
-        _say(out, f"reboot of {iid} requested")
+        say(out, f"reboot of {iid} requested")
     else:
         if relay.state in ("running", "pending", "stopping"):
             if relay.state != "stopping":
                 aws_call(cfg, "ec2:StopInstances", lambda: ec2.stop_instances(InstanceIds=[iid]))
-                _say(out, f"stopping {iid}")
+                say(out, f"stopping {iid}")
             wait_state(cfg, iid, "stopped", timeout=timeout, out=out, interval=interval)
         # Systems Manager's view of the stopped relay (it may lag: an Online here is the ping from before).
-        _say(out, f"  Session Manager ping while stopped: {ping_status(cfg, iid)}")
+        say(out, f"  Session Manager ping while stopped: {ping_status(cfg, iid)}")
         aws_call(cfg, "ec2:StartInstances", lambda: ec2.start_instances(InstanceIds=[iid]))
-        _say(out, f"starting {iid}")
+        say(out, f"starting {iid}")
         wait_state(cfg, iid, "running", timeout=timeout, out=out, interval=interval)
     ping = wait_online(cfg, iid, timeout=timeout, out=out, interval=interval, after=requested)
     return RestartResult(instance_id=iid, ping_status=ping, seconds=time.monotonic() - started)
@@ -217,7 +213,7 @@ def replace(cfg: EnvConfig, *, yes: bool = False, ask: Ask = deploy.ask_terminal
     before = {i.instance_id for i in relay_instances(cfg)}
     tf = terraform.for_env(cfg)
     address = relay_address(tf.workdir)
-    _say(out, f"planning the replacement of {address} (relay {', '.join(sorted(before)) or 'missing'})")
+    say(out, f"planning the replacement of {address} (relay {', '.join(sorted(before)) or 'missing'})")
     plan_path = deploy._plan_file(tf, "relay-replace.tfplan")
     started = time.monotonic()
     try:
@@ -226,7 +222,7 @@ def replace(cfg: EnvConfig, *, yes: bool = False, ask: Ask = deploy.ask_terminal
             raise OpsError(f"terraform planned no change for {address}; nothing was replaced",
                            next_step=f"invoke plan --env {cfg.name}")
         if not yes:
-            _say(out, "open tunnels and shells through the relay will drop; reopen them once the new relay is Online")
+            say(out, "open tunnels and shells through the relay will drop; reopen them once the new relay is Online")
             deploy.confirm(cfg, action=f"Replace the relay ({address}) of", account=ident["Account"], ask=ask,
                            what="relay replacement")
         tf.apply(plan_file=plan_path)
@@ -237,7 +233,7 @@ def replace(cfg: EnvConfig, *, yes: bool = False, ask: Ask = deploy.ask_terminal
         raise OpsError("terraform applied, but no new relay instance appeared",
                        next_step=f"invoke doctor --env {cfg.name}")
     iid = new[0].instance_id
-    _say(out, f"new relay {iid} ({new[0].state}); old: {', '.join(sorted(before)) or 'none'}")
+    say(out, f"new relay {iid} ({new[0].state}); old: {', '.join(sorted(before)) or 'none'}")
     wait_state(cfg, iid, "running", timeout=timeout, out=out, interval=interval)
     ping = wait_online(cfg, iid, timeout=timeout, out=out, interval=interval)
     return ReplaceResult(old_instance_id=",".join(sorted(before)), new_instance_id=iid, ping_status=ping,

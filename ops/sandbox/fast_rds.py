@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 from ops import aws
 from ops.config import EnvConfig
+from ops.console import say
 from ops.errors import OpsError
 from ops.terraform import Terraform
 
@@ -77,11 +78,6 @@ class Adoption:
     @property
     def identifier(self) -> str:
         return str(self.spec["identifier"])
-
-
-def _say(out: TextIO, text: str) -> None:
-    out.write(text + "\n")
-    out.flush()
 
 
 def plan_adoption(config: dict[str, Any], state: dict[str, Any]) -> tuple[Adoption | None, str]:
@@ -174,9 +170,9 @@ def adopt_database(cfg: EnvConfig, tf: Terraform, *, config: dict[str, Any], out
     adoption, why = plan_adoption(config, tf.state())
     if adoption is None:
         if why != "already in the state":
-            _say(out, f"sandbox: creating the RDS instance the slow way ({why})")
+            say(out, f"sandbox: creating the RDS instance the slow way ({why})")
         return False
-    _say(out, f"sandbox: creating {adoption.identifier} through the emulator's API and importing it (the provider's "
+    say(out, f"sandbox: creating {adoption.identifier} through the emulator's API and importing it (the provider's "
               "create waiter alone would take ~80 s); first its dependencies:")
     if adoption.refs:
         tf.apply(auto_approve=True, targets=adoption.refs)

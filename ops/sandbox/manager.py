@@ -36,6 +36,7 @@ from typing import Any, TextIO
 
 from ops import aws
 from ops.config import PROJECT_ROOT, EnvConfig, load_env
+from ops.console import say
 from ops.errors import ConfigError, OpsError
 from ops.sandbox import moto, procs
 from ops.sandbox.postgres import PgServer, choose_root, find_binaries, service_user, usable_by
@@ -125,11 +126,6 @@ def sandbox_env(name: str = DEFAULT_ENV) -> EnvConfig:
     return cfg
 
 
-def _say(out: TextIO, text: str) -> None:
-    out.write(text + "\n")
-    out.flush()
-
-
 # ---- up ------------------------------------------------------------------------------------------
 
 
@@ -178,12 +174,12 @@ def _ensure_moto(state: dict[str, Any], *, port: int, out: TextIO) -> tuple[Proc
         _warn_port(out, "moto", current.port, port)
         return current, False
     if current is not None:
-        _say(out, f"moto (pid {current.pid}) is not answering; restarting it (the stack it held is lost)")
+        say(out, f"moto (pid {current.pid}) is not answering; restarting it (the stack it held is lost)")
         procs.stop(current)
     chosen = procs.pick_port(port, what="moto", flag="--moto-port")
     started = time.monotonic()
     record = moto.start(state=_state(), port=chosen)
-    _say(out, f"moto server: {record.url} (pid {record.pid}, {time.monotonic() - started:.1f} s)")
+    say(out, f"moto server: {record.url} (pid {record.pid}, {time.monotonic() - started:.1f} s)")
     state["moto"] = record.to_json()
     return record, True
 
@@ -208,7 +204,7 @@ def _ensure_endpoint(state: dict[str, Any], *, moto_url: str, port: int, out: Te
         procs.stop(current)
         state.pop("endpoint", None)
     if not endpoint_available():
-        _say(out, f"warning: {ENDPOINT_MODULE} is missing: no local Session Manager endpoint "
+        say(out, f"warning: {ENDPOINT_MODULE} is missing: no local Session Manager endpoint "
                   "(tunnel and ecs-shell will not work in the sandbox)")
         return None
     chosen = procs.pick_port(port, what="Session Manager endpoint", flag="--endpoint-port")
@@ -236,7 +232,7 @@ def _ensure_endpoint(state: dict[str, Any], *, moto_url: str, port: int, out: Te
         raise StartError(f"the Session Manager endpoint did not start: {procs.log_tail(log) or 'no output'}",
                          next_step=f"see {log}")
     record = procs.record_for(proc, port=int(url.rsplit(":", 1)[1].split("/")[0]), log=log, url=url.rstrip("/"))
-    _say(out, f"Session Manager endpoint: {record.url} (pid {record.pid}, {time.monotonic() - started:.1f} s)")
+    say(out, f"Session Manager endpoint: {record.url} (pid {record.pid}, {time.monotonic() - started:.1f} s)")
     state["endpoint"] = record.to_json()
     state["endpoint_moto"] = moto_url
     return record
@@ -271,7 +267,7 @@ def _ensure_postgres(state: dict[str, Any], *, port: int, out: TextIO) -> tuple[
     started = time.monotonic()
     state["postgres_server"] = server.to_json()
     record = server.start()
-    _say(out, f"PostgreSQL: 127.0.0.1:{server.port}, {server.binaries.describe()} (pid {record.pid}, "
+    say(out, f"PostgreSQL: 127.0.0.1:{server.port}, {server.binaries.describe()} (pid {record.pid}, "
               f"{time.monotonic() - started:.1f} s)")
     state["postgres"] = record.to_json()
     # The master user's password is set again from the secret by after_apply.
@@ -281,7 +277,7 @@ def _ensure_postgres(state: dict[str, Any], *, port: int, out: TextIO) -> tuple[
 
 def _warn_port(out: TextIO, what: str, have: int, asked: int) -> None:
     if asked and asked != have:
-        _say(out, f"note: {what} is already running on port {have}; `invoke sandbox down` first to move it to {asked}")
+        say(out, f"note: {what} is already running on port {have}; `invoke sandbox down` first to move it to {asked}")
 
 
 def _forget_stack(state: dict[str, Any]) -> None:
@@ -329,7 +325,7 @@ def deploy_stack(cfg: EnvConfig, *, out: TextIO = sys.stderr) -> None:
     current = {"moto": state.get("moto", {}).get("create_time"), "inputs": inputs_digest(cfg)}
     tfstate = aws.state_dir() / "terraform" / f"{cfg.name}.tfstate"
     if marker == current and tfstate.is_file():
-        _say(out, f"stack {cfg.stack_name}: already applied to this sandbox, inputs unchanged")
+        say(out, f"stack {cfg.stack_name}: already applied to this sandbox, inputs unchanged")
         after_apply(cfg, out=out)
         return
     deploy.deploy(cfg, yes=True, out=out)
@@ -361,7 +357,7 @@ def after_apply(cfg: EnvConfig, *, out: TextIO = sys.stderr) -> None:
     hosts = procs.read_json(_state() / RELAY_HOSTS_FILE) or {}
     hosts[f"{address}:{port}"] = f"127.0.0.1:{server.port}"
     procs.write_json(_state() / RELAY_HOSTS_FILE, hosts)
-    _say(out, f"sandbox database: {address}:{port} is the local PostgreSQL 127.0.0.1:{server.port}; "
+    say(out, f"sandbox database: {address}:{port} is the local PostgreSQL 127.0.0.1:{server.port}; "
               f"master password set from Secrets Manager")
     if cfg.ecs.enabled:
         _ecs_tasks(cfg, out=out)
@@ -465,7 +461,7 @@ def _ecs_tasks(cfg: EnvConfig, *, out: TextIO) -> None:
     others = [t for t in existing.get("tasks", []) if t not in tasks and isinstance(t, dict)
               and t.get("clusterArn") != service["clusterArn"]]
     procs.write_json(path, {"tasks": others + tasks})
-    _say(out, f"sandbox ECS: {len(tasks)} task(s) of {service_name} with ECS Exec")
+    say(out, f"sandbox ECS: {len(tasks)} task(s) of {service_name} with ECS Exec")
 
 
 def _task(service: dict[str, Any], cfg: EnvConfig, *, task_id: str) -> dict[str, Any]:
@@ -569,7 +565,7 @@ def down(*, out: TextIO = sys.stderr) -> list[str]:
             raise OpsError(f"could not stop {', '.join(left)}; the sandbox state is kept so `down` can retry",
                            next_step="invoke sandbox down")
         _remove_state_files()
-    _say(out, ("stopped " + ", ".join(stopped)) if stopped else "the sandbox was not running")
+    say(out, ("stopped " + ", ".join(stopped)) if stopped else "the sandbox was not running")
     return stopped
 
 
@@ -585,7 +581,7 @@ def _close_tunnels(out: TextIO) -> None:
         if env and _is_sandbox_env(env):
             with contextlib.suppress(OpsError):
                 tunnels_state.close(env)
-                _say(out, f"closed the tunnel to {env}")
+                say(out, f"closed the tunnel to {env}")
 
 
 def _remove_state_files() -> None:
