@@ -3,50 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from ops.config import load_env
 from tests.ecs_support import ENV, TASK_IDS, World, build_world, sandbox_task
-from tests.ssm_support import EndpointThread, free_port
-
-
-@contextmanager
-def moto_process(log: Path, *, managed_policies: bool = False) -> Iterator[str]:
-    """moto in its own process: in-process moto servers share one global state, and other test modules
-    build their own AWS accounts in it."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": str(managed_policies).lower()})
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):  # noqa: S310 - loopback
-                        break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"moto_server did not start; see {log}") from None
-                    time.sleep(0.1)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+from tests.ssm_support import EndpointThread, moto_process
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,3 +135,37 @@ class Sandbox:
             Target=self.relay, DocumentName="AWS-StartPortForwardingSessionToRemoteHost",
             Parameters={"host": [host], "portNumber": [str(port)], "localPortNumber": ["0"]}, Reason=reason)
         return result
+
+
+@contextmanager
+def moto_process(log: Path, *, managed_policies: bool = False, account_id: str = "") -> Iterator[str]:
+    """moto in its own process: in-process moto servers share one global state, and other test modules
+    build their own AWS accounts in it. `account_id`: answer as that account (default moto's own)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": str(managed_policies).lower()}
+    env.pop("MOTO_ACCOUNT_ID", None)
+    if account_id:
+        env["MOTO_ACCOUNT_ID"] = account_id
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):  # noqa: S310 - loopback
+                        break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"moto_server did not start; see {log}") from None
+                    time.sleep(0.1)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)

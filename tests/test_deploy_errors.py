@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,8 +18,8 @@ from cli import deploy as deploy_cli
 from ops import deploy
 from ops.config import load_env
 from ops.errors import AccountMismatchError
-from ops.sandbox import moto, procs
 from tests.sandbox_support import error_line, invoke
+from tests.ssm_support import moto_process
 
 
 def test_unknown_env(tmp_path: Path) -> None:
@@ -80,21 +78,9 @@ def foreign_moto(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """moto answering as another AWS account (what wrong credentials look like), as the sandbox's API."""
     state = tmp_path / "state"
     state.mkdir()
-    port = procs.free_port()
-    proc = procs.start_detached([moto.moto_server_binary(), "-H", "127.0.0.1", "-p", str(port)], log=state / "m.log",
-                                env={**os.environ, "MOTO_ACCOUNT_ID": "111111111111"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert procs.wait_until(lambda: moto.healthy(url), timeout=60)
+    with moto_process(state / "m.log", account_id="111111111111") as url:
         (state / "endpoints.json").write_text(json.dumps({"default": url}))
         yield state, url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.slow

@@ -44,6 +44,15 @@ def plugin_path() -> str:
     return found
 
 
+@pytest.fixture
+def plugin() -> str:
+    """The session-manager-plugin binary; the test is skipped (with how to run it) when there is none."""
+    found = plugin_path()
+    if not found:
+        pytest.skip("no session-manager-plugin installed (set BASTIONLESS_SESSION_MANAGER_PLUGIN to run this)")
+    return found
+
+
 def plugin_processes() -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -85,10 +94,7 @@ def test_open_tunnel_terminates_on_exception(pg_world: World) -> None:
     assert pg_world.active_sessions() == []
 
 
-def test_plugin_transport_end_to_end(pg_world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    plugin = plugin_path()
-    if not plugin:
-        pytest.skip("no session-manager-plugin installed (set BASTIONLESS_SESSION_MANAGER_PLUGIN to run this)")
+def test_plugin_transport_end_to_end(pg_world: World, plugin: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", plugin)
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
@@ -126,10 +132,8 @@ def test_forced_drop_reconnects_and_keeps_the_port(pg_world: World) -> None:
     assert pg_world.active_sessions() == []
 
 
-def test_plugin_drop_is_replaced_by_a_new_plugin_session(pg_world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    plugin = plugin_path()
-    if not plugin:
-        pytest.skip("no session-manager-plugin installed (set BASTIONLESS_SESSION_MANAGER_PLUGIN to run this)")
+def test_plugin_drop_is_replaced_by_a_new_plugin_session(pg_world: World, plugin: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", plugin)
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
@@ -309,10 +313,8 @@ def test_signal_in_each_phase_leaves_nothing(pg_world: World, cli_tunnels: list[
     assert not list((pg_world.state_dir / "tunnels").glob("*.json"))
 
 
-def test_signal_with_the_plugin_leaves_no_plugin_process(pg_world: World, cli_tunnels: list[Tunnel]) -> None:
-    plugin = plugin_path()
-    if not plugin:
-        pytest.skip("no session-manager-plugin installed (set BASTIONLESS_SESSION_MANAGER_PLUGIN to run this)")
+def test_signal_with_the_plugin_leaves_no_plugin_process(pg_world: World, plugin: str,
+                                                         cli_tunnels: list[Tunnel]) -> None:
     pg_world.add_env("sandbox")
     tunnel = Tunnel(pg_world, "--transport", "plugin", BASTIONLESS_SESSION_MANAGER_PLUGIN=plugin)
     cli_tunnels.append(tunnel)

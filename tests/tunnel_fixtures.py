@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import pytest
 from ops.config import ENVS_DIR, EnvConfig, load_env
 from tests.conftest import PROJECT_ROOT
 from tests.pg_support import start_cluster
-from tests.ssm_support import EndpointThread, free_port
+from tests.ssm_support import EndpointThread, moto_process
 
 PLUGIN_BUILD = Path("/tmp/smp-bin/session-manager-plugin")
 
@@ -122,54 +121,29 @@ def tunnel_postgres() -> Iterator[int]:
         cluster.stop()
 
 
-def start_moto(log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """moto_server in its own process: in-process moto servers share one global state with every
-    other test module's, and two of them would see each other's relays and databases."""
-    port = free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):  # noqa: S310 - loopback test server
-                return proc, url
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"moto_server did not start; see {log}") from None
-            time.sleep(0.05)
-
-
 def _world(tmp: Path, pg_port: int) -> Iterator[World]:
     state = tmp / "state"
     envs = tmp / "envs"
     state.mkdir()
     envs.mkdir()
-    moto, moto_url = start_moto(tmp / "moto.log")
-    endpoint = EndpointThread(moto_url=moto_url, state_dir=state).start()
-    (state / "endpoints.json").write_text(json.dumps({"default": moto_url, "ssm": endpoint.url, "ecs": endpoint.url}))
-    old = os.environ.get("BASTIONLESS_STATE_DIR")
-    os.environ["BASTIONLESS_STATE_DIR"] = str(state)
-    world = World(moto_url=moto_url, endpoint=endpoint, state_dir=state, envs_dir=envs, pg_port=pg_port)
-    try:
-        yield world
-    finally:
-        from ops import tunnels_state
-
-        tunnels_state.close_all(timeout=10)
-        if old is None:
-            os.environ.pop("BASTIONLESS_STATE_DIR", None)
-        else:
-            os.environ["BASTIONLESS_STATE_DIR"] = old
-        endpoint.stop()
-        moto.terminate()
+    with moto_process(tmp / "moto.log") as moto_url:
+        endpoint = EndpointThread(moto_url=moto_url, state_dir=state).start()
+        (state / "endpoints.json").write_text(json.dumps({"default": moto_url, "ssm": endpoint.url,
+                                                          "ecs": endpoint.url}))
+        old = os.environ.get("BASTIONLESS_STATE_DIR")
+        os.environ["BASTIONLESS_STATE_DIR"] = str(state)
+        world = World(moto_url=moto_url, endpoint=endpoint, state_dir=state, envs_dir=envs, pg_port=pg_port)
         try:
-            moto.wait(10)
-        except subprocess.TimeoutExpired:
-            moto.kill()
-            moto.wait()
+            yield world
+        finally:
+            from ops import tunnels_state
+
+            tunnels_state.close_all(timeout=10)
+            if old is None:
+                os.environ.pop("BASTIONLESS_STATE_DIR", None)
+            else:
+                os.environ["BASTIONLESS_STATE_DIR"] = old
+            endpoint.stop()
 
 
 @pytest.fixture(scope="module")
