@@ -95,14 +95,18 @@ def ca_bundle_path(cfg: EnvConfig) -> str:
 
 
 def for_tunnel(cfg: EnvConfig, *, local_port: int, db_host: str, db_name: str = "", user: str = "",
-               local_host: str = LOCAL_HOST) -> ConnectionParams:
-    """Parameters for reaching `db_host` (the RDS endpoint) through a tunnel on local_host:local_port."""
+               local_host: str = LOCAL_HOST, connecting: bool = True) -> ConnectionParams:
+    """Parameters for reaching `db_host` (the RDS endpoint) through a tunnel on local_host:local_port.
+
+    `connecting=False` only describes the connection (the tunnel's ready text): a missing CA bundle is
+    then named in the URL rather than an error, since the tunnel itself does not need it."""
     sslmode = cfg.database.sslmode
     if sslmode == "verify-full" and db_host:
         host, hostaddr = db_host, local_host
     else:
         host, hostaddr = local_host, ""
-    rootcert = ca_bundle_path(cfg) if sslmode in ("verify-ca", "verify-full") else ""
+    bundle = ca_bundle_path if connecting else bundle_location
+    rootcert = bundle(cfg) if sslmode in ("verify-ca", "verify-full") else ""
     return ConnectionParams(host=host, hostaddr=hostaddr, port=local_port, dbname=db_name or cfg.database.name,
                             user=user or cfg.database.username, sslmode=sslmode, sslrootcert=rootcert)
 

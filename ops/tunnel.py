@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import quote, urlencode
 
 from ops import aws, dburl, tunnels_state
 from ops import transport as transport_mod
@@ -85,20 +84,8 @@ class TunnelInfo:
 
 def database_url(cfg: EnvConfig, info: TunnelInfo) -> str:
     """DATABASE_URL for the tunnel, without the password. TLS names the real endpoint, dials localhost."""
-    user, name = quote(info.db_user, safe=""), quote(info.db_name, safe="")
-    sslmode = cfg.database.sslmode
-    params: dict[str, str] = {}
-    if sslmode == "verify-full":
-        # The certificate names the RDS endpoint: connect by that name, to the tunnel's address.
-        host = info.db_host
-        params["hostaddr"] = info.local_host
-    else:
-        host = info.local_host
-    params["sslmode"] = sslmode
-    if cfg.database.ca_bundle and sslmode in ("verify-ca", "verify-full"):
-        # Absolute: the URL is pasted into tools that run from other folders.
-        params["sslrootcert"] = dburl.bundle_location(cfg)
-    return f"postgresql://{user}@{host}:{info.local_port}/{name}?{urlencode(params)}"
+    return dburl.for_tunnel(cfg, local_port=info.local_port, db_host=info.db_host, db_name=info.db_name,
+                            user=info.db_user, local_host=info.local_host, connecting=False).url()
 
 
 def describe_ready(cfg: EnvConfig, info: TunnelInfo, *, background: bool, secret_arn: str = "") -> str:
