@@ -13,7 +13,36 @@ from cli import _common
 from cli._common import ENV_HELP, YES_HELP, ops_errors
 
 TRANSPORT_HELP = "auto (session-manager-plugin if installed, else the built-in client), plugin, or native"
-INI_HELP = "alembic.ini to use instead of [migrations] alembic_ini of the env"
+INI_HELP = ("alembic.ini to use instead of [migrations] alembic_ini of the env (relative to the current "
+            "directory)")
+PYTHON_HELP = ("the project's python that runs Alembic (default: [migrations] python, else the .venv next to "
+               "the ini, else bastionless' own)")
+
+# Shown by `invoke --help migrate` (invoke prints the whole docstring); the README says the same.
+ENV_PY_CONTRACT = """
+    How env.py gets the database. The alembic child's environment (never its argv) carries:
+      DATABASE_URL   postgresql://user:password@host:port/db, no query string (any driver; swap the
+                     scheme for yours: postgresql+psycopg://, postgresql+asyncpg://)
+      PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGSSLMODE (PGSSLROOTCERT, PGHOSTADDR): libpq's own
+      [migrations.env] of the env file: any other names, e.g. POSTGRES_SERVER = "{host}"
+                     ({host} {port} {user} {password} {dbname} {sslmode} {sslrootcert} {url})
+      [migrations] x_args = ["key={dbname}"]: alembic -x (no password placeholders: argv)
+    After the run the database itself is checked through the tunnel: if env.py migrated another
+    database (it ignored all of the above), the command fails and says where it connected.
+
+    1. DATABASE_URL                      2. settings from POSTGRES_* (map them in the env file)
+      url = os.environ["DATABASE_URL"]     [migrations.env]
+      url = url.replace("postgresql://",   POSTGRES_SERVER = "{host}"
+            "postgresql+psycopg://", 1)    POSTGRES_PORT = "{port}"
+      config.set_main_option(              POSTGRES_USER = "{user}"
+          "sqlalchemy.url", url)           POSTGRES_PASSWORD = "{password}"   (+ POSTGRES_DB)
+    3. async (asyncpg)
+      url = settings.DATABASE_URL.replace("postgresql://", "postgresql+asyncpg://", 1)
+      engine = create_async_engine(url, poolclass=pool.NullPool)
+      async with engine.connect() as connection:
+          await connection.run_sync(do_run_migrations)
+      await engine.dispose()
+"""
 
 
 def _log(line: str) -> None:
@@ -28,26 +57,31 @@ def _log(line: str) -> None:
     "transport": TRANSPORT_HELP,
     "reason": "why you migrate; sent as the StartSession reason (session history, CloudTrail)",
     "ini": INI_HELP,
+    "python": PYTHON_HELP,
 })
 def migrate(c: Context, env: str = "", revision: str = "head", sql: bool = False, yes: bool = False,
-            transport: str = "auto", reason: str = "", ini: str = "") -> None:
-    """Run Alembic upgrade through an ephemeral tunnel (one runner at a time: advisory lock)."""
+            transport: str = "auto", reason: str = "", ini: str = "", python: str = "") -> None:
     with ops_errors():
         from ops.migrate import migrate as run
 
-        cfg = _common.env(env)
-        run(cfg, revision=revision, sql=sql, yes=yes, transport=transport, reason=reason, ini=ini, report=_log)
-        if not sql:
-            print(f"{cfg.name}: migrated to {revision}")
+        done = run(_common.env(env), revision=revision, sql=sql, yes=yes, transport=transport, reason=reason,
+                   ini=ini, python=python, report=_log)
+        if done:
+            print(done)
 
 
-@task(name="migrate-status", help={"env": ENV_HELP, "transport": TRANSPORT_HELP, "ini": INI_HELP})
-def migrate_status(c: Context, env: str = "", transport: str = "auto", ini: str = "") -> None:
-    """Show the current revision, the history with the current one marked, and pending revisions."""
+migrate.__doc__ = ("Run Alembic upgrade through an ephemeral tunnel (one runner at a time: advisory lock), "
+                   "then check the database.\n" + ENV_PY_CONTRACT)
+
+
+@task(name="migrate-status", help={"env": ENV_HELP, "transport": TRANSPORT_HELP, "ini": INI_HELP,
+                                   "python": PYTHON_HELP})
+def migrate_status(c: Context, env: str = "", transport: str = "auto", ini: str = "", python: str = "") -> None:
+    """Show the current revision (read from the database through the tunnel), the history and pending revisions."""
     with ops_errors():
         from ops.migrate import migration_status
 
-        print(migration_status(_common.env(env), transport=transport, ini=ini, report=_log).format())
+        print(migration_status(_common.env(env), transport=transport, ini=ini, python=python, report=_log).format())
 
 
 @task(name="migrate-downgrade", help={
@@ -58,18 +92,18 @@ def migrate_status(c: Context, env: str = "", transport: str = "auto", ini: str 
     "transport": TRANSPORT_HELP,
     "reason": "why you downgrade; sent as the StartSession reason",
     "ini": INI_HELP,
+    "python": PYTHON_HELP,
 })
 def migrate_downgrade(c: Context, env: str = "", revision: str = "", sql: bool = False, yes: bool = False,
-                      transport: str = "auto", reason: str = "", ini: str = "") -> None:
-    """Run Alembic downgrade to --revision through an ephemeral tunnel (asks for confirmation)."""
+                      transport: str = "auto", reason: str = "", ini: str = "", python: str = "") -> None:
+    """Run Alembic downgrade to --revision through an ephemeral tunnel (asks for confirmation), then check."""
     with ops_errors():
         from ops.migrate import migrate as run
 
-        cfg = _common.env(env)
-        run(cfg, revision=revision, downgrade=True, sql=sql, yes=yes, transport=transport, reason=reason, ini=ini,
-            report=_log)
-        if not sql:
-            print(f"{cfg.name}: downgrade to {revision} done")
+        done = run(_common.env(env), revision=revision, downgrade=True, sql=sql, yes=yes, transport=transport,
+                   reason=reason, ini=ini, python=python, report=_log)
+        if done:
+            print(done)
 
 
 @task(name="dbeaver", help={

@@ -97,6 +97,18 @@ class TunnelConfig:
 @dataclass(frozen=True)
 class MigrationsConfig:
     alembic_ini: str = "migrations/alembic.ini"
+    # The project's own interpreter; empty: the project's .venv if there is one, else bastionless' own.
+    python: str = ""
+    # [migrations.env] NAME = "template": extra variables for env.py files that do not read
+    # DATABASE_URL, e.g. POSTGRES_SERVER = "{host}". Placeholders: MIGRATION_PLACEHOLDERS.
+    env: tuple[tuple[str, str], ...] = ()
+    # `alembic -x` arguments (argv: placeholders that carry the password are refused).
+    x_args: tuple[str, ...] = ()
+    # Where env.py keeps the revision ("schema.table" if not in the search path).
+    version_table: str = "alembic_version"
+
+
+MIGRATION_PLACEHOLDERS = ("host", "port", "user", "password", "dbname", "sslmode", "sslrootcert", "url")
 
 
 @dataclass(frozen=True)
@@ -226,6 +238,11 @@ def _coerce(where: str, dotted: str, value: Any, typ: Any) -> Any:
             raise ConfigError(f"{where}: {dotted} = {value!r} is not allowed; use one of: "
                               f"{', '.join(map(repr, allowed))}")
         return value
+    if origin is tuple and get_args(typ) == (tuple[str, str], ...):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{where}: {dotted} must be a table of strings; write it as [{dotted}] with "
+                              f"lines NAME = \"value\"")
+        return tuple(value.items())
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: {dotted} must be a list of strings, e.g. {dotted.split('.')[-1]} = [\"...\"]")
@@ -328,6 +345,28 @@ def _validate(where: str, cfg: EnvConfig) -> None:
         fail("state.backend", "= \"local\" for a production environment", "use backend = \"s3\" with a bucket")
 
     _port(fail, "tunnel.local_port", cfg.tunnel.local_port, allow_zero=True)
+    _validate_migrations(fail, cfg.migrations)
+
+
+def _validate_migrations(fail: Any, mig: MigrationsConfig) -> None:
+    known = ", ".join("{" + p + "}" for p in MIGRATION_PLACEHOLDERS)
+    for dotted, value in [*((f"migrations.env.{k}", v) for k, v in mig.env), *(("migrations.x_args", x)
+                                                                              for x in mig.x_args)]:
+        for name in re.findall(r"{([^{}]*)}", value):
+            if name not in MIGRATION_PLACEHOLDERS:
+                fail(dotted, f"uses the unknown placeholder {{{name}}}", f"use one of {known}")
+    for name, _ in mig.env:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            fail(f"migrations.env.{name}", "is not an environment variable name", "use letters, digits and '_'")
+    for x in mig.x_args:
+        if "{password}" in x or "{url}" in x:
+            fail("migrations.x_args", f"= {x!r} would put the password on a command line",
+                 "pass it through [migrations.env] (the child's environment) instead")
+        if "=" not in x:
+            fail("migrations.x_args", f"= {x!r} is not KEY=VALUE", "write it as \"key=value\"")
+    if not re.match(r"^([A-Za-z_][A-Za-z0-9_$]*\.)?[A-Za-z_][A-Za-z0-9_$]*$", mig.version_table):
+        fail("migrations.version_table", f"= {mig.version_table!r} is not a table name",
+             "write \"alembic_version\" or \"schema.table\"")
 
 
 def _port(fail: Any, dotted: str, value: int, allow_zero: bool = False) -> None:

@@ -64,6 +64,12 @@ class ConnectionParams:
         query = f"?{urlencode(params, quote_via=quote)}" if params else ""
         return f"{scheme}://{auth}@{_url_host(self.host)}:{self.port}/{quote(self.dbname, safe='')}{query}"
 
+    def driver_url(self, *, password: str | None = None, driver: str = "") -> str:
+        """The URL for any driver: no query string at all, because async and pure-Python drivers
+        (asyncpg, pg8000) reject libpq-only parameters such as `hostaddr`. TLS settings and the
+        address actually dialled travel next to it in libpq_env(), which asyncpg reads too."""
+        return self.url(password=password, driver=driver).split("?", 1)[0]
+
     def libpq_env(self, *, password: str | None = None) -> dict[str, str]:
         """PG* variables for a child process (psql, pg_dump): the password only ever travels this way."""
         names = {"host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE",

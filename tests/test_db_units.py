@@ -158,11 +158,11 @@ def test_default_paths_follow_libpq(tmp_path: Path) -> None:
 
 # ---- migrate helpers ---------------------------------------------------------------------------
 
-def test_alembic_runs_as_a_module_with_only_the_ini_in_argv() -> None:
+def test_alembic_runs_through_the_launcher_with_only_the_ini_in_argv() -> None:
     ini = alembic_ini(load_env("sandbox"))
     assert ini == PROJECT_ROOT / "migrations" / "alembic.ini"
-    argv = alembic_argv(ini, "upgrade", "head")
-    assert argv[1:] == ["-m", "alembic", "-c", str(ini), "upgrade", "head"]
+    argv = alembic_argv("python3", ini, "upgrade", "head")
+    assert argv[2:] == ["run", "-c", str(ini), "upgrade", "head"]
 
 
 def test_missing_alembic_project_names_the_setting() -> None:
@@ -227,6 +227,7 @@ def test_alembic_child_env_carries_the_url_and_drops_stray_libpq_settings(monkey
 
     monkeypatch.setenv("PGHOSTADDR", "10.9.9.9")
     monkeypatch.setenv("PGSERVICE", "elsewhere")
-    env = child_env("postgresql://u:p@127.0.0.1:1/app")
+    params = dburl.ConnectionParams(host="127.0.0.1", hostaddr="", port=1, dbname="app", user="u", sslmode="disable")
+    env = child_env(None, params, "p")
     assert env["DATABASE_URL"] == "postgresql://u:p@127.0.0.1:1/app"
     assert "PGHOSTADDR" not in env and "PGSERVICE" not in env and "PATH" in env

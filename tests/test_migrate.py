@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.migrate import LOCK_KEY, MigrationLockedError, migration_lock, run_alembic
+from ops.migrate import LOCK_KEY, MigrationLockedError, child_env, migration_lock, run_alembic
 from ops.secrets import Credentials
 from tests.db_fixtures import (
     FAILING_REVISION,
@@ -36,7 +36,7 @@ def pg(postgres: Postgres) -> Postgres:
 
 def alembic(pg: Postgres, *args: str, ini: Path = INI, password: str = PASSWORD) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    code = run_alembic(ini, list(args), url=pg.params().url(password=password), secrets=(PASSWORD,), stdout=out,
+    code = run_alembic(ini, list(args), env=child_env(None, pg.params(), password), secrets=(PASSWORD,), stdout=out,
                        stderr=err)
     return code, out.getvalue(), err.getvalue()
 
@@ -79,8 +79,8 @@ def test_a_failing_revision_changes_nothing_and_its_status_is_returned(pg: Postg
 def test_wrong_password_fails_without_showing_it(pg: Postgres) -> None:
     wrong = PASSWORD + "-wrong"
     out, err = io.StringIO(), io.StringIO()
-    code = run_alembic(INI, ["upgrade", "head"], url=pg.params().url(password=wrong), secrets=(wrong,), stdout=out,
-                       stderr=err)
+    code = run_alembic(INI, ["upgrade", "head"], env=child_env(None, pg.params(), wrong), secrets=(wrong,),
+                       stdout=out, stderr=err)
     assert code != 0
     text = out.getvalue() + err.getvalue()
     assert "password authentication failed" in text
