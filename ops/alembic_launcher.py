@@ -25,12 +25,18 @@ Three adaptations, each because real env.py files need it:
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import socket
 import sys
-from typing import Any
+
+# Python put this file's folder (bastionless' ops/) first on sys.path: its secrets.py, config.py...
+# would shadow the standard library and the project's own modules. Only the project's paths count.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import json  # noqa: E402
+import re  # noqa: E402
+import socket  # noqa: E402
+from typing import Any  # noqa: E402
 
 REPORT_ENV = "BASTIONLESS_MIGRATE_REPORT"
 HOST_MAP_ENV = "BASTIONLESS_HOST_MAP"
@@ -91,6 +97,16 @@ def _install_hooks(offline: bool) -> None:
         emit(event="connect", **target)
 
     event.listen(Engine, "do_connect", on_connect)
+
+    from alembic.script import ScriptDirectory
+
+    original_env = ScriptDirectory.run_env
+
+    def run_env(self: Any) -> None:
+        emit(event="env_py", script_location=str(self.dir))
+        original_env(self)
+
+    ScriptDirectory.run_env = run_env  # type: ignore[method-assign]
 
     original_run = MigrationContext.run_migrations
 

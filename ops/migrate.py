@@ -555,6 +555,11 @@ def _check(code: int, command: str, cfg: EnvConfig, project: Project, run: RunRe
     head = f"alembic {command} failed on {cfg.name} (exit status {code}; its output is above)"
     if after is None:  # --sql
         raise CommandFailedError(head, returncode=code, next_step=f"check {project.shown} and its env.py")
+    if not run.last("env_py"):
+        raise CommandFailedError(f"{head}: Alembic stopped before running env.py (the ini, its script_location or "
+                                 f"the revision given); nothing was applied", returncode=code,
+                                 next_step=f"check {project.shown} (from {project.source}); a relative "
+                                           f"script_location is relative to the ini's folder")
     if run.phase == "env" and not run.last("connect"):
         raise CommandFailedError(f"{head}: env.py (or the settings/models it imports) failed before connecting "
                                  f"to any database; nothing was applied", returncode=code,

@@ -169,7 +169,7 @@ def test_the_launcher_escapes_lone_percent_signs_for_configparser() -> None:
 # ---- judging a run by the database ---------------------------------------------------------------
 
 def report(*events: dict[str, object]) -> RunReport:
-    return RunReport(events=[dict(e) for e in events])
+    return RunReport(events=[{"event": "env_py"}, *(dict(e) for e in events)])
 
 
 SQLITE = {"event": "migrating", "url": "sqlite:///app.db", "dialect": "sqlite", "host": None, "port": None,
@@ -208,6 +208,12 @@ def test_success_on_the_tunnel_passes_and_pg_variables_count_as_the_tunnel() -> 
 def test_env_py_that_never_runs_migrations_is_not_success() -> None:
     with pytest.raises(WrongDatabaseError, match="never ran migrations"):
         judge(0, report({"event": "start"}, {"event": "exit", "phase": "env"}), (), ())
+
+
+def test_an_ini_error_is_not_blamed_on_env_py_or_a_revision() -> None:
+    with pytest.raises(CommandFailedError) as exc:
+        judge(255, RunReport(events=[{"event": "start"}, {"event": "exit", "phase": "env", "code": 255}]), (), ())
+    assert "Alembic stopped before running env.py" in exc.value.message and "script_location" in exc.value.next_step
 
 
 def test_an_import_or_settings_error_is_not_blamed_on_a_revision() -> None:
