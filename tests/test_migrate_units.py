@@ -249,3 +249,21 @@ def test_pending_follows_the_graph() -> None:
     assert _pending(history, ("c",), ()) == ("a", "b", "c")
     assert _pending(history, ("c",), ("b",)) == ("c",)
     assert _pending(history, ("c",), ("c",)) == ()
+
+
+def test_the_launcher_resolves_the_rds_name_to_the_tunnel_for_python_resolvers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import socket
+
+    monkeypatch.setattr(socket, "getaddrinfo", socket.getaddrinfo)  # restored after the test
+    monkeypatch.setenv(HOST_MAP_ENV, "bastionless-prod.abc.eu-west-1.rds.invalid=127.0.0.1")
+    alembic_launcher._install_host_map()
+
+    async def resolve() -> set[str]:
+        infos = await asyncio.get_running_loop().getaddrinfo("bastionless-prod.abc.eu-west-1.rds.invalid", 5432)
+        return {info[4][0] for info in infos}
+
+    # asyncpg resolves through the event loop, which calls socket.getaddrinfo: the tunnel's address.
+    assert asyncio.run(resolve()) == {"127.0.0.1"}
+    assert {i[4][0] for i in socket.getaddrinfo("127.0.0.1", 1)} == {"127.0.0.1"}
