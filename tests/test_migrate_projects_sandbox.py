@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import shutil
+import string
 import subprocess
 import sys
 import sysconfig
@@ -22,7 +23,7 @@ import pytest
 from ops.config import EnvConfig, load_env
 from ops.errors import CommandFailedError
 from ops.migrate import migrate, migration_status
-from tests.db_fixtures import Postgres, copy_migrations, reset_schema, tables
+from tests.db_fixtures import PASSWORD, Postgres, copy_migrations, reset_schema, set_database_secret, tables
 from tests.tunnel_fixtures import World, run_cli
 
 pytest_plugins = ["tests.db_fixtures"]
@@ -32,6 +33,21 @@ PROJECTS = Path(__file__).resolve().parent / "alembic_projects"
 # What a FastAPI-template user writes in the env file for an env.py that reads POSTGRES_*.
 POSTGRES_MAPPING = (("POSTGRES_SERVER", "{host}"), ("POSTGRES_PORT", "{port}"), ("POSTGRES_USER", "{user}"),
                     ("POSTGRES_PASSWORD", "{password}"), ("POSTGRES_DB", "{dbname}"))
+
+
+# Every character RDS may put in a generated master password (printable ASCII but / @ " and space).
+RDS_STYLE_PASSWORD = "Rds1" + "".join(c for c in string.punctuation if c not in '/@"') + "%41%%(here)s"
+
+
+def set_password(world: World, pg: Postgres, password: str) -> None:
+    """The database login and the RDS-managed secret both change, as after a rotation."""
+    import psycopg
+
+    with psycopg.connect(host=str(pg.root), port=pg.port, user="postgres", dbname="postgres",
+                         autocommit=True) as conn:
+        verifier = conn.pgconn.encrypt_password(password.encode(), b"app_admin", b"scram-sha-256").decode()
+        conn.execute(f"ALTER ROLE app_admin PASSWORD '{verifier}'")
+    set_database_secret(world, load_env("sandbox"), password=password)
 
 
 def project(tmp_path: Path, name: str) -> Path:
@@ -200,3 +216,34 @@ def test_a_project_migrates_with_its_own_venv(world: World, postgres: Postgres, 
     assert said.startswith(f"alembic runs with {python} (Python ") and f"the project's {root / '.venv'}" in said
     status = migration_status(load_env("sandbox"), transport="native", ini=str(ini))
     assert status.current == ("0003",) and str(python) in status.interpreter
+
+
+def test_an_rds_style_password_survives_set_main_option_in_both_url_styles(
+        world: World, postgres: Postgres, tmp_path: Path) -> None:
+    # async_settings: bastionless' DATABASE_URL goes through set_main_option; postgres_settings: the
+    # project builds (and percent-escapes) its own URL from POSTGRES_PASSWORD, then set_main_option.
+    set_password(world, postgres, RDS_STYLE_PASSWORD)
+    try:
+        out = run_cli(world, "migrate", "--env", "sandbox", "--ini", str(project(tmp_path, "async_settings")),
+                      "--transport", "native")
+        assert out.returncode == 0, out.stderr
+        assert version(postgres) == "a0002"
+        reset_schema(postgres)
+        migrate(sandbox(env=POSTGRES_MAPPING), yes=True, transport="native",
+                ini=str(project(tmp_path, "postgres_settings")))
+        assert version(postgres) == "5c3d9a1b2e8f"
+        assert RDS_STYLE_PASSWORD not in out.stdout + out.stderr
+    finally:
+        set_password(world, postgres, PASSWORD)
+
+
+def test_x_arguments_from_the_env_file_reach_env_py(world: World, postgres: Postgres, tmp_path: Path) -> None:
+    ini = copy_migrations(tmp_path)
+    env_py = ini.parent / "env.py"
+    env_py.write_text(env_py.read_text().replace(
+        "config = context.config\n",
+        "config = context.config\n"
+        "if context.get_x_argument(as_dictionary=True) != {'tenant': 'app', 'port': os.environ['PGPORT']}:\n"
+        "    raise SystemExit('env.py: unexpected -x arguments')\n"))
+    migrate(sandbox(x_args=("tenant={dbname}", "port={port}")), yes=True, transport="native", ini=str(ini))
+    assert version(postgres) == "0003"
