@@ -195,6 +195,9 @@ def _probe(path: str, source: str) -> Interpreter:
     try:
         out = subprocess.run([path, str(LAUNCHER), "info"], capture_output=True, text=True, timeout=60,
                              stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        raise ToolMissingError(f"the migration interpreter {path} ({source}) did not answer within 60 s",
+                               next_step="point --python or [migrations] python at the project's python") from None
     except OSError as exc:
         raise ToolMissingError(f"cannot run the migration interpreter {path} ({source}): {exc.strerror}",
                                next_step="point --python or [migrations] python at the project's python") from None
@@ -346,9 +349,14 @@ def migration_status(cfg: EnvConfig, *, transport: str = "auto", ini: str = "", 
 def script_history(project: Project, interp: Interpreter) -> tuple[tuple[Revision, ...], tuple[str, ...]]:
     """The revision graph, read by the project's interpreter from the ini's folder (where a relative
     script_location points, as when the project runs `alembic` itself)."""
-    out = subprocess.run([interp.path, str(LAUNCHER), "script", "-c", str(project.ini)], cwd=project.ini.parent,
-                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False,
-                         env={k: v for k, v in os.environ.items() if not k.startswith("PG")})
+    try:
+        out = subprocess.run([interp.path, str(LAUNCHER), "script", "-c", str(project.ini)],
+                             cwd=project.ini.parent, capture_output=True, text=True, timeout=120,
+                             stdin=subprocess.DEVNULL, check=False,
+                             env={k: v for k, v in os.environ.items() if not k.startswith("PG")})
+    except subprocess.TimeoutExpired:
+        raise OpsError(f"reading the revisions of {project.shown} with {interp.path} took over 120 s",
+                       next_step="check that the revision files import quickly (no work at import time)") from None
     try:
         data = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
     except (json.JSONDecodeError, IndexError):

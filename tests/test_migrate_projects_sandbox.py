@@ -247,3 +247,14 @@ def test_x_arguments_from_the_env_file_reach_env_py(world: World, postgres: Post
         "    raise SystemExit('env.py: unexpected -x arguments')\n"))
     migrate(sandbox(x_args=("tenant={dbname}", "port={port}")), yes=True, transport="native", ini=str(ini))
     assert version(postgres) == "0003"
+
+
+def test_an_env_py_relying_on_libpq_pg_variables_alone_migrates_the_tunnel(
+        world: World, postgres: Postgres, tmp_path: Path) -> None:
+    # `postgresql+psycopg://` with no host, user or password: libpq fills everything from PG*.
+    ini = copy_migrations(tmp_path)
+    env_py = ini.parent / "env.py"
+    env_py.write_text(env_py.read_text().replace('    url = os.environ.get("DATABASE_URL", "")\n',
+                                                 '    url = "postgresql+psycopg://"\n'))
+    migrate(load_env("sandbox"), yes=True, transport="native", ini=str(ini))
+    assert version(postgres) == "0003"
