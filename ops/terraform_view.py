@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -37,6 +38,13 @@ _START = re.compile(r"^(?P<addr>.+?): (?P<verb>Creating|Modifying|Destroying)\.\
 _DONE = re.compile(r"^(?P<addr>.+?): (?P<verb>Creation|Modifications|Destruction) complete after ")
 _RESULT = re.compile(r"^(Apply|Destroy) complete! Resources: (?P<what>.+?)\.?$")
 _VERBS = {"Creating": "creating", "Modifying": "updating", "Destroying": "destroying"}
+# The plan an auto-approved apply prints before it starts ("  # aws_vpc.main will be created").
+_PLANNED = re.compile(r"^\s+# (?P<addr>\S+) (?:\(imported from \S+\) )?(?P<what>will be created|will be updated "
+                      r"in-place|must be replaced|is tainted, so must be replaced|will be destroyed|will be imported)")
+_PLAN_LINE = re.compile(r"^Plan: \d+ to (add|import)")
+_PLANNED_ACTION = {"will be created": "create", "will be updated in-place": "update", "must be replaced": "replace",
+                   "is tainted, so must be replaced": "replace", "will be destroyed": "destroy",
+                   "will be imported": "import"}
 
 
 # ---- the log file ----------------------------------------------------------------------------
@@ -136,9 +144,17 @@ def plan_table(env: str, summary: PlanSummary) -> tuple[Text, Table]:
     return head, table
 
 
-def print_plan(out: TextIO, env: str, summary: PlanSummary) -> None:
+def kind_of(address: str) -> str:
+    """The resource type of an address: `module.a.aws_subnet.x["b"]` -> `aws_subnet`."""
+    parts = address.split(".")
+    while len(parts) > 2 and parts[0] == "module":
+        parts = parts[2:]
+    return parts[0]
+
+
+def print_plan(out: TextIO, env: str, summary: PlanSummary, *, view: Console | None = None) -> None:
     head, table = plan_table(env, summary)
-    view = console(out)
+    view = view or console(out)
     if view.is_terminal:
         view.print(head)
         view.print(table)
@@ -162,6 +178,10 @@ class ApplyProgress:
         self.command = command
         self.expected = summary.expected_steps() if summary is not None else {}
         self.total: int | None = len(self.expected) if summary is not None else None
+        # Without a saved plan, the plan terraform prints before applying is read from its output.
+        self.read_plan = summary is None
+        self.planned: list[Change] = []
+        self.plan: PlanSummary | None = None
         self.steps: Counter[str] = Counter()
         self.done: set[str] = set()
         self.in_flight: dict[str, str] = {}
@@ -170,6 +190,15 @@ class ApplyProgress:
     def feed(self, line: str) -> bool:
         """Take one output line; True when the view changed."""
         text = line.rstrip("\n")
+        if self.read_plan and self.plan is None:
+            if m := _PLANNED.match(text):
+                self.planned.append(Change(m["addr"], kind_of(m["addr"]), _PLANNED_ACTION[m["what"]]))
+                return False
+            if _PLAN_LINE.match(text):
+                self.plan = PlanSummary(self.planned)
+                self.expected = self.plan.expected_steps()
+                self.total = len(self.expected)
+                return True
         if m := _START.match(text):
             self.in_flight[m["addr"]] = _VERBS[m["verb"]]
             return True
@@ -233,6 +262,10 @@ def run_quiet(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: Ru
             if interrupts:
                 status.print(line.rstrip("\n"))
             if progress is not None and progress.feed(line):
+                if progress.plan is not None and progress.read_plan:
+                    # Shown once, before the progress: what this apply is about to do.
+                    progress.read_plan = False
+                    print_plan(out, env_name, progress.plan, view=status.console)
                 status.update(progress.text())
         while True:
             try:

@@ -82,6 +82,16 @@ def test_plan_table_apply_result_and_the_log_file(tmp_path: Path, state_dir: Pat
     assert re.search(r"^\s+DESTROY\s+terraform_data\.c$", text, re.MULTILINE), text
 
 
+def test_an_auto_approved_apply_shows_the_plan_it_read_from_terraform(tmp_path: Path, state_dir: Path) -> None:
+    out = io.StringIO()
+    Terraform(load_env("sandbox"), _chain(tmp_path / "stack"), out=out).apply(auto_approve=True, targets=[
+        "terraform_data.b"])
+    screen = out.getvalue().splitlines()
+    assert "plan for sandbox: 2 to create, 0 to update, 0 to replace, 0 to destroy" in screen, screen
+    assert re.fullmatch(r"sandbox: targeted apply complete in \d+\.\d s: 2 added, 0 changed, 0 destroyed",
+                        screen[-1]), screen
+
+
 def test_a_failure_shows_terraform_error_block_and_names_the_log(tmp_path: Path, state_dir: Path) -> None:
     workdir = _chain(tmp_path / "stack")
     config = json.loads((workdir / "cdk.tf.json").read_text())

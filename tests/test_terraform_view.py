@@ -6,11 +6,14 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from ops import terraform_view as view
+from ops.config import load_env
 from ops.console import Status
+from ops.terraform import Terraform
 
 
 def _change(address: str, actions: list[str], **extra: object) -> dict[str, object]:
@@ -146,3 +149,42 @@ def test_quiet_plain_status_says_nothing_unless_slow(clock: _Clock) -> None:
         clock.now += 20
         status.update("c")
     assert out.getvalue().endswith("terraform init: c (20 s)\n")
+
+
+def test_an_auto_approved_apply_reads_its_plan_from_terraforms_output() -> None:
+    progress = view.ApplyProgress(None, command="targeted apply")
+    lines = [
+        "Terraform used the selected providers to generate the following execution plan.",
+        "  + create", "",
+        "Terraform will perform the following actions:", "",
+        '  # aws_subnet.Network_Private_0_A1["a"] will be created',
+        "  + resource \"aws_subnet\" \"Network_Private_0_A1\" {",
+        "  # module.edge.aws_instance.relay must be replaced",
+        "  # aws_ssm_document.prefs (imported from \"SSM-SessionManagerRunShell\") will be imported",
+        "  # aws_db_instance.old will be destroyed",
+        "Plan: 2 to add, 0 to change, 2 to destroy.",
+    ]
+    changed = [progress.feed(ln) for ln in lines]
+    assert changed[-1] and not any(changed[:-1])
+    assert progress.plan is not None
+    assert [(c.kind, c.action) for c in progress.plan.changes] == [
+        ("aws_subnet", "create"), ("aws_instance", "replace"), ("aws_ssm_document", "import"),
+        ("aws_db_instance", "destroy")]
+    assert progress.text() == "0/3 done"
+    # A resource line later in the apply is progress, not plan.
+    progress.feed("  # aws_vpc.late will be created")
+    assert len(progress.plan.changes) == 4
+
+
+def test_the_lock_file_warning_is_explained_once_per_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BASTIONLESS_STATE_DIR", str(tmp_path / "state"))
+    out = io.StringIO()
+    tf = Terraform(load_env("sandbox"), tmp_path, out=out)
+    tf.home.mkdir(parents=True)
+    warning = ["Warning: Incomplete lock file information for providers", "", "Due to your customized provider"]
+    tf._explain_lock_warning(["Terraform has been successfully initialized!"])
+    assert out.getvalue() == ""
+    tf._explain_lock_warning(warning)
+    tf._explain_lock_warning(warning)
+    assert out.getvalue().count("Incomplete lock file information") == 1
+    assert "README: Provider lock file" in out.getvalue()
