@@ -202,8 +202,9 @@ class Terraform:
         if plan_file is not None:
             path = plan_file if plan_file.is_absolute() else self.workdir / plan_file
             summary = self._plans.get(str(path))
-        self._run(args, env=self._env(), what="terraform apply", label=f"terraform apply {self.cfg.name}",
-                  progress=terraform_view.ApplyProgress(summary, command="targeted apply" if targets else "apply"))
+        command = _apply_label(summary, targets)
+        self._run(args, env=self._env(), what="terraform apply", label=f"terraform {command} {self.cfg.name}",
+                  progress=terraform_view.ApplyProgress(summary, command=command))
 
     def import_resource(self, address: str, resource_id: str) -> None:
         """`terraform import ADDRESS ID`: adopt an existing object into the state."""
@@ -355,6 +356,14 @@ class Terraform:
             raise CommandFailedError(f"terraform {args[0]} failed for {self.cfg.name}: {detail}",
                                      returncode=proc.returncode)
         return proc
+
+
+def _apply_label(summary: PlanSummary | None, targets: Sequence[str]) -> str:
+    if targets:
+        return "targeted apply"
+    if summary is not None and summary.changes and all(c.action == "destroy" for c in summary.changes):
+        return "destroy"
+    return "apply"
 
 
 def run_streaming(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdout: TextIO | None = None) -> int:
