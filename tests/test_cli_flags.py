@@ -49,3 +49,15 @@ def test_invoke_help_of_tunnel_prints_the_staging_port() -> None:
     text = " ".join(proc.stdout.split())
     assert f"staging {load_env('staging').tunnel.local_port}" in text
     assert "-e STRING, --env=STRING" in text
+
+
+def test_the_readme_completion_commands_work_and_complete_our_flags() -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    for shell in ("bash", "zsh", "fish"):
+        assert f"invoke --print-completion-script {shell}" in readme
+        proc = subprocess.run([sys.executable, "-m", "invoke", "--print-completion-script", shell], cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 0 and "invoke" in proc.stdout.lower(), proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "invoke", "--complete", "--", "invoke", "tunnel", "-"],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert {"-e", "--env", "--local-port"} <= set(proc.stdout.split()), proc.stdout

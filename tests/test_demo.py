@@ -109,5 +109,5 @@ def test_the_demo_passes_with_the_usual_tunnel_port_taken(tmp_path: Path) -> Non
                               text=True, stdin=subprocess.DEVNULL, timeout=900, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
-    assert output.rstrip().splitlines()[-1].split()[-1] == "ok", output
+    assert proc.stdout.rstrip().splitlines()[-1].split()[-1] == "ok", output
     assert "\x1b" not in output, "not a terminal: no escape codes"
