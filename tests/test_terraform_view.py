@@ -4,6 +4,8 @@ and the plain (not a terminal) status lines: timestamps, throttling, no escape c
 from __future__ import annotations
 
 import io
+import os
+import pty
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,3 +190,40 @@ def test_the_lock_file_warning_is_explained_once_per_env(tmp_path: Path, monkeyp
     tf._explain_lock_warning(warning)
     assert out.getvalue().count("Incomplete lock file information") == 1
     assert "README: Provider lock file" in out.getvalue()
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the terminal's other side is closed and drained
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("no_color", [False, True])
+def test_on_a_terminal_the_live_line_gives_way_to_the_result(no_color: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", "1")
+    else:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+    master, slave = pty.openpty()
+    try:
+        with os.fdopen(slave, "w", encoding="utf-8") as tty, Status(tty, "waiting for i-1 Online") as status:
+            assert status.live_view, "a terminal gets the live line"
+            status.update("ConnectionLost")
+            status.done("i-1 Online: Online (3 s)", style="bold green")
+        screen = _read_all(master)
+    finally:
+        os.close(master)
+    assert "waiting for i-1 Online: ConnectionLost" in screen, "the live line was drawn"
+    assert "i-1 Online: Online (3 s)" in screen
+    colours = re.findall(r"\x1b\[[0-9;]*m", screen)
+    assert ("\x1b[1;32m" in colours) != no_color, colours
+    if no_color:
+        assert not any(re.search(r"\b3[0-7]\b|38;", c) for c in colours), f"NO_COLOR: no colours ({colours})"
