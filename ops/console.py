@@ -22,6 +22,7 @@ from rich.text import Text
 
 Clock = Callable[[], float]
 PLAIN_EVERY = 15.0
+PLAIN_WIDTH = 120
 
 
 def say(out: TextIO, text: str) -> None:
@@ -41,8 +42,10 @@ def console(out: TextIO) -> Console:
     terminal = is_terminal(out)
     # rich reads NO_COLOR itself; TERM=dumb (emacs shells, some CI) gets no cursor movement either.
     dumb = os.environ.get("TERM") == "dumb"
+    # Logs have no width: wrap tables at 120 columns rather than rich's 80 (COLUMNS still wins).
+    width = None if terminal or os.environ.get("COLUMNS") else PLAIN_WIDTH
     return Console(file=out, force_terminal=terminal and not dumb, no_color=None, highlight=False,
-                   emoji=False, soft_wrap=False)
+                   emoji=False, soft_wrap=False, width=width)
 
 
 def stamp(wall: Clock = time.time) -> str:
