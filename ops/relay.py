@@ -207,12 +207,15 @@ def relay_address(workdir: Path) -> str:
 
 
 def replace(cfg: EnvConfig, *, yes: bool = False, ask: Ask = deploy.ask_terminal, timeout: float = ONLINE_TIMEOUT,
-            interval: float = POLL_SECONDS, out: TextIO = sys.stderr) -> ReplaceResult:
-    """Replace the relay through Terraform (plan shown, confirmed, applied), then wait until the new one is Online."""
+            interval: float = POLL_SECONDS, out: TextIO = sys.stderr, verbose: bool = False) -> ReplaceResult:
+    """Replace the relay through Terraform (plan shown, confirmed, applied), then wait until the new one is Online.
+
+    `verbose`: terraform's own plan and apply output instead of the summary (ops.terraform_view).
+    """
     deploy.preflight(cfg)
     ident = deploy.guard(cfg, out=out)
     before = {i.instance_id for i in relay_instances(cfg)}
-    tf = terraform.for_env(cfg, out=out)
+    tf = terraform.for_env(cfg, out=out, verbose=verbose)
     address = relay_address(tf.workdir)
     say(out, f"planning the replacement of {address} (relay {', '.join(sorted(before)) or 'missing'})")
     plan_path = deploy._plan_file(tf, "relay-replace.tfplan")
