@@ -69,3 +69,21 @@ def test_first_runs_with_the_venv_activated_and_no_mirror_variable(tmp_path: Pat
         print(f"--- invoke deploy, no changes ({len(deploy)} lines)\n{shown}")
     finally:
         _invoke(env, "sandbox", "down")
+
+
+def test_a_failed_deploy_in_up_says_the_services_keep_running(tmp_path: Path) -> None:
+    """A broken mirror setting fails the deploy after the services started: say so, and how to stop them."""
+    state = tmp_path / "state"
+    env = _activated_env(state)
+    env[MIRROR_ENV] = str(tmp_path / "no-mirror-here")
+    try:
+        code, up = _invoke(env, "sandbox", "up")
+        shown = "\n".join(up)
+        assert code == 1, shown
+        assert "the sandbox services keep running: fix the error and rerun `invoke sandbox up`, or stop them with " \
+               "`invoke sandbox down`" in up, shown
+        assert up[-1].startswith(f"error: the provider mirror {tmp_path / 'no-mirror-here'} (from {MIRROR_ENV}) does "
+                                 "not exist"), shown
+    finally:
+        code, down = _invoke(env, "sandbox", "down")
+    assert code == 0 and "stopped" in down[-1], down
