@@ -10,7 +10,7 @@ from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from cli import _common
-from cli._common import ENV_HELP, YES_HELP, ops_errors
+from cli._common import ENV_HELP, YES_HELP, local_port_help, ops_errors
 
 TRANSPORT_HELP = "auto (session-manager-plugin if installed, else the built-in client), plugin, or native"
 INI_HELP = ("alembic.ini to use instead of [migrations] alembic_ini of the env (relative to the current "
@@ -110,8 +110,12 @@ def migrate_downgrade(c: Context, env: str = "", revision: str = "", sql: bool =
     "env": ENV_HELP,
     "workspace": "DBeaver workspace folder (default: DBeaver's own, e.g. ~/.local/share/DBeaverData/workspace6)",
     "print": "print the connection entry instead of writing the file",
+    "port": local_port_help("the tunnel's local port DBeaver connects to"),
+    "start_tunnel": "register DBeaver's before-connect command: connecting in DBeaver starts the tunnel "
+                    "(invoke tunnel --background)",
 })
-def dbeaver(c: Context, env: str = "", workspace: str = "", print_: bool = False) -> None:
+def dbeaver(c: Context, env: str = "", workspace: str = "", print_: bool = False, port: int = -1,
+            start_tunnel: bool = False) -> None:
     """Add or update the env's connection in DBeaver (localhost:<tunnel port>, no password saved)."""
     with ops_errors():
         import json
@@ -119,7 +123,8 @@ def dbeaver(c: Context, env: str = "", workspace: str = "", print_: bool = False
         from ops import dbeaver as dbv
 
         cfg = _common.env(env)
-        result = dbv.configure(cfg, workspace=Path(workspace).expanduser() if workspace else None, dry_run=print_)
+        result = dbv.configure(cfg, workspace=Path(workspace).expanduser() if workspace else None, dry_run=print_,
+                               port=None if port < 0 else port, start_tunnel=start_tunnel)
         print(json.dumps({result.connection_id: result.entry}, indent=2) if print_ else dbv.describe(cfg, result))
 
 
@@ -141,7 +146,7 @@ def psql(c: Context, env: str = "", command: str = "", transport: str = "auto", 
 
 @task(name="db-url", help={
     "env": ENV_HELP,
-    "port": "local tunnel port to describe (default: [tunnel] local_port of the env)",
+    "port": local_port_help("local tunnel port to describe"),
     "pgservice": "also write a [bastionless-<env>] entry to pg_service.conf ($PGSERVICEFILE or ~/.pg_service.conf)",
     "pgpass": "with --pgservice: also store the password in .pgpass ($PGPASSFILE or ~/.pgpass, mode 0600)",
 })

@@ -7,34 +7,36 @@ from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from cli import _common
-from cli._common import ENV_HELP, YES_HELP, ops_errors
+from cli._common import ENV_HELP, VERBOSE_HELP, YES_HELP, ops_errors
 from ops import deploy as ops_deploy
 
 
-@task(help={"env": ENV_HELP,
+@task(help={"env": ENV_HELP, "verbose": VERBOSE_HELP,
             "detailed_exitcode": "exit 2 when there are changes, 0 when none (terraform's -detailed-exitcode)"})
-def plan(c: Context, env: str = "", detailed_exitcode: bool = False) -> None:
+def plan(c: Context, env: str = "", detailed_exitcode: bool = False, verbose: bool = False) -> None:
     """Check the AWS account, synthesize, then terraform plan."""
     with ops_errors():
-        code = ops_deploy.plan(_common.env(env), detailed_exitcode=detailed_exitcode)
+        code = ops_deploy.plan(_common.env(env), detailed_exitcode=detailed_exitcode, verbose=verbose)
     if code:
         raise Exit(code=code)
 
 
-@task(help={"env": ENV_HELP, "yes": YES_HELP})
-def deploy(c: Context, env: str = "", yes: bool = False) -> None:
+@task(help={"env": ENV_HELP, "yes": YES_HELP, "verbose": VERBOSE_HELP})
+def deploy(c: Context, env: str = "", yes: bool = False, verbose: bool = False) -> None:
     """Check the account, show the plan, confirm (prod: type the env name), apply it."""
     with ops_errors():
-        ops_deploy.deploy(_common.env(env), yes=yes)
+        ops_deploy.deploy(_common.env(env), yes=yes, verbose=verbose)
 
 
-@task(help={"env": ENV_HELP, "yes": YES_HELP,
+@task(help={"env": ENV_HELP, "yes": YES_HELP, "verbose": VERBOSE_HELP,
             "force_deletion_protection": "destroy even a database with deletion protection (you will also be asked "
                                         "to type its identifier; --yes does not skip that)"})
-def destroy(c: Context, env: str = "", yes: bool = False, force_deletion_protection: bool = False) -> None:
+def destroy(c: Context, env: str = "", yes: bool = False, force_deletion_protection: bool = False,
+            verbose: bool = False) -> None:
     """Destroy the environment's stack; refuses while the database has deletion protection."""
     with ops_errors():
-        ops_deploy.destroy(_common.env(env), yes=yes, force_deletion_protection=force_deletion_protection)
+        ops_deploy.destroy(_common.env(env), yes=yes, force_deletion_protection=force_deletion_protection,
+                           verbose=verbose)
 
 
 @task(help={"env": ENV_HELP, "json": "print the outputs as a JSON object"})

@@ -6,7 +6,7 @@ from invoke.context import Context
 from invoke.tasks import task
 
 from cli import _common
-from cli._common import ENV_HELP, ops_errors
+from cli._common import ENV_HELP, VERBOSE_HELP, ops_errors
 from ops.config import EnvConfig, available_envs, load_env
 from ops.cost import estimate, format_table
 from ops.errors import OpsError
@@ -32,11 +32,12 @@ def synth(c: Context, env: str = "", all: bool = False, force: bool = False) -> 
             print(f"{name}: {path / SYNTH_FILE}")
 
 
-@task(help={"env": ENV_HELP, "all": ALL_HELP, "force": "re-synthesize even when nothing changed"})
-def validate(c: Context, env: str = "", all: bool = False, force: bool = False) -> None:
+@task(help={"env": ENV_HELP, "all": ALL_HELP, "force": "re-synthesize even when nothing changed",
+            "verbose": VERBOSE_HELP})
+def validate(c: Context, env: str = "", all: bool = False, force: bool = False, verbose: bool = False) -> None:
     """Synthesize, then terraform init -backend=false and terraform validate."""
     with ops_errors():
-        validate_envs(_selected(env, all), force_synth=force)
+        validate_envs(_selected(env, all), force_synth=force, verbose=verbose)
         print("valid")
 
 

@@ -9,7 +9,7 @@ from invoke.context import Context
 from invoke.tasks import task
 
 from cli import _common
-from cli._common import ENV_HELP, YES_HELP, ops_errors
+from cli._common import ENV_HELP, VERBOSE_HELP, YES_HELP, ops_errors
 
 SINCE_HELP = "how far back: 30m, 24h, 7d, or a UTC date/time such as 2026-11-29T22:00"
 
@@ -96,12 +96,13 @@ def relay_restart(c: Context, env: str = "", reboot: bool = False, timeout: int 
     "env": ENV_HELP,
     "timeout": "seconds to wait for the new relay to run and be Online in Session Manager",
     "yes": YES_HELP,
+    "verbose": VERBOSE_HELP,
 })
-def relay_replace(c: Context, env: str = "", timeout: int = 600, yes: bool = False) -> None:
+def relay_replace(c: Context, env: str = "", timeout: int = 600, yes: bool = False, verbose: bool = False) -> None:
     """Replace the relay through terraform apply -replace, then wait until the new one is Online."""
     with ops_errors():
         from ops import relay
 
-        result = relay.replace(_common.env(env), yes=yes, timeout=float(timeout))
+        result = relay.replace(_common.env(env), yes=yes, timeout=float(timeout), verbose=verbose)
         print(f"relay replaced: {result.old_instance_id or 'none'} -> {result.new_instance_id}, "
               f"{result.ping_status} ({result.seconds:.0f} s)")

@@ -6,7 +6,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from cli._common import ops_errors
+from cli._common import VERBOSE_HELP, ops_errors
 from ops.sandbox import manager
 
 
@@ -18,14 +18,15 @@ from ops.sandbox import manager
     "moto_port": "with up: port for the AWS API emulator (0 = any free port)",
     "pg_port": "with up: port for the local PostgreSQL (0 = any free port, or the one it had)",
     "endpoint_port": "with up: port for the local Session Manager endpoint (0 = any free port)",
+    "verbose": "with up: " + VERBOSE_HELP,
 })
 def sandbox(c: Context, action: str, env: str = manager.DEFAULT_ENV, no_deploy: bool = False, moto_port: int = 0,
-            pg_port: int = 0, endpoint_port: int = 0) -> None:
+            pg_port: int = 0, endpoint_port: int = 0, verbose: bool = False) -> None:
     """Start, inspect or stop the offline sandbox: `invoke sandbox up|status|down`."""
     with ops_errors():
         if action == "up":
             info = manager.up(env=env, deploy=not no_deploy, moto_port=moto_port, pg_port=pg_port,
-                              endpoint_port=endpoint_port)
+                              endpoint_port=endpoint_port, verbose=verbose)
             print(manager.format_status(info.components))
         elif action == "status":
             rows = manager.status()

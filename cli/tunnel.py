@@ -6,13 +6,13 @@ from invoke.context import Context
 from invoke.tasks import task
 
 from cli import _common
-from cli._common import ENV_HELP, ops_errors
+from cli._common import ENV_HELP, EnvFlagTask, local_port_help, ops_errors
 
 
-# No short flags: `-h` must stay help, not --host.
-@task(name="tunnel", auto_shortflags=False, help={
+# No automatic short flags: `-h` must stay help, not --host; `-e` is added for --env.
+@task(name="tunnel", auto_shortflags=False, klass=EnvFlagTask, help={
     "env": ENV_HELP,
-    "local_port": "local port to listen on (default: [tunnel] local_port of the env, 5433; 0 = any free port)",
+    "local_port": local_port_help("local port to listen on; 0 = any free port"),
     "reason": "why you open the tunnel; sent as the StartSession reason (session history, CloudTrail)",
     "background": "detach and keep running; list with `invoke tunnels`, stop with `invoke tunnel-close`",
     "transport": "auto (session-manager-plugin if installed, else the built-in client), plugin, or native",

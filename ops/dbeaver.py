@@ -7,6 +7,15 @@ The format follows DBeaver's own writer (`DataSourceSerializerModern.saveDataSou
 `handlers`). The user name may sit in `configuration.user` (DBeaver reads it there, #6564); the
 password is never written (`save-password` false: DBeaver asks when connecting).
 
+A rerun merges into our existing entry instead of replacing it: what we own (driver, name, folder,
+host, port, database, URL, connection type, user, auth model, our SSL handler, no saved password)
+is set; whatever the user added in DBeaver (colour, bootstrap queries, navigator settings, other
+handlers, a keep-alive below the Session Manager idle timeout, closing idle connections) is kept,
+and the result lists what changed. Keep-alive (`keepAlive`, seconds) is set below the env's Session
+Manager idle timeout so an idle DBeaver connection does not lose its session; `closeIdleConnection`
+is written as DBeaver's own dialog writes it. `--start-tunnel` registers DBeaver's before-connect
+event (`events.BEFORE_CONNECT`) to run `invoke tunnel --background` for the env.
+
 We edit the existing text in place: only our folder and our connection are inserted or replaced,
 every other byte stays as DBeaver (or anyone) wrote it, and the result must parse to exactly the
 intended merge before it is written. What we add is laid out as DBeaver's Gson writer would (tab
@@ -20,14 +29,16 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import shutil
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ops.config import EnvConfig
+from ops.config import PROJECT_ROOT, EnvConfig
 from ops.dburl import ca_bundle_path
 from ops.errors import OpsError
 from ops.fileio import atomic_write
@@ -37,6 +48,10 @@ PROJECT = "General"
 PROVIDER = "postgresql"
 DRIVER = "postgres-jdbc"
 SSL_HANDLER = "postgre_ssl"
+# DBeaver's built-in connection types (DBPConnectionType): prod asks before committing, test is yellow.
+CONNECTION_TYPES = {"prod": "prod", "staging": "test"}
+# Keys of our entry the user may change in DBeaver and we then leave alone (when they do not conflict).
+USER_TUNABLE = ("keepAlive", "closeIdleConnection")
 # Gson's JsonWriter (htmlSafe, DBeaver's CONFIG_GSON default) escapes these inside strings.
 _GSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "=": "\\u003d", "'": "\\u0027",
                  "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -53,6 +68,9 @@ class DBeaverResult:
     changed: bool
     backup: Path | None
     entry: dict[str, Any]
+    # What this run changed in our entry ("added" for a new one), and the user's own settings kept.
+    changes: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
 
 
 def default_workspace(*, system: str = "", home: Path | None = None,
@@ -83,12 +101,36 @@ def connection_id(cfg: EnvConfig) -> str:
     return f"{DRIVER}-bastionless-{cfg.name}"
 
 
-def connection_entry(cfg: EnvConfig, *, user: str, port: int | None = None) -> dict[str, Any]:
+def connection_type(cfg: EnvConfig) -> str:
+    if cfg.is_prod:
+        return "prod"
+    return CONNECTION_TYPES.get(cfg.name, "test" if cfg.name.startswith("staging") else "dev")
+
+
+def keep_alive_seconds(cfg: EnvConfig) -> int:
+    """A keep-alive well below the Session Manager idle timeout (a quarter of it, at most 5 minutes)."""
+    idle = cfg.session.idle_timeout_minutes * 60
+    return max(15, min(300, idle // 4))
+
+
+def tunnel_command(cfg: EnvConfig, port: int) -> str:
+    """The before-connect command: start the env's tunnel in the background on DBeaver's port."""
+    argv = [sys.executable, "-m", "invoke", "tunnel", "--env", cfg.name, "--background", "--local-port", str(port),
+            "--reason", "DBeaver connect"]
+    # DBeaver runs event commands through the shell: quote every argument.
+    return shlex.join(argv)
+
+
+def connection_entry(cfg: EnvConfig, *, user: str, port: int | None = None,
+                     start_tunnel: bool = False) -> dict[str, Any]:
     """Our connection as DBeaver stores it: localhost, the env's tunnel port, no password."""
     port = cfg.tunnel.local_port if port is None else port
     if not port:
         raise OpsError(f"[tunnel] local_port of {cfg.name} is 0 (any free port): DBeaver needs a fixed port",
-                       next_step=f"set [tunnel] local_port in {cfg.source.name}, e.g. 5433")
+                       next_step=f"pass --port N (the port of your tunnel), or set [tunnel] local_port in "
+                                 f"{cfg.source.name}")
+    if not 1 <= port <= 65535:
+        raise OpsError(f"port {port} is not a TCP port", next_step=f"invoke dbeaver --env {cfg.name} --port 5433")
     db = cfg.database.name
     conf: dict[str, Any] = {
         "host": "localhost",
@@ -96,10 +138,17 @@ def connection_entry(cfg: EnvConfig, *, user: str, port: int | None = None) -> d
         "database": db,
         "url": f"jdbc:postgresql://localhost:{port}/{db}",
         "configurationType": "MANUAL",
-        "type": "prod" if cfg.is_prod else "dev",
+        "type": connection_type(cfg),
+        "keepAlive": keep_alive_seconds(cfg),
+        "closeIdleConnection": True,
         "user": user,
         "auth-model": "native",
     }
+    if start_tunnel:
+        conf["events"] = {"BEFORE_CONNECT": {
+            "enabled": True, "show-panel": False, "wait-process": True, "wait-process-timeout": 60000,
+            "terminate-at-disconnect": False, "pauseAfterExecute": 0, "workingDirectory": str(PROJECT_ROOT),
+            "command": tunnel_command(cfg, port)}}
     ssl = _ssl_handler(cfg)
     if ssl:
         conf["handlers"] = {SSL_HANDLER: ssl}
@@ -131,6 +180,66 @@ def _ssl_handler(cfg: EnvConfig) -> dict[str, Any]:
         mode = "verify-ca"
     props["sslMode"] = mode
     return {"type": "CONFIG", "enabled": True, "save-password": False, "properties": props}
+
+
+def merge_entry(old: Any, ours: dict[str, Any], cfg: EnvConfig) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Our entry merged over the existing one: (entry, what changed, the user's own settings kept)."""
+    if not isinstance(old, dict):
+        return ours, ["added"], []
+    entry = dict(old)
+    entry.update({k: v for k, v in ours.items() if k != "configuration"})
+    found = old.get("configuration")
+    old_conf: dict[str, Any] = found if isinstance(found, dict) else {}
+    conf = dict(old_conf)
+    kept = sorted(k for k in old if k not in ours)
+    for key, value in ours["configuration"].items():
+        have = old_conf.get(key)
+        if key == "keepAlive" and isinstance(have, int) and 0 < have <= value:
+            continue  # the user's shorter keep-alive also stays below the idle timeout
+        if key == "closeIdleConnection" and isinstance(have, bool):
+            continue
+        if key in ("handlers", "events") and isinstance(have, dict):
+            value = {**have, **value}
+        conf[key] = value
+    if "events" not in ours["configuration"] and isinstance(conf.get("events"), dict):
+        # Without --start-tunnel, drop only a before-connect hook we registered ourselves.
+        hook = conf["events"].get("BEFORE_CONNECT")
+        if isinstance(hook, dict) and "invoke tunnel --env" in str(hook.get("command", "")):
+            conf["events"] = {k: v for k, v in conf["events"].items() if k != "BEFORE_CONNECT"}
+            if not conf["events"]:
+                del conf["events"]
+    if "handlers" not in ours["configuration"] and isinstance(conf.get("handlers"), dict):
+        # TLS turned off for the env: our SSL handler goes, the user's other handlers stay.
+        conf["handlers"] = {k: v for k, v in conf["handlers"].items() if k != SSL_HANDLER}
+        if not conf["handlers"]:
+            del conf["handlers"]
+    entry["configuration"] = conf
+    kept += sorted(f"configuration.{k}" for k in old_conf if k not in ours["configuration"])
+    kept += sorted(f"configuration.{k}" for k in USER_TUNABLE
+                   if k in old_conf and old_conf[k] != ours["configuration"].get(k) and conf.get(k) == old_conf[k])
+    return entry, _differences(old, entry), kept
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    found: list[str] = []
+    for key in list(dict.fromkeys([*old, *new])):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict) and key != "events":
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif key not in old:
+            found.append(f"{prefix}{key} set")
+        elif key not in new:
+            found.append(f"{prefix}{key} removed")
+        else:
+            found.append(f"{prefix}{key}: {_short(a)} -> {_short(b)}")
+    return found
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def merge(document: dict[str, Any], cfg: EnvConfig, entry: dict[str, Any]) -> dict[str, Any]:
@@ -167,10 +276,10 @@ def gson_dumps(document: Any, *, level: int = 0) -> str:
 
 
 def write_config(cfg: EnvConfig, *, user: str, workspace: Path | None = None, port: int | None = None,
-                 dry_run: bool = False) -> DBeaverResult:
+                 dry_run: bool = False, start_tunnel: bool = False) -> DBeaverResult:
     """Add or update the env's connection in `<workspace>/General/.dbeaver/data-sources.json`."""
     path = data_sources_path(workspace or default_workspace())
-    entry = connection_entry(cfg, user=user, port=port)
+    ours = connection_entry(cfg, user=user, port=port, start_tunnel=start_tunnel)
     original = path.read_bytes() if path.exists() else None
     document: dict[str, Any] = {}
     text = ""
@@ -185,10 +294,14 @@ def write_config(cfg: EnvConfig, *, user: str, workspace: Path | None = None, po
             raise DBeaverConfigError(f"{path} is not a JSON object; it was left unchanged",
                                      next_step="fix or move the file, then rerun")
         document = loaded
+    connections = document.get("connections")
+    old = connections.get(connection_id(cfg)) if isinstance(connections, dict) else None
+    entry, changes, kept = merge_entry(old, ours, cfg)
     wanted = merge(document, cfg, entry)
-    result = DBeaverResult(path=path, connection_id=connection_id(cfg), changed=False, backup=None, entry=entry)
+    result = DBeaverResult(path=path, connection_id=connection_id(cfg), changed=False, backup=None, entry=entry,
+                           changes=tuple(changes), kept=tuple(kept))
     if dry_run or (original is not None and wanted == document):
-        return result
+        return dataclasses.replace(result, changes=() if not dry_run else result.changes)
     new = (splice(text, cfg, entry) if text else gson_dumps(wanted)).encode("utf-8")
     if json.loads(new) != wanted:  # the splice must mean exactly the merge; never write anything else
         raise DBeaverConfigError(f"could not merge into {path} safely; it was left unchanged",
@@ -314,26 +427,36 @@ def _skip_value(text: str, i: int) -> int:
     return i
 
 
-def configure(cfg: EnvConfig, *, workspace: Path | None = None, dry_run: bool = False) -> DBeaverResult:
+def configure(cfg: EnvConfig, *, workspace: Path | None = None, dry_run: bool = False, port: int | None = None,
+              start_tunnel: bool = False) -> DBeaverResult:
     """`invoke dbeaver`: the user name from the database secret (the password is not kept), then merge."""
     from ops.aws import check_account
     from ops.secrets import database_credentials
 
     check_account(cfg)
     creds = database_credentials(cfg)
-    return write_config(cfg, user=creds.username, workspace=workspace, dry_run=dry_run)
+    return write_config(cfg, user=creds.username, workspace=workspace, dry_run=dry_run, port=port,
+                        start_tunnel=start_tunnel)
 
 
 def describe(cfg: EnvConfig, result: DBeaverResult) -> str:
     if result.changed:
         lines = [f"DBeaver connection \"{result.entry['name']}\" written to {result.path}"]
+        if result.changes and result.changes != ("added",):
+            lines.append(f"  changed: {'; '.join(result.changes)}")
+        if result.kept:
+            lines.append(f"  kept your settings: {', '.join(result.kept)}")
         if result.backup:
             lines.append(f"  backup of the previous file: {result.backup}")
     else:
         lines = [f"DBeaver connection \"{result.entry['name']}\" already up to date in {result.path}"]
     conf = result.entry["configuration"]
-    lines += [f"  localhost:{conf['port']}  database {conf['database']}  user {conf['user']}  "
-              f"type {conf['type']}  folder {FOLDER}  (password not saved: DBeaver asks for it)",
-              f"next: invoke tunnel --env {cfg.name}   (keep it running), then connect in DBeaver "
-              f"(restart DBeaver if it was open)"]
+    port = conf["port"]
+    lines.append(f"  localhost:{port}  database {conf['database']}  user {conf['user']}  type {conf['type']}  "
+                 f"keep-alive {conf.get('keepAlive', '-')} s  folder {FOLDER}  (password not saved: DBeaver asks)")
+    if "BEFORE_CONNECT" in (conf.get("events") or {}):
+        lines.append("next: connect in DBeaver; it starts the tunnel first (restart DBeaver if it was open)")
+    else:
+        lines.append(f"next: invoke tunnel --env {cfg.name} --local-port {port}   (keep it running), then connect "
+                     "in DBeaver (restart DBeaver if it was open)")
     return "\n".join(lines)

@@ -2,6 +2,9 @@
 
 Each step runs the real `invoke` task in a child process, exactly as a person would type it, so the
 demo shows (and checks) the user-facing commands rather than library calls behind them.
+
+The demo's tunnel listens on the env's usual port when it is free and on any free port otherwise
+(another tunnel or a local PostgreSQL often holds 5433); the DBeaver step is told the same port.
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from rich.text import Text
+
 from ops.aws import state_dir
-from ops.config import PROJECT_ROOT
+from ops.config import PROJECT_ROOT, load_env
+from ops.console import console
 from ops.errors import CommandFailedError
+from ops.sandbox import procs
 
 ENV = "sandbox"
 
@@ -62,7 +69,13 @@ def dbeaver_workspace() -> Path:
     return state_dir() / "dbeaver-workspace"
 
 
-def steps(*, keep: bool) -> list[Step]:
+def tunnel_port() -> int:
+    """The sandbox env's tunnel port if free, else any free port."""
+    usual = load_env(ENV).tunnel.local_port
+    return usual if usual and procs.port_free(usual) else procs.free_port()
+
+
+def steps(*, keep: bool, port: int = 5433) -> list[Step]:
     invoke = (sys.executable, "-m", "invoke")
     run: list[Step] = [
         Step("start the sandbox (moto, PostgreSQL, Session Manager endpoint)", (*invoke, "sandbox", "up")),
@@ -70,13 +83,13 @@ def steps(*, keep: bool) -> list[Step]:
         Step("show the stack outputs", (*invoke, "outputs", "--env", ENV)),
         Step("preflight: doctor", (*invoke, "doctor", "--env", ENV)),
         Step("open a tunnel in the background", (*invoke, "tunnel", "--env", ENV, "--background",
-                                                 "--reason", "sandbox demo")),
+                                                 "--local-port", str(port), "--reason", "sandbox demo")),
         Step("list running tunnels", (*invoke, "tunnels")),
         Step("migrate the database to head", (*invoke, "migrate", "--env", ENV, "--yes")),
         Step("migration status", (*invoke, "migrate-status", "--env", ENV)),
         Step("query through the tunnel with psql", (*invoke, "psql", "--env", ENV, "-c",
                                                     "select current_user, version_num from alembic_version")),
-        Step("write a DBeaver connection (sandbox workspace)", (*invoke, "dbeaver", "--env", ENV,
+        Step("write a DBeaver connection (sandbox workspace)", (*invoke, "dbeaver", "--env", ENV, "--port", str(port),
                                                                 "--workspace", str(dbeaver_workspace()))),
         Step("run a command in the Fargate task (ECS Exec)", (*invoke, "ecs-shell", "--env", ENV, "--command",
                                                               "echo hello from the task")),
@@ -96,14 +109,21 @@ def _run_child(argv: Sequence[str]) -> int:
     return subprocess.call(list(argv), cwd=PROJECT_ROOT, env=env)
 
 
-def run_demo(*, keep: bool = False, runner: Runner = _run_child, out: TextIO = sys.stdout) -> DemoReport:
-    """Run every step; after a failure, only the clean-up steps still run. Raises when any step failed."""
+def run_demo(*, keep: bool = False, runner: Runner = _run_child, out: TextIO = sys.stdout,
+             port: int | None = None) -> DemoReport:
+    """Run every step; after a failure, only the clean-up steps still run. Raises when any step failed.
+
+    `port`: the tunnel's local port (default: tunnel_port()).
+    """
     report = DemoReport()
     failed = False
-    for step in steps(keep=keep):
+    view = console(out)
+    for step in steps(keep=keep, port=tunnel_port() if port is None else port):
         if failed and not step.always:
             continue
-        out.write(f"\n\033[1m==> {step.title}\033[0m\n$ {_display(step.argv)}\n")
+        view.print()
+        view.print(Text(f"==> {step.title}", style="bold"), soft_wrap=True)
+        view.print(Text(f"$ {_display(step.argv)}"), soft_wrap=True)
         out.flush()
         started = time.monotonic()
         try:

@@ -2,8 +2,10 @@
 
 Order of every changing command: check the caller's AWS account against the env (nothing runs
 before that passes), synthesize (cached), `terraform plan` into a saved plan that is shown, ask,
-then apply exactly that saved plan, so what was confirmed is what runs. Terraform streams its own
-output; Ctrl-C reaches it through ops.terraform, which waits for it to release its state lock.
+then apply exactly that saved plan, so what was confirmed is what runs. The plan is shown as a short
+table and the apply as progress (ops.terraform_view; terraform's own output goes to a log file, or
+to the screen with `verbose`); Ctrl-C reaches terraform through ops.terraform, which waits for it
+to release its state lock.
 
 For a sandbox env the AWS account is the emulator's and, after apply, `ops.sandbox.manager.after_apply`
 wires the emulated RDS to the local PostgreSQL (credentials from Secrets Manager, as in prod).
@@ -78,16 +80,19 @@ def _plan_file(tf: terraform.Terraform, name: str) -> Path:
 
 
 def plan(cfg: EnvConfig, *, detailed_exitcode: bool = False, destroy: bool = False,
-         out: TextIO = sys.stderr) -> int:
+         out: TextIO = sys.stderr, verbose: bool = False) -> int:
     """Account check, synth, `terraform plan`. Returns terraform's exit code (2 = changes with detailed_exitcode)."""
     preflight(cfg)
     guard(cfg, out=out)
-    tf = terraform.for_env(cfg)
-    return tf.plan(detailed_exitcode=detailed_exitcode, destroy=destroy)
+    tf = terraform.for_env(cfg, verbose=verbose, out=out)
+    code = tf.plan(detailed_exitcode=detailed_exitcode, destroy=destroy)
+    if tf.last_plan is not None and not tf.last_plan.changes:
+        say(out, f"{cfg.name}: no changes; the infrastructure matches the configuration")
+    return code
 
 
 def deploy(cfg: EnvConfig, *, yes: bool = False, ask: Ask = ask_terminal, out: TextIO = sys.stderr,
-           fast_sandbox_rds: bool | None = None) -> DeployResult:
+           fast_sandbox_rds: bool | None = None, verbose: bool = False) -> DeployResult:
     """Plan, show, confirm (unless `yes`), apply the saved plan; for the sandbox, wire up the database.
 
     `fast_sandbox_rds` (sandbox only): create the RDS instance through the emulator's API and import
@@ -96,7 +101,7 @@ def deploy(cfg: EnvConfig, *, yes: bool = False, ask: Ask = ask_terminal, out: T
     """
     preflight(cfg)
     ident = guard(cfg, out=out)
-    tf = terraform.for_env(cfg)
+    tf = terraform.for_env(cfg, verbose=verbose, out=out)
     if fast_sandbox_rds is None:
         fast_sandbox_rds = os.environ.get(RDS_SHORTCUT_ENV, "1") != "0"
     fast = cfg.sandbox and fast_sandbox_rds
@@ -153,7 +158,7 @@ def database_protection(cfg: EnvConfig) -> tuple[str, bool] | None:
 
 
 def destroy(cfg: EnvConfig, *, yes: bool = False, force_deletion_protection: bool = False, ask: Ask = ask_terminal,
-            out: TextIO = sys.stderr) -> None:
+            out: TextIO = sys.stderr, verbose: bool = False) -> None:
     """Destroy the environment. Refuses while the database has deletion protection, unless
     `force_deletion_protection` AND the user types the database identifier (even with `yes`)."""
     preflight(cfg)
@@ -164,7 +169,7 @@ def destroy(cfg: EnvConfig, *, yes: bool = False, force_deletion_protection: boo
             f"the database {protected[0]} has deletion protection on, so {cfg.name} is not destroyed; nothing "
             "was changed",
             next_step=f"if you really mean to delete it: invoke destroy --env {cfg.name} --force-deletion-protection")
-    tf = terraform.for_env(cfg)
+    tf = terraform.for_env(cfg, verbose=verbose, out=out)
     plan_path = _plan_file(tf, "destroy.tfplan")
     try:
         code = tf.plan(detailed_exitcode=True, destroy=True, out=plan_path)

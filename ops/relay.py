@@ -5,7 +5,8 @@ Online again. `replace`: `terraform plan -replace=<the relay's address>` into a 
 confirmed, then applied, so the Terraform state stays the truth; then wait until the new relay is
 Online. Both check the AWS account first and confirm (prod: type the environment name) unless `yes`.
 
-Waiting prints one progress line per poll (state, ping status, seconds waited) to `out`.
+Waiting shows a live line (state or ping status, seconds waited) on a terminal, and elsewhere a
+timestamped line whenever the value changes (ops.console.Status), then one result line.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, TextIO
 
 from ops import aws, deploy, terraform
 from ops.config import EnvConfig
-from ops.console import say
+from ops.console import Status, say
 from ops.discovery import ENV_TAG, RELAY_ROLE, ROLE_TAG, RelayNotReadyError, aws_call, relay_name
 from ops.errors import OpsError
 
@@ -120,22 +121,22 @@ def status_checks(cfg: EnvConfig, instance_id: str) -> str:
 def wait_for(what: str, probe: Callable[[], str], done: Callable[[str], bool], *, timeout: float, out: TextIO,
              interval: float = POLL_SECONDS, fail: Callable[[str], bool] | None = None,
              fix: str = "") -> str:
-    """Poll `probe` until `done(value)`; one progress line per poll; OpsError after `timeout` seconds."""
-    started = time.monotonic()
+    """Poll `probe` until `done(value)`, showing the value as it changes; OpsError after `timeout` seconds."""
     last = ""
-    while True:
-        value = probe()
-        waited = time.monotonic() - started
-        if done(value):
-            say(out, f"  {what}: {value} ({waited:.0f} s)")
-            return value
-        if fail is not None and fail(value):
-            raise OpsError(f"{what}: {value}, which will not change by waiting", next_step=fix)
-        if waited >= timeout:
-            raise OpsError(f"{what}: still {value or last or 'unknown'} after {timeout:.0f} s", next_step=fix)
-        say(out, f"  waiting for {what}: {value} ({waited:.0f} s of at most {timeout:.0f} s)")
-        last = value
-        time.sleep(interval)
+    with Status(out, f"  waiting for {what}") as status:
+        while True:
+            value = probe()
+            waited = status.elapsed
+            if done(value):
+                status.done(f"  {what}: {value} ({waited:.0f} s)")
+                return value
+            if fail is not None and fail(value):
+                raise OpsError(f"{what}: {value}, which will not change by waiting", next_step=fix)
+            if waited >= timeout:
+                raise OpsError(f"{what}: still {value or last or 'unknown'} after {timeout:.0f} s", next_step=fix)
+            status.update(f"{value} (at most {timeout:.0f} s)")
+            last = value
+            time.sleep(interval)
 
 
 def wait_online(cfg: EnvConfig, instance_id: str, *, timeout: float = ONLINE_TIMEOUT, out: TextIO,
@@ -206,12 +207,15 @@ def relay_address(workdir: Path) -> str:
 
 
 def replace(cfg: EnvConfig, *, yes: bool = False, ask: Ask = deploy.ask_terminal, timeout: float = ONLINE_TIMEOUT,
-            interval: float = POLL_SECONDS, out: TextIO = sys.stderr) -> ReplaceResult:
-    """Replace the relay through Terraform (plan shown, confirmed, applied), then wait until the new one is Online."""
+            interval: float = POLL_SECONDS, out: TextIO = sys.stderr, verbose: bool = False) -> ReplaceResult:
+    """Replace the relay through Terraform (plan shown, confirmed, applied), then wait until the new one is Online.
+
+    `verbose`: terraform's own plan and apply output instead of the summary (ops.terraform_view).
+    """
     deploy.preflight(cfg)
     ident = deploy.guard(cfg, out=out)
     before = {i.instance_id for i in relay_instances(cfg)}
-    tf = terraform.for_env(cfg)
+    tf = terraform.for_env(cfg, out=out, verbose=verbose)
     address = relay_address(tf.workdir)
     say(out, f"planning the replacement of {address} (relay {', '.join(sorted(before)) or 'missing'})")
     plan_path = deploy._plan_file(tf, "relay-replace.tfplan")

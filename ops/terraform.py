@@ -1,11 +1,14 @@
 """Run terraform on a synthesized stack: init, validate, plan, apply, destroy, outputs.
 
-Terraform's own output streams to the user's terminal as it comes; a non-zero exit becomes a
-CommandFailedError carrying terraform's exit code. Terraform runs in its own process group so a
-Ctrl-C reaches it only through us: we forward it and then wait until terraform has stopped and
-released its state lock, instead of dying first and leaving it orphaned with the lock held. Because
-it is not in the terminal's foreground group, terraform never prompts (`-input=false`); callers
-confirm before calling `apply`/`destroy` (cli/deploy.py).
+What the user sees (ops.terraform_view): terraform's own output goes to one log file per command
+(`<state dir>/terraform/<env>/logs/`, its path printed once); the screen shows a live line while
+terraform works, the plan as a short table, apply progress, a one-line result, and on failure
+terraform's error block in full. `verbose=True` streams terraform's own output instead, as
+terraform prints it. A non-zero exit becomes a CommandFailedError carrying terraform's exit code.
+Terraform runs in its own process group so a Ctrl-C reaches it only through us: we forward it and
+then wait until terraform has stopped and released its state lock, instead of dying first and
+leaving it orphaned with the lock held. Because it is not in the terminal's foreground group,
+terraform never prompts (`-input=false`); callers confirm before calling `apply`/`destroy` (cli/deploy.py).
 
 Per environment, under `<state dir>/terraform/<env>/`: the data dir (TF_DATA_DIR, so re-synthesis
 never throws away providers or backend settings) and, when a provider mirror is in use, the CLI
@@ -28,10 +31,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ops import aws
+from ops import aws, terraform_view
 from ops.config import EnvConfig
 from ops.errors import CommandFailedError, OpsError, ToolMissingError
 from ops.fileio import atomic_write
+from ops.terraform_view import PlanSummary, RunLog
 
 MIN_TERRAFORM = (1, 5)
 MIRROR_ENV = "BASTIONLESS_PROVIDER_MIRROR"
@@ -41,16 +45,28 @@ INIT_STAMP = "bastionless-init.json"
 _SYNTH_FILE = "cdk.tf.json"
 _AWS_PROVIDER = "registry.terraform.io/hashicorp/aws"
 _VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
+# Where air-gapped machines usually keep a `terraform providers mirror` (checked in this order) when
+# neither the env nor BASTIONLESS_PROVIDER_MIRROR names one: every entry point shares this discovery.
+MIRROR_PLACES = ("/opt/tf-plugins", "/usr/local/share/terraform/plugins", "/usr/share/terraform/plugins",
+                 "~/.terraform.d/plugins")
+LOCK_NOTE_STAMP = "lock-file-note-shown"
 
 
 class Terraform:
     """terraform for one environment, run in `workdir` (the directory holding cdk.tf.json)."""
 
-    def __init__(self, cfg: EnvConfig, workdir: Path, extra_env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, cfg: EnvConfig, workdir: Path, extra_env: Mapping[str, str] | None = None, *,
+                 verbose: bool = False, out: TextIO | None = None) -> None:
         self.cfg = cfg
         self.workdir = Path(workdir)
         self.extra_env = dict(extra_env or {})
         self.home = aws.state_dir() / "terraform" / cfg.name
+        self.verbose = verbose
+        self.out = out if out is not None else sys.stderr
+        self.log = RunLog(self.home / "logs", out=self.out)
+        # The summary of the last saved plan, by plan file: apply shows progress against its total.
+        self.last_plan: PlanSummary | None = None
+        self._plans: dict[str, PlanSummary] = {}
         self._prepared_env: dict[str, str] | None = None
 
     # ---- paths -------------------------------------------------------------------------------
@@ -87,16 +103,40 @@ class Terraform:
         if not force and self._init_current(key, backend=backend):
             return False
         self._stamp_path(backend).unlink(missing_ok=True)
-        # init's chatter is progress, not a result: keep stdout clean for `outputs --json` callers.
-        self._run(args, env=env, what="terraform init", stdout=sys.stderr)
+        try:
+            # init's chatter is progress, not a result: keep stdout clean for `outputs --json` callers.
+            lines = self._run(args, env=env, what="terraform init", stdout=sys.stderr, label="terraform init")[1]
+        except CommandFailedError as exc:
+            raise CommandFailedError(f"{exc.message}; {self._init_hint(env)}", returncode=exc.returncode) from None
         self.data_dir(backend=backend).mkdir(parents=True, exist_ok=True)
         self._stamp_path(backend).write_text(json.dumps({"key": key}) + "\n")
+        self._explain_lock_warning(lines)
         return True
+
+    def _init_hint(self, env: Mapping[str, str]) -> str:
+        if env.get("TF_CLI_CONFIG_FILE") == str(self.cli_config_path):
+            return (f"the providers come from the mirror named in {self.cli_config_path.name} "
+                    f"({provider_mirror(self.cfg)}); check it holds what the stack pins")
+        return (f"offline? terraform downloads providers from the registry unless {MIRROR_ENV} (or [terraform] "
+                f"provider_mirror in {self.cfg.source.name}) names a `terraform providers mirror` directory")
+
+    def _explain_lock_warning(self, lines: Sequence[str]) -> None:
+        """Say once per env why terraform warns about an incomplete lock file (README: provider lock file)."""
+        if not any("Incomplete lock file information" in ln for ln in lines):
+            return
+        stamp = self.home / LOCK_NOTE_STAMP
+        if stamp.exists():
+            return
+        terraform_view.note(self.out, "note: terraform's \"Incomplete lock file information\" warning is expected: "
+                            "a provider from a mirror records checksums for this platform only (README: Provider "
+                            "lock file); shown once")
+        stamp.touch()
 
     def validate(self) -> None:
         """`terraform init -backend=false` (when needed) and `terraform validate`."""
         self.init(backend=False)
-        self._run(["validate", *self._color()], env=self._env(backend=False), what="terraform validate")
+        self._run(["validate", *self._color()], env=self._env(backend=False), what="terraform validate",
+                  label=f"terraform validate {self.cfg.name}")
 
     def plan(self, *, detailed_exitcode: bool = False, destroy: bool = False, out: Path | None = None,
              replace: Sequence[str] = ()) -> int:
@@ -112,10 +152,40 @@ class Terraform:
         if destroy:
             args.append("-destroy")
         args += [f"-replace={address}" for address in replace]
-        if out is not None:
-            args.append(f"-out={out}")
+        # The summary is read from a saved plan: make one when the caller did not ask for it.
+        saved = out if out is not None or self.verbose else self._private_plan("plan.tfplan")
+        if saved is not None:
+            args.append(f"-out={saved}")
         ok = (0, 2) if detailed_exitcode else (0,)
-        return self._run(args, env=self._env(), what="terraform plan", ok=ok)
+        try:
+            code = self._run(args, env=self._env(), what="terraform plan", ok=ok,
+                             label=f"terraform plan {self.cfg.name}")[0]
+            self.last_plan = None
+            if not self.verbose and saved is not None:
+                path = saved if saved.is_absolute() else self.workdir / saved
+                self.last_plan = terraform_view.summarize(self.show_json(path))
+                self._plans[str(path)] = self.last_plan
+                if self.last_plan.changes:
+                    terraform_view.print_plan(self.out, self.cfg.name, self.last_plan)
+        finally:
+            if saved is not None and out is None:
+                saved.unlink(missing_ok=True)
+        return code
+
+    def _private_plan(self, name: str) -> Path:
+        # Saved plans can hold sensitive values: private, next to terraform's data dir.
+        folder = self.home / "plans"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return folder / f"{os.getpid()}-{name}"
+
+    def show_json(self, plan_file: Path) -> dict[str, Any]:
+        """`terraform show -json` of a saved plan (read by us only; values are never printed)."""
+        proc = self._capture(["show", "-json", "-no-color", str(plan_file)], env=self._env())
+        try:
+            data = json.loads(proc.stdout or "{}")
+        except ValueError as exc:
+            raise OpsError(f"terraform show -json printed something that is not JSON ({exc})") from None
+        return data if isinstance(data, dict) else {}
 
     def apply(self, *, plan_file: Path | None = None, auto_approve: bool = False, targets: Sequence[str] = ()) -> None:
         """`terraform apply` of a saved plan, or of a fresh plan when `auto_approve` (already confirmed).
@@ -128,13 +198,19 @@ class Terraform:
         self.init()
         args = ["apply", "-input=false", *self._color()]
         args += [str(plan_file)] if plan_file is not None else ["-auto-approve", *(f"-target={t}" for t in targets)]
-        self._run(args, env=self._env(), what="terraform apply")
+        summary = None
+        if plan_file is not None:
+            path = plan_file if plan_file.is_absolute() else self.workdir / plan_file
+            summary = self._plans.get(str(path))
+        command = _apply_label(summary, targets)
+        self._run(args, env=self._env(), what="terraform apply", label=f"terraform {command} {self.cfg.name}",
+                  progress=terraform_view.ApplyProgress(summary, command=command))
 
     def import_resource(self, address: str, resource_id: str) -> None:
         """`terraform import ADDRESS ID`: adopt an existing object into the state."""
         self.init()
         self._run(["import", "-input=false", *self._color(), address, resource_id], env=self._env(),
-                  what="terraform import")
+                  what="terraform import", label=f"terraform import {address}")
 
     def state(self) -> dict[str, Any]:
         """The current state as JSON (`terraform state pull`); {} when there is none yet."""
@@ -166,7 +242,8 @@ class Terraform:
             raise ValueError("destroy needs auto_approve=True: confirm with the user first")
         self.init()
         self._run(["destroy", "-input=false", "-auto-approve", *self._color()], env=self._env(),
-                  what="terraform destroy")
+                  what="terraform destroy", label=f"terraform destroy {self.cfg.name}",
+                  progress=terraform_view.ApplyProgress(None, command="destroy"))
 
     def outputs(self) -> dict[str, Any]:
         """The stack outputs as plain values (`terraform output -json`, without the type wrappers)."""
@@ -240,9 +317,9 @@ class Terraform:
             return False
         return isinstance(stamp, dict) and stamp.get("key") == key
 
-    @staticmethod
-    def _color() -> list[str]:
-        return [] if _tty() else ["-no-color"]
+    def _color(self) -> list[str]:
+        # Quiet runs read terraform's output and log it: plain text, whatever the terminal.
+        return [] if self.verbose and _tty() else ["-no-color"]
 
     # ---- running terraform -------------------------------------------------------------------
 
@@ -250,15 +327,26 @@ class Terraform:
         return [env["BASTIONLESS_TERRAFORM"], *args]
 
     def _run(self, args: Sequence[str], *, env: Mapping[str, str], what: str, ok: Sequence[int] = (0,),
-             stdout: TextIO | None = None) -> int:
+             stdout: TextIO | None = None, label: str = "",
+             progress: terraform_view.ApplyProgress | None = None) -> tuple[int, list[str]]:
+        """Run terraform; returns its exit code and (quiet runs) its output lines."""
         if not self.workdir.joinpath(_SYNTH_FILE).is_file() and not any(self.workdir.glob("*.tf*")):
             raise OpsError(f"{self.workdir} has no Terraform configuration",
                            next_step=f"invoke synth --env {self.cfg.name}")
-        code = run_streaming(self._argv(args, env), cwd=self.workdir, env=env, stdout=stdout)
+        argv = self._argv(args, env)
+        if self.verbose:
+            code = run_streaming(argv, cwd=self.workdir, env=env, stdout=stdout)
+            if code not in ok:
+                raise CommandFailedError(f"{what} failed for {self.cfg.name} (exit code {code}); its output is "
+                                         "above", returncode=code)
+            return code, []
+        code, lines = terraform_view.run_quiet(argv, cwd=self.workdir, env=env, log=self.log, out=self.out,
+                                               label=label or what, progress=progress, env_name=self.cfg.name)
         if code not in ok:
-            raise CommandFailedError(f"{what} failed for {self.cfg.name} (exit code {code}); its output is above",
-                                     returncode=code)
-        return code
+            terraform_view.print_error(self.out, lines)
+            raise CommandFailedError(f"{what} failed for {self.cfg.name} (exit code {code}); terraform's error is "
+                                     f"above, its whole output in {self.log.path}", returncode=code)
+        return code, lines
 
     def _capture(self, args: Sequence[str], *, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(self._argv(args, env), cwd=self.workdir, env=dict(env), capture_output=True,
@@ -268,6 +356,14 @@ class Terraform:
             raise CommandFailedError(f"terraform {args[0]} failed for {self.cfg.name}: {detail}",
                                      returncode=proc.returncode)
         return proc
+
+
+def _apply_label(summary: PlanSummary | None, targets: Sequence[str]) -> str:
+    if targets:
+        return "targeted apply"
+    if summary is not None and summary.changes and all(c.action == "destroy" for c in summary.changes):
+        return "destroy"
+    return "apply"
 
 
 def run_streaming(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdout: TextIO | None = None) -> int:
@@ -380,12 +476,25 @@ def terraform_platform(binary: str | None = None) -> str:
 
 
 def provider_mirror(cfg: EnvConfig) -> Path | None:
-    """The provider mirror directory: the env's [terraform] provider_mirror, else the environment variable."""
+    """The provider mirror directory: the env's [terraform] provider_mirror, else the environment
+    variable, else the first usual place holding the AWS provider (discovered_mirror)."""
     chosen = cfg.terraform.provider_mirror or os.environ.get(MIRROR_ENV, "")
-    if not chosen:
+    if chosen == "none":
+        # An explicit "use the registry", even where a mirror sits at a usual place.
         return None
+    if not chosen:
+        return discovered_mirror()
     path = Path(chosen).expanduser()
     return path if path.is_absolute() else cfg.source.parent.parent / path
+
+
+def discovered_mirror(places: Sequence[str] | None = None) -> Path | None:
+    """A provider mirror at a usual place (one holding registry.terraform.io/hashicorp/aws), or None."""
+    for place in MIRROR_PLACES if places is None else places:
+        path = Path(place).expanduser()
+        if (path / _AWS_PROVIDER).is_dir():
+            return path
+    return None
 
 
 def required_providers(workdir: Path) -> dict[str, str]:
@@ -413,7 +522,12 @@ def _provider_address(source: str) -> str:
 
 def check_mirror(mirror: Path, providers: Mapping[str, str], *, platform: str, cfg: EnvConfig) -> None:
     """ToolMissingError naming the fix when the mirror lacks a provider version this stack needs."""
-    origin = "[terraform] provider_mirror in " + cfg.source.name if cfg.terraform.provider_mirror else MIRROR_ENV
+    if cfg.terraform.provider_mirror:
+        origin = "[terraform] provider_mirror in " + cfg.source.name
+    elif os.environ.get(MIRROR_ENV):
+        origin = MIRROR_ENV
+    else:
+        origin = f"found at a usual place; set {MIRROR_ENV} to choose another"
     if not mirror.is_dir():
         raise ToolMissingError(
             f"the provider mirror {mirror} (from {origin}) does not exist; create it with "
@@ -481,15 +595,16 @@ def _tty() -> bool:
     return sys.stdout.isatty()
 
 
-def for_env(cfg: EnvConfig, *, extra_env: Mapping[str, str] | None = None, force_synth: bool = False) -> Terraform:
+def for_env(cfg: EnvConfig, *, extra_env: Mapping[str, str] | None = None, force_synth: bool = False,
+            verbose: bool = False, out: TextIO | None = None) -> Terraform:
     """Synthesize the environment (cached) and return its Terraform runner: the usual first step of a task."""
     from ops.synth import synth
 
     terraform_version()
-    return Terraform(cfg, synth(cfg, force=force_synth), extra_env)
+    return Terraform(cfg, synth(cfg, force=force_synth), extra_env, verbose=verbose, out=out)
 
 
-def validate_envs(cfgs: Sequence[EnvConfig], *, force_synth: bool = False) -> None:
+def validate_envs(cfgs: Sequence[EnvConfig], *, force_synth: bool = False, verbose: bool = False) -> None:
     """Synthesize (cached) and `terraform validate` each environment, offline-capable via the mirror."""
     from ops.synth import synth_many
 
@@ -501,6 +616,7 @@ def validate_envs(cfgs: Sequence[EnvConfig], *, force_synth: bool = False) -> No
             check_mirror(mirror, {}, platform="", cfg=cfg)
     workdirs = synth_many(cfgs, force=force_synth)
     for cfg in cfgs:
-        sys.stderr.write(f"validating {cfg.name}...\n")
-        sys.stderr.flush()
-        Terraform(cfg, workdirs[cfg.name]).validate()
+        if verbose:
+            sys.stderr.write(f"validating {cfg.name}...\n")
+            sys.stderr.flush()
+        Terraform(cfg, workdirs[cfg.name], verbose=verbose).validate()

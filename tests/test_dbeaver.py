@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -133,7 +134,8 @@ def test_merge_keeps_everything_else_and_adds_our_connection(tmp_path: Path) -> 
     conf = ours["configuration"]
     assert conf == {"host": "localhost", "port": "5433", "database": "app",
                     "url": "jdbc:postgresql://localhost:5433/app", "configurationType": "MANUAL",
-                    "type": "dev", "user": "app_admin", "auth-model": "native"}
+                    "type": "dev", "keepAlive": 300, "closeIdleConnection": True, "user": "app_admin",
+                    "auth-model": "native"}
 
 
 def _only_insertions(before: str, after: str) -> list[str]:
@@ -243,7 +245,7 @@ def test_prod_uses_the_production_type_and_verifies_tls(tmp_path: Path) -> None:
     assert ssl["properties"]["sslMode"] == "verify-ca"
     assert ssl["properties"]["ssl.ca.cert"].endswith(prod.database.ca_bundle)
     staging = dbeaver.connection_entry(load_env("staging"), user="u")["configuration"]
-    assert staging["type"] == "dev" and staging["handlers"]["postgre_ssl"]["properties"] == {"sslMode": "require"}
+    assert staging["type"] == "test" and staging["handlers"]["postgre_ssl"]["properties"] == {"sslMode": "require"}
     assert "handlers" not in dbeaver.connection_entry(load_env("sandbox"), user="u")["configuration"]
 
 
@@ -279,3 +281,72 @@ def test_default_workspace_per_os(tmp_path: Path) -> None:
     assert default_workspace(system="Darwin", home=home, environ={}) == home / "Library/DBeaverData/workspace6"
     assert default_workspace(system="Windows", home=home, environ={"APPDATA": "C:/Users/x/AppData/Roaming"}) == \
         Path("C:/Users/x/AppData/Roaming") / "DBeaverData" / "workspace6"
+
+
+def _edit_ours(path: Path, cfg_name: str, change: dict[str, object], conf_change: dict[str, object]) -> None:
+    """What a user does in DBeaver's dialog: edit our entry (DBeaver rewrites the file)."""
+    doc = json.loads(path.read_text())
+    entry = doc["connections"][f"postgres-jdbc-bastionless-{cfg_name}"]
+    entry.update(change)
+    entry["configuration"].update(conf_change)
+    path.write_text(dbeaver.gson_dumps(doc))
+
+
+def test_rerun_keeps_the_users_edits_and_says_what_it_changed(tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    cfg = load_env("staging")
+    first = write_config(cfg, user="app_admin", workspace=ws)
+    assert first.changes == ("added",)
+    bootstrap = {"autocommit": False, "initQueries": ["set search_path to app"]}
+    _edit_ours(first.path, "staging",
+               {"navigator-show-only-entities": True, "name": "my staging"},
+               {"color": "255,128,0", "bootstrap": bootstrap, "keepAlive": 120, "closeIdleConnection": False,
+                "port": "9999", "type": "dev"})
+    again = write_config(cfg, user="app_admin", workspace=ws, port=6000)
+    entry = json.loads(again.path.read_text())["connections"][connection_id(cfg)]
+    conf = entry["configuration"]
+    # Kept: what the user set that does not conflict with what the tunnel needs.
+    assert entry["navigator-show-only-entities"] is True
+    assert conf["color"] == "255,128,0" and conf["bootstrap"] == bootstrap
+    assert conf["keepAlive"] == 120, "a shorter keep-alive is still below the idle timeout"
+    assert conf["closeIdleConnection"] is False
+    # Ours again: the port of the tunnel, the staging connection type, our name.
+    assert conf["port"] == "6000" and conf["url"] == "jdbc:postgresql://localhost:6000/app"
+    assert conf["type"] == "test" and entry["name"] == "bastionless staging"
+    assert "configuration.port: \"9999\" -> \"6000\"" in again.changes
+    assert "configuration.type: \"dev\" -> \"test\"" in again.changes
+    assert not any("color" in c or "bootstrap" in c for c in again.changes)
+    assert {"navigator-show-only-entities", "configuration.color", "configuration.bootstrap",
+            "configuration.keepAlive", "configuration.closeIdleConnection"} <= set(again.kept)
+    text = dbeaver.describe(cfg, again)
+    assert "changed: " in text and "kept your settings: " in text and "--local-port 6000" in text
+
+
+def test_a_keep_alive_longer_than_the_idle_timeout_is_brought_below_it(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, content=None)
+    cfg = load_env("sandbox")
+    first = write_config(cfg, user="u", workspace=ws)
+    idle = cfg.session.idle_timeout_minutes * 60
+    assert 0 < first.entry["configuration"]["keepAlive"] < idle
+    _edit_ours(first.path, "sandbox", {}, {"keepAlive": idle + 60})
+    again = write_config(cfg, user="u", workspace=ws)
+    assert again.entry["configuration"]["keepAlive"] == dbeaver.keep_alive_seconds(cfg)
+    short = dataclasses.replace(cfg, session=dataclasses.replace(cfg.session, idle_timeout_minutes=1))
+    assert dbeaver.keep_alive_seconds(short) < 60
+
+
+def test_start_tunnel_registers_the_before_connect_command(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, content=None)
+    cfg = load_env("sandbox")
+    result = write_config(cfg, user="u", workspace=ws, port=6100, start_tunnel=True)
+    event = json.loads(result.path.read_text())["connections"][connection_id(cfg)]["configuration"]["events"][
+        "BEFORE_CONNECT"]
+    assert event["enabled"] is True and event["wait-process"] is True
+    argv = shlex.split(event["command"])
+    assert argv[1:] == ["-m", "invoke", "tunnel", "--env", "sandbox", "--background", "--local-port", "6100",
+                        "--reason", "DBeaver connect"]
+    assert "connecting in DBeaver starts the tunnel" not in dbeaver.describe(cfg, result)
+    assert "it starts the tunnel first" in dbeaver.describe(cfg, result)
+    # A later run without --start-tunnel removes our hook (and only ours).
+    again = write_config(cfg, user="u", workspace=ws, port=6100)
+    assert "events" not in again.entry["configuration"]

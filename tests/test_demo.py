@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from ops import demo
+from ops.config import load_env
 from ops.errors import CommandFailedError
+from ops.sandbox import procs
+from tests.conftest import PROJECT_ROOT
 
 
 def _titles(report: demo.DemoReport) -> list[str]:
@@ -18,7 +27,7 @@ def _titles(report: demo.DemoReport) -> list[str]:
 def test_every_step_runs_and_the_summary_lists_them() -> None:
     seen: list[Sequence[str]] = []
     out = io.StringIO()
-    report = demo.run_demo(runner=lambda argv: seen.append(argv) or 0, out=out)
+    report = demo.run_demo(runner=lambda argv: seen.append(argv) or 0, out=out, port=5433)
     assert report.ok
     assert [tuple(a) for a in seen] == [s.argv for s in demo.steps(keep=False)]
     assert seen[-1][-2:] == ("sandbox", "down")
@@ -59,3 +68,46 @@ def test_every_demo_command_is_a_real_task_with_real_flags() -> None:
         flags |= {f"-{n}" for a in args for n in a.names if len(n) == 1}
         used = {a for a in argv[1:] if a.startswith("-")}
         assert used <= flags, f"demo step {step.title!r}: {sorted(used - flags)} not flags of {name}"
+
+
+def test_the_tunnel_and_dbeaver_steps_share_the_chosen_port() -> None:
+    chosen = {s.argv[3]: s.argv for s in demo.steps(keep=False, port=6001)}
+    tunnel = list(chosen["tunnel"])
+    assert tunnel[tunnel.index("--local-port") + 1] == "6001"
+    dbeaver = list(chosen["dbeaver"])
+    assert dbeaver[dbeaver.index("--port") + 1] == "6001"
+
+
+def test_a_busy_usual_port_makes_the_demo_pick_a_free_one() -> None:
+    usual = load_env("sandbox").tunnel.local_port
+    with _listening(usual):
+        port = demo.tunnel_port()
+        assert port != usual and procs.port_free(port)
+
+
+@contextmanager
+def _listening(port: int) -> Iterator[None]:
+    """Hold `port` on loopback like another tunnel or a local PostgreSQL would (if it is not held already)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        except OSError:
+            pass  # someone else holds it already: just as busy
+        yield
+    finally:
+        sock.close()
+
+
+@pytest.mark.slow
+def test_the_demo_passes_with_the_usual_tunnel_port_taken(tmp_path: Path) -> None:
+    """`./dev demo` is `invoke demo` after the set-up: run it for real with 5433 busy."""
+    env = {**os.environ, "BASTIONLESS_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
+    with _listening(load_env("sandbox").tunnel.local_port):
+        proc = subprocess.run([sys.executable, "-m", "invoke", "demo"], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=900, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert proc.stdout.rstrip().splitlines()[-1].split()[-1] == "ok", output
+    assert "\x1b" not in output, "not a terminal: no escape codes"

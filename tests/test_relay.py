@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -37,13 +38,17 @@ def test_relay_address_without_exactly_one_relay(tmp_path: Path) -> None:
 
 
 def test_wait_for_prints_progress_and_returns() -> None:
-    values = iter(["ConnectionLost", "ConnectionLost", "Online"])
+    values = iter(["ConnectionLost", "ConnectionLost", "Inactive", "Online"])
     out = io.StringIO()
     assert wait_for("i-1 Online", lambda: next(values), lambda v: v == "Online", timeout=10, out=out,
                     interval=0) == "Online"
     lines = out.getvalue().splitlines()
-    assert len(lines) == 3 and lines[0].startswith("  waiting for i-1 Online: ConnectionLost")
+    # Not a terminal: a timestamped line per change of value (not per poll), then the result.
+    assert len(lines) == 3, lines
+    assert re.fullmatch(r"\d\d:\d\d:\d\d   waiting for i-1 Online: ConnectionLost \(at most 10 s\) \(\d+ s\)", lines[0])
+    assert "waiting for i-1 Online: Inactive" in lines[1]
     assert lines[-1].startswith("  i-1 Online: Online")
+    assert "\x1b" not in out.getvalue()
 
 
 def test_wait_for_times_out_with_the_fix() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import urllib.request
 from collections.abc import Iterator
@@ -98,7 +99,7 @@ def test_replace_goes_through_terraform_and_waits_for_online(sandbox: Sandbox) -
     new = current_relay(sandbox.cfg).instance_id
     assert new != old and state(sandbox, old) == "terminated"
     assert f"relay replaced: {old} -> {new}, Online" in proc.stdout
-    assert "will be replaced, as requested" in proc.stdout, "terraform's plan is shown"
+    assert re.search(r"^\s+REPLACE\s+aws_instance\.", proc.stderr, re.MULTILINE), "the plan names the replacement"
     assert f"waiting for {new} Online in Session Manager: ConnectionLost" in proc.stderr, "progress while waiting"
     assert "Replace the relay (aws_instance." in proc.stderr
     # The Terraform state is the truth: its output names the new relay, and a plan has nothing to do.

@@ -7,6 +7,7 @@ stack as prod, PostgreSQL on loopback with the password from the emulated Secret
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import boto3
@@ -39,7 +40,8 @@ def test_sandbox_deploy_plan_outputs_destroy_down(tmp_path: Path) -> None:
 
         deploy = invoke("deploy", "--env", "sandbox", "--yes", state=state)
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-        assert "Apply complete!" in deploy.stdout
+        # The screen has the one-line result; terraform's own "Apply complete!" is in the log file.
+        assert re.search(r"sandbox: apply complete in [\d.]+ s: \d+ added", deploy.stderr), deploy.stderr[-3000:]
 
         plan = invoke("plan", "--env", "sandbox", "--detailed-exitcode", state=state)
         assert plan.returncode == 0, "a second plan must show no changes:\n" + plan.stdout[-4000:]
@@ -76,7 +78,8 @@ def test_sandbox_deploy_plan_outputs_destroy_down(tmp_path: Path) -> None:
         destroy = invoke("destroy", "--env", "sandbox", "--yes", "--force-deletion-protection", state=state,
                          stdin="bastionless-sandbox\n")
         assert destroy.returncode == 0, destroy.stdout[-3000:] + destroy.stderr[-3000:]
-        assert "Destroy complete!" in destroy.stdout or "Apply complete!" in destroy.stdout
+        assert re.search(r"sandbox: destroy complete in [\d.]+ s: .*\b\d+ destroyed", destroy.stderr), destroy.stderr
+        assert re.search(r"^\s+DESTROY\s+aws_db_instance\.", destroy.stderr, re.MULTILINE), "deletions are named"
         assert rds.describe_db_instances()["DBInstances"] == []  # type: ignore[attr-defined]
         after = invoke("outputs", "--env", "sandbox", "--json", state=state)
         assert after.returncode == 0 and json.loads(after.stdout) == {}

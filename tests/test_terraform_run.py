@@ -181,7 +181,9 @@ def test_ctrl_c_is_forwarded_and_terraform_releases_its_lock(tmp_path: Path, sta
                 pytest.fail(f"the child exited early: {log.read_text()}")
             if "APPLYING" in log.read_text() and lock.is_file():
                 terraform_pid = next(iter(_children(child.pid)), 0)
-                if terraform_pid and any(_children(terraform_pid)) and "Provisioning with" in log.read_text():
+                # Terraform's own output goes to its log file; ours (and, after Ctrl-C, its) to the child's.
+                tf_logs = "".join(p.read_text() for p in (state_dir / "terraform" / "sandbox" / "logs").glob("*.log"))
+                if terraform_pid and any(_children(terraform_pid)) and "Provisioning with" in tf_logs:
                     break
             time.sleep(0.2)
         else:

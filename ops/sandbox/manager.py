@@ -36,7 +36,7 @@ from typing import Any, TextIO
 
 from ops import aws
 from ops.config import PROJECT_ROOT, EnvConfig, load_env
-from ops.console import say
+from ops.console import Status, say
 from ops.errors import ConfigError, OpsError
 from ops.sandbox import moto, procs
 from ops.sandbox.postgres import PgServer, choose_root, find_binaries, service_user, usable_by
@@ -130,10 +130,11 @@ def sandbox_env(name: str = DEFAULT_ENV) -> EnvConfig:
 
 
 def up(*, env: str = DEFAULT_ENV, deploy: bool = True, moto_port: int = 0, pg_port: int = 0,
-       endpoint_port: int = 0, out: TextIO = sys.stderr) -> SandboxInfo:
+       endpoint_port: int = 0, out: TextIO = sys.stderr, verbose: bool = False) -> SandboxInfo:
     """Start (or keep) moto, the Session Manager endpoint and PostgreSQL; then deploy the stack.
 
     Ports 0 mean "any free port" (or the one the component already has). Safe to run again.
+    `verbose`: terraform's own output on screen instead of the summary (ops.terraform_view).
     """
     cfg = sandbox_env(env)
     with _locked():
@@ -152,7 +153,13 @@ def up(*, env: str = DEFAULT_ENV, deploy: bool = True, moto_port: int = 0, pg_po
         procs.write_json(_state() / aws.ENDPOINTS_FILE, endpoints)
         _write_state(state)
     if deploy:
-        deploy_stack(cfg, out=out)
+        try:
+            deploy_stack(cfg, out=out, verbose=verbose)
+        except OpsError:
+            # The services are fine and `up` is safe to repeat: say so rather than leave them unmentioned.
+            say(out, "the sandbox services keep running: fix the error and rerun `invoke sandbox up`, or stop them "
+                     "with `invoke sandbox down`")
+            raise
     return SandboxInfo(env=cfg.name, moto_url=moto_rec.url, endpoint_url=endpoint_rec.url if endpoint_rec else "",
                        pg_port=server.port, components=status())
 
@@ -178,8 +185,9 @@ def _ensure_moto(state: dict[str, Any], *, port: int, out: TextIO) -> tuple[Proc
         procs.stop(current)
     chosen = procs.pick_port(port, what="moto", flag="--moto-port")
     started = time.monotonic()
-    record = moto.start(state=_state(), port=chosen)
-    say(out, f"moto server: {record.url} (pid {record.pid}, {time.monotonic() - started:.1f} s)")
+    with Status(out, "starting moto server", quiet_plain=True) as status:
+        record = moto.start(state=_state(), port=chosen)
+        status.done(f"moto server: {record.url} (pid {record.pid}, {time.monotonic() - started:.1f} s)")
     state["moto"] = record.to_json()
     return record, True
 
@@ -226,7 +234,9 @@ def _ensure_endpoint(state: dict[str, Any], *, moto_url: str, port: int, out: Te
                 url = found.group(1) if found else ""
         return bool(url)
 
-    if not procs.wait_until(ready, timeout=ENDPOINT_START_TIMEOUT, alive=lambda: proc.poll() is None):
+    with Status(out, "starting the Session Manager endpoint", quiet_plain=True):
+        started_ok = procs.wait_until(ready, timeout=ENDPOINT_START_TIMEOUT, alive=lambda: proc.poll() is None)
+    if not started_ok:
         with contextlib.suppress(StartError):
             procs.stop(procs.record_for(proc, port=chosen, log=log))
         raise StartError(f"the Session Manager endpoint did not start: {procs.log_tail(log) or 'no output'}",
@@ -266,9 +276,10 @@ def _ensure_postgres(state: dict[str, Any], *, port: int, out: TextIO) -> tuple[
     server = PgServer(root=server.root, port=chosen, binaries=server.binaries, user=server.user)
     started = time.monotonic()
     state["postgres_server"] = server.to_json()
-    record = server.start()
-    say(out, f"PostgreSQL: 127.0.0.1:{server.port}, {server.binaries.describe()} (pid {record.pid}, "
-              f"{time.monotonic() - started:.1f} s)")
+    with Status(out, "starting PostgreSQL", quiet_plain=True) as status:
+        record = server.start()
+        status.done(f"PostgreSQL: 127.0.0.1:{server.port}, {server.binaries.describe()} (pid {record.pid}, "
+                    f"{time.monotonic() - started:.1f} s)")
     state["postgres"] = record.to_json()
     # The master user's password is set again from the secret by after_apply.
     state.pop("credentials_set", None)
@@ -315,7 +326,7 @@ def _remove_tfstate() -> None:
 # ---- deploy and after_apply --------------------------------------------------------------------
 
 
-def deploy_stack(cfg: EnvConfig, *, out: TextIO = sys.stderr) -> None:
+def deploy_stack(cfg: EnvConfig, *, out: TextIO = sys.stderr, verbose: bool = False) -> None:
     """Apply the sandbox stack unless this moto already holds exactly this synthesized stack."""
     from ops import deploy
     from ops.synth import inputs_digest
@@ -328,7 +339,7 @@ def deploy_stack(cfg: EnvConfig, *, out: TextIO = sys.stderr) -> None:
         say(out, f"stack {cfg.stack_name}: already applied to this sandbox, inputs unchanged")
         after_apply(cfg, out=out)
         return
-    deploy.deploy(cfg, yes=True, out=out)
+    deploy.deploy(cfg, yes=True, out=out, verbose=verbose)
 
 
 def mark_deployed(cfg: EnvConfig) -> None:
