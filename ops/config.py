@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from ops.errors import ConfigError
+from ops.people import Person, parse_people
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENVS_DIR = PROJECT_ROOT / "envs"
@@ -123,6 +124,8 @@ class EnvConfig:
     tunnel: TunnelConfig = field(default_factory=TunnelConfig)
     migrations: MigrationsConfig = field(default_factory=MigrationsConfig)
     terraform: TerraformConfig = field(default_factory=TerraformConfig)
+    # [[people]]: who gets a database identity, and as what (ops/people.py).
+    people: tuple[Person, ...] = ()
 
     @property
     def stack_name(self) -> str:
@@ -185,10 +188,10 @@ def parse_env(name: str, data: bytes, path: Path) -> EnvConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where}: not valid TOML ({exc}); fix the syntax at that position") from None
 
-    unknown = sorted(set(raw) - set(_TOP_LEVEL) - set(_SECTIONS))
+    unknown = sorted(set(raw) - set(_TOP_LEVEL) - set(_SECTIONS) - {"people"})
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed top-level keys and sections: "
-                          f"{', '.join(sorted([*_TOP_LEVEL, *_SECTIONS]))}")
+                          f"{', '.join(sorted([*_TOP_LEVEL, *_SECTIONS, 'people']))}")
     for key in ("account_id", "region"):
         if key not in raw:
             raise ConfigError(f"{where}: field {key!r} is missing; add `{key} = \"...\"` at the top of the file")
@@ -203,7 +206,8 @@ def parse_env(name: str, data: bytes, path: Path) -> EnvConfig:
             raise ConfigError(f"{where}: {section!r} must be a table; write it as [{section}]")
         sections[section] = _build_section(where, section, cls, value)
 
-    cfg = EnvConfig(name=name, source=path, **top, **sections)
+    people = parse_people(where, raw.get("people", []), master_user=sections["database"].username)
+    cfg = EnvConfig(name=name, source=path, **top, **sections, people=people)
     _validate(where, cfg)
     return cfg
 

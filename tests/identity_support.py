@@ -45,6 +45,8 @@ PEOPLE = {
     "carol": Person("carol@example.com", "carol", "AKIASANDBOXCAROL0003", "carol-sandbox-secret-0123456789abcdefgh"),
     # A role that was never granted rds_iam.
     "dave": Person("dave@example.com", "dave", "AKIASANDBOXDAVE00004", "dave-sandbox-secret-0123456789abcdefghi"),
+    # Has no role until `db-access` creates one.
+    "erin": Person("erin@example.com", "erin", "AKIASANDBOXERIN00005", "erin-sandbox-secret-0123456789abcdefghi"),
 }
 
 
