@@ -72,6 +72,9 @@ class SessionConfig:
 class AccessConfig:
     developer_principals: tuple[str, ...] = ()
     require_mfa: bool = True
+    # Who may assume the break-glass role (the database master user; default: the developer principals);
+    # MFA is always required.
+    break_glass_principals: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -318,6 +321,10 @@ def _validate(where: str, cfg: EnvConfig) -> None:
         if not _PRINCIPAL_RE.match(principal):
             fail("access.developer_principals", f"contains {principal!r}, not an IAM principal ARN",
                  "use ARNs like \"arn:aws:iam::123456789012:role/Engineers\"")
+    for principal in cfg.access.break_glass_principals:
+        if not _PRINCIPAL_RE.match(principal):
+            fail("access.break_glass_principals", f"contains {principal!r}, not an IAM principal ARN",
+                 "use ARNs like \"arn:aws:iam::123456789012:role/OnCall\"")
 
     st = cfg.state
     if st.backend == "s3":
