@@ -118,7 +118,9 @@ class Bed:
         self.cluster.stop()
 
 
-def start_bed(tmp: Path, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Bed:
+def start_bed(tmp: Path, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC), host_name: str = RDS_HOST,
+              keys: Callable[[], dict[str, rdsauth.SigningKey]] | None = None) -> Bed:
+    """`keys`: the front's key lookup source (default: PEOPLE's fixed keys), read at each login."""
     cluster = start_cluster("identity-pg-", superuser="postgres",
                             auth=["--auth-local=trust", "--auth-host=scram-sha-256"])
     password = "master-" + tmp.name[-8:] + "%:@/"
@@ -126,13 +128,14 @@ def start_bed(tmp: Path, *, clock: Callable[[], datetime] = lambda: datetime.now
     log: list[str] = []
     bed: Bed | None = None
     try:
-        certs = rds_tls.issue(tmp / "certs", host_name=RDS_HOST)
-        keys = {p.key_id: rdsauth.SigningKey(secret=p.secret, principal=f"arn:aws:iam::123456789012:user/{p.name}",
-                                             db_user=p.db_user) for p in PEOPLE.values()}
+        certs = rds_tls.issue(tmp / "certs", host_name=host_name)
+        fixed = {p.key_id: rdsauth.SigningKey(secret=p.secret, principal=f"arn:aws:iam::123456789012:user/{p.name}",
+                                              db_user=p.db_user) for p in PEOPLE.values()}
         front = rds_front.RdsFront(
-            rds_front.FrontConfig(host_name=RDS_HOST, port=RDS_PORT, region=REGION, pg_port=cluster.port,
+            rds_front.FrontConfig(host_name=host_name, port=RDS_PORT, region=REGION, pg_port=cluster.port,
                                   pg_socket_dir=cluster.root, cert=certs.cert, key=certs.key),
-            keys=keys.get, iam_member=rds_front.superuser_membership(socket_dir=cluster.root, port=cluster.port),
+            keys=fixed.get if keys is None else (lambda key_id: keys().get(key_id)),
+            iam_member=rds_front.superuser_membership(socket_dir=cluster.root, port=cluster.port),
             log=log.append, clock=clock)
         server = loop.run(front.serve())
         bed = Bed(cluster=cluster, certs=certs, loop=loop, front=front,

@@ -1,0 +1,166 @@
+"""The tunnel's target seam: what is forwarded, on top of how bytes travel.
+
+- target `raw`: today's plain TCP forwarding (`ops.tunnel`, any transport); clients do their own TLS/auth.
+- target `postgres-auth`: the local auth proxy (`ops.authproxy`) in front of that same tunnel. The
+  supervised raw tunnel runs on an internal loopback port; the proxy listens on the user's port (or a
+  0700 Unix socket directory) and opens each upstream stream through the raw tunnel, so transports
+  (native, plugin) and the supervision loop (resume, reconnect) are shared unchanged.
+
+The caller's DB user comes from their AWS identity (STS) looked up in `[[people]]`; tokens are signed
+with the same credentials, for the RDS endpoint host:port, one per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ops import authproxy, aws, dburl, rdsauth
+from ops.config import EnvConfig
+from ops.errors import ConfigError, OpsError
+from ops.people import person_for
+
+Target = Literal["postgres-auth", "raw"]
+SANDBOX_CA = Path("rds-front") / "rds-sandbox-ca.pem"
+
+
+@dataclass(frozen=True)
+class Caller:
+    identity: str
+    db_user: str
+    arn: str
+    boto_session: Any
+
+
+def choose_target(cfg: EnvConfig, *, raw: bool) -> Target:
+    """`--raw`, or an env that lists no people (nobody has a DB identity there yet): plain forwarding."""
+    return "raw" if raw or not cfg.people else "postgres-auth"
+
+
+def resolve_caller(cfg: EnvConfig) -> Caller:
+    session: Any = None
+    if cfg.sandbox:
+        from ops.sandbox.identities import person_session
+
+        session = person_session(cfg)
+    session = session or aws.session(cfg)
+    sts = session.client("sts", region_name=cfg.region, endpoint_url=aws.endpoint_for(cfg, "sts"))
+    arn = str(sts.get_caller_identity()["Arn"])
+    person = person_for(cfg.people, arn)
+    if person is None:
+        raise OpsError(f"your AWS identity {arn} is not in [[people]] of envs/{cfg.name}.toml, so it has no "
+                       f"database user", next_step=f"ask an owner of {cfg.name} to add you and run "
+                                                   f"invoke db-access --env {cfg.name}; or use --raw")
+    return Caller(identity=person.identity, db_user=person.db_user, arn=arn, boto_session=session)
+
+
+def ca_bundle(cfg: EnvConfig) -> str:
+    """The CA that signs the database's certificate: the env's RDS bundle, or the sandbox front's CA."""
+    if cfg.sandbox:
+        path = aws.state_dir() / SANDBOX_CA
+        if not path.is_file():
+            raise ConfigError(f"the sandbox has no RDS front CA at {path}", next_step="invoke sandbox up")
+        return str(path)
+    bundle = dburl.ca_bundle_path(cfg)
+    if not bundle:
+        raise ConfigError(f"{cfg.source.name}: database.ca_bundle is empty; the auth proxy verifies the database "
+                          f"(verify-full) before it sends a token", next_step="set it to certs/rds-global-bundle.pem "
+                                                                             "(see certs/README.md)")
+    return bundle
+
+
+class ProxyThread:
+    """The auth proxy on its own event loop thread (the raw tunnel has its own)."""
+
+    def __init__(self, proxy: authproxy.AuthProxy) -> None:
+        self.proxy = proxy
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="bastionless-auth-proxy", daemon=True)
+        self._servers: list[asyncio.Server] = []
+
+    def start(self, *, host: str, port: int, unix_socket: str = "") -> int:
+        self._thread.start()
+        if unix_socket:
+            server = self._call(self.proxy.serve_unix(Path(unix_socket), port or 5432))
+            self._servers.append(server)
+            return port or 5432
+        server = self._call(self.proxy.serve_tcp(host, port))
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    def _call(self, coro: Any) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(30)
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            for server in self._servers:
+                server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self._thread.is_alive():
+            try:
+                self._call(shutdown())
+            finally:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self._thread.join(10)
+
+
+@contextmanager
+def open_auth_tunnel(cfg: EnvConfig, *, local_port: int = 0, unix_socket: str = "", reason: str = "",
+                     transport: str = "auto", report: Callable[[str], None] | None = None,
+                     caller: Caller | None = None) -> Iterator[Any]:
+    """A tunnel whose local end needs no password: yields the raw tunnel's TunnelInfo with the proxy's
+    port and the caller's DB user. Everything stops when the block ends."""
+    from ops.tunnel import open_tunnel, stderr_report
+
+    say = report or stderr_report
+    who = caller or resolve_caller(cfg)
+    tls = authproxy.verify_full_context(ca_bundle(cfg))
+    with open_tunnel(cfg, local_port=0, reason=reason, transport=transport, report=report) as raw:
+        async def through_tunnel() -> authproxy.Stream:
+            return await asyncio.open_connection(raw.local_host, raw.local_port)
+
+        proxy = authproxy.AuthProxy(
+            upstream=authproxy.Upstream(host_name=raw.db_host, port=raw.db_port, tls=tls),
+            open_stream=through_tunnel, identity=authproxy.Identity(db_user=who.db_user, caller=who.identity),
+            token=rdsauth.token_source(who.boto_session, region=cfg.region), env=cfg.name, report=say)
+        thread = ProxyThread(proxy)
+        try:
+            port = thread.start(host=raw.local_host, port=local_port, unix_socket=unix_socket)
+            host = unix_socket or raw.local_host
+            yield dataclasses.replace(raw, local_host=host, local_port=port, db_user=who.db_user)
+        finally:
+            thread.stop()
+
+
+def url(info: Any) -> str:
+    """DATABASE_URL for the proxy: no password, no TLS parameters (the proxy does both upstream), so
+    psycopg, psycopg2 and asyncpg all accept it."""
+    host = info.local_host
+    if host.startswith("/"):
+        return f"postgresql://{info.db_user}@/{info.db_name}?host={host}&port={info.local_port}"
+    return f"postgresql://{info.db_user}@{host}:{info.local_port}/{info.db_name}"
+
+
+def describe_ready(cfg: EnvConfig, info: Any, *, caller: str) -> str:
+    where = (f"-h {info.local_host} -p {info.local_port}")
+    return "\n".join([
+        f"tunnel to {cfg.name} ready: {info.local_host}:{info.local_port} -> auth proxy (as {info.db_user}, "
+        f"IAM token, TLS verify-full) -> relay {info.instance_id} -> {info.db_host}:{info.db_port}",
+        f"  you        {caller} -> DB user {info.db_user} (no password: the proxy signs a token per connection)",
+        f"  psql       psql {where} -d {info.db_name}",
+        f"  DATABASE_URL={url(info)}",
+        "  only your OS user can use this port; --raw gives plain forwarding",
+        f"stop: Ctrl-C (or invoke tunnel-close --env {cfg.name} from another terminal)",
+    ])

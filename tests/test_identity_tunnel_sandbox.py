@@ -1,0 +1,116 @@
+"""The whole chain in the faithful sandbox: auth proxy -> tunnel (native client, and AWS's own plugin) ->
+emulated relay agent -> RDS front -> real PostgreSQL. No password anywhere on the client side; each
+person is themselves; nothing in any process's environment or argv holds a token or the master password."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from ops import identity_tunnel
+from ops.config import EnvConfig, load_env
+from ops.sandbox import identities
+from tests.identity_support import DB, Bed, start_bed
+from tests.tunnel_fixtures import World, _world
+
+pytestmark = pytest.mark.slow
+PEOPLE_TOML = ('\n[[people]]\nidentity = "alice@example.com"\ndb_role = "readwrite"\n'
+               '\n[[people]]\nidentity = "bob@example.com"\ndb_role = "readonly"\n')
+NO_PASSFILE = "/nonexistent/bastionless-no-pgpass"
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, EnvConfig, Bed]]:
+    tmp = tmp_path_factory.mktemp("identity-chain")
+    with contextmanager(_world)(tmp, 0) as world:
+        env_file = world.envs_dir / "sandbox.toml"
+        env_file.write_text((Path(__file__).parent.parent / "envs" / "sandbox.toml").read_text() + PEOPLE_TOML)
+        cfg = world.add_env("sandbox")
+        address = world.client("rds").describe_db_instances(DBInstanceIdentifier=cfg.stack_name)[
+            "DBInstances"][0]["Endpoint"]["Address"]
+        identities.provision(cfg)
+        bed = start_bed(tmp / "bed", host_name=address, keys=identities.signing_keys)
+        try:
+            world.map_host(address, 5432, bed.front_port)
+            ca = world.state_dir / identity_tunnel.SANDBOX_CA
+            ca.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(bed.certs.ca, ca)
+            yield world, load_env("sandbox", world.envs_dir), bed
+        finally:
+            bed.close()
+
+
+def who_am_i(info: Any) -> tuple[str, str]:
+    with psycopg.connect(host=info.local_host, port=info.local_port, dbname=DB, user="anyone",
+                         passfile=NO_PASSFILE, connect_timeout=15) as conn:
+        row = conn.execute("select current_user, current_setting('application_name')").fetchone()
+    assert row is not None
+    return str(row[0]), str(row[1])
+
+
+@pytest.mark.parametrize("transport", ["native", "plugin"])
+def test_each_person_is_themselves_through_the_whole_chain(chain: tuple[World, EnvConfig, Bed], transport: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    _, cfg, bed = chain
+    if transport == "plugin":
+        monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", _plugin())
+    for who, db_user in (("alice@example.com", "alice"), ("bob@example.com", "bob")):
+        monkeypatch.setenv(identities.PERSON_ENV, who)
+        with identity_tunnel.open_auth_tunnel(cfg, transport=transport, reason="identity test") as info:
+            assert info.db_user == db_user
+            assert who_am_i(info) == (db_user, f"client (bastionless: {who})")
+            assert identity_tunnel.url(info) == f"postgresql://{db_user}@127.0.0.1:{info.local_port}/{DB}"
+            _assert_no_secret_in_any_process(bed)
+
+
+def test_someone_not_in_people_is_told_how_to_get_in(chain: tuple[World, EnvConfig, Bed],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _, cfg, _ = chain
+    monkeypatch.delenv(identities.PERSON_ENV, raising=False)  # the shared sandbox credentials: nobody's
+    with pytest.raises(Exception, match=r"is not in \[\[people\]\]") as caught:
+        identity_tunnel.resolve_caller(cfg)
+    assert "invoke db-access --env sandbox" in getattr(caught.value, "next_step", "")
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="the psql client is not installed")
+def test_psql_line_from_the_issue(chain: tuple[World, EnvConfig, Bed], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, cfg, _ = chain
+    monkeypatch.setenv(identities.PERSON_ENV, "alice@example.com")
+    with identity_tunnel.open_auth_tunnel(cfg, transport="native") as info:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")} | {"PGPASSFILE": NO_PASSFILE}
+        out = subprocess.run(["psql", "-h", info.local_host, "-p", str(info.local_port), "-d", DB, "-w", "-Atc",
+                              "select current_user"], env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert (out.returncode, out.stdout.strip()) == (0, "alice"), out.stderr
+
+
+def _plugin() -> str:
+    """AWS's own plugin: the env override, the shared tools folder beside the checkout (CI), or PATH."""
+    shared = Path(__file__).resolve().parents[2] / "shared/tools/session-manager-plugin/session-manager-plugin"
+    found = (os.environ.get("BASTIONLESS_SESSION_MANAGER_PLUGIN") or (str(shared) if shared.is_file() else "")
+             or shutil.which("session-manager-plugin") or "")
+    if not found:
+        pytest.skip("no session-manager-plugin (set BASTIONLESS_SESSION_MANAGER_PLUGIN to run this)")
+    return found
+
+
+def _assert_no_secret_in_any_process(bed: Bed) -> None:
+    """Tokens (their signature parameter) and the master password appear in no environment or argv."""
+    needles = (b"X-Amz-Signature", bed.master_password.encode())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        for name in ("environ", "cmdline"):
+            try:
+                data = (entry / name).read_bytes()
+            except OSError:
+                continue
+            for needle in needles:
+                assert needle not in data, f"pid {entry.name} {name} holds a secret"
