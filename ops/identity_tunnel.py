@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
-from ops import authproxy, aws, dburl, rdsauth
+from ops import authproxy, aws, dburl, rdsauth, tunnels_state
 from ops.config import EnvConfig
 from ops.errors import ConfigError, OpsError
 from ops.people import person_for
@@ -119,7 +122,7 @@ class ProxyThread:
 @contextmanager
 def open_auth_tunnel(cfg: EnvConfig, *, local_port: int = 0, unix_socket: str = "", reason: str = "",
                      transport: str = "auto", report: Callable[[str], None] | None = None,
-                     caller: Caller | None = None) -> Iterator[Any]:
+                     caller: Caller | None = None, instance: str = "", host: str = "") -> Iterator[Any]:
     """A tunnel whose local end needs no password: yields the raw tunnel's TunnelInfo with the proxy's
     port and the caller's DB user. Everything stops when the block ends."""
     from ops.tunnel import open_tunnel, stderr_report
@@ -127,7 +130,8 @@ def open_auth_tunnel(cfg: EnvConfig, *, local_port: int = 0, unix_socket: str = 
     say = report or stderr_report
     who = caller or resolve_caller(cfg)
     tls = authproxy.verify_full_context(ca_bundle(cfg))
-    with open_tunnel(cfg, local_port=0, reason=reason, transport=transport, report=report) as raw:
+    with open_tunnel(cfg, local_port=0, reason=reason, transport=transport, report=report, instance=instance,
+                     host=host) as raw:
         async def through_tunnel() -> authproxy.Stream:
             return await asyncio.open_connection(raw.local_host, raw.local_port)
 
@@ -164,3 +168,47 @@ def describe_ready(cfg: EnvConfig, info: Any, *, caller: str) -> str:
         "  only your OS user can use this port; --raw gives plain forwarding",
         f"stop: Ctrl-C (or invoke tunnel-close --env {cfg.name} from another terminal)",
     ])
+
+
+def run(cfg: EnvConfig, *, raw: bool = False, local_port: int | None = None, unix_socket: str = "",
+        reason: str = "", transport: str = "auto", instance: str = "", host: str = "", background: bool = False,
+        out: TextIO | None = None, report: Callable[[str], None] | None = None) -> None:
+    """`invoke tunnel`: the auth proxy when the env has people (and not --raw), else plain forwarding."""
+    from ops import transport as transport_mod
+    from ops.tunnel import run_tunnel, stderr_report
+
+    out = out or sys.stdout
+    port = cfg.tunnel.local_port if local_port is None else local_port
+    if choose_target(cfg, raw=raw) == "raw":
+        if unix_socket:
+            raise OpsError("--unix-socket needs the auth proxy, which --raw turns off",
+                           next_step="drop --raw, or drop --unix-socket")
+        run_tunnel(cfg, local_port=port, reason=reason, transport=transport, instance=instance, host=host,
+                   background=background, out=out)
+        return
+    if background:
+        raise OpsError("--background is not available with the auth proxy yet",
+                       next_step=f"run invoke tunnel --env {cfg.name} in a terminal of its own, or add --raw")
+    transport_mod.choose(transport)  # plugin missing / unknown transport: fail before any AWS call
+    say = report or stderr_report
+    caller = resolve_caller(cfg)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    record = tunnels_state.claim(tunnels_state.TunnelRecord(env=cfg.name, pid=os.getpid(), background=False,
+                                                            region=cfg.region, env_file=str(cfg.source), log=""))
+    try:
+        with open_auth_tunnel(cfg, local_port=port, unix_socket=unix_socket, reason=reason, transport=transport,
+                              report=say, caller=caller, instance=instance, host=host) as info:
+            record = tunnels_state.update(record, status="ready", local_host=info.local_host,
+                                          local_port=info.local_port, session_id=info.session_id,
+                                          transport=info.transport, instance_id=info.instance_id,
+                                          db_host=info.db_host, db_port=info.db_port, db_name=info.db_name,
+                                          db_user=info.db_user)
+            print(describe_ready(cfg, info, caller=caller.identity), file=out, flush=True)
+            stop.wait()
+            say("stopping: terminating the session")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        tunnels_state.release(record)
+    say("stopped; session terminated")

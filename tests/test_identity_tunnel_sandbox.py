@@ -4,9 +4,13 @@ person is themselves; nothing in any process's environment or argv holds a token
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import shutil
+import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,3 +118,44 @@ def _assert_no_secret_in_any_process(bed: Bed) -> None:
                 continue
             for needle in needles:
                 assert needle not in data, f"pid {entry.name} {name} holds a secret"
+
+
+class _Ready(io.StringIO):
+    """Captures `invoke tunnel`'s ready text and tells a waiting thread when it arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ready = threading.Event()
+
+    def write(self, text: str) -> int:
+        count = super().write(text)
+        if "DATABASE_URL=" in self.getvalue():
+            self.ready.set()
+        return count
+
+
+def test_invoke_tunnel_foreground_serves_the_caller_until_sigterm(chain: tuple[World, EnvConfig, Bed],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    _, cfg, _ = chain
+    monkeypatch.setenv(identities.PERSON_ENV, "bob@example.com")
+    out = _Ready()
+    seen: list[str] = []
+
+    def client() -> None:
+        try:
+            if out.ready.wait(60):
+                port = int(re.search(r"@127\.0\.0\.1:(\d+)/", out.getvalue()).group(1))  # type: ignore[union-attr]
+                with psycopg.connect(host="127.0.0.1", port=port, dbname=DB, user="x", passfile=NO_PASSFILE) as conn:
+                    row = conn.execute("select current_user").fetchone()
+                    seen.append(str(row[0]) if row else "")
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    helper = threading.Thread(target=client)
+    helper.start()
+    identity_tunnel.run(cfg, local_port=0, transport="native", out=out)
+    helper.join(10)
+    assert seen == ["bob"]
+    assert "auth proxy (as bob" in out.getvalue()
+    assert "DATABASE_URL=postgresql://bob@127.0.0.1:" in out.getvalue()
+    assert "password" not in out.getvalue().replace("no password", "")
