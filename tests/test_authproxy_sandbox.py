@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -218,3 +219,77 @@ def test_garbage_at_the_proxy_gets_an_error_response(bed: Bed) -> None:
     reader.feed(data)
     msg = reader.next_message()
     assert msg is not None and pgwire.decode_error(msg).code == pgwire.PROTOCOL_VIOLATION
+
+
+ASYNC_AWARE_ENV_PY = '''
+import asyncio
+import os
+
+from alembic import context
+from sqlalchemy import pool
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import create_engine
+
+url = make_url(os.environ["DATABASE_URL"])
+
+
+def run(connection):
+    context.configure(connection=connection, target_metadata=None, transactional_ddl=True,
+                      version_table=context.config.get_main_option("version_table"))
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_async():
+    engine = create_async_engine(url, poolclass=pool.NullPool)
+    async with engine.connect() as connection:
+        await connection.run_sync(run)
+        await connection.commit()
+    await engine.dispose()
+
+
+if url.drivername.endswith("asyncpg"):
+    asyncio.run(run_async())
+else:
+    with create_engine(url, poolclass=pool.NullPool).connect() as connection:
+        run(connection)
+        connection.commit()
+'''
+REVISION = '''
+from alembic import op
+revision = "{rev}"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.execute("create table {table} (who text default current_user)")
+    op.execute("insert into {table} default values")
+
+
+def downgrade():
+    pass
+'''
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_alembic_through_the_proxy_with_a_passwordless_url(bed: Bed, tmp_path: Path, driver: str) -> None:
+    """What `invoke migrate` hands Alembic: postgresql+<driver>://<user>@127.0.0.1:<port>/<db>, nothing else."""
+    bed.superuser_sql("grant create on schema public to alice")
+    _, port = bed.proxy("alice")
+    project = tmp_path / "alembic"
+    (project / "versions").mkdir(parents=True)
+    (project / "env.py").write_text(ASYNC_AWARE_ENV_PY)
+    table = f"made_by_{driver}"
+    (project / "versions" / "0001_first.py").write_text(REVISION.format(rev=f"r{driver}", table=table))
+    (tmp_path / "alembic.ini").write_text(f"[alembic]\nscript_location = {project}\n"
+                                          f"version_table = alembic_version_{driver}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["DATABASE_URL"] = f"postgresql+{driver}://alice@127.0.0.1:{port}/{DB}"
+    out = subprocess.run([sys.executable, "-m", "alembic", "-c", str(tmp_path / "alembic.ini"), "upgrade", "head"],
+                         env=env, capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    query = f"select who, pg_get_userbyid(relowner) from {table}, pg_class where relname = '{table}'"  # noqa: S608
+    assert bed.superuser_sql(query) == [("alice", "alice")]
