@@ -193,6 +193,10 @@ class AuthProxy:
         except pgwire.ProtocolError as exc:
             await self._fail(writer, UpstreamRefused(f"not the PostgreSQL protocol: {exc}"),
                              code=pgwire.PROTOCOL_VIOLATION)
+        except asyncio.CancelledError:
+            # The proxy is stopping. Ending normally: Python 3.11's start_server callback logs a traceback
+            # for a cancelled connection task (fixed in 3.12).
+            writer.transport.abort()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         uid = connection_uid(writer)

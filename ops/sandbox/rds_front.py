@@ -64,6 +64,9 @@ class RdsFront:
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, pgwire.ProtocolError) as exc:
             self._log(f"connection dropped during start-up: {type(exc).__name__}")
             await pgstream.close(writer)
+        except asyncio.CancelledError:
+            # Stopping. Ending normally: Python 3.11's start_server callback logs cancelled connection tasks.
+            writer.transport.abort()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tls = False
