@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ops import pgwire, rdsauth
+from ops import dblogins, pgwire, rdsauth
 from tests.identity_support import DB, MASTER, PEOPLE, RDS_HOST, REGION, Bed, start_bed
 
 pytestmark = pytest.mark.slow
@@ -199,8 +199,13 @@ def test_psql_with_no_password_anywhere(bed: Bed) -> None:
 def test_the_postgresql_log_names_each_person(bed: Bed) -> None:
     _, port = bed.proxy("bob")
     who_am_i(port)
-    log = (bed.cluster.root / "log").read_text(errors="replace")
-    assert "user=bob" in log and "bastionless: bob@example.com" in log
+    _, carol = bed.proxy("carol")
+    with pytest.raises(psycopg.OperationalError):
+        who_am_i(carol)
+    lines = (bed.cluster.root / "log").read_text(errors="replace").splitlines()
+    found = dblogins.parse(lines, people={"bob": "bob@example.com"})
+    assert any(e.person == "bob@example.com" and e.db_user == "bob" and not e.refused for e in found)
+    assert any(e.db_user == "carol" and "not permitted to log in" in e.refused for e in found)
 
 
 def test_garbage_at_the_proxy_gets_an_error_response(bed: Bed) -> None:
