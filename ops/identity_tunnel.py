@@ -157,6 +157,12 @@ def url(info: Any) -> str:
     return f"postgresql://{info.db_user}@{host}:{info.local_port}/{info.db_name}"
 
 
+def break_glass_notice(cfg: EnvConfig, what: str) -> str:
+    return (f"*** BREAK-GLASS: {what} on {cfg.name} as the master user {cfg.database.username}, with the password "
+            f"from Secrets Manager (on a real env only the break-glass role, with MFA, may read it). Every read of "
+            f"it is in CloudTrail; say why in --reason. ***")
+
+
 def describe_ready(cfg: EnvConfig, info: Any, *, caller: str) -> str:
     where = (f"-h {info.local_host} -p {info.local_port}")
     return "\n".join([

@@ -22,7 +22,8 @@ import pytest
 from ops import identity_tunnel
 from ops.config import EnvConfig, load_env
 from ops.sandbox import identities
-from tests.identity_support import DB, Bed, start_bed
+from tests.db_fixtures import set_database_secret
+from tests.identity_support import DB, MASTER, Bed, start_bed
 from tests.tunnel_fixtures import World, _world
 
 pytestmark = pytest.mark.slow
@@ -36,7 +37,11 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Env
     tmp = tmp_path_factory.mktemp("identity-chain")
     with contextmanager(_world)(tmp, 0) as world:
         env_file = world.envs_dir / "sandbox.toml"
-        env_file.write_text((Path(__file__).parent.parent / "envs" / "sandbox.toml").read_text() + PEOPLE_TOML)
+        ca = world.state_dir / identity_tunnel.SANDBOX_CA
+        # Like RDS, the front takes TLS only: break-glass (master password) connections verify it too.
+        text = (Path(__file__).parent.parent / "envs" / "sandbox.toml").read_text().replace(
+            'sslmode = "disable"', f'sslmode = "verify-full"\nca_bundle = "{ca}"')
+        env_file.write_text(text + PEOPLE_TOML)
         cfg = world.add_env("sandbox")
         address = world.client("rds").describe_db_instances(DBInstanceIdentifier=cfg.stack_name)[
             "DBInstances"][0]["Endpoint"]["Address"]
@@ -44,7 +49,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Env
         bed = start_bed(tmp / "bed", host_name=address, keys=identities.signing_keys)
         try:
             world.map_host(address, 5432, bed.front_port)
-            ca = world.state_dir / identity_tunnel.SANDBOX_CA
+            set_database_secret(world, cfg, username=MASTER, password=bed.master_password)
             ca.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(bed.certs.ca, ca)
             yield world, load_env("sandbox", world.envs_dir), bed
@@ -159,3 +164,36 @@ def test_invoke_tunnel_foreground_serves_the_caller_until_sigterm(chain: tuple[W
     assert "auth proxy (as bob" in out.getvalue()
     assert "DATABASE_URL=postgresql://bob@127.0.0.1:" in out.getvalue()
     assert "password" not in out.getvalue().replace("no password", "")
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="the psql client is not installed")
+def test_invoke_psql_is_you_and_break_glass_is_the_master(chain: tuple[World, EnvConfig, Bed],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from ops.psql import run_psql
+
+    _, cfg, bed = chain
+    monkeypatch.setenv(identities.PERSON_ENV, "bob@example.com")
+    found: list[str] = []
+    scanning = threading.Event()
+
+    def scan() -> None:
+        while not scanning.is_set():
+            _assert_no_secret_in_any_process(bed)
+            found.append("scanned")
+            scanning.wait(0.05)
+
+    scanner = threading.Thread(target=scan)
+    scanner.start()
+    try:
+        mine = run_psql(cfg, command="select current_user, pg_sleep(0.5)", args=["-At"], transport="native",
+                        capture=True)
+    finally:
+        scanning.set()
+        scanner.join(10)
+    assert (mine.returncode, mine.stdout.strip()) == (0, "bob|"), mine.stderr
+    assert found, "the /proc scan never ran while psql did"
+    notices: list[str] = []
+    master = run_psql(cfg, command="select current_user", args=["-At"], transport="native", capture=True,
+                      break_glass=True, report=notices.append)
+    assert (master.returncode, master.stdout.strip()) == (0, MASTER), master.stderr
+    assert any("BREAK-GLASS" in line for line in notices)
