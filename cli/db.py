@@ -28,15 +28,18 @@ def _log(line: str) -> None:
     "transport": TRANSPORT_HELP,
     "reason": "why you migrate; sent as the StartSession reason (session history, CloudTrail)",
     "ini": INI_HELP,
+    "break_glass": "run as the master user (password from Secrets Manager: the break-glass role) instead of as "
+                   "yourself through the auth proxy",
 })
 def migrate(c: Context, env: str = "", revision: str = "head", sql: bool = False, yes: bool = False,
-            transport: str = "auto", reason: str = "", ini: str = "") -> None:
+            transport: str = "auto", reason: str = "", ini: str = "", break_glass: bool = False) -> None:
     """Run Alembic upgrade through an ephemeral tunnel (one runner at a time: advisory lock)."""
     with ops_errors():
         from ops.migrate import migrate as run
 
         cfg = _common.env(env)
-        run(cfg, revision=revision, sql=sql, yes=yes, transport=transport, reason=reason, ini=ini, report=_log)
+        run(cfg, revision=revision, sql=sql, yes=yes, transport=transport, reason=reason, ini=ini, report=_log,
+            break_glass=break_glass)
         if not sql:
             print(f"{cfg.name}: migrated to {revision}")
 

@@ -148,6 +148,13 @@ def open_auth_tunnel(cfg: EnvConfig, *, local_port: int = 0, unix_socket: str = 
             thread.stop()
 
 
+def proxy_params(info: Any) -> dburl.ConnectionParams:
+    """Connection parameters for the proxy's local end: no password and no TLS settings (the local hop
+    is loopback; the proxy does TLS upstream)."""
+    return dburl.ConnectionParams(host=info.local_host, hostaddr="", port=info.local_port, dbname=info.db_name,
+                                  user=info.db_user, sslmode="")
+
+
 def url(info: Any) -> str:
     """DATABASE_URL for the proxy: no password, no TLS parameters (the proxy does both upstream), so
     psycopg, psycopg2 and asyncpg all accept it."""

@@ -120,9 +120,11 @@ def confirm_action(cfg: EnvConfig, action: str, *, yes: bool, needed: bool, ask:
 
 def migrate(cfg: EnvConfig, *, revision: str = "head", downgrade: bool = False, sql: bool = False,
             yes: bool = False, ask: Confirm | None = None, transport: str = "auto", ini: str = "",
-            reason: str = "", report: Callable[[str], None] | None = None) -> None:
+            reason: str = "", report: Callable[[str], None] | None = None, break_glass: bool = False) -> None:
     """Upgrade (or downgrade) the env's database to `revision`; raises CommandFailedError with
-    Alembic's exit status when Alembic fails. `sql`: print the SQL only (offline, no AWS, no tunnel)."""
+    Alembic's exit status when Alembic fails. `sql`: print the SQL only (offline, no AWS, no tunnel).
+    Where the env lists people, Alembic runs as the caller's own DB user through the auth proxy (a URL
+    with no password); `break_glass`: as the master user."""
     path = alembic_ini(cfg, ini)
     command = "downgrade" if downgrade else "upgrade"
     if downgrade and not revision:
@@ -133,6 +135,18 @@ def migrate(cfg: EnvConfig, *, revision: str = "head", downgrade: bool = False, 
         _check(code, command, cfg)
         return
     confirm_action(cfg, f"alembic {command} {revision}", yes=yes, needed=cfg.is_prod or downgrade, ask=ask)
+    from ops.identity_tunnel import break_glass_notice, choose_target, open_auth_tunnel, proxy_params
+
+    if choose_target(cfg, raw=break_glass) == "postgres-auth":
+        with open_auth_tunnel(cfg, reason=reason or f"bastionless migrate: alembic {command} {revision}",
+                              transport=transport, report=report) as info:
+            params = proxy_params(info)
+            with migration_lock(params, "", env=cfg.name):
+                code = run_alembic(path, [command, revision], url=params.url())
+        _check(code, command, cfg)
+        return
+    if break_glass:
+        (report or print)(break_glass_notice(cfg, f"alembic {command}"))
     with through_tunnel(cfg, reason=reason or f"bastionless migrate: alembic {command} {revision}",
                         transport=transport, report=report) as conn:
         password = conn.credentials.password

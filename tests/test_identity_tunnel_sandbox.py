@@ -173,27 +173,58 @@ def test_invoke_psql_is_you_and_break_glass_is_the_master(chain: tuple[World, En
 
     _, cfg, bed = chain
     monkeypatch.setenv(identities.PERSON_ENV, "bob@example.com")
-    found: list[str] = []
-    scanning = threading.Event()
-
-    def scan() -> None:
-        while not scanning.is_set():
-            _assert_no_secret_in_any_process(bed)
-            found.append("scanned")
-            scanning.wait(0.05)
-
-    scanner = threading.Thread(target=scan)
-    scanner.start()
-    try:
+    with scanning_proc(bed) as scans:
         mine = run_psql(cfg, command="select current_user, pg_sleep(0.5)", args=["-At"], transport="native",
                         capture=True)
-    finally:
-        scanning.set()
-        scanner.join(10)
     assert (mine.returncode, mine.stdout.strip()) == (0, "bob|"), mine.stderr
-    assert found, "the /proc scan never ran while psql did"
+    assert scans, "the /proc scan never ran while psql did"
     notices: list[str] = []
     master = run_psql(cfg, command="select current_user", args=["-At"], transport="native", capture=True,
                       break_glass=True, report=notices.append)
     assert (master.returncode, master.stdout.strip()) == (0, MASTER), master.stderr
     assert any("BREAK-GLASS" in line for line in notices)
+
+
+def test_invoke_migrate_runs_alembic_as_you_with_a_passwordless_url(chain: tuple[World, EnvConfig, Bed],
+                                                                     tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from ops.migrate import migrate
+    from tests.db_fixtures import copy_migrations
+
+    _, cfg, bed = chain
+    bed.superuser_sql("grant create on schema public to alice")
+    monkeypatch.setenv(identities.PERSON_ENV, "alice@example.com")
+    ini = copy_migrations(tmp_path)
+    with scanning_proc(bed) as scans:
+        migrate(cfg, yes=True, ini=str(ini), transport="native", report=lambda _line: None)
+    assert scans
+    owners = bed.superuser_sql("select distinct pg_get_userbyid(relowner) from pg_class c join pg_namespace n "
+                               "on n.oid = c.relnamespace where n.nspname = 'public' and c.relkind = 'r'")
+    assert owners == [("alice",)]
+
+
+@contextmanager
+def scanning_proc(bed: Bed) -> Iterator[list[str]]:
+    """Scan /proc for secrets over and over while the block runs (its child processes come and go)."""
+    scans: list[str] = []
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def scan() -> None:
+        while not done.is_set():
+            try:
+                _assert_no_secret_in_any_process(bed)
+            except AssertionError as exc:
+                failures.append(exc)
+                return
+            scans.append("scanned")
+            done.wait(0.05)
+
+    scanner = threading.Thread(target=scan)
+    scanner.start()
+    try:
+        yield scans
+    finally:
+        done.set()
+        scanner.join(10)
+    assert not failures, failures[0]
