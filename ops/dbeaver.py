@@ -83,8 +83,12 @@ def connection_id(cfg: EnvConfig) -> str:
     return f"{DRIVER}-bastionless-{cfg.name}"
 
 
-def connection_entry(cfg: EnvConfig, *, user: str, port: int | None = None) -> dict[str, Any]:
-    """Our connection as DBeaver stores it: localhost, the env's tunnel port, no password."""
+def connection_entry(cfg: EnvConfig, *, user: str, port: int | None = None, proxy: bool = False) -> dict[str, Any]:
+    """Our connection as DBeaver stores it: localhost, the env's tunnel port, no password.
+
+    `proxy`: the tunnel is the auth proxy (the env lists people): the user is the caller's own DB user,
+    the local hop has no TLS (the proxy does it upstream), and the empty password counts as saved, so
+    DBeaver never prompts; the proxy logs in with an IAM token."""
     port = cfg.tunnel.local_port if port is None else port
     if not port:
         raise OpsError(f"[tunnel] local_port of {cfg.name} is 0 (any free port): DBeaver needs a fixed port",
@@ -100,9 +104,16 @@ def connection_entry(cfg: EnvConfig, *, user: str, port: int | None = None) -> d
         "user": user,
         "auth-model": "native",
     }
-    ssl = _ssl_handler(cfg)
+    ssl = {} if proxy else _ssl_handler(cfg)
     if ssl:
         conf["handlers"] = {SSL_HANDLER: ssl}
+    if proxy:
+        return {
+            "provider": PROVIDER, "driver": DRIVER, "name": f"bastionless {cfg.name}",
+            "description": f"{cfg.name} RDS as {user} through the bastionless auth proxy: run `invoke tunnel --env "
+                           f"{cfg.name}` first. No password: the proxy signs an IAM token per connection.",
+            "save-password": True, "folder": FOLDER, "configuration": conf,
+        }
     return {
         "provider": PROVIDER,
         "driver": DRIVER,
@@ -167,10 +178,10 @@ def gson_dumps(document: Any, *, level: int = 0) -> str:
 
 
 def write_config(cfg: EnvConfig, *, user: str, workspace: Path | None = None, port: int | None = None,
-                 dry_run: bool = False) -> DBeaverResult:
+                 dry_run: bool = False, proxy: bool = False) -> DBeaverResult:
     """Add or update the env's connection in `<workspace>/General/.dbeaver/data-sources.json`."""
     path = data_sources_path(workspace or default_workspace())
-    entry = connection_entry(cfg, user=user, port=port)
+    entry = connection_entry(cfg, user=user, port=port, proxy=proxy)
     original = path.read_bytes() if path.exists() else None
     document: dict[str, Any] = {}
     text = ""
@@ -320,6 +331,10 @@ def configure(cfg: EnvConfig, *, workspace: Path | None = None, dry_run: bool = 
     from ops.secrets import database_credentials
 
     check_account(cfg)
+    from ops.identity_tunnel import choose_target, resolve_caller
+
+    if choose_target(cfg, raw=False) == "postgres-auth":
+        return write_config(cfg, user=resolve_caller(cfg).db_user, workspace=workspace, dry_run=dry_run, proxy=True)
     creds = database_credentials(cfg)
     return write_config(cfg, user=creds.username, workspace=workspace, dry_run=dry_run)
 

@@ -146,3 +146,22 @@ def test_startup_errors_are_explained_with_the_fix() -> None:
     assert "removed from envs/prod.toml" in removed.message and "invoke db-access --env prod" in removed.next_step
     missing = authproxy.explain(fields("28000", 'role "zed" does not exist'), db_user="zed", env="prod")
     assert "does not exist" in missing.message and "db-access" in missing.next_step
+
+
+def test_dbeaver_entry_for_the_auth_proxy_has_no_password_and_never_prompts(tmp_path: Path) -> None:
+    import json
+
+    from ops import dbeaver
+    from ops.config import load_env
+
+    cfg = load_env("prod")
+    result = dbeaver.write_config(cfg, user="alice", workspace=tmp_path, proxy=True)
+    text = dbeaver.data_sources_path(tmp_path).read_text()
+    entry = json.loads(text)["connections"][dbeaver.connection_id(cfg)]
+    assert entry["configuration"]["user"] == "alice"
+    assert entry["configuration"]["url"] == f"jdbc:postgresql://localhost:{cfg.tunnel.local_port}/{cfg.database.name}"
+    # Saved (empty) password: DBeaver does not prompt; nothing secret is written, no TLS on the local hop.
+    assert entry["save-password"] is True
+    assert "password" not in text.lower().replace("no password", "").replace('"save-password"', "")
+    assert "handlers" not in entry["configuration"]
+    assert result is not None
