@@ -228,3 +228,20 @@ def scanning_proc(bed: Bed) -> Iterator[list[str]]:
         done.set()
         scanner.join(10)
     assert not failures, failures[0]
+
+
+def test_invoke_db_access_applies_people_then_has_nothing_to_do(chain: tuple[World, EnvConfig, Bed]) -> None:
+    from ops.dbaccess import db_access
+
+    _, cfg, bed = chain
+    lines: list[str] = []
+    first = db_access(cfg, yes=True, transport="native", report=lines.append)
+    assert not first.empty
+    assert any("update bob (bob@example.com): readonly" in line for line in lines)
+    again = db_access(cfg, yes=True, transport="native", report=lines.append)
+    assert again.empty and "nothing to do" in lines[-1]
+    groups = bed.superuser_sql("select r.rolname, g.rolname from pg_auth_members m join pg_roles r on r.oid = m.member "
+                               "join pg_roles g on g.oid = m.roleid where r.rolname in ('alice', 'bob') "
+                               "and g.rolname <> 'rds_iam' order by 1")
+    assert groups == [("alice", "readwrite"), ("bob", "readonly")]
+    assert bed.master_password not in "\n".join(lines)
