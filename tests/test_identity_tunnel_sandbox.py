@@ -4,6 +4,7 @@ person is themselves; nothing in any process's environment or argv holds a token
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -123,6 +124,13 @@ def _assert_no_secret_in_any_process(bed: Bed) -> None:
                 continue
             for needle in needles:
                 assert needle not in data, f"pid {entry.name} {name} holds a secret"
+    # Files: the sandbox state (tunnel records, sessions, endpoints), the PostgreSQL log, the front's log.
+    for root in (Path(os.environ["BASTIONLESS_STATE_DIR"]), bed.cluster.root / "log"):
+        for path in [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]:
+            with contextlib.suppress(OSError):
+                data = path.read_bytes()
+                assert not any(n in data for n in needles), f"{path} holds a secret"
+    assert not any("X-Amz-Signature" in line or bed.master_password in line for line in bed.front_log)
 
 
 class _Ready(io.StringIO):
