@@ -170,7 +170,9 @@ def break_glass_notice(cfg: EnvConfig, what: str) -> str:
             f"it is in CloudTrail; say why in --reason. ***")
 
 
-def describe_ready(cfg: EnvConfig, info: Any, *, caller: str) -> str:
+def describe_ready(cfg: EnvConfig, info: Any, *, caller: str, background: bool = False) -> str:
+    stop = (f"invoke tunnel-close --env {cfg.name}" if background
+            else f"Ctrl-C (or invoke tunnel-close --env {cfg.name} from another terminal)")
     where = (f"-h {info.local_host} -p {info.local_port}")
     return "\n".join([
         f"tunnel to {cfg.name} ready: {info.local_host}:{info.local_port} -> auth proxy (as {info.db_user}, "
@@ -179,7 +181,7 @@ def describe_ready(cfg: EnvConfig, info: Any, *, caller: str) -> str:
         f"  psql       psql {where} -d {info.db_name}",
         f"  DATABASE_URL={url(info)}",
         "  only your OS user can use this port; --raw gives plain forwarding",
-        f"stop: Ctrl-C (or invoke tunnel-close --env {cfg.name} from another terminal)",
+        f"stop: {stop}",
     ])
 
 
@@ -187,8 +189,7 @@ def run(cfg: EnvConfig, *, raw: bool = False, local_port: int | None = None, uni
         reason: str = "", transport: str = "auto", instance: str = "", host: str = "", background: bool = False,
         out: TextIO | None = None, report: Callable[[str], None] | None = None) -> None:
     """`invoke tunnel`: the auth proxy when the env has people (and not --raw), else plain forwarding."""
-    from ops import transport as transport_mod
-    from ops.tunnel import run_tunnel, stderr_report
+    from ops.tunnel import run_tunnel
 
     out = out or sys.stdout
     port = cfg.tunnel.local_port if local_port is None else local_port
@@ -200,15 +201,31 @@ def run(cfg: EnvConfig, *, raw: bool = False, local_port: int | None = None, uni
                    background=background, out=out)
         return
     if background:
-        raise OpsError("--background is not available with the auth proxy yet",
-                       next_step=f"run invoke tunnel --env {cfg.name} in a terminal of its own, or add --raw")
+        record = start_background(cfg, local_port=port, unix_socket=unix_socket, reason=reason, transport=transport,
+                                  instance=instance, host=host)
+        print(describe_ready(cfg, record, caller=record.db_user, background=True), file=out, flush=True)
+        print(f"log: {record.log}", file=out, flush=True)
+        return
+    serve(cfg, local_port=port, unix_socket=unix_socket, reason=reason, transport=transport, instance=instance,
+          host=host, out=out, report=report)
+
+
+def serve(cfg: EnvConfig, *, local_port: int, unix_socket: str = "", reason: str = "", transport: str = "auto",
+          instance: str = "", host: str = "", out: TextIO, report: Callable[[str], None] | None = None,
+          detached: bool = False) -> None:
+    """Run the auth tunnel until SIGINT/SIGTERM, recorded for `invoke tunnels` / `tunnel-close`."""
+    from ops import transport as transport_mod
+    from ops.tunnel import stderr_report
+
+    port = local_port
     transport_mod.choose(transport)  # plugin missing / unknown transport: fail before any AWS call
     say = report or stderr_report
     caller = resolve_caller(cfg)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    record = tunnels_state.claim(tunnels_state.TunnelRecord(env=cfg.name, pid=os.getpid(), background=False,
-                                                            region=cfg.region, env_file=str(cfg.source), log=""))
+    log = str(tunnels_state.log_path(cfg.name)) if detached else ""
+    record = tunnels_state.claim(tunnels_state.TunnelRecord(env=cfg.name, pid=os.getpid(), background=detached,
+                                                            region=cfg.region, env_file=str(cfg.source), log=log))
     try:
         with open_auth_tunnel(cfg, local_port=port, unix_socket=unix_socket, reason=reason, transport=transport,
                               report=say, caller=caller, instance=instance, host=host) as info:
@@ -225,3 +242,82 @@ def run(cfg: EnvConfig, *, raw: bool = False, local_port: int | None = None, uni
             signal.signal(sig, handler)
         tunnels_state.release(record)
     say("stopped; session terminated")
+
+
+def start_background(cfg: EnvConfig, *, local_port: int, unix_socket: str = "", reason: str = "",
+                     transport: str = "auto", instance: str = "", host: str = "",
+                     timeout: float = 60.0) -> tunnels_state.TunnelRecord:
+    """A detached auth tunnel (`python -m ops.identity_tunnel`); its record once ready, or its error."""
+    import subprocess
+    import time
+
+    from ops import transport as transport_mod
+    from ops.config import PROJECT_ROOT
+    from ops.tunnel import _error_from_log
+
+    transport_mod.choose(transport)
+    existing = tunnels_state.read(cfg.name)
+    if existing is not None:
+        raise tunnels_state.TunnelExistsError(
+            f"a tunnel to {cfg.name} is already running on this machine (port {existing.local_port}, "
+            f"pid {existing.pid})", next_step=f"use it, or invoke tunnel-close --env {cfg.name}")
+    tunnels_state.tunnels_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
+    log = tunnels_state.log_path(cfg.name)
+    argv = [sys.executable, "-m", "ops.identity_tunnel", "--env-file", str(cfg.source), "--env", cfg.name,
+            "--local-port", str(local_port), "--transport", transport]
+    for flag, value in (("--unix-socket", unix_socket), ("--reason", reason), ("--instance", instance),
+                        ("--host", host)):
+        if value:
+            argv += [flag, value]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = tunnels_state.read(cfg.name)
+        if record is not None and record.pid == proc.pid and record.status == "ready":
+            return record
+        if proc.poll() is not None:
+            raise _error_from_log(log, proc.returncode or 1)
+        time.sleep(0.02)
+    proc.terminate()
+    raise OpsError(f"the background tunnel to {cfg.name} was not ready within {timeout:g} s",
+                   next_step=f"see {log}, or run it in the foreground: invoke tunnel --env {cfg.name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The detached auth tunnel process (started by `invoke tunnel --background`)."""
+    import argparse
+
+    from ops.config import parse_env
+
+    parser = argparse.ArgumentParser(prog="python -m ops.identity_tunnel")
+    parser.add_argument("--env-file", type=Path, required=True)
+    parser.add_argument("--env", default="")
+    parser.add_argument("--local-port", type=int, default=None)
+    parser.add_argument("--unix-socket", default="")
+    parser.add_argument("--reason", default="")
+    parser.add_argument("--transport", default="auto")
+    parser.add_argument("--instance", default="")
+    parser.add_argument("--host", default="")
+    args = parser.parse_args(argv)
+    try:
+        path: Path = args.env_file
+        cfg = parse_env(args.env or path.stem, path.read_bytes(), path)
+        port = cfg.tunnel.local_port if args.local_port is None else args.local_port
+        serve(cfg, local_port=port, unix_socket=args.unix_socket, reason=args.reason, transport=args.transport,
+              instance=args.instance, host=args.host, out=sys.stdout, detached=True)
+    except OpsError as exc:
+        print(f"error: {exc.message}" + (f"; next: {exc.next_step}" if exc.next_step else ""), file=sys.stderr,
+              flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

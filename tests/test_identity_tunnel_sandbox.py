@@ -253,3 +253,23 @@ def test_invoke_db_access_applies_people_then_has_nothing_to_do(chain: tuple[Wor
                                "and g.rolname <> 'rds_iam' order by 1")
     assert groups == [("alice", "readwrite"), ("bob", "readonly")]
     assert bed.master_password not in "\n".join(lines)
+
+
+def test_background_auth_tunnel_is_listed_used_and_closed(chain: tuple[World, EnvConfig, Bed],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from ops import tunnels_state
+
+    _, cfg, _ = chain
+    monkeypatch.setenv(identities.PERSON_ENV, "alice@example.com")
+    out = io.StringIO()
+    identity_tunnel.run(cfg, local_port=0, transport="native", background=True, out=out)
+    try:
+        record = tunnels_state.read("sandbox")
+        assert record is not None and record.background and record.db_user == "alice"
+        assert "stop: invoke tunnel-close --env sandbox" in out.getvalue()
+        with psycopg.connect(host="127.0.0.1", port=record.local_port, dbname=DB, user="x",
+                             passfile=NO_PASSFILE) as conn:
+            assert conn.execute("select current_user").fetchone() == ("alice",)
+    finally:
+        closed = tunnels_state.close("sandbox")
+    assert closed.pid == record.pid and tunnels_state.read("sandbox") is None
