@@ -165,3 +165,25 @@ def test_dbeaver_entry_for_the_auth_proxy_has_no_password_and_never_prompts(tmp_
     assert "password" not in text.lower().replace("no password", "").replace('"save-password"', "")
     assert "handlers" not in entry["configuration"]
     assert result is not None
+
+
+@pytest.mark.parametrize("with_people, status", [(True, "pass"), (False, "fail")])
+def test_doctor_expects_developers_not_to_read_the_master_secret_where_people_log_in_as_themselves(
+        with_people: bool, status: str) -> None:
+    import botocore.exceptions
+
+    from ops.doctor import _Doctor
+
+    class DeniedSecrets:
+        def get_secret_value(self, SecretId: str) -> None:
+            raise botocore.exceptions.ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}},
+                                                  "GetSecretValue")
+
+    text = '[[people]]\nidentity = "alice@example.com"\ndb_role = "readonly"\n' if with_people else ""
+    cfg = parse_env("sandbox", TOP + text.encode() + STATE, Path("envs/sandbox.toml"))
+    doctor = _Doctor(cfg=cfg, _clients={"secretsmanager": DeniedSecrets()})
+    doctor._secret({"MasterUserSecret": {"SecretArn": "arn:aws:secretsmanager:us-east-1:1:secret:x"},
+                    "DBInstanceIdentifier": "x"})
+    (result,) = doctor.results
+    assert result.status == status
+    assert ("break-glass" in result.detail) if with_people else ("break-glass role has both" in result.fix)
