@@ -58,14 +58,17 @@ def _log(line: str) -> None:
     "reason": "why you migrate; sent as the StartSession reason (session history, CloudTrail)",
     "ini": INI_HELP,
     "python": PYTHON_HELP,
+    "break_glass": "run as the master user (password from Secrets Manager: the break-glass role) instead of as "
+                   "yourself through the auth proxy",
 })
 def migrate(c: Context, env: str = "", revision: str = "head", sql: bool = False, yes: bool = False,
-            transport: str = "auto", reason: str = "", ini: str = "", python: str = "") -> None:
+            transport: str = "auto", reason: str = "", ini: str = "", python: str = "",
+            break_glass: bool = False) -> None:
     with ops_errors():
         from ops.migrate import migrate as run
 
         done = run(_common.env(env), revision=revision, sql=sql, yes=yes, transport=transport, reason=reason,
-                   ini=ini, python=python, report=_log)
+                   ini=ini, python=python, report=_log, break_glass=break_glass)
         if done:
             print(done)
 
@@ -133,13 +136,17 @@ def dbeaver(c: Context, env: str = "", workspace: str = "", print_: bool = False
     "command": "SQL to run (psql -c); default: an interactive psql session",
     "transport": TRANSPORT_HELP,
     "reason": "why you connect; sent as the StartSession reason",
+    "break_glass": "connect as the master user (password from Secrets Manager: the break-glass role) instead of "
+                   "as yourself through the auth proxy",
 })
-def psql(c: Context, env: str = "", command: str = "", transport: str = "auto", reason: str = "") -> None:
-    """psql through an ephemeral tunnel; the password goes to psql in PGPASSWORD only."""
+def psql(c: Context, env: str = "", command: str = "", transport: str = "auto", reason: str = "",
+         break_glass: bool = False) -> None:
+    """psql through an ephemeral tunnel: as yourself with no password (env lists people), else the master user."""
     with ops_errors():
         from ops.psql import run_psql
 
-        code = run_psql(_common.env(env), command=command, transport=transport, reason=reason, report=_log).returncode
+        code = run_psql(_common.env(env), command=command, transport=transport, reason=reason, report=_log,
+                        break_glass=break_glass).returncode
     if code:
         raise Exit(code=code)
 

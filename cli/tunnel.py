@@ -18,16 +18,19 @@ from cli._common import ENV_HELP, EnvFlagTask, local_port_help, ops_errors
     "transport": "auto (session-manager-plugin if installed, else the built-in client), plugin, or native",
     "instance": "relay instance id to use instead of the one found by its tags",
     "host": "database HOST[:PORT] to forward to instead of the RDS endpoint of the env",
+    "raw": "plain TCP forwarding (your client does TLS and auth) instead of the auth proxy, which logs you in "
+           "as your own DB user with no password",
+    "unix_socket": "auth proxy on a Unix socket in this directory (made 0700) instead of a TCP port",
 })
 def tunnel(c: Context, env: str = "", local_port: int = -1, reason: str = "", background: bool = False,
-           transport: str = "auto", instance: str = "", host: str = "") -> None:
+           transport: str = "auto", instance: str = "", host: str = "", raw: bool = False,
+           unix_socket: str = "") -> None:
     """Open a tunnel to the env's database; ready once PostgreSQL answers through it. Ctrl-C stops it."""
     with ops_errors():
-        from ops.tunnel import run_tunnel
+        from ops.identity_tunnel import run
 
-        cfg = _common.env(env)
-        run_tunnel(cfg, local_port=None if local_port < 0 else local_port, reason=reason, transport=transport,
-                   instance=instance, host=host, background=background)
+        run(_common.env(env), raw=raw, local_port=None if local_port < 0 else local_port, unix_socket=unix_socket,
+            reason=reason, transport=transport, instance=instance, host=host, background=background)
 
 
 @task(name="tunnels", help={})

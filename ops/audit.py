@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import botocore.exceptions
+
 from ops import aws
 from ops.config import EnvConfig
 from ops.discovery import aws_call
@@ -175,4 +177,19 @@ def report(cfg: EnvConfig, *, since: datetime, as_json: bool = False, out: TextI
         out.write(format_table(events) + "\n")
         if cfg.sandbox:
             out.write(SANDBOX_NOTE + "\n")
+        _db_logins(cfg, since=since, out=out)
     return events
+
+
+def _db_logins(cfg: EnvConfig, *, since: datetime, out: TextIO) -> None:
+    """Database logins per person (PostgreSQL's log; CloudTrail does not record IAM DB logins)."""
+    from ops import dblogins
+    from ops.errors import OpsError
+
+    try:
+        entries = dblogins.logins(cfg, since=since)
+    except (OpsError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        out.write(f"database logins: not available ({exc})\n")
+        return
+    out.write(f"database logins for {cfg.name} (PostgreSQL log, log_connections)\n")
+    out.write(dblogins.format_table(entries) + "\n")

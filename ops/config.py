@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from ops.errors import ConfigError
+from ops.people import Person, parse_people
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENVS_DIR = PROJECT_ROOT / "envs"
@@ -71,6 +72,9 @@ class SessionConfig:
 class AccessConfig:
     developer_principals: tuple[str, ...] = ()
     require_mfa: bool = True
+    # Who may assume the break-glass role (the database master user; default: the developer principals);
+    # MFA is always required.
+    break_glass_principals: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,8 @@ class EnvConfig:
     tunnel: TunnelConfig = field(default_factory=TunnelConfig)
     migrations: MigrationsConfig = field(default_factory=MigrationsConfig)
     terraform: TerraformConfig = field(default_factory=TerraformConfig)
+    # [[people]]: who gets a database identity, and as what (ops/people.py).
+    people: tuple[Person, ...] = ()
 
     @property
     def stack_name(self) -> str:
@@ -197,10 +203,10 @@ def parse_env(name: str, data: bytes, path: Path) -> EnvConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where}: not valid TOML ({exc}); fix the syntax at that position") from None
 
-    unknown = sorted(set(raw) - set(_TOP_LEVEL) - set(_SECTIONS))
+    unknown = sorted(set(raw) - set(_TOP_LEVEL) - set(_SECTIONS) - {"people"})
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed top-level keys and sections: "
-                          f"{', '.join(sorted([*_TOP_LEVEL, *_SECTIONS]))}")
+                          f"{', '.join(sorted([*_TOP_LEVEL, *_SECTIONS, 'people']))}")
     for key in ("account_id", "region"):
         if key not in raw:
             raise ConfigError(f"{where}: field {key!r} is missing; add `{key} = \"...\"` at the top of the file")
@@ -215,7 +221,8 @@ def parse_env(name: str, data: bytes, path: Path) -> EnvConfig:
             raise ConfigError(f"{where}: {section!r} must be a table; write it as [{section}]")
         sections[section] = _build_section(where, section, cls, value)
 
-    cfg = EnvConfig(name=name, source=path, **top, **sections)
+    people = parse_people(where, raw.get("people", []), master_user=sections["database"].username)
+    cfg = EnvConfig(name=name, source=path, **top, **sections, people=people)
     _validate(where, cfg)
     return cfg
 
@@ -331,6 +338,10 @@ def _validate(where: str, cfg: EnvConfig) -> None:
         if not _PRINCIPAL_RE.match(principal):
             fail("access.developer_principals", f"contains {principal!r}, not an IAM principal ARN",
                  "use ARNs like \"arn:aws:iam::123456789012:role/Engineers\"")
+    for principal in cfg.access.break_glass_principals:
+        if not _PRINCIPAL_RE.match(principal):
+            fail("access.break_glass_principals", f"contains {principal!r}, not an IAM principal ARN",
+                 "use ARNs like \"arn:aws:iam::123456789012:role/OnCall\"")
 
     st = cfg.state
     if st.backend == "s3":

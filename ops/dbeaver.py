@@ -122,8 +122,12 @@ def tunnel_command(cfg: EnvConfig, port: int) -> str:
 
 
 def connection_entry(cfg: EnvConfig, *, user: str, port: int | None = None,
-                     start_tunnel: bool = False) -> dict[str, Any]:
-    """Our connection as DBeaver stores it: localhost, the env's tunnel port, no password."""
+                     start_tunnel: bool = False, proxy: bool = False) -> dict[str, Any]:
+    """Our connection as DBeaver stores it: localhost, the env's tunnel port, no password.
+
+    `proxy`: the tunnel is the auth proxy (the env lists people): the user is the caller's own DB user,
+    the local hop has no TLS (the proxy does it upstream), and the empty password counts as saved, so
+    DBeaver never prompts; the proxy logs in with an IAM token."""
     port = cfg.tunnel.local_port if port is None else port
     if not port:
         raise OpsError(f"[tunnel] local_port of {cfg.name} is 0 (any free port): DBeaver needs a fixed port",
@@ -149,9 +153,16 @@ def connection_entry(cfg: EnvConfig, *, user: str, port: int | None = None,
             "enabled": True, "show-panel": False, "wait-process": True, "wait-process-timeout": 60000,
             "terminate-at-disconnect": False, "pauseAfterExecute": 0, "workingDirectory": str(PROJECT_ROOT),
             "command": tunnel_command(cfg, port)}}
-    ssl = _ssl_handler(cfg)
+    ssl = {} if proxy else _ssl_handler(cfg)
     if ssl:
         conf["handlers"] = {SSL_HANDLER: ssl}
+    if proxy:
+        return {
+            "provider": PROVIDER, "driver": DRIVER, "name": f"bastionless {cfg.name}",
+            "description": f"{cfg.name} RDS as {user} through the bastionless auth proxy: run `invoke tunnel --env "
+                           f"{cfg.name}` first. No password: the proxy signs an IAM token per connection.",
+            "save-password": True, "folder": FOLDER, "configuration": conf,
+        }
     return {
         "provider": PROVIDER,
         "driver": DRIVER,
@@ -276,10 +287,10 @@ def gson_dumps(document: Any, *, level: int = 0) -> str:
 
 
 def write_config(cfg: EnvConfig, *, user: str, workspace: Path | None = None, port: int | None = None,
-                 dry_run: bool = False, start_tunnel: bool = False) -> DBeaverResult:
+                 dry_run: bool = False, start_tunnel: bool = False, proxy: bool = False) -> DBeaverResult:
     """Add or update the env's connection in `<workspace>/General/.dbeaver/data-sources.json`."""
     path = data_sources_path(workspace or default_workspace())
-    ours = connection_entry(cfg, user=user, port=port, start_tunnel=start_tunnel)
+    ours = connection_entry(cfg, user=user, port=port, start_tunnel=start_tunnel, proxy=proxy)
     original = path.read_bytes() if path.exists() else None
     document: dict[str, Any] = {}
     text = ""
@@ -434,6 +445,11 @@ def configure(cfg: EnvConfig, *, workspace: Path | None = None, dry_run: bool = 
     from ops.secrets import database_credentials
 
     check_account(cfg)
+    from ops.identity_tunnel import choose_target, resolve_caller
+
+    if choose_target(cfg, raw=False) == "postgres-auth":
+        return write_config(cfg, user=resolve_caller(cfg).db_user, workspace=workspace, dry_run=dry_run, port=port,
+                            start_tunnel=start_tunnel, proxy=True)
     creds = database_credentials(cfg)
     return write_config(cfg, user=creds.username, workspace=workspace, dry_run=dry_run, port=port,
                         start_tunnel=start_tunnel)
@@ -452,8 +468,10 @@ def describe(cfg: EnvConfig, result: DBeaverResult) -> str:
         lines = [f"DBeaver connection \"{result.entry['name']}\" already up to date in {result.path}"]
     conf = result.entry["configuration"]
     port = conf["port"]
+    saved = ("no password: the auth proxy signs in" if result.entry.get("save-password")
+             else "password not saved: DBeaver asks")
     lines.append(f"  localhost:{port}  database {conf['database']}  user {conf['user']}  type {conf['type']}  "
-                 f"keep-alive {conf.get('keepAlive', '-')} s  folder {FOLDER}  (password not saved: DBeaver asks)")
+                 f"keep-alive {conf.get('keepAlive', '-')} s  folder {FOLDER}  ({saved})")
     if "BEFORE_CONNECT" in (conf.get("events") or {}):
         lines.append("next: connect in DBeaver; it starts the tunnel first (restart DBeaver if it was open)")
     else:

@@ -444,10 +444,15 @@ class _Doctor:
             if code in ("ResourceNotFoundException", "InvalidRequestException"):
                 self.add("database", "database secret", "fail", f"secret {arn} is deleted or scheduled for deletion "
                          f"({code})", f"aws secretsmanager restore-secret --secret-id {arn}, or {regen}")
+            elif code in ("AccessDeniedException", "AccessDenied") and self.cfg.people:
+                # Per-person DB identities: only the break-glass role reads the master secret, by design.
+                self.add("database", "database secret", "pass",
+                         f"not readable by you ({code}), as intended: people log in as themselves through the auth "
+                         f"proxy; only {self.cfg.stack_name}-break-glass reads it")
             elif code in ("AccessDeniedException", "AccessDenied"):
                 self.add("database", "database secret", "fail", f"you may not read secret {arn} ({code})",
-                         "allow secretsmanager:GetSecretValue on it and kms:Decrypt on its key (the developer role "
-                         "has both)")
+                         "allow secretsmanager:GetSecretValue on it and kms:Decrypt on its key (the break-glass "
+                         "role has both)")
             else:
                 raise
             return

@@ -274,12 +274,14 @@ def confirm_action(cfg: EnvConfig, action: str, *, yes: bool, needed: bool, ask:
 
 def migrate(cfg: EnvConfig, *, revision: str = "head", downgrade: bool = False, sql: bool = False,
             yes: bool = False, ask: Confirm | None = None, transport: str = "auto", ini: str = "",
-            python: str = "", reason: str = "", report: Report | None = None) -> str:
+            python: str = "", reason: str = "", report: Report | None = None, break_glass: bool = False) -> str:
     """Upgrade (or downgrade) the env's database to `revision`, then check the database itself.
 
     Returns the one-line outcome. Raises CommandFailedError with Alembic's exit status when Alembic
     fails, WrongDatabaseError when Alembic succeeded on another database. `sql`: print the SQL only
-    (offline: no AWS, no tunnel, no connection anywhere)."""
+    (offline: no AWS, no tunnel, no connection anywhere). Where the env lists people, Alembic runs as
+    the caller's own DB user through the auth proxy (a URL with no password); `break_glass`: as the
+    master user."""
     say = report or (lambda _: None)
     project = alembic_project(cfg, ini)
     command = "downgrade" if downgrade else "upgrade"
@@ -303,15 +305,14 @@ def migrate(cfg: EnvConfig, *, revision: str = "head", downgrade: bool = False, 
         _check(code, command, cfg, project, run, before=None, after=None)
         return ""  # stdout is the SQL alone (`--sql > upgrade.sql`)
     confirm_action(cfg, f"alembic {command} {revision}", yes=yes, needed=cfg.is_prod or downgrade, ask=ask)
-    with through_tunnel(cfg, reason=reason or f"bastionless migrate: alembic {command} {revision}",
-                        transport=transport, report=report) as conn:
-        password = conn.credentials.password
-        values = connection_values(conn.params, password)
-        with migration_lock(conn.params, password, env=cfg.name) as lock, _report_file() as path:
+    with _database(cfg, reason=reason or f"bastionless migrate: alembic {command} {revision}", transport=transport,
+                   report=report, break_glass=break_glass, what=f"alembic {command}") as (params, password):
+        values = connection_values(params, password)
+        with migration_lock(params, password, env=cfg.name) as lock, _report_file() as path:
             table = cfg.migrations.version_table
             before = database_heads(lock, table)
             code = run_alembic(project.ini, [command, revision], python=interp.path,
-                               env=child_env(cfg, conn.params, password, report_path=str(path)),
+                               env=child_env(cfg, params, password, report_path=str(path)),
                                x_args=[fill(x, values) for x in x_args], secrets=(password,))
             run = read_report(path)
             used = run.last("migrating")
@@ -319,7 +320,7 @@ def migrate(cfg: EnvConfig, *, revision: str = "head", downgrade: bool = False, 
                 schema = used.get("version_table_schema")
                 table = f"{schema}.{used['version_table']}" if schema else str(used["version_table"])
             after = database_heads(lock, table)
-    _check(code, command, cfg, project, run, before=before, after=after, params=conn.params)
+    _check(code, command, cfg, project, run, before=before, after=after, params=params)
     done = f"migrated to {revision}" if command == "upgrade" else f"downgrade to {revision} done"
     return f"{cfg.name}: {done}; the database is at {_fmt(after)} (checked through the tunnel)"
 
@@ -332,9 +333,9 @@ def migration_status(cfg: EnvConfig, *, transport: str = "auto", ini: str = "", 
     interp = project_python(cfg, project, python)
     history, heads = script_history(project, interp)
     known = {r.revision for r in history}
-    with through_tunnel(cfg, reason="bastionless migrate-status", transport=transport, report=report) as conn:
-        password = conn.credentials.password
-        with _connect(conn.params, password, env=cfg.name) as db:
+    with _database(cfg, reason="bastionless migrate-status", transport=transport, report=report,
+                   break_glass=False, what="migrate-status") as (params, password):
+        with _connect(params, password, env=cfg.name) as db:
             current = database_heads(db, cfg.migrations.version_table)
     unknown = [rev for rev in current if rev not in known]
     if unknown:
@@ -344,6 +345,24 @@ def migration_status(cfg: EnvConfig, *, transport: str = "auto", ini: str = "", 
     pending = _pending(history, heads, current)
     return MigrationStatus(env=cfg.name, alembic_ini=project.shown, current=current, heads=heads, history=history,
                            pending=pending, interpreter=interp.describe())
+
+
+@contextmanager
+def _database(cfg: EnvConfig, *, reason: str, transport: str, report: Report | None, break_glass: bool,
+              what: str) -> Iterator[tuple[ConnectionParams, str]]:
+    """The env's database through an ephemeral tunnel: (params, password). Where the env lists people,
+    through the auth proxy as the caller (no password); otherwise, or with `break_glass`, as the master
+    user with the password from Secrets Manager."""
+    from ops.identity_tunnel import break_glass_notice, choose_target, open_auth_tunnel, proxy_params
+
+    if choose_target(cfg, raw=break_glass) == "postgres-auth":
+        with open_auth_tunnel(cfg, reason=reason, transport=transport, report=report) as info:
+            yield proxy_params(info), ""
+        return
+    if break_glass:
+        (report or print)(break_glass_notice(cfg, what))
+    with through_tunnel(cfg, reason=reason, transport=transport, report=report) as conn:
+        yield conn.params, conn.credentials.password
 
 
 def script_history(project: Project, interp: Interpreter) -> tuple[tuple[Revision, ...], tuple[str, ...]]:

@@ -41,22 +41,40 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def run_psql(cfg: EnvConfig, *, command: str = "", args: Sequence[str] = (), transport: str = "auto",
-             reason: str = "", capture: bool = False,
-             report: Callable[[str], None] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run psql (interactive, or `command` with -c) against the env's database; returns psql's result."""
+             reason: str = "", capture: bool = False, report: Callable[[str], None] | None = None,
+             break_glass: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run psql (interactive, or `command` with -c) against the env's database; returns psql's result.
+
+    Where the env lists people: as the caller's own DB user through the auth proxy, with no password at
+    all; `break_glass`: as the master user, its password fetched from Secrets Manager (which only the
+    break-glass role may read on a real env)."""
+    from ops.identity_tunnel import break_glass_notice, choose_target, open_auth_tunnel
+
     binary = psql_binary()
+    if choose_target(cfg, raw=break_glass) == "postgres-auth":
+        with open_auth_tunnel(cfg, reason=reason or "bastionless psql", transport=transport, report=report) as info:
+            env = _child_env({"PGHOST": info.local_host, "PGPORT": str(info.local_port),
+                              "PGDATABASE": info.db_name, "PGUSER": info.db_user})
+            return _run(binary, command=command, args=args, env=env, capture=capture)
+    if break_glass:
+        (report or print)(break_glass_notice(cfg, "psql"))
     with through_tunnel(cfg, reason=reason or "bastionless psql", transport=transport, report=report) as conn:
         env = _child_env(conn.params.libpq_env(password=conn.credentials.password))
-        proc = subprocess.Popen(psql_argv(binary, command=command, args=args), env=env, text=True,
-                                stdout=subprocess.PIPE if capture else None,
-                                stderr=subprocess.PIPE if capture else None)
-        # psql handles Ctrl-C itself (cancels the running query); we only wait for it to finish.
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
-        try:
-            out, err = proc.communicate()
-        finally:
-            if old is not None:
-                signal.signal(signal.SIGINT, old)
+        return _run(binary, command=command, args=args, env=env, capture=capture)
+
+
+def _run(binary: str, *, command: str, args: Sequence[str], env: dict[str, str],
+         capture: bool) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.Popen(psql_argv(binary, command=command, args=args), env=env, text=True,
+                            stdout=subprocess.PIPE if capture else None,
+                            stderr=subprocess.PIPE if capture else None)
+    # psql handles Ctrl-C itself (cancels the running query); we only wait for it to finish.
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+    try:
+        out, err = proc.communicate()
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out or "", err or "")
 
 

@@ -46,12 +46,8 @@ def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db
             "Resource": f"arn:{part}:ssm:*:*:session/*",
             "Condition": {"StringLike": {"ssm:resourceTag/aws:ssmmessages:session-id": [AWS_USERID]}},
         },
-        {
-            "Sid": "DatabaseSecretOnly",
-            "Effect": "Allow",
-            "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
-            "Resource": db_secret_arn,
-        },
+        # No master-secret read: developers log in as themselves (rds-db:connect, stacks/db_identity.py);
+        # only the break-glass role reads the master secret.
         {
             # Encrypted sessions: the client asks KMS for the session data key.
             "Sid": "SessionEncryptionKey",

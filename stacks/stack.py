@@ -9,6 +9,7 @@ from ops.config import EnvConfig
 from stacks.access import Access
 from stacks.backend import configure_backend, configure_provider
 from stacks.database import Database
+from stacks.db_identity import BreakGlass, DbConnect
 from stacks.ecs_exec import EcsExec
 from stacks.guardrails import Guardrails
 from stacks.network import Network
@@ -36,6 +37,8 @@ class BastionlessStack(TerraformStack):
     database: Database
     ecs: EcsExec | None
     access: Access
+    db_connect: DbConnect
+    break_glass: BreakGlass
     guardrails: Guardrails
 
     def __init__(self, scope: Construct, stack_id: str, *, config: EnvConfig) -> None:
@@ -72,6 +75,12 @@ class BastionlessStack(TerraformStack):
                              principals=cfg.access.developer_principals, require_mfa=cfg.access.require_mfa,
                              relay=self.relay, database=self.database, session_logs=self.session_logs,
                              ecs=self.ecs)
+        self.db_connect = DbConnect(self, "DbConnect", name=name, region=cfg.region, account_id=cfg.account_id,
+                                    database=self.database, access=self.access)
+        self.break_glass = BreakGlass(self, "BreakGlass", name=name, region=cfg.region, account_id=cfg.account_id,
+                                      principals=(cfg.access.break_glass_principals
+                                                  or cfg.access.developer_principals), database=self.database,
+                                      access=self.access)
         add_outputs(self, network=self.network, relay=self.relay, database=self.database,
                     session_logs=self.session_logs, access=self.access, ecs=self.ecs)
 

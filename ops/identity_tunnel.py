@@ -1,0 +1,323 @@
+"""The tunnel's target seam: what is forwarded, on top of how bytes travel.
+
+- target `raw`: today's plain TCP forwarding (`ops.tunnel`, any transport); clients do their own TLS/auth.
+- target `postgres-auth`: the local auth proxy (`ops.authproxy`) in front of that same tunnel. The
+  supervised raw tunnel runs on an internal loopback port; the proxy listens on the user's port (or a
+  0700 Unix socket directory) and opens each upstream stream through the raw tunnel, so transports
+  (native, plugin) and the supervision loop (resume, reconnect) are shared unchanged.
+
+The caller's DB user comes from their AWS identity (STS) looked up in `[[people]]`; tokens are signed
+with the same credentials, for the RDS endpoint host:port, one per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from ops import authproxy, aws, dburl, rdsauth, tunnels_state
+from ops.config import EnvConfig
+from ops.errors import ConfigError, OpsError
+from ops.people import person_for
+
+Target = Literal["postgres-auth", "raw"]
+SANDBOX_CA = Path("rds-front") / "rds-sandbox-ca.pem"
+
+
+@dataclass(frozen=True)
+class Caller:
+    identity: str
+    db_user: str
+    arn: str
+    boto_session: Any
+
+
+def choose_target(cfg: EnvConfig, *, raw: bool) -> Target:
+    """`--raw`, or an env that lists no people (nobody has a DB identity there yet): plain forwarding."""
+    return "raw" if raw or not cfg.people else "postgres-auth"
+
+
+def resolve_caller(cfg: EnvConfig) -> Caller:
+    session: Any = None
+    if cfg.sandbox:
+        from ops.sandbox.identities import person_session
+
+        session = person_session(cfg)
+    session = session or aws.session(cfg)
+    sts = session.client("sts", region_name=cfg.region, endpoint_url=aws.endpoint_for(cfg, "sts"))
+    arn = str(sts.get_caller_identity()["Arn"])
+    person = person_for(cfg.people, arn)
+    if person is None:
+        raise OpsError(f"your AWS identity {arn} is not in [[people]] of envs/{cfg.name}.toml, so it has no "
+                       f"database user", next_step=f"ask an owner of {cfg.name} to add you and run "
+                                                   f"invoke db-access --env {cfg.name}; or use --raw")
+    return Caller(identity=person.identity, db_user=person.db_user, arn=arn, boto_session=session)
+
+
+def ca_bundle(cfg: EnvConfig) -> str:
+    """The CA that signs the database's certificate: the env's RDS bundle, or the sandbox front's CA."""
+    if cfg.sandbox:
+        path = aws.state_dir() / SANDBOX_CA
+        if not path.is_file():
+            raise ConfigError(f"the sandbox has no RDS front CA at {path}", next_step="invoke sandbox up")
+        return str(path)
+    bundle = dburl.ca_bundle_path(cfg)
+    if not bundle:
+        raise ConfigError(f"{cfg.source.name}: database.ca_bundle is empty; the auth proxy verifies the database "
+                          f"(verify-full) before it sends a token", next_step="set it to certs/rds-global-bundle.pem "
+                                                                             "(see certs/README.md)")
+    return bundle
+
+
+class ProxyThread:
+    """The auth proxy on its own event loop thread (the raw tunnel has its own)."""
+
+    def __init__(self, proxy: authproxy.AuthProxy) -> None:
+        self.proxy = proxy
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="bastionless-auth-proxy", daemon=True)
+        self._servers: list[asyncio.Server] = []
+
+    def start(self, *, host: str, port: int, unix_socket: str = "") -> int:
+        self._thread.start()
+        if unix_socket:
+            server = self._call(self.proxy.serve_unix(Path(unix_socket), port or 5432))
+            self._servers.append(server)
+            return port or 5432
+        server = self._call(self.proxy.serve_tcp(host, port))
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    def _call(self, coro: Any) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(30)
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            for server in self._servers:
+                server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self._thread.is_alive():
+            try:
+                self._call(shutdown())
+            finally:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self._thread.join(10)
+
+
+@contextmanager
+def open_auth_tunnel(cfg: EnvConfig, *, local_port: int = 0, unix_socket: str = "", reason: str = "",
+                     transport: str = "auto", report: Callable[[str], None] | None = None,
+                     caller: Caller | None = None, instance: str = "", host: str = "") -> Iterator[Any]:
+    """A tunnel whose local end needs no password: yields the raw tunnel's TunnelInfo with the proxy's
+    port and the caller's DB user. Everything stops when the block ends."""
+    from ops.tunnel import open_tunnel, stderr_report
+
+    say = report or stderr_report
+    who = caller or resolve_caller(cfg)
+    tls = authproxy.verify_full_context(ca_bundle(cfg))
+    with open_tunnel(cfg, local_port=0, reason=reason, transport=transport, report=report, instance=instance,
+                     host=host) as raw:
+        async def through_tunnel() -> authproxy.Stream:
+            return await asyncio.open_connection(raw.local_host, raw.local_port)
+
+        proxy = authproxy.AuthProxy(
+            upstream=authproxy.Upstream(host_name=raw.db_host, port=raw.db_port, tls=tls),
+            open_stream=through_tunnel, identity=authproxy.Identity(db_user=who.db_user, caller=who.identity),
+            token=rdsauth.token_source(who.boto_session, region=cfg.region), env=cfg.name, report=say)
+        thread = ProxyThread(proxy)
+        try:
+            port = thread.start(host=raw.local_host, port=local_port, unix_socket=unix_socket)
+            host = unix_socket or raw.local_host
+            yield dataclasses.replace(raw, local_host=host, local_port=port, db_user=who.db_user)
+        finally:
+            thread.stop()
+
+
+def proxy_params(info: Any) -> dburl.ConnectionParams:
+    """Connection parameters for the proxy's local end: no password and no TLS settings (the local hop
+    is loopback; the proxy does TLS upstream)."""
+    return dburl.ConnectionParams(host=info.local_host, hostaddr="", port=info.local_port, dbname=info.db_name,
+                                  user=info.db_user, sslmode="")
+
+
+def url(info: Any) -> str:
+    """DATABASE_URL for the proxy: no password, no TLS parameters (the proxy does both upstream), so
+    psycopg, psycopg2 and asyncpg all accept it."""
+    host = info.local_host
+    if host.startswith("/"):
+        return f"postgresql://{info.db_user}@/{info.db_name}?host={host}&port={info.local_port}"
+    return f"postgresql://{info.db_user}@{host}:{info.local_port}/{info.db_name}"
+
+
+def break_glass_notice(cfg: EnvConfig, what: str) -> str:
+    return (f"*** BREAK-GLASS: {what} on {cfg.name} as the master user {cfg.database.username}, with the password "
+            f"from Secrets Manager (on a real env only the break-glass role, with MFA, may read it). Every read of "
+            f"it is in CloudTrail; say why in --reason. ***")
+
+
+def describe_ready(cfg: EnvConfig, info: Any, *, caller: str, background: bool = False) -> str:
+    stop = (f"invoke tunnel-close --env {cfg.name}" if background
+            else f"Ctrl-C (or invoke tunnel-close --env {cfg.name} from another terminal)")
+    where = (f"-h {info.local_host} -p {info.local_port}")
+    return "\n".join([
+        f"tunnel to {cfg.name} ready: {info.local_host}:{info.local_port} -> auth proxy (as {info.db_user}, "
+        f"IAM token, TLS verify-full) -> relay {info.instance_id} -> {info.db_host}:{info.db_port}",
+        f"  you        {caller} -> DB user {info.db_user} (no password: the proxy signs a token per connection)",
+        f"  psql       psql {where} -d {info.db_name}",
+        f"  DATABASE_URL={url(info)}",
+        "  only your OS user can use this port; --raw gives plain forwarding",
+        f"stop: {stop}",
+    ])
+
+
+def run(cfg: EnvConfig, *, raw: bool = False, local_port: int | None = None, unix_socket: str = "",
+        reason: str = "", transport: str = "auto", instance: str = "", host: str = "", background: bool = False,
+        out: TextIO | None = None, report: Callable[[str], None] | None = None) -> None:
+    """`invoke tunnel`: the auth proxy when the env has people (and not --raw), else plain forwarding."""
+    from ops.tunnel import run_tunnel
+
+    out = out or sys.stdout
+    port = cfg.tunnel.local_port if local_port is None else local_port
+    if choose_target(cfg, raw=raw) == "raw":
+        if unix_socket:
+            raise OpsError("--unix-socket needs the auth proxy, which --raw turns off",
+                           next_step="drop --raw, or drop --unix-socket")
+        run_tunnel(cfg, local_port=port, reason=reason, transport=transport, instance=instance, host=host,
+                   background=background, out=out)
+        return
+    if background:
+        record = start_background(cfg, local_port=port, unix_socket=unix_socket, reason=reason, transport=transport,
+                                  instance=instance, host=host)
+        print(describe_ready(cfg, record, caller=record.db_user, background=True), file=out, flush=True)
+        print(f"log: {record.log}", file=out, flush=True)
+        return
+    serve(cfg, local_port=port, unix_socket=unix_socket, reason=reason, transport=transport, instance=instance,
+          host=host, out=out, report=report)
+
+
+def serve(cfg: EnvConfig, *, local_port: int, unix_socket: str = "", reason: str = "", transport: str = "auto",
+          instance: str = "", host: str = "", out: TextIO, report: Callable[[str], None] | None = None,
+          detached: bool = False) -> None:
+    """Run the auth tunnel until SIGINT/SIGTERM, recorded for `invoke tunnels` / `tunnel-close`."""
+    from ops import transport as transport_mod
+    from ops.tunnel import stderr_report
+
+    port = local_port
+    transport_mod.choose(transport)  # plugin missing / unknown transport: fail before any AWS call
+    say = report or stderr_report
+    caller = resolve_caller(cfg)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    log = str(tunnels_state.log_path(cfg.name)) if detached else ""
+    record = tunnels_state.claim(tunnels_state.TunnelRecord(env=cfg.name, pid=os.getpid(), background=detached,
+                                                            region=cfg.region, env_file=str(cfg.source), log=log))
+    try:
+        with open_auth_tunnel(cfg, local_port=port, unix_socket=unix_socket, reason=reason, transport=transport,
+                              report=say, caller=caller, instance=instance, host=host) as info:
+            record = tunnels_state.update(record, status="ready", local_host=info.local_host,
+                                          local_port=info.local_port, session_id=info.session_id,
+                                          transport=info.transport, instance_id=info.instance_id,
+                                          db_host=info.db_host, db_port=info.db_port, db_name=info.db_name,
+                                          db_user=info.db_user)
+            print(describe_ready(cfg, info, caller=caller.identity), file=out, flush=True)
+            stop.wait()
+            say("stopping: terminating the session")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        tunnels_state.release(record)
+    say("stopped; session terminated")
+
+
+def start_background(cfg: EnvConfig, *, local_port: int, unix_socket: str = "", reason: str = "",
+                     transport: str = "auto", instance: str = "", host: str = "",
+                     timeout: float = 60.0) -> tunnels_state.TunnelRecord:
+    """A detached auth tunnel (`python -m ops.identity_tunnel`); its record once ready, or its error."""
+    import subprocess
+    import time
+
+    from ops import transport as transport_mod
+    from ops.config import PROJECT_ROOT
+    from ops.tunnel import _error_from_log
+
+    transport_mod.choose(transport)
+    existing = tunnels_state.read(cfg.name)
+    if existing is not None:
+        raise tunnels_state.TunnelExistsError(
+            f"a tunnel to {cfg.name} is already running on this machine (port {existing.local_port}, "
+            f"pid {existing.pid})", next_step=f"use it, or invoke tunnel-close --env {cfg.name}")
+    tunnels_state.tunnels_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
+    log = tunnels_state.log_path(cfg.name)
+    argv = [sys.executable, "-m", "ops.identity_tunnel", "--env-file", str(cfg.source), "--env", cfg.name,
+            "--local-port", str(local_port), "--transport", transport]
+    for flag, value in (("--unix-socket", unix_socket), ("--reason", reason), ("--instance", instance),
+                        ("--host", host)):
+        if value:
+            argv += [flag, value]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = tunnels_state.read(cfg.name)
+        if record is not None and record.pid == proc.pid and record.status == "ready":
+            return record
+        if proc.poll() is not None:
+            raise _error_from_log(log, proc.returncode or 1)
+        time.sleep(0.02)
+    proc.terminate()
+    raise OpsError(f"the background tunnel to {cfg.name} was not ready within {timeout:g} s",
+                   next_step=f"see {log}, or run it in the foreground: invoke tunnel --env {cfg.name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The detached auth tunnel process (started by `invoke tunnel --background`)."""
+    import argparse
+
+    from ops.config import parse_env
+
+    parser = argparse.ArgumentParser(prog="python -m ops.identity_tunnel")
+    parser.add_argument("--env-file", type=Path, required=True)
+    parser.add_argument("--env", default="")
+    parser.add_argument("--local-port", type=int, default=None)
+    parser.add_argument("--unix-socket", default="")
+    parser.add_argument("--reason", default="")
+    parser.add_argument("--transport", default="auto")
+    parser.add_argument("--instance", default="")
+    parser.add_argument("--host", default="")
+    args = parser.parse_args(argv)
+    try:
+        path: Path = args.env_file
+        cfg = parse_env(args.env or path.stem, path.read_bytes(), path)
+        port = cfg.tunnel.local_port if args.local_port is None else args.local_port
+        serve(cfg, local_port=port, unix_socket=args.unix_socket, reason=args.reason, transport=args.transport,
+              instance=args.instance, host=args.host, out=sys.stdout, detached=True)
+    except OpsError as exc:
+        print(f"error: {exc.message}" + (f"; next: {exc.next_step}" if exc.next_step else ""), file=sys.stderr,
+              flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""IAM for per-person DB identities: rds-db:connect only as your own DB user (principal tag), and the
+break-glass role (MFA) as the only reader of the master secret."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ops.config import load_env
+from stacks.db_identity import tag_session_trust_statement
+from tests.stack_fixtures import (
+    one,
+    ref,
+    synth_dirs_fixture,  # noqa: F401
+    synthesized_fixture,  # noqa: F401
+)
+
+
+def test_developers_connect_only_as_the_db_user_in_their_own_principal_tag(
+        synthesized: dict[str, dict[str, Any]]) -> None:
+    for name, doc in synthesized.items():
+        cfg = load_env(name)
+        policy = one(doc, "aws_iam_policy", "DbConnect/Policy")
+        (stmt,) = json.loads(policy["policy"])["Statement"]
+        resource_id = ref(doc, "aws_db_instance", "Database/Instance", "resource_id")
+        assert stmt["Action"] == "rds-db:connect" and stmt["Effect"] == "Allow"
+        # One resource, no list of people: the caller's tag picks the DB user; `$$` is Terraform's escape.
+        assert stmt["Resource"] == (f"arn:aws:rds-db:{cfg.region}:{cfg.account_id}:dbuser:{resource_id}/"
+                                    "$${aws:PrincipalTag/db_user}")
+        attachment = one(doc, "aws_iam_role_policy_attachment", "DbConnect/Developer")
+        assert attachment["role"] == ref(doc, "aws_iam_role", "Access/Role", "name")
+        assert attachment["policy_arn"] == ref(doc, "aws_iam_policy", "DbConnect/Policy", "arn")
+        assert "*" not in stmt["Resource"]
+
+
+def test_only_break_glass_reads_the_master_secret_and_it_needs_fresh_mfa(
+        synthesized: dict[str, dict[str, Any]]) -> None:
+    for name, doc in synthesized.items():
+        secret = ref(doc, "aws_db_instance", "Database/Instance", "master_user_secret[0].secret_arn")
+        readers = [path for path, res in doc["resource"].get("aws_iam_role_policy", {}).items()
+                   if "secretsmanager:GetSecretValue" in res["policy"]]
+        assert len(readers) == 1, readers
+        role = one(doc, "aws_iam_role", "BreakGlass/Role")
+        assert role["name"] == f"bastionless-{name}-break-glass"
+        assert role["max_session_duration"] == 3600
+        (trust,) = json.loads(role["assume_role_policy"])["Statement"]
+        assert trust["Condition"] == {"Bool": {"aws:MultiFactorAuthPresent": "true"},
+                                      "NumericLessThan": {"aws:MultiFactorAuthAge": "3600"}}
+        policy = json.loads(one(doc, "aws_iam_role_policy", "BreakGlass/Policy")["policy"])
+        (read,) = [s for s in policy["Statement"] if s["Sid"] == "MasterSecretBreakGlassOnly"]
+        assert read["Resource"] == secret
+        # It can open the tunnel too (the developer's session permissions), but no rds-db:connect wildcard.
+        assert any(s["Sid"] == "StartPortForwardingToTheRelayOnly" for s in policy["Statement"])
+        assert "rds-db" not in json.dumps(policy)
+
+
+def test_a_session_tag_can_only_repeat_the_callers_own_db_user() -> None:
+    stmt = tag_session_trust_statement(["arn:aws:iam::123456789012:root"])
+    assert stmt["Action"] == "sts:TagSession"
+    assert stmt["Condition"]["StringEquals"] == {"aws:RequestTag/db_user": "$${aws:PrincipalTag/db_user}"}
