@@ -215,7 +215,7 @@ class _Doctor:
             self.add("local", "terraform", "pass", f"{terraform_version()} at {terraform_binary()}")
         except ToolMissingError as exc:
             self.add("local", "terraform", "warn", f"{exc} (needed for validate/plan/deploy, not for sessions)",
-                     "install Terraform >= 1.5 from https://developer.hashicorp.com/terraform/install")
+                     "install Terraform >= 1.10 from https://developer.hashicorp.com/terraform/install")
         node = shutil.which("node")
         version = _run_version([node, "--version"]) if node else ""
         if not node:

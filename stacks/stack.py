@@ -7,12 +7,14 @@ from constructs import Construct
 
 from ops.config import EnvConfig
 from stacks.access import Access
+from stacks.alarms import Alarms, connections_threshold
 from stacks.backend import configure_backend, configure_provider
 from stacks.database import Database
 from stacks.ecs_exec import EcsExec
 from stacks.guardrails import Guardrails
 from stacks.network import Network
 from stacks.outputs import add_outputs
+from stacks.patching import Patching
 from stacks.relay import Relay
 from stacks.session_logs import SessionLogs
 
@@ -36,6 +38,8 @@ class BastionlessStack(TerraformStack):
     database: Database
     ecs: EcsExec | None
     access: Access
+    alarms: Alarms
+    patching: Patching
     guardrails: Guardrails
 
     def __init__(self, scope: Construct, stack_id: str, *, config: EnvConfig) -> None:
@@ -63,7 +67,12 @@ class BastionlessStack(TerraformStack):
                                  instance_class=db.instance_class, allocated_storage_gb=db.allocated_storage_gb,
                                  db_name=db.name, username=db.username, port=db.port,
                                  deletion_protection=db.deletion_protection,
-                                 backup_retention_days=db.backup_retention_days, sandbox=cfg.sandbox)
+                                 backup_retention_days=db.backup_retention_days, account_id=cfg.account_id,
+                                 region=cfg.region, max_allocated_storage_gb=db.max_allocated_storage_gb,
+                                 backup_window=db.backup_window, maintenance_window=db.maintenance_window,
+                                 multi_az=db.multi_az, ca_cert_identifier=db.ca_cert_identifier,
+                                 log_min_duration_ms=db.log_min_duration_ms, extended_support=db.extended_support,
+                                 log_retention_days=s.log_retention_days, sandbox=cfg.sandbox)
         self.ecs = None
         if cfg.ecs.enabled:
             self.ecs = EcsExec(self, "EcsExec", name=name, region=cfg.region, network=self.network,
@@ -72,6 +81,16 @@ class BastionlessStack(TerraformStack):
                              principals=cfg.access.developer_principals, require_mfa=cfg.access.require_mfa,
                              relay=self.relay, database=self.database, session_logs=self.session_logs,
                              ecs=self.ecs)
+        self.alarms = Alarms(self, "Alarms", name=name, region=cfg.region, account_id=cfg.account_id,
+                             relay=self.relay, database=self.database, instance_class=db.instance_class,
+                             email=cfg.alarms.email, https_endpoint_parameters=cfg.alarms.https_endpoint_parameters,
+                             free_storage_gb=cfg.alarms.free_storage_gb,
+                             cpu_credit_balance=cfg.alarms.cpu_credit_balance,
+                             connections=cfg.alarms.connections or connections_threshold(db.instance_class))
+        p = cfg.patching
+        self.patching = Patching(self, "Patching", name=name, env=cfg.name, window_schedule=p.window_schedule,
+                                 window_hours=p.window_hours, agent_update_schedule=p.agent_update_schedule,
+                                 emulator=cfg.sandbox)
         add_outputs(self, network=self.network, relay=self.relay, database=self.database,
                     session_logs=self.session_logs, access=self.access, ecs=self.ecs)
 
@@ -94,5 +113,8 @@ class BastionlessStack(TerraformStack):
             resource = node.node.try_find_child(path.split("/")[1]) if node is not None else None
             if not isinstance(resource, TerraformResource):
                 continue  # e.g. no sample service in this environment
-            current = list(resource.lifecycle.ignore_changes or []) if resource.lifecycle else []
-            resource.lifecycle = TerraformResourceLifecycle(ignore_changes=[*current, *attributes])
+            life = resource.lifecycle
+            current = list(life.ignore_changes or []) if life else []
+            resource.lifecycle = TerraformResourceLifecycle(
+                ignore_changes=[*current, *attributes],
+                create_before_destroy=life.create_before_destroy if life else None)
