@@ -39,13 +39,13 @@ def relay_tags(env: str) -> dict[str, str]:
 class Patching(Construct):
     """Maintenance window installing patches; daily patch scan (for doctor); agent update association.
 
-    `emulator=True` (the sandbox) leaves out the window task and the associations: moto 5.2.5 has no
-    GetMaintenanceWindowTask and no associations, so Terraform could not read them back. Synth tests
-    cover them.
+    `emulator=True` (the sandbox) creates the window only: moto 5.2.5 answers a filtered
+    DescribeMaintenanceWindowTargets with nothing, has no GetMaintenanceWindowTask and no
+    associations, so Terraform could not read those back. Synth tests cover them.
     """
 
     window: SsmMaintenanceWindow
-    window_target: SsmMaintenanceWindowTarget
+    window_target: SsmMaintenanceWindowTarget | None
     install_task: SsmMaintenanceWindowTask | None
     scan: SsmAssociation | None
     agent_update: SsmAssociation | None
@@ -58,12 +58,12 @@ class Patching(Construct):
             self, "Window", name=f"{name}-relay-patching", schedule=window_schedule, schedule_timezone="Etc/UTC",
             duration=window_hours, cutoff=1, allow_unassociated_targets=False,
             description="Security updates for the relay (AWS-RunPatchBaseline, reboot if needed)")
+        self.window_target = self.install_task = self.scan = self.agent_update = None
+        if emulator:
+            return
         self.window_target = SsmMaintenanceWindowTarget(
             self, "WindowTarget", window_id=self.window.id, name="relay", resource_type="INSTANCE",
             targets=[SsmMaintenanceWindowTargetTargets(key=f"tag:{k}", values=[v]) for k, v in tags.items()])
-        self.install_task = self.scan = self.agent_update = None
-        if emulator:
-            return
         self.install_task = SsmMaintenanceWindowTask(
             self, "InstallTask", window_id=self.window.id, name="install-patches", task_type="RUN_COMMAND",
             task_arn=PATCH_DOCUMENT, priority=1, max_concurrency="1", max_errors="0",

@@ -24,6 +24,8 @@ EMULATOR_DRIFT: dict[str, tuple[tuple[str, ...], str]] = {
     "Relay/Instance": (("associate_public_ip_address", "vpc_security_group_ids"),
                        "moto reports an empty ENI association as a public IP and keeps the groups only on the ENI"),
     "Database/ParameterGroup": (("parameter",), "moto does not return user-set parameters"),
+    "Database/Instance": (("engine_lifecycle_support", "master_user_secret_kms_key_id"),
+                          "moto does not return EngineLifecycleSupport or the master secret's KMS key ARN"),
     "EcsExec/SampleService": (("enable_execute_command", "availability_zone_rebalancing"),
                               "moto does not store enableExecuteCommand or availabilityZoneRebalancing"),
 }

@@ -46,7 +46,7 @@ def expand(text: str, variables: dict[str, str]) -> str:
 
 
 def follow(box: Sandbox, book: rb.Runbook, home: Path, **extra: str) -> Run:
-    variables = {"ENV": box.cfg.name, "TICKET": TICKET, **extra}
+    variables = {"ENV": box.cfg.name, "REGION": box.cfg.region, "TICKET": TICKET, **extra}
     env = box.subprocess_env(HOME=str(home), PATH=f"{PROJECT_ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
                              **variables)
     env.pop("PGSERVICEFILE", None)

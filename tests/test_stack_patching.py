@@ -27,6 +27,8 @@ def test_window_targets_the_relay_by_its_tags(synthesized: dict[str, dict[str, A
         window = one(doc, "aws_ssm_maintenance_window", "Patching/Window")
         assert window["schedule"] == cfg.patching.window_schedule and window["schedule_timezone"] == "Etc/UTC"
         assert window["duration"] == cfg.patching.window_hours and window["cutoff"] == 1
+        if cfg.sandbox:
+            continue
         target = one(doc, "aws_ssm_maintenance_window_target", "Patching/WindowTarget")
         assert target["window_id"] == ref(doc, "aws_ssm_maintenance_window", "Patching/Window")
         assert target["resource_type"] == "INSTANCE" and target["targets"] == _targets(name)
@@ -56,7 +58,8 @@ def test_install_task_and_associations_outside_the_emulator(synthesized: dict[st
 
 def test_sandbox_leaves_out_only_what_moto_cannot_read_back(synthesized: dict[str, dict[str, Any]]) -> None:
     doc = synthesized["sandbox"]
-    assert resources(doc, "aws_ssm_maintenance_window") and resources(doc, "aws_ssm_maintenance_window_target")
+    assert resources(doc, "aws_ssm_maintenance_window")
+    assert not resources(doc, "aws_ssm_maintenance_window_target")
     assert not resources(doc, "aws_ssm_maintenance_window_task")
     assert not resources(doc, "aws_ssm_association")
     assert "aws_ssm_maintenance_window_task" not in json.dumps(doc)
