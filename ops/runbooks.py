@@ -21,6 +21,7 @@ Variables written `$NAME` (e.g. `$ENV`) are set by the reader (`export ENV=prod`
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -326,8 +327,9 @@ def check_aws(text: str) -> str:
         paginated = False
     else:
         if operation not in names:
-            close = [n for n in names if n.split("-")[-1] == operation.split("-")[-1]][:5]
-            return f"{cli_service} has no operation {operation!r}" + (f" (similar: {', '.join(close)})" if close else "")
+            close = difflib.get_close_matches(operation, list(names), n=3)
+            return f"{cli_service} has no operation {operation!r}" + (f" (did you mean {', '.join(close)}?)"
+                                                                       if close else "")
         op_name = names[operation]
         paginated = _paginated(session, service, op_name)
     if rest:
