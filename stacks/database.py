@@ -9,6 +9,8 @@ from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
 from cdktf_cdktf_provider_aws.db_instance import DbInstance
 from cdktf_cdktf_provider_aws.db_parameter_group import DbParameterGroup, DbParameterGroupParameter
 from cdktf_cdktf_provider_aws.db_subnet_group import DbSubnetGroup
+from cdktf_cdktf_provider_aws.iam_role import IamRole
+from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from cdktf_cdktf_provider_aws.kms_alias import KmsAlias
 from cdktf_cdktf_provider_aws.kms_key import KmsKey
 from cdktf_cdktf_provider_aws.security_group import SecurityGroup
@@ -137,6 +139,16 @@ class Database(Construct):
         if not sandbox:
             # timestamp() changes on every plan: keep the name taken at creation.
             self.instance.lifecycle = TerraformResourceLifecycle(ignore_changes=["final_snapshot_identifier"])
+
+
+    def allow_secret_reads(self, construct_id: str, *, role: IamRole, region: str) -> IamRolePolicy:
+        """Let `role` decrypt the master secret, which our key encrypts: only through Secrets Manager."""
+        return IamRolePolicy(self, construct_id, name="database-secret-key", role=role.id,
+                             policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+                                 "Sid": "DecryptTheDatabaseSecretViaSecretsManager", "Effect": "Allow",
+                                 "Action": "kms:Decrypt", "Resource": self.key.arn,
+                                 "Condition": {"StringEquals": {
+                                     "kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}}}]}))
 
 
 def final_snapshot_name(name: str) -> str:

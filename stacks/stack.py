@@ -83,6 +83,8 @@ class BastionlessStack(TerraformStack):
                              principals=cfg.access.developer_principals, require_mfa=cfg.access.require_mfa,
                              relay=self.relay, database=self.database, session_logs=self.session_logs,
                              ecs=self.ecs)
+        # The master secret is encrypted with the database's own key: developers fetch it at run time.
+        self.database.allow_secret_reads("DeveloperSecretKey", role=self.access.role, region=cfg.region)
         self.alarms = Alarms(self, "Alarms", name=name, region=cfg.region, account_id=cfg.account_id,
                              relay=self.relay, database=self.database, instance_class=db.instance_class,
                              email=cfg.alarms.email, https_endpoint_parameters=cfg.alarms.https_endpoint_parameters,

@@ -121,3 +121,14 @@ def test_parameter_group_logging_and_upgrades(synthesized: dict[str, dict[str, A
         assert params["log_min_duration_statement"] == "1000"
         assert params["log_statement"] == "ddl", "DDL, never all (values of every query would be logged)"
         assert "pgaudit" in params["shared_preload_libraries"] and params["pgaudit.log"] == "role"
+
+
+def test_developers_may_decrypt_the_secret_only_through_secrets_manager(synthesized: dict[str, dict[str, Any]]) -> None:
+    for name, doc in synthesized.items():
+        policy = one(doc, "aws_iam_role_policy", "Database/DeveloperSecretKey")
+        assert policy["role"] == ref(doc, "aws_iam_role", "Access/Role")
+        (statement,) = json.loads(policy["policy"])["Statement"]
+        assert statement["Action"] == "kms:Decrypt"
+        assert statement["Resource"] == ref(doc, "aws_kms_key", "Database/Key", "arn")
+        region = load_env(name).region
+        assert statement["Condition"] == {"StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}}
