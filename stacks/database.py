@@ -165,6 +165,8 @@ def parameter_group_settings(log_min_duration_ms: int) -> list[DbParameterGroupP
         ("log_disconnections", "1", "immediate"),
         ("log_min_duration_statement", str(log_min_duration_ms), "immediate"),
         ("log_lock_waits", "1", "immediate"),
+        # DDL includes CREATE/ALTER ROLE ... PASSWORD: set passwords with psql's \password (it sends a hash)
+        # or use IAM authentication; the log group is encrypted with our key and expires.
         ("log_statement", "ddl", "immediate"),
         # pgaudit (supported by RDS PostgreSQL) records role and privilege changes; loading it needs a reboot,
         # which the maintenance window's restart or `aws rds reboot-db-instance` gives it.
