@@ -23,13 +23,16 @@ def runbooks(c: Context) -> None:
         print(rb.format_index(rb.load_all()))
 
 
-@task(name="runbook", help={"name": "runbook to print: its name (e.g. relay-unhealthy), number (4) or file name"})
-def runbook(c: Context, name: str) -> None:
-    """Print one runbook (see `invoke runbooks` for the names)."""
+@task(name="runbook", help={"name": "runbook to print: its name (e.g. relay-unhealthy), number (4) or file name",
+                            "env": "print only this environment's escalation contacts (default: every environment's)"})
+def runbook(c: Context, name: str, env: str = "") -> None:
+    """Print one runbook (see `invoke runbooks` for the names) and who to escalate to."""
     with ops_errors():
         from ops import runbooks as rb
+        from ops.config import available_envs, load_env
 
-        print(rb.find(name).for_reading(), end="")
+        print(rb.find(name).for_reading())
+        print(rb.format_escalation([load_env(e) for e in ([env] if env else available_envs())]), end="")
 
 
 @task(name="sessions", help={

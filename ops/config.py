@@ -58,6 +58,17 @@ class DatabaseConfig:
     backup_retention_days: int = 7
     sslmode: SslMode = "verify-full"
     ca_bundle: str = ""
+    # Storage autoscaling ceiling (GB); 0 turns autoscaling off.
+    max_allocated_storage_gb: int = 100
+    # UTC, non-overlapping, off-hours: backups first, maintenance (which may restart) after them.
+    backup_window: str = "02:00-03:00"
+    maintenance_window: str = "sun:04:00-sun:05:00"
+    # Default when the file does not say: true for production environments (see parse_env).
+    multi_az: bool = False
+    ca_cert_identifier: str = "rds-ca-rsa2048-g1"
+    log_min_duration_ms: int = 1000
+    # RDS enrols an end-of-life major version in paid extended support unless told not to.
+    extended_support: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,32 @@ class EcsConfig:
     sample_service: bool = False
     default_container: str = ""
     shell_command: str = "/bin/sh"
+
+
+@dataclass(frozen=True)
+class AlarmsConfig:
+    # Who the env's SNS topic notifies: email addresses, and the paging service's HTTPS endpoint. Paging
+    # URLs embed an integration key, so the file names SSM SecureString parameters holding them, never the URL.
+    email: tuple[str, ...] = ()
+    https_endpoint_parameters: tuple[str, ...] = ()
+    free_storage_gb: int = 5
+    cpu_credit_balance: int = 20
+    # 0: 80 % of the max_connections RDS derives from the instance class's memory.
+    connections: int = 0
+
+
+@dataclass(frozen=True)
+class PatchingConfig:
+    # Patch Manager installs security updates on the relay in this window (UTC); the agent is kept current.
+    window_schedule: str = "cron(0 3 ? * WED *)"
+    window_hours: int = 2
+    agent_update_schedule: str = "rate(14 days)"
+
+
+@dataclass(frozen=True)
+class EscalationConfig:
+    # In order: who and how, e.g. "Platform on-call: PagerDuty service bastionless-prod".
+    contacts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,6 +178,9 @@ class EnvConfig:
     terraform: TerraformConfig = field(default_factory=TerraformConfig)
     # [[people]]: who gets a database identity, and as what (ops/people.py).
     people: tuple[Person, ...] = ()
+    alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
+    patching: PatchingConfig = field(default_factory=PatchingConfig)
+    escalation: EscalationConfig = field(default_factory=EscalationConfig)
 
     @property
     def stack_name(self) -> str:
@@ -173,6 +213,9 @@ _SECTIONS: dict[str, type] = {
     "tunnel": TunnelConfig,
     "migrations": MigrationsConfig,
     "terraform": TerraformConfig,
+    "alarms": AlarmsConfig,
+    "patching": PatchingConfig,
+    "escalation": EscalationConfig,
 }
 _TOP_LEVEL = {"account_id": str, "region": str, "sandbox": bool}
 
@@ -221,6 +264,9 @@ def parse_env(name: str, data: bytes, path: Path) -> EnvConfig:
             raise ConfigError(f"{where}: {section!r} must be a table; write it as [{section}]")
         sections[section] = _build_section(where, section, cls, value)
 
+    if "multi_az" not in raw.get("database", {}):
+        is_prod = name == "prod" or name.startswith("prod-")
+        sections["database"] = dataclasses.replace(sections["database"], multi_az=is_prod)
     people = parse_people(where, raw.get("people", []), master_user=sections["database"].username)
     cfg = EnvConfig(name=name, source=path, **top, **sections, people=people)
     _validate(where, cfg)
@@ -323,6 +369,9 @@ def _validate(where: str, cfg: EnvConfig) -> None:
         fail("database.ca_bundle", f"is empty but sslmode = {db.sslmode!r} needs it",
              "point it at the RDS CA bundle (global-bundle.pem) or use sslmode = \"require\"")
 
+    _validate_database_ops(fail, db)
+    _validate_alarms(fail, cfg)
+
     s = cfg.session
     if not 1 <= s.idle_timeout_minutes <= 60:
         fail("session.idle_timeout_minutes", f"= {s.idle_timeout_minutes} is out of range", "AWS allows 1 to 60")
@@ -378,6 +427,105 @@ def _validate_migrations(fail: Any, mig: MigrationsConfig) -> None:
     if not re.match(r"^([A-Za-z_][A-Za-z0-9_$]*\.)?[A-Za-z_][A-Za-z0-9_$]*$", mig.version_table):
         fail("migrations.version_table", f"= {mig.version_table!r} is not a table name",
              "write \"alembic_version\" or \"schema.table\"")
+
+
+_WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+_MAINT_RE = re.compile(r"^(mon|tue|wed|thu|fri|sat|sun):([01]\d|2[0-3]):([0-5]\d)-"
+                       r"(mon|tue|wed|thu|fri|sat|sun):([01]\d|2[0-3]):([0-5]\d)$")
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$", re.IGNORECASE)
+# RDS's default max_connections is LEAST(DBInstanceClassMemory / 9531392, 5000); memory in GiB per size.
+_CLASS_MEMORY_GIB = {"micro": 1, "small": 2, "medium": 4, "large": 8, "xlarge": 16, "2xlarge": 32}
+
+
+def window_minutes(text: str) -> tuple[int, int]:
+    """A backup window "hh:mm-hh:mm" as minutes of the day (start, end); end < start wraps midnight."""
+    m = _WINDOW_RE.match(text)
+    if m is None:
+        raise ValueError(text)
+    return int(m.group(1)) * 60 + int(m.group(2)), int(m.group(3)) * 60 + int(m.group(4))
+
+
+def estimated_max_connections(instance_class: str) -> int | None:
+    """RDS PostgreSQL's default max_connections for a burstable/general class, None when unknown."""
+    gib = _CLASS_MEMORY_GIB.get(instance_class.rsplit(".", 1)[-1])
+    if gib is None or not instance_class.startswith(("db.t", "db.m")):
+        return None
+    # memory-optimised and larger classes are not in the table; m classes have 4 GiB per vCPU, same sizes.
+    if instance_class.startswith("db.m"):
+        gib *= 2
+    return min(gib * 1024**3 // 9531392, 5000)
+
+
+def _validate_database_ops(fail: Any, db: DatabaseConfig) -> None:
+    if db.max_allocated_storage_gb and not db.allocated_storage_gb < db.max_allocated_storage_gb <= 65536:
+        fail("database.max_allocated_storage_gb", f"= {db.max_allocated_storage_gb} is not above "
+             f"allocated_storage_gb ({db.allocated_storage_gb})", "use a larger ceiling, or 0 to turn autoscaling off")
+    try:
+        b_start, b_end = window_minutes(db.backup_window)
+    except ValueError:
+        fail("database.backup_window", f"= {db.backup_window!r} is not a window", "write UTC \"hh:mm-hh:mm\"")
+        raise
+    if (b_end - b_start) % 1440 < 30:
+        fail("database.backup_window", "is shorter than 30 minutes", "RDS needs at least 30 minutes")
+    m = _MAINT_RE.match(db.maintenance_window)
+    if m is None:
+        fail("database.maintenance_window", f"= {db.maintenance_window!r} is not a window",
+             "write UTC \"ddd:hh:mm-ddd:hh:mm\", e.g. \"sun:04:00-sun:05:00\"")
+        raise ValueError
+    start = _DAYS.index(m.group(1)) * 1440 + int(m.group(2)) * 60 + int(m.group(3))
+    end = _DAYS.index(m.group(4)) * 1440 + int(m.group(5)) * 60 + int(m.group(6))
+    if (end - start) % (7 * 1440) < 30:
+        fail("database.maintenance_window", "is shorter than 30 minutes", "RDS needs at least 30 minutes")
+    # The backup window recurs daily: it overlaps the maintenance window if any day's copy does.
+    for day in range(7):
+        bs = day * 1440 + b_start
+        be = bs + (b_end - b_start) % 1440
+        for shift in (-7 * 1440, 0, 7 * 1440):
+            ms, me = start + shift, start + shift + (end - start) % (7 * 1440)
+            if bs < me and ms < be:
+                fail("database.maintenance_window", f"overlaps backup_window {db.backup_window!r}",
+                     "RDS refuses overlapping windows; move one of them")
+    if not db.ca_cert_identifier.startswith("rds-ca-"):
+        fail("database.ca_cert_identifier", f"= {db.ca_cert_identifier!r} is not an RDS CA",
+             "use a current RDS CA such as \"rds-ca-rsa2048-g1\"")
+    if db.log_min_duration_ms < 100:
+        fail("database.log_min_duration_ms", f"= {db.log_min_duration_ms} logs nearly every statement",
+             "use 100 or more (milliseconds); statement logging of everything is never on")
+
+
+def _validate_alarms(fail: Any, cfg: EnvConfig) -> None:
+    a = cfg.alarms
+    for address in a.email:
+        if not _EMAIL_RE.match(address):
+            fail("alarms.email", f"contains {address!r}, not an email address", "e.g. \"oncall@example.com\"")
+    for param in a.https_endpoint_parameters:
+        if param.startswith("https://"):
+            fail("alarms.https_endpoint_parameters", "contains a URL (its integration key is a secret)",
+                 "store the URL in an SSM SecureString parameter and put the parameter's name here")
+        if not param.startswith("/"):
+            fail("alarms.https_endpoint_parameters", f"contains {param!r}, not an SSM parameter name",
+                 "use a name such as \"/bastionless/prod/pager-url\"")
+    if not 1 <= a.free_storage_gb < cfg.database.allocated_storage_gb:
+        fail("alarms.free_storage_gb", f"= {a.free_storage_gb} is out of range",
+             f"use 1 to {cfg.database.allocated_storage_gb - 1} (below allocated_storage_gb)")
+    if a.connections == 0 and estimated_max_connections(cfg.database.instance_class) is None:
+        fail("alarms.connections", f"is 0 but the max_connections of {cfg.database.instance_class} is not known",
+             "set the alarm threshold (connections) explicitly")
+    p = cfg.patching
+    if not p.window_schedule.startswith(("cron(", "rate(")):
+        fail("patching.window_schedule", f"= {p.window_schedule!r} is not a schedule", "e.g. \"cron(0 3 ? * WED *)\"")
+    if not p.agent_update_schedule.startswith(("cron(", "rate(")):
+        fail("patching.agent_update_schedule", f"= {p.agent_update_schedule!r} is not a schedule",
+             "e.g. \"rate(14 days)\"")
+    if not 1 <= p.window_hours <= 24:
+        fail("patching.window_hours", f"= {p.window_hours} is out of range", "use 1 to 24")
+    if cfg.is_prod and not cfg.sandbox and not (a.email or a.https_endpoint_parameters):
+        fail("alarms", "has no email and no https_endpoint_parameters for a production environment",
+             "add who is paged, e.g. https_endpoint_parameters = [\"/bastionless/prod/pager-url\"]")
+    if cfg.is_prod and not cfg.sandbox and not cfg.escalation.contacts:
+        fail("escalation.contacts", "is empty for a production environment",
+             "list who to call and how, e.g. [\"Platform on-call: PagerDuty service bastionless-prod\"]")
 
 
 def _port(fail: Any, dotted: str, value: int, allow_zero: bool = False) -> None:

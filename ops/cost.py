@@ -41,6 +41,7 @@ PRICES: dict[str, float] = {
     "rds_gp3_gb_month": 0.115,
     "fargate_vcpu_hour": 0.04048,
     "fargate_gb_hour": 0.004445,
+    "alarm_month": 0.10,
 }
 EC2_HOURLY: dict[str, float] = {
     "t4g.nano": 0.0042, "t4g.micro": 0.0084, "t4g.small": 0.0168, "t4g.medium": 0.0336,
@@ -52,7 +53,10 @@ RDS_HOURLY: dict[str, float] = {
     "db.t3.micro": 0.018, "db.t3.small": 0.036, "db.t3.medium": 0.072,
     "db.m7g.large": 0.168, "db.m6g.large": 0.159, "db.r7g.large": 0.239,
 }
-INTERFACE_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages")
+# stacks/network.py: kms and logs too, because sessions are KMS-encrypted and shell sessions logged.
+INTERFACE_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages", "kms", "logs")
+# stacks/alarms.py: the CloudWatch metric alarms (CPU credits only on burstable db.t* classes).
+METRIC_ALARMS = 4
 # The optional sample Fargate service: the smallest task size.
 SAMPLE_TASK_VCPU = 0.25
 SAMPLE_TASK_GB = 0.5
@@ -113,8 +117,8 @@ def estimate(cfg: EnvConfig) -> CostEstimate:
                               endpoints_monthly(net.az_count)))
         lines.append(CostLine("S3 gateway endpoint", "for the relay's package updates", 0.0))
         notes.append(f"Endpoint data processing: {PRICES['interface_endpoint_gb']} USD per GB")
-        notes.append(f"Interface endpoints bill per AZ: the often-quoted ~22 USD/month for these 3 is one AZ; "
-                     f"this network has {net.az_count}")
+        notes.append(f"Interface endpoints bill per AZ: the often-quoted ~22 USD/month for ssm, ssmmessages and "
+                     f"ec2messages is one AZ; this network has {net.az_count}")
 
     relay_type = cfg.relay.instance_type
     relay_hourly = EC2_HOURLY.get(relay_type)
@@ -126,14 +130,26 @@ def estimate(cfg: EnvConfig) -> CostEstimate:
 
     db = cfg.database
     db_hourly = RDS_HOURLY.get(db.instance_class)
-    lines.append(CostLine("RDS PostgreSQL", f"{db.instance_class}, single-AZ",
-                          _month(db_hourly) if db_hourly is not None else None))
+    # Multi-AZ runs a standby of the same class and storage: twice the instance and storage price.
+    copies = 2 if db.multi_az else 1
+    lines.append(CostLine("RDS PostgreSQL", f"{db.instance_class}, {'Multi-AZ' if db.multi_az else 'single-AZ'}",
+                          _month(db_hourly, copies) if db_hourly is not None else None))
     if db_hourly is None:
         notes.append(f"RDS: no price on file for {db.instance_class}; see the RDS price list")
-    lines.append(CostLine("RDS storage", f"{db.allocated_storage_gb} GB gp3",
-                          round(db.allocated_storage_gb * PRICES["rds_gp3_gb_month"], 2)))
+    standby = " x 2 (Multi-AZ)" if db.multi_az else ""
+    lines.append(CostLine("RDS storage", f"{db.allocated_storage_gb} GB gp3{standby}",
+                          round(db.allocated_storage_gb * copies * PRICES["rds_gp3_gb_month"], 2)))
+    if db.max_allocated_storage_gb:
+        notes.append(f"RDS storage grows by itself up to {db.max_allocated_storage_gb} GB; each GB costs "
+                     f"{PRICES['rds_gp3_gb_month'] * copies:.3f} USD/month")
+    if db.multi_az:
+        notes.append("Multi-AZ doubles the RDS instance and storage; set [database] multi_az = false to save it")
     lines.append(CostLine("Master user secret", "RDS-managed, Secrets Manager", PRICES["secret_month"]))
-    lines.append(CostLine("KMS key", "session log encryption, rotation on", PRICES["kms_key_month"]))
+    lines.append(CostLine("KMS keys", "2 (sessions; database, its secret and logs), rotation on",
+                          2 * PRICES["kms_key_month"]))
+    alarms = METRIC_ALARMS + (1 if db.instance_class.startswith("db.t") else 0)
+    lines.append(CostLine("CloudWatch alarms", f"{alarms}, standard resolution; SNS topic",
+                          round(alarms * PRICES["alarm_month"], 2)))
     lines.append(CostLine("Session logs", f"CloudWatch Logs, {cfg.session.log_retention_days} days", None))
     notes.append(f"Logs: {PRICES['logs_ingest_gb']} USD per GB ingested, {PRICES['logs_storage_gb_month']} USD per "
                  "GB-month stored; port-forwarding sessions log little (only session events)")
@@ -148,7 +164,7 @@ def estimate(cfg: EnvConfig) -> CostEstimate:
         lines.append(CostLine("ECS cluster", "no charge for the cluster itself", 0.0))
 
     alternatives = (
-        CostLine("egress = \"endpoints\"", f"3 interface endpoints x {net.az_count} AZs",
+        CostLine("egress = \"endpoints\"", f"{len(INTERFACE_ENDPOINTS)} interface endpoints x {net.az_count} AZs",
                  endpoints_monthly(net.az_count)),
         CostLine("egress = \"nat\"", "1 NAT gateway", nat_monthly(1)),
         CostLine("egress = \"nat\", nat_per_az", f"{net.az_count} NAT gateways", nat_monthly(net.az_count)),

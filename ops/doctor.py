@@ -40,7 +40,15 @@ MIN_PLUGIN = (1, 2, 764, 0)
 MIN_AGENT_REMOTE_HOST = (3, 1, 1374, 0)
 MIN_NODE = (18,)
 MIN_ECS_AGENT = (1, 50, 2)
-ENDPOINT_SERVICES = ("ssm", "ssmmessages", "ec2messages")
+# kms and logs too: our sessions are KMS-encrypted and shell sessions stream to CloudWatch Logs (stacks/network.py).
+ENDPOINT_SERVICES = ("ssm", "ssmmessages", "ec2messages", "kms", "logs")
+# The relay's agent must be at least this new for its security fixes: 3.3.1957.0 fixed a path traversal in
+# the agent's plugin-id handling (AWS security bulletin, 2025). Older agents still work: a warn, not a fail.
+MIN_AGENT_SECURITY = (3, 3, 1957, 0)
+# What the relay's role must allow for the agent to register and carry sessions (AmazonSSMManagedInstanceCore).
+RELAY_AGENT_ACTIONS = ("ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel",
+                       "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel", "ec2messages:GetMessages")
+CA_EXPIRY_WARN_DAYS = 60
 PORT_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"
 PREFERENCES_DOCUMENT = "SSM-SessionManagerRunShell"
 SSMMESSAGES_ACTIONS = ("ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
@@ -215,7 +223,7 @@ class _Doctor:
             self.add("local", "terraform", "pass", f"{terraform_version()} at {terraform_binary()}")
         except ToolMissingError as exc:
             self.add("local", "terraform", "warn", f"{exc} (needed for validate/plan/deploy, not for sessions)",
-                     "install Terraform >= 1.5 from https://developer.hashicorp.com/terraform/install")
+                     "install Terraform >= 1.10 from https://developer.hashicorp.com/terraform/install")
         node = shutil.which("node")
         version = _run_version([node, "--version"]) if node else ""
         if not node:
@@ -320,6 +328,80 @@ class _Doctor:
             self.add("relay", "relay agent version", "fail",
                      f"{version or 'unknown'} is older than {_fmt(MIN_AGENT_REMOTE_HOST)} (remote-host forwarding)",
                      f"aws ssm send-command --document-name AWS-UpdateSSMAgent --instance-ids {rid}")
+        if info and version_at_least(version, MIN_AGENT_REMOTE_HOST):
+            if version_at_least(version, MIN_AGENT_SECURITY):
+                self.add("relay", "relay agent security fixes", "pass", f"{version} >= {_fmt(MIN_AGENT_SECURITY)}")
+            else:
+                self.add("relay", "relay agent security fixes", "warn",
+                         f"{version} is older than {_fmt(MIN_AGENT_SECURITY)}, which has security fixes",
+                         f"invoke runbook relay-patching (aws ssm send-command --document-name AWS-UpdateSSMAgent "
+                         f"--instance-ids {rid} --region {self.cfg.region})")
+        self._patch_state(rid)
+
+    def _patch_state(self, rid: str) -> None:
+        name = "relay patches"
+        try:
+            states = self.client("ssm").describe_instance_patch_states(InstanceIds=[rid]).get(
+                "InstancePatchStates", [])
+        except botocore.exceptions.ClientError as exc:
+            # moto 5.2.5 answers this action it lacks with an HTML 500 page.
+            emulator_gap = self.cfg.sandbox and exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 500
+            if not (_not_implemented(exc) or emulator_gap):
+                raise
+            self.unavailable("relay", name, "DescribeInstancePatchStates")
+            return
+        except ResponseParserError:  # an emulator without the action answers with a page botocore cannot parse
+            self.unavailable("relay", name, "DescribeInstancePatchStates")
+            return
+        fix = "invoke runbook relay-patching (install now, outside the weekly window)"
+        if not states:
+            self.add("relay", name, "warn", f"{rid} has no patch scan yet (the daily scan association reports it)",
+                     fix)
+            return
+        st = states[0]
+        missing, failed = int(st.get("MissingCount", 0)), int(st.get("FailedCount", 0))
+        pending = int(st.get("InstalledPendingRebootCount", 0))
+        when = st.get("OperationEndTime", "")
+        detail = (f"missing {missing}, failed {failed}, pending reboot {pending} "
+                  f"(last {st.get('Operation', '?')} {when})")
+        self.add("relay", name, "fail" if failed or missing else ("warn" if pending else "pass"), detail,
+                 fix if failed or missing or pending else "")
+
+    def relay_egress(self) -> None:
+        """The relay's security groups must let it reach Systems Manager (443) and the database."""
+        if self.relay is None:
+            self.skip("relay", "relay SG egress", "no relay instance")
+            return
+        group_ids = self.relay_groups()
+        groups = self.client("ec2").describe_security_groups(GroupIds=group_ids)["SecurityGroups"] if group_ids else []
+        rules = [p for g in groups for p in g.get("IpPermissionsEgress", [])]
+
+        def opens(port: int) -> bool:
+            return any(r.get("IpProtocol") in ("-1", "tcp") and (r.get("IpProtocol") == "-1" or
+                       int(r.get("FromPort", 0)) <= port <= int(r.get("ToPort", 65535))) for r in rules)
+
+        missing = [str(p) for p in (443, self.cfg.database.port) if not opens(p)]
+        if missing:
+            self.add("relay", "relay SG egress", "fail", f"{', '.join(group_ids) or 'no group'} allows no outbound "
+                     f"TCP {' or '.join(missing)} (443: Systems Manager; {self.cfg.database.port}: the database)",
+                     f"invoke deploy --env {self.cfg.name} (restores the relay's egress rules)")
+        else:
+            self.add("relay", "relay SG egress", "pass", f"443 and {self.cfg.database.port} out from "
+                     f"{', '.join(group_ids)}")
+
+    def relay_profile(self) -> None:
+        if self.relay is None:
+            self.skip("relay", "relay instance profile", "no relay instance")
+            return
+        role = self._relay_role()
+        fix = (f"invoke deploy --env {self.cfg.name} (re-attaches the instance profile and "
+               "AmazonSSMManagedInstanceCore), then invoke relay-restart")
+        if role is None:
+            self.add("relay", "relay instance profile", "fail", f"{self.relay['InstanceId']} has no instance profile "
+                     "with a role: its agent cannot register with Systems Manager", fix)
+            return
+        self._role_may(section="relay", name="relay instance profile", role=role, actions=RELAY_AGENT_ACTIONS,
+                       resources=["*"], fix=fix)
 
     def relay_groups(self) -> list[str]:
         """The relay's security groups: the instance's, plus those of its network interfaces (an instance
@@ -335,10 +417,27 @@ class _Doctor:
             self.skip("network", "egress", "no relay instance to find the VPC from")
             return
         vpc = self.relay.get("VpcId", "")
+        self._vpc_dns(vpc)
         if self.cfg.network.egress == "endpoints":
             self._endpoints(vpc)
         else:
             self._nat(vpc, self.relay.get("SubnetId", ""))
+
+    def _vpc_dns(self, vpc: str) -> None:
+        """Interface endpoints' private DNS (and RDS host names) need both VPC DNS attributes on."""
+        ec2 = self.client("ec2")
+        off = [attr for attr, key in (("enableDnsSupport", "EnableDnsSupport"),
+                                      ("enableDnsHostnames", "EnableDnsHostnames"))
+               if not ec2.describe_vpc_attribute(VpcId=vpc, Attribute=attr).get(key, {}).get("Value")]
+        if off:
+            flags = " ".join(f"--{'enable-dns-support' if a == 'enableDnsSupport' else 'enable-dns-hostnames'}"
+                             for a in off)
+            self.add("network", "VPC DNS", "fail", f"{vpc} has {', '.join(off)} off: the endpoints' private DNS "
+                     "names do not resolve, so the agent reaches for the public ones",
+                     f"invoke deploy --env {self.cfg.name} (or aws ec2 modify-vpc-attribute --vpc-id {vpc} {flags}"
+                     f" --region {self.cfg.region}, one attribute per call)")
+        else:
+            self.add("network", "VPC DNS", "pass", f"{vpc}: DNS support and host names on")
 
     def _endpoints(self, vpc: str) -> None:
         ec2 = self.client("ec2")
@@ -406,9 +505,8 @@ class _Doctor:
         if status == "available":
             self.add("database", "database instance", "pass", f"{ident} is available")
         else:
-            fix = (f"aws rds start-db-instance --db-instance-identifier {ident}" if status == "stopped"
-                   else "wait until it is available (aws rds wait db-instance-available)")
-            self.add("database", "database instance", "fail", f"{ident} is {status}", fix)
+            self.add("database", "database instance", "fail", f"{ident} is {status}", self._status_fix(db, status))
+        self._ca(db)
         port = int(db.get("Endpoint", {}).get("Port") or self.cfg.database.port)
         sg_ids = [g["VpcSecurityGroupId"] for g in db.get("VpcSecurityGroups", [])]
         relay_sgs = self.relay_groups()
@@ -428,6 +526,57 @@ class _Doctor:
                          f"--protocol tcp --port {port} --source-group {relay_sgs[0]} "
                          f"(or invoke deploy --env {self.cfg.name})")
         self._secret(db)
+
+    def _status_fix(self, db: Mapping[str, Any], status: str) -> str:
+        ident = db.get("DBInstanceIdentifier", self.cfg.stack_name)
+        region = f"--region {self.cfg.region}"
+        if status == "stopped":
+            return f"aws rds start-db-instance --db-instance-identifier {ident} {region}"
+        if status == "storage-full":
+            # RDS frees nothing by itself: waiting never helps. Grow it now (at least 10 %).
+            grow = max(int(db.get("AllocatedStorage") or self.cfg.database.allocated_storage_gb) * 5 // 4,
+                       int(db.get("AllocatedStorage") or 0) + 10)
+            return (f"aws rds modify-db-instance --db-instance-identifier {ident} --allocated-storage {grow} "
+                    f"--apply-immediately {region}; then raise [database] max_allocated_storage_gb "
+                    f"(invoke runbook database-unhealthy)")
+        return ("wait until it is available (aws rds wait db-instance-available --db-instance-identifier "
+                f"{ident} {region})")
+
+    def _ca(self, db: Mapping[str, Any]) -> None:
+        ca = str(db.get("CACertificateIdentifier", ""))
+        wanted = self.cfg.database.ca_cert_identifier
+        ident = db.get("DBInstanceIdentifier", self.cfg.stack_name)
+        if ca != wanted:
+            self.add("database", "database CA", "fail", f"{ident} uses CA {ca or 'unknown'}; "
+                     f"{self.cfg.source.name} pins {wanted}",
+                     f"invoke deploy --env {self.cfg.name} (applies in the maintenance window; clients need "
+                     f"the RDS global bundle: certs/README.md)")
+            return
+        valid_till = (db.get("CertificateDetails") or {}).get("ValidTill")
+        if valid_till is None:
+            try:
+                certs = self.client("rds").describe_certificates(CertificateIdentifier=ca).get("Certificates", [])
+            except botocore.exceptions.ClientError as exc:
+                if not _not_implemented(exc):
+                    raise
+                certs = []
+            except ResponseParserError:  # moto 5.2.5 lacks DescribeCertificates
+                certs = []
+            valid_till = certs[0].get("ValidTill") if certs else None
+        if valid_till is None:
+            where = ("the sandbox's AWS emulator (moto) reports no certificate expiry" if self.cfg.sandbox
+                     else "RDS reported no expiry")
+            self.add("database", "database CA", "warn", f"{ca}, as {self.cfg.source.name} pins; {where}",
+                     "nothing to fix in the sandbox" if self.cfg.sandbox
+                     else "check the certificate's expiry in the RDS console")
+            return
+        import datetime
+
+        left = (valid_till - datetime.datetime.now(tz=valid_till.tzinfo)).days
+        status: Status = "pass" if left > CA_EXPIRY_WARN_DAYS else "warn"
+        self.add("database", "database CA", status, f"{ca}, server certificate valid until "
+                 f"{valid_till:%Y-%m-%d} ({left} days)",
+                 "" if status == "pass" else "rotate before then: invoke runbook database-unhealthy (step 6)")
 
     def _secret(self, db: Mapping[str, Any]) -> None:
         arn = str((db.get("MasterUserSecret") or {}).get("SecretArn", ""))
@@ -557,6 +706,7 @@ class _Doctor:
                      f"aws kms cancel-key-deletion --key-id {key_id} && aws kms enable-key --key-id {key_id}")
         else:
             self.add("kms", "session key", "fail", f"{alias} is {state}", f"aws kms enable-key --key-id {key_id}")
+        self._preferences_match(str(meta.get("Arn", "")))
         prefs_key = self._preferences_key()
         if not prefs_key:
             self.add("kms", "session encryption", "pass",
@@ -571,6 +721,37 @@ class _Doctor:
                      f"GenerateDataKey on {prefs_key}: {_error_code(exc)}",
                      "allow kms:GenerateDataKey on the session key for your role (the developer role has it)")
         self._relay_kms(prefs_key)
+
+    def _preferences_match(self, key_arn: str) -> None:
+        """The deployed preferences against what the stack deploys: the console rewrites them wholesale."""
+        content = self._preferences_content()
+        if content is None:
+            self.add("kms", "preferences", "fail", f"no {PREFERENCES_DOCUMENT} document",
+                     f"invoke deploy --env {self.cfg.name}")
+            return
+        inputs = content.get("inputs") or {}
+        wanted = expected_preferences(self.cfg, key_arn)
+        differ = [f"{k} = {inputs.get(k)!r} (stack: {v!r})" for k, v in wanted.items() if inputs.get(k) != v]
+        if differ:
+            self.add("kms", "preferences", "fail", f"{PREFERENCES_DOCUMENT} was changed outside the stack: "
+                     + "; ".join(differ),
+                     f"invoke runbook sessions-fail-relay-online; invoke deploy --env {self.cfg.name} puts the "
+                     "stack's version back")
+        else:
+            self.add("kms", "preferences", "pass", f"{PREFERENCES_DOCUMENT} matches the stack")
+
+    def _preferences_content(self) -> dict[str, Any] | None:
+        try:
+            doc = self.client("ssm").get_document(Name=PREFERENCES_DOCUMENT, DocumentFormat="JSON")
+        except botocore.exceptions.ClientError as exc:
+            if _error_code(exc) in ("InvalidDocument", "InvalidDocumentOperation"):
+                return None
+            raise
+        try:
+            content = json.loads(doc.get("Content") or "{}")
+        except ValueError:
+            return {}
+        return content if isinstance(content, dict) else {}
 
     def _preferences_key(self) -> str:
         try:
@@ -832,7 +1013,8 @@ class _Doctor:
             for name in ("relay", "network", "database", "iam", "kms", "ecs"):
                 self.skip(name, f"{name} checks", "credentials or account check failed")
             return self.results
-        for name, body in (("relay", self.relay_checks), ("network", self.network), ("database", self.database),
+        for name, body in (("relay", self.relay_checks), ("relay", self.relay_egress), ("relay", self.relay_profile),
+                           ("network", self.network), ("database", self.database),
                            ("iam", self.iam), ("kms", self.kms), ("ecs", self.ecs)):
             self.section(name, body)
         return self.results
@@ -853,6 +1035,19 @@ def _run_version(argv: Sequence[str | None]) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return (proc.stdout or proc.stderr).strip().splitlines()[0] if (proc.stdout or proc.stderr).strip() else ""
+
+
+def expected_preferences(cfg: EnvConfig, key_arn: str) -> dict[str, object]:
+    """The Session Manager preference inputs the stack sets (stacks/session_logs.py) that sessions depend on."""
+    return {
+        "cloudWatchLogGroupName": f"/bastionless/{cfg.name}/sessions",
+        "cloudWatchEncryptionEnabled": True,
+        "cloudWatchStreamingEnabled": True,
+        "kmsKeyId": key_arn,
+        "runAsEnabled": False,
+        "idleSessionTimeout": str(cfg.session.idle_timeout_minutes),
+        "maxSessionDuration": str(cfg.session.max_session_minutes),
+    }
 
 
 def run_checks(cfg: EnvConfig) -> list[CheckResult]:

@@ -21,13 +21,14 @@ Variables written `$NAME` (e.g. `$ENV`) are set by the reader (`export ENV=prod`
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops.config import PROJECT_ROOT
+from ops.config import PROJECT_ROOT, EnvConfig
 from ops.errors import OpsError
 
 RUNBOOKS_DIR = PROJECT_ROOT / "runbooks"
@@ -37,6 +38,7 @@ _FILE_RE = re.compile(r"^(\d{2})-([a-z0-9-]+)\.md$")
 _MARKER_RE = re.compile(r"^\s*<!--\s*sandbox:\s*(\w+)\s*(.*?)\s*-->\s*$")
 _FENCE_RE = re.compile(r"^\s*```\s*(\w*)\s*$")
 _INLINE_RE = re.compile(r"`(invoke [^`]+)`")
+_INLINE_AWS_RE = re.compile(r"`(aws [^`]+)`")
 _PURPOSE_RE = re.compile(r"^\*\*Purpose:\*\*\s*(.+)$")
 
 
@@ -54,6 +56,10 @@ class Command:
     @property
     def is_invoke(self) -> bool:
         return self.text.startswith("invoke ") or self.text == "invoke"
+
+    @property
+    def is_aws(self) -> bool:
+        return self.text.startswith("aws ")
 
     @property
     def where(self) -> str:
@@ -103,8 +109,9 @@ class Runbook:
                     continue
                 if line.startswith("## "):
                     section = line[3:].strip()
-                for match in _INLINE_RE.finditer(line):
-                    found.append(Command(self.path.name, line_no, match.group(1).strip(), section, False))
+                for regex in (_INLINE_RE, _INLINE_AWS_RE):
+                    for match in regex.finditer(line):
+                        found.append(Command(self.path.name, line_no, match.group(1).strip(), section, False))
         return sorted(found, key=lambda c: c.line)
 
 
@@ -166,6 +173,19 @@ def find(name: str, folder: Path = RUNBOOKS_DIR) -> Runbook:
             return book
     raise OpsError(f"no runbook {name!r}", next_step="invoke runbooks (lists them: "
                    + ", ".join(b.name for b in books) + ")")
+
+
+def format_escalation(cfgs: list[EnvConfig]) -> str:
+    """Who to call and how, per environment, from `[escalation] contacts` of the env files."""
+    lines = ["## Escalation contacts (from envs/<env>.toml [escalation], in order)", ""]
+    for cfg in cfgs:
+        where = f"envs/{cfg.source.name}"
+        if not cfg.escalation.contacts:
+            lines.append(f"- {cfg.name}: none listed in {where}; add [escalation] contacts = [\"...\"]")
+            continue
+        lines.append(f"- {cfg.name}:")
+        lines += [f"  {i}. {contact}" for i, contact in enumerate(cfg.escalation.contacts, 1)]
+    return "\n".join(lines) + "\n"
 
 
 def format_index(books: list[Runbook]) -> str:
@@ -247,4 +267,124 @@ def check_command(command: Command, namespace: Any) -> str:
     except ValueError as exc:
         return f"{command.where}: cannot split `{command.text}` ({exc})"
     problem = check_argv(argv, namespace)
+    return f"{command.where}: `{command.text}`: {problem}" if problem else ""
+
+
+# The AWS CLI's own options, accepted by every operation (`aws help`); the paging ones by paginated operations.
+AWS_GLOBAL_OPTIONS = frozenset({
+    "region", "output", "query", "profile", "endpoint-url", "no-verify-ssl", "no-paginate", "debug",
+    "no-cli-pager", "cli-input-json", "cli-input-yaml", "generate-cli-skeleton", "color", "no-sign-request",
+    "ca-bundle", "cli-read-timeout", "cli-connect-timeout", "cli-binary-format", "cli-auto-prompt",
+})
+AWS_PAGING_OPTIONS = frozenset({"max-items", "starting-token", "page-size"})
+# CLI command name -> botocore service name, where they differ.
+AWS_CLI_SERVICES = {"s3api": "s3", "configservice": "config"}
+# Commands the CLI adds on top of the service models (awscli customizations), with whether they need --region.
+AWS_CUSTOM_COMMANDS = {("sso", "login"): False, ("logs", "tail"): True, ("rds", "generate-db-auth-token"): True}
+
+
+def check_aws(text: str) -> str:
+    """'' if the AWS CLI would accept `text` as far as its service model says, else the problem.
+
+    Checked against botocore's model (what the CLI is generated from): the service, the operation
+    (or `wait WAITER`), every `--option` (a model parameter, `--no-` for a boolean one, or a CLI global
+    option), every required parameter present; and `--region` always given, because on-call shells
+    often have no default region or the wrong one.
+    """
+    import botocore.session
+    from botocore import xform_name
+    from botocore.exceptions import UnknownServiceError
+
+    try:
+        argv = shlex.split(text, comments=True)
+    except ValueError as exc:
+        return f"cannot split ({exc})"
+    if len(argv) < 3 or argv[0] != "aws":
+        return "expected `aws SERVICE OPERATION --option value ...`"
+    cli_service, operation = argv[1], argv[2]
+    options, rest = _aws_options(argv[3:])
+    custom = AWS_CUSTOM_COMMANDS.get((cli_service, operation))
+    if custom is not None:
+        if custom and "region" not in options:
+            return "no --region (on-call shells often have none, or the wrong one)"
+        return ""
+    session = botocore.session.get_session()
+    service = AWS_CLI_SERVICES.get(cli_service, cli_service)
+    try:
+        model = session.get_service_model(service)
+    except UnknownServiceError:
+        return f"unknown service {cli_service!r}"
+    names = {xform_name(op, "-"): op for op in model.operation_names}
+    if operation == "wait":
+        if not rest:
+            return "`wait` needs a waiter name"
+        waiters = session.get_waiter_model(service)
+        by_cli = {xform_name(w, "-"): w for w in waiters.waiter_names}
+        if rest[0] not in by_cli:
+            return f"no waiter {rest[0]!r} for {cli_service} (known: {', '.join(sorted(by_cli))})"
+        op_name = waiters.get_waiter(by_cli[rest[0]]).operation
+        rest = rest[1:]
+        paginated = False
+    else:
+        if operation not in names:
+            close = difflib.get_close_matches(operation, list(names), n=3)
+            return f"{cli_service} has no operation {operation!r}" + (f" (did you mean {', '.join(close)}?)"
+                                                                       if close else "")
+        op_name = names[operation]
+        paginated = _paginated(session, service, op_name)
+    if rest:
+        return f"unexpected argument {rest[0]!r} (values follow an --option)"
+    shape = model.operation_model(op_name).input_shape
+    members = shape.members if shape is not None else {}
+    params = {xform_name(m, "-"): m for m in members}
+    booleans = {n for n, m in params.items() if members[m].type_name == "boolean"}
+    for option in options:
+        if option in params or option in AWS_GLOBAL_OPTIONS or (paginated and option in AWS_PAGING_OPTIONS):
+            continue
+        if option.startswith("no-") and option[3:] in booleans:
+            continue
+        return f"{cli_service} {operation} has no option --{option}"
+    if "region" not in options:
+        return "no --region (on-call shells often have none, or the wrong one)"
+    if "cli-input-json" not in options:
+        required = shape.required_members if shape is not None else []
+        given = {o.removeprefix("no-") for o in options}
+        missing = [f"--{xform_name(r, '-')}" for r in required if xform_name(r, "-") not in given]
+        if missing:
+            return f"{cli_service} {operation} requires {', '.join(missing)}"
+    return ""
+
+
+def _paginated(session: Any, service: str, operation: str) -> bool:
+    from botocore.exceptions import DataNotFoundError
+
+    try:
+        session.get_paginator_model(service).get_paginator(operation)
+    except (DataNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _aws_options(args: list[str]) -> tuple[set[str], list[str]]:
+    """The `--option` names given (without dashes) and the arguments that are not option values."""
+    options: set[str] = set()
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            name, _, _value = arg[2:].partition("=")
+            options.add(name)
+            # Values run until the next --option (list parameters take several).
+            i += 1
+            while "=" not in arg and i < len(args) and not args[i].startswith("--"):
+                i += 1
+            continue
+        rest.append(arg)
+        i += 1
+    return options, rest
+
+
+def check_aws_command(command: Command) -> str:
+    problem = check_aws(command.text)
     return f"{command.where}: `{command.text}`: {problem}" if problem else ""

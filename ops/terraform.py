@@ -37,10 +37,11 @@ from ops.errors import CommandFailedError, OpsError, ToolMissingError
 from ops.fileio import atomic_write
 from ops.terraform_view import PlanSummary, RunLog
 
-MIN_TERRAFORM = (1, 5)
+# The S3 backend's native lockfile (stacks/backend.py) needs 1.10; the generated required_version agrees.
+MIN_TERRAFORM = (1, 10)
 MIRROR_ENV = "BASTIONLESS_PROVIDER_MIRROR"
 DEFAULT_AWS_PROVIDER_VERSION = "5.100.0"
-INSTALL_HINT = "install Terraform >= 1.5 (https://developer.hashicorp.com/terraform/install) and put it on PATH"
+INSTALL_HINT = "install Terraform >= 1.10 (https://developer.hashicorp.com/terraform/install) and put it on PATH"
 INIT_STAMP = "bastionless-init.json"
 _SYNTH_FILE = "cdk.tf.json"
 _AWS_PROVIDER = "registry.terraform.io/hashicorp/aws"
@@ -461,7 +462,7 @@ def _version_info(binary: str) -> tuple[str, str]:
 
 
 def terraform_version(binary: str | None = None) -> str:
-    """The terraform version; ToolMissingError when terraform is missing or older than 1.5."""
+    """The terraform version; ToolMissingError when terraform is missing or older than MIN_TERRAFORM."""
     binary = binary or terraform_binary()
     version, _ = _version_info(binary)
     match = _VERSION_RE.match(version)

@@ -36,8 +36,13 @@ def configure_provider(stack: TerraformStack, *, cfg: EnvConfig) -> AwsProvider:
     )
 
 
+# S3-native state locking (`use_lockfile`) arrived in Terraform 1.10; ops/terraform.py's MIN_TERRAFORM agrees.
+REQUIRED_TERRAFORM = ">= 1.10"
+
+
 def configure_backend(stack: TerraformStack, *, cfg: EnvConfig) -> TerraformBackend:
     """S3 with native S3 locking per environment; a local backend whose path ops/terraform.py passes in."""
+    stack.add_override("terraform.required_version", REQUIRED_TERRAFORM)
     if cfg.state.backend == "local":
         local = LocalBackend(stack)
         # cdktf fills in an absolute path of this machine; the runner passes the real one at init.

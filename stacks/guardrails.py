@@ -76,6 +76,12 @@ def _rds_final_snapshot(cfg: dict[str, Any], sandbox: bool) -> list[str]:
     return []
 
 
+def _no_statement_logging(cfg: dict[str, Any], sandbox: bool) -> list[str]:
+    params = cfg.get("parameter") or []
+    return [f"log_statement = {p.get('value')}" for p in params if isinstance(p, dict)
+            and p.get("name") == "log_statement" and str(p.get("value")).lower() in ("all", "mod")]
+
+
 def _sg_rules(resource_type: str, cfg: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(direction, rule) for every rule a security-group resource carries, in either style."""
     if resource_type == "aws_security_group":
@@ -183,6 +189,9 @@ RULES: tuple[Rule, ...] = (
          "set [database] deletion_protection = true in the env file", _rds_deletion_protection),
     Rule("BL-RDS-4", ("aws_db_instance",), "deleting a real database must leave a final snapshot",
          "set skip_final_snapshot = false and a final_snapshot_identifier", _rds_final_snapshot),
+    Rule("BL-RDS-5", ("aws_db_parameter_group",),
+         "logging every (or every modifying) statement writes the data in them, secrets included, to the logs",
+         "use log_statement = ddl and log_min_duration_statement for slow queries", _no_statement_logging),
     Rule("BL-SG-1", _SG_TYPES, "nothing in this design accepts connections from the internet",
          "allow the specific security group (source_security_group_id) instead of 0.0.0.0/0 or ::/0",
          lambda cfg, sb: []),  # replaced per type below

@@ -20,8 +20,10 @@ from constructs import Construct
 
 from ops.config import EgressMode, subnet_plan
 
-# What the SSM agent needs to reach Systems Manager without internet access.
-INTERFACE_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages")
+# What the SSM agent needs to reach Systems Manager without internet access. Our session preferences
+# always encrypt sessions with KMS and stream shell sessions (ECS Exec, an admin shell) to CloudWatch
+# Logs, so the agent also calls kms and logs: without these two, those sessions fail in this mode.
+INTERFACE_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages", "kms", "logs")
 
 
 class Network(Construct):

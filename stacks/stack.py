@@ -7,6 +7,7 @@ from constructs import Construct
 
 from ops.config import EnvConfig
 from stacks.access import Access
+from stacks.alarms import Alarms, connections_threshold
 from stacks.backend import configure_backend, configure_provider
 from stacks.database import Database
 from stacks.db_identity import BreakGlass, DbConnect
@@ -14,6 +15,7 @@ from stacks.ecs_exec import EcsExec
 from stacks.guardrails import Guardrails
 from stacks.network import Network
 from stacks.outputs import add_outputs
+from stacks.patching import Patching
 from stacks.relay import Relay
 from stacks.session_logs import SessionLogs
 
@@ -23,6 +25,8 @@ EMULATOR_DRIFT: dict[str, tuple[tuple[str, ...], str]] = {
     "Relay/Instance": (("associate_public_ip_address", "vpc_security_group_ids"),
                        "moto reports an empty ENI association as a public IP and keeps the groups only on the ENI"),
     "Database/ParameterGroup": (("parameter",), "moto does not return user-set parameters"),
+    "Database/Instance": (("engine_lifecycle_support", "master_user_secret_kms_key_id"),
+                          "moto does not return EngineLifecycleSupport or the master secret's KMS key ARN"),
     "EcsExec/SampleService": (("enable_execute_command", "availability_zone_rebalancing"),
                               "moto does not store enableExecuteCommand or availabilityZoneRebalancing"),
 }
@@ -39,6 +43,8 @@ class BastionlessStack(TerraformStack):
     access: Access
     db_connect: DbConnect
     break_glass: BreakGlass
+    alarms: Alarms
+    patching: Patching
     guardrails: Guardrails
 
     def __init__(self, scope: Construct, stack_id: str, *, config: EnvConfig) -> None:
@@ -66,7 +72,12 @@ class BastionlessStack(TerraformStack):
                                  instance_class=db.instance_class, allocated_storage_gb=db.allocated_storage_gb,
                                  db_name=db.name, username=db.username, port=db.port,
                                  deletion_protection=db.deletion_protection,
-                                 backup_retention_days=db.backup_retention_days, sandbox=cfg.sandbox)
+                                 backup_retention_days=db.backup_retention_days, account_id=cfg.account_id,
+                                 region=cfg.region, max_allocated_storage_gb=db.max_allocated_storage_gb,
+                                 backup_window=db.backup_window, maintenance_window=db.maintenance_window,
+                                 multi_az=db.multi_az, ca_cert_identifier=db.ca_cert_identifier,
+                                 log_min_duration_ms=db.log_min_duration_ms, extended_support=db.extended_support,
+                                 log_retention_days=s.log_retention_days, sandbox=cfg.sandbox)
         self.ecs = None
         if cfg.ecs.enabled:
             self.ecs = EcsExec(self, "EcsExec", name=name, region=cfg.region, network=self.network,
@@ -81,6 +92,21 @@ class BastionlessStack(TerraformStack):
                                       principals=(cfg.access.break_glass_principals
                                                   or cfg.access.developer_principals), database=self.database,
                                       access=self.access)
+        # The master secret is encrypted with the database's own key: the break-glass role fetches it at run
+        # time, and developers too only while the env lists no people (no per-person identities yet).
+        self.database.allow_secret_reads("BreakGlassSecretKey", role=self.break_glass.role, region=cfg.region)
+        if not cfg.people:
+            self.database.allow_secret_reads("DeveloperSecretKey", role=self.access.role, region=cfg.region)
+        self.alarms = Alarms(self, "Alarms", name=name, region=cfg.region, account_id=cfg.account_id,
+                             relay=self.relay, database=self.database, instance_class=db.instance_class,
+                             email=cfg.alarms.email, https_endpoint_parameters=cfg.alarms.https_endpoint_parameters,
+                             free_storage_gb=cfg.alarms.free_storage_gb,
+                             cpu_credit_balance=cfg.alarms.cpu_credit_balance,
+                             connections=cfg.alarms.connections or connections_threshold(db.instance_class))
+        p = cfg.patching
+        self.patching = Patching(self, "Patching", name=name, env=cfg.name, window_schedule=p.window_schedule,
+                                 window_hours=p.window_hours, agent_update_schedule=p.agent_update_schedule,
+                                 emulator=cfg.sandbox)
         add_outputs(self, network=self.network, relay=self.relay, database=self.database,
                     session_logs=self.session_logs, access=self.access, ecs=self.ecs)
 
@@ -103,5 +129,8 @@ class BastionlessStack(TerraformStack):
             resource = node.node.try_find_child(path.split("/")[1]) if node is not None else None
             if not isinstance(resource, TerraformResource):
                 continue  # e.g. no sample service in this environment
-            current = list(resource.lifecycle.ignore_changes or []) if resource.lifecycle else []
-            resource.lifecycle = TerraformResourceLifecycle(ignore_changes=[*current, *attributes])
+            life = resource.lifecycle
+            current = list(life.ignore_changes or []) if life else []
+            resource.lifecycle = TerraformResourceLifecycle(
+                ignore_changes=[*current, *attributes],
+                create_before_destroy=life.create_before_destroy if life else None)

@@ -74,6 +74,8 @@ def build_world(moto_url: str, cfg: EnvConfig) -> dict[str, str]:
     stack = cfg.stack_name
     ec2, iam, rds, kms = (aws(s, moto_url) for s in ("ec2", "iam", "rds", "kms"))
     vpc = ec2.create_vpc(CidrBlock="10.40.0.0/16")["Vpc"]["VpcId"]
+    # As stacks/network.py sets it: endpoints' private DNS needs host names on (DNS support is on by default).
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
     private = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.4.0/24",
                                 AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
     isolated = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.40.{8 + i}.0/24",
@@ -87,7 +89,7 @@ def build_world(moto_url: str, cfg: EnvConfig) -> dict[str, str]:
     endpoints = {svc: ec2.create_vpc_endpoint(
         VpcId=vpc, ServiceName=f"com.amazonaws.{REGION}.{svc}", VpcEndpointType="Interface", SubnetIds=[private],
         SecurityGroupIds=[ep_sg], PrivateDnsEnabled=True)["VpcEndpoint"]["VpcEndpointId"]
-        for svc in ("ssm", "ssmmessages", "ec2messages")}
+        for svc in ("ssm", "ssmmessages", "ec2messages", "kms", "logs")}
 
     key = kms.create_key(Description="sessions")["KeyMetadata"]
     kms.create_alias(AliasName=f"alias/{stack}-sessions", TargetKeyId=key["KeyId"])
@@ -98,7 +100,11 @@ def build_world(moto_url: str, cfg: EnvConfig) -> dict[str, str]:
     iam.create_instance_profile(InstanceProfileName=f"{stack}-relay")
     iam.add_role_to_instance_profile(InstanceProfileName=f"{stack}-relay", RoleName=f"{stack}-relay")
     prefs = {"schemaVersion": "1.0", "description": "Session Manager preferences", "sessionType": "Standard_Stream",
-             "inputs": {"kmsKeyId": key["Arn"], "cloudWatchLogGroupName": f"/bastionless/{cfg.name}/sessions"}}
+             "inputs": {"kmsKeyId": key["Arn"], "cloudWatchLogGroupName": f"/bastionless/{cfg.name}/sessions",
+                        # The rest of what stacks/session_logs.py deploys (doctor compares them).
+                        "cloudWatchEncryptionEnabled": True, "cloudWatchStreamingEnabled": True,
+                        "runAsEnabled": False, "idleSessionTimeout": str(cfg.session.idle_timeout_minutes),
+                        "maxSessionDuration": str(cfg.session.max_session_minutes)}}
     aws("ssm", moto_url).create_document(Name="SSM-SessionManagerRunShell", Content=json.dumps(prefs),
                                          DocumentType="Session", DocumentFormat="JSON")
 
@@ -117,7 +123,8 @@ def build_world(moto_url: str, cfg: EnvConfig) -> dict[str, str]:
     db = rds.create_db_instance(
         DBInstanceIdentifier=stack, Engine="postgres", DBInstanceClass="db.t4g.small", AllocatedStorage=20,
         DBName=cfg.database.name, MasterUsername=cfg.database.username, ManageMasterUserPassword=True,
-        VpcSecurityGroupIds=[db_sg], DBSubnetGroupName=stack)["DBInstance"]
+        VpcSecurityGroupIds=[db_sg], DBSubnetGroupName=stack,
+        CACertificateIdentifier=cfg.database.ca_cert_identifier)["DBInstance"]
 
     logs = aws("logs", moto_url)
     log_group = f"/bastionless/{cfg.name}/sessions"

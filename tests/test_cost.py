@@ -22,8 +22,10 @@ def test_quoted_figures_reconcile() -> None:
     # The docs quote "NAT ~32 USD/month vs 3 endpoints ~22 USD/month": one gateway-hour price, and
     # three endpoints in ONE AZ. Endpoints bill per AZ, so two AZs double them.
     assert round(PRICES["nat_gateway_hour"] * HOURS_PER_MONTH, 2) == 32.85
-    assert endpoints_monthly(1) == 21.9
-    assert endpoints_monthly(2) == 43.8
+    assert endpoints_monthly(1, 3) == 21.9
+    assert endpoints_monthly(2, 3) == 43.8
+    # Our endpoints mode adds kms and logs (encrypted, logged sessions): five per AZ.
+    assert endpoints_monthly(1) == 36.5
     assert nat_monthly(1) == 36.5, "gateway plus its public IPv4 address"
 
 
@@ -34,9 +36,11 @@ def test_endpoints_environment() -> None:
     assert items["S3 gateway endpoint"] == 0.0
     assert "NAT gateway" not in items
     assert items["Relay instance"] == round(0.0042 * HOURS_PER_MONTH, 2)
-    assert items["RDS PostgreSQL"] == round(0.032 * HOURS_PER_MONTH, 2)
-    assert items["RDS storage"] == round(20 * PRICES["rds_gp3_gb_month"], 2)
-    assert items["KMS key"] == 1.0
+    # prod is Multi-AZ by default: a standby of the same class and storage.
+    assert items["RDS PostgreSQL"] == round(0.032 * HOURS_PER_MONTH * 2, 2)
+    assert items["RDS storage"] == round(20 * 2 * PRICES["rds_gp3_gb_month"], 2)
+    assert items["KMS keys"] == 2.0
+    assert items["CloudWatch alarms"] == 0.5, "5 alarms, CPU credits included for db.t4g"
     assert items["Session logs"] is None, "usage-priced, explained in the notes"
     assert est.total == round(sum(v for v in items.values() if v), 2)
     assert any("eu-west-1 differs" in n for n in est.notes), "prices are us-east-1; the region is named"
@@ -60,9 +64,22 @@ def test_configuration_drives_the_figures() -> None:
                      network=replace(prod.network, az_count=3))
     items = _items(estimate(bigger))
     assert items["Relay instance"] == round(0.0168 * HOURS_PER_MONTH, 2)
-    assert items["RDS PostgreSQL"] == round(0.065 * HOURS_PER_MONTH, 2)
-    assert items["RDS storage"] == round(100 * PRICES["rds_gp3_gb_month"], 2)
+    assert items["RDS PostgreSQL"] == round(0.065 * HOURS_PER_MONTH * 2, 2)
+    assert items["RDS storage"] == round(100 * 2 * PRICES["rds_gp3_gb_month"], 2)
     assert items["Interface endpoints"] == endpoints_monthly(3)
+
+
+def test_multi_az_doubles_instance_and_storage_and_can_be_turned_off() -> None:
+    prod = load_env("prod")
+    assert prod.database.multi_az is True, "production environments default to Multi-AZ"
+    assert load_env("staging").database.multi_az is False
+    single = replace(prod, database=replace(prod.database, multi_az=False))
+    multi, one = _items(estimate(prod)), _items(estimate(single))
+    assert multi["RDS PostgreSQL"] == 2 * one["RDS PostgreSQL"]  # type: ignore[operator]
+    assert multi["RDS storage"] == 2 * one["RDS storage"]  # type: ignore[operator]
+    detail = {line.item: line.detail for line in estimate(prod).lines}["RDS PostgreSQL"]
+    assert "Multi-AZ" in detail
+    assert "single-AZ" in {line.item: line.detail for line in estimate(single).lines}["RDS PostgreSQL"]
 
 
 def test_unknown_instance_class_is_not_guessed() -> None:

@@ -53,7 +53,7 @@ def test_terraform_missing_is_reported_before_anything_else(tmp_path: Path) -> N
         proc = invoke(*action, state=tmp_path / "state", PATH=str(bare))
         assert proc.returncode == 1, proc.stderr
         line = error_line(proc)
-        assert "terraform is not on PATH" in line and "install Terraform >= 1.5" in line
+        assert "terraform is not on PATH" in line and "install Terraform >= 1.10" in line
     assert not (tmp_path / "state" / "terraform").exists()
 
 

@@ -199,3 +199,45 @@ def test_relay_status_checks(system: str, instance: str, status: str) -> None:
         assert "invoke relay-restart --env prod" in fix and "invoke relay-replace --env prod" in fix
     if status == "pass":
         assert fix == ""
+
+
+def test_storage_full_advice_grows_the_storage_instead_of_waiting() -> None:
+    from ops.config import load_env
+    from ops.doctor import _Doctor
+
+    doctor = _Doctor(load_env("prod"))
+    fix = doctor._status_fix({"DBInstanceIdentifier": "bastionless-prod", "AllocatedStorage": 100}, "storage-full")
+    assert "wait" not in fix
+    assert ("aws rds modify-db-instance --db-instance-identifier bastionless-prod --allocated-storage 125 "
+            "--apply-immediately --region eu-west-1") in fix
+    assert "max_allocated_storage_gb" in fix and "invoke runbook database-unhealthy" in fix
+    # Small volumes grow by at least 10 GB.
+    assert "--allocated-storage 30 " in doctor._status_fix({"AllocatedStorage": 20}, "storage-full")
+    assert doctor._status_fix({}, "modifying").startswith("wait until it is available")
+    assert "start-db-instance" in doctor._status_fix({}, "stopped")
+
+
+def test_patch_state_verdicts() -> None:
+    from ops.config import load_env
+    from ops.doctor import _Doctor
+
+    class FakeSsm:
+        def __init__(self, states: list[dict[str, object]]) -> None:
+            self.states = states
+
+        def describe_instance_patch_states(self, InstanceIds: list[str]) -> dict[str, object]:
+            return {"InstancePatchStates": self.states}
+
+    def verdict(states: list[dict[str, object]]) -> tuple[str, str]:
+        doctor = _Doctor(load_env("prod"))
+        doctor._clients["ssm"] = FakeSsm(states)
+        doctor._patch_state("i-1")
+        (result,) = doctor.results
+        return result.status, result.detail
+
+    assert verdict([{"MissingCount": 0, "FailedCount": 0, "Operation": "Scan"}])[0] == "pass"
+    status, detail = verdict([{"MissingCount": 3, "FailedCount": 0, "Operation": "Scan"}])
+    assert status == "fail" and "missing 3" in detail
+    assert verdict([{"MissingCount": 0, "FailedCount": 1}])[0] == "fail"
+    assert verdict([{"InstalledPendingRebootCount": 2}])[0] == "warn"
+    assert verdict([])[0] == "warn", "never scanned is not healthy"

@@ -34,12 +34,23 @@ def test_healthy_environment_has_no_fail_and_only_honest_warns(world: World) -> 
     results = run_checks(world.cfg)
     assert not fails(results), format_table(results)
     warns = [r for r in results if r.status == "warn"]
-    # The only warns: the IAM policy simulator, which the emulator lacks; said so, in the sandbox only.
-    assert {r.name for r in warns} == {"ssm:StartSession", "ecs:ExecuteCommand"}
-    assert all("not checkable here" in r.detail and "SimulatePrincipalPolicy" in r.detail for r in warns)
+    # The only warns: what the emulator lacks (the IAM policy simulator, patch states, certificate expiry),
+    # said so, in the sandbox only; and the agent version our local agent announces, which is honestly older
+    # than the security floor.
+    emulator_gaps = {"ssm:StartSession": "SimulatePrincipalPolicy", "ecs:ExecuteCommand": "SimulatePrincipalPolicy",
+                     "relay patches": "DescribeInstancePatchStates"}
+    assert {r.name for r in warns} == {*emulator_gaps, "database CA", "relay agent security fixes"}
+    for r in warns:
+        if r.name in emulator_gaps:
+            assert "not checkable here" in r.detail and emulator_gaps[r.name] in r.detail
+    by_name = {r.name: r for r in results}
+    assert "reports no certificate expiry" in by_name["database CA"].detail
+    assert "rds-ca-rsa2048-g1" in by_name["database CA"].detail
+    assert "older than 3.3.1957.0" in by_name["relay agent security fixes"].detail
     names = {r.name for r in results if r.status == "pass"}
     for expected in ("credentials", "account", "relay SSM ping", "endpoint ssmmessages", "database secret",
-                     "session key", "you may use the session key", "cluster exec logging"):
+                     "session key", "you may use the session key", "cluster exec logging", "relay SG egress",
+                     "relay instance profile", "VPC DNS", "endpoint kms", "endpoint logs", "preferences"):
         assert expected in names
     payload = json.loads(format_json(results))
     assert payload["ok"] is True
@@ -245,6 +256,92 @@ def test_nat_egress_needs_a_route_out(world: World) -> None:
         ec2.disassociate_route_table(AssociationId=assoc)
         ec2.delete_route_table(RouteTableId=table)
         ec2.delete_nat_gateway(NatGatewayId=nat)
-    assert set(without) == {"route out"} and without["route out"].status == "fail"
+    assert set(without) == {"VPC DNS", "route out"} and without["route out"].status == "fail"
+    assert without["VPC DNS"].status == "pass"
     assert "no active 0.0.0.0/0 route" in without["route out"].detail
     assert with_route["route out"].status == "pass" and nat in with_route["route out"].detail
+
+
+# ---- production operations: each new check finds its thing broken ----------------------------------
+
+
+def test_relay_security_group_egress_removed(world: World) -> None:
+    ec2 = world.moto("ec2")
+    sg = world.ids["relay_sg"]
+    everything = [{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
+    ec2.revoke_security_group_egress(GroupId=sg, IpPermissions=everything)
+    with broken(lambda: ec2.authorize_security_group_egress(GroupId=sg, IpPermissions=everything)):
+        found = fails(run_checks(world.cfg))
+    assert set(found) == {"relay SG egress"}
+    assert "allows no outbound TCP 443 or 5432" in found["relay SG egress"].detail
+    assert found["relay SG egress"].fix.startswith("invoke deploy --env sandbox")
+
+
+def test_relay_instance_profile_without_its_role(world: World) -> None:
+    iam = world.moto("iam")
+    profile, role = f"{world.cfg.stack_name}-relay", f"{world.cfg.stack_name}-relay"
+    iam.remove_role_from_instance_profile(InstanceProfileName=profile, RoleName=role)
+    with broken(lambda: iam.add_role_to_instance_profile(InstanceProfileName=profile, RoleName=role)):
+        results = run_checks(world.cfg)
+    found = fails(results)
+    assert set(found) == {"relay instance profile"}
+    assert "cannot register with Systems Manager" in found["relay instance profile"].detail
+    assert "AmazonSSMManagedInstanceCore" in found["relay instance profile"].fix
+
+
+def test_vpc_dns_hostnames_off(world: World) -> None:
+    ec2 = world.moto("ec2")
+    vpc = world.ids["vpc"]
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": False})
+    with broken(lambda: ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})):
+        found = fails(run_checks(world.cfg))
+    assert set(found) == {"VPC DNS"}
+    assert "enableDnsHostnames off" in found["VPC DNS"].detail
+    assert f"modify-vpc-attribute --vpc-id {vpc} --enable-dns-hostnames" in found["VPC DNS"].fix
+
+
+def test_kms_endpoint_missing_in_endpoints_mode(world: World) -> None:
+    ec2 = world.moto("ec2")
+    ep = ec2.describe_vpc_endpoints(VpcEndpointIds=[world.ids["ep_kms"]])["VpcEndpoints"][0]
+    ec2.delete_vpc_endpoints(VpcEndpointIds=[world.ids["ep_kms"]])
+
+    def recreate() -> None:
+        world.ids["ep_kms"] = ec2.create_vpc_endpoint(
+            VpcId=world.ids["vpc"], ServiceName=ep["ServiceName"], VpcEndpointType="Interface",
+            SubnetIds=ep["SubnetIds"], SecurityGroupIds=[world.ids["ep_sg"]], PrivateDnsEnabled=True,
+        )["VpcEndpoint"]["VpcEndpointId"]
+
+    with broken(recreate):
+        found = fails(run_checks(world.cfg))
+    assert set(found) == {"endpoint kms"}
+    assert "no com.amazonaws.us-east-1.kms interface endpoint" in found["endpoint kms"].detail
+
+
+def test_preferences_changed_in_the_console(world: World) -> None:
+    ssm = world.moto("ssm")
+    name = "SSM-SessionManagerRunShell"
+    original = ssm.get_document(Name=name, DocumentFormat="JSON")
+    changed = json.loads(original["Content"])
+    # What the console writes when someone "just" raises the idle timeout and turns logging off.
+    changed["inputs"].update({"idleSessionTimeout": "60", "cloudWatchLogGroupName": ""})
+    new = ssm.update_document(Name=name, Content=json.dumps(changed), DocumentVersion="$LATEST",
+                              DocumentFormat="JSON")["DocumentDescription"]["DocumentVersion"]
+    ssm.update_document_default_version(Name=name, DocumentVersion=new)
+    with broken(lambda: ssm.update_document_default_version(Name=name, DocumentVersion=original["DocumentVersion"])):
+        found = fails(run_checks(world.cfg))
+    assert set(found) == {"preferences"}
+    detail = found["preferences"].detail
+    assert "changed outside the stack" in detail and "idleSessionTimeout = '60' (stack: '20')" in detail
+    assert "cloudWatchLogGroupName = ''" in detail
+    assert "invoke runbook sessions-fail-relay-online" in found["preferences"].fix
+
+
+def test_database_ca_not_the_pinned_one(world: World) -> None:
+    rds = world.moto("rds")
+    ident = world.cfg.stack_name
+    rds.modify_db_instance(DBInstanceIdentifier=ident, CACertificateIdentifier="rds-ca-2019", ApplyImmediately=True)
+    with broken(lambda: rds.modify_db_instance(DBInstanceIdentifier=ident, ApplyImmediately=True,
+                                               CACertificateIdentifier=world.cfg.database.ca_cert_identifier)):
+        found = fails(run_checks(world.cfg))
+    assert set(found) == {"database CA"}
+    assert "uses CA rds-ca-2019; sandbox.toml pins rds-ca-rsa2048-g1" in found["database CA"].detail

@@ -11,6 +11,7 @@ import pytest
 from cdktf import App, Aspects, TerraformStack
 from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
 from cdktf_cdktf_provider_aws.db_instance import DbInstance
+from cdktf_cdktf_provider_aws.db_parameter_group import DbParameterGroup, DbParameterGroupParameter
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from cdktf_cdktf_provider_aws.instance import Instance, InstanceMetadataOptions
 from cdktf_cdktf_provider_aws.provider import AwsProvider
@@ -55,6 +56,11 @@ def _db(**overrides: Any) -> Build:
     return lambda s: DbInstance(s, "Db", **props)
 
 
+def _params(log_statement: str) -> Build:
+    return lambda s: DbParameterGroup(s, "Params", family="postgres16", parameter=[
+        DbParameterGroupParameter(name="log_statement", value=log_statement)])
+
+
 def _sg_rule(**overrides: Any) -> Build:
     props: dict[str, Any] = dict(type="ingress", security_group_id="sg-1", protocol="tcp", from_port=5432,
                                  to_port=5432, source_security_group_id="sg-2", description="d")
@@ -82,6 +88,7 @@ CASES: list[tuple[str, Build, Build]] = [
     ("BL-RDS-2", _db(), _db(storage_encrypted=False)),
     ("BL-RDS-3", _db(), _db(deletion_protection=False)),
     ("BL-RDS-4", _db(), _db(skip_final_snapshot=True, final_snapshot_identifier=None)),
+    ("BL-RDS-5", _params("ddl"), _params("all")),
     ("BL-SG-1", _sg_rule(), _sg_rule(source_security_group_id=None, cidr_blocks=["0.0.0.0/0"])),
     ("BL-SG-2", _sg_rule(), _sg_rule(from_port=20, to_port=25)),
     ("BL-EC2-1", _instance("required"), _instance("optional")),

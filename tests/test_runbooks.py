@@ -14,11 +14,13 @@ import pytest
 from invoke import Collection, Task, task
 
 from ops import runbooks as rb
+from ops.config import load_env
 from ops.errors import OpsError
 from tests.conftest import PROJECT_ROOT
 
 REQUIRED = ("tunnel-and-connect", "migration", "ecs-shell", "relay-unhealthy", "revoke-access", "rotate-credentials",
-            "restore-snapshot", "egress-switch", "audit")
+            "restore-snapshot", "egress-switch", "audit", "sessions-fail-relay-online", "database-unhealthy",
+            "relay-patching")
 
 
 def _namespace() -> Collection:
@@ -139,9 +141,71 @@ def test_runbooks_and_runbook_tasks(capsys: pytest.CaptureFixture[str]) -> None:
     runbook.body(None, name="audit")
     printed = capsys.readouterr().out
     source = (PROJECT_ROOT / "runbooks" / "09-audit.md").read_text()
-    assert "<!-- sandbox:" in source and "sandbox:" not in printed.replace("In the sandbox", "")
+    assert "<!-- sandbox:" in source and "<!-- sandbox:" not in printed
     kept = [ln for ln in source.splitlines() if not ln.strip().startswith("<!-- sandbox:")]
-    assert printed.splitlines() == kept
+    assert printed.splitlines()[:len(kept)] == kept
+    # Then who to call, from every env file: concrete names and channels, not "page someone".
+    trailer = "\n".join(printed.splitlines()[len(kept):])
+    assert "## Escalation contacts" in trailer
+    for contact in load_env("prod").escalation.contacts:
+        assert contact in trailer
+    runbook.body(None, name="audit", env="staging")
+    only_staging = capsys.readouterr().out.split("## Escalation contacts")[1]
+    assert "- staging:" in only_staging and "- prod:" not in only_staging
+    assert load_env("staging").escalation.contacts[0] in only_staging
     with pytest.raises(Exit) as info:
         runbook.body(None, name="no-such")
     assert str(info.value.message).startswith("error: no runbook 'no-such'; next: invoke runbooks")
+
+
+@pytest.mark.parametrize("book", BOOKS, ids=lambda b: b.name)
+def test_every_aws_command_exists_in_the_cli_model_and_names_its_region(book: rb.Runbook) -> None:
+    problems = [p for c in book.commands() if c.is_aws and (p := rb.check_aws_command(c))]
+    assert problems == []
+
+
+def test_the_aws_check_sees_the_lines_it_must() -> None:
+    commands = [c for b in BOOKS for c in b.commands() if c.is_aws]
+    assert any(not c.fenced for c in commands), "inline `aws ...` spans are checked too"
+    texts = " ".join(c.text for c in commands)
+    for needed in ("aws rds create-db-snapshot", "aws rds wait db-snapshot-available", "aws ecs update-service",
+                   "aws rds restore-db-instance-from-db-snapshot", "aws athena start-query-execution"):
+        assert needed in texts, needed
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("aws rds create-db-snapshots --db-instance-identifier x --db-snapshot-identifier y --region r",
+     "rds has no operation 'create-db-snapshots'"),
+    ("aws rds create-db-snapshot --db-instance-identifer x --db-snapshot-identifier y --region r",
+     "has no option --db-instance-identifer"),
+    ("aws rds create-db-snapshot --region r", "requires --db-snapshot-identifier, --db-instance-identifier"),
+    ("aws rds create-db-snapshot --db-instance-identifier x --db-snapshot-identifier y", "no --region"),
+    ("aws rds wait db-snapshot-ready --db-snapshot-identifier y --region r", "no waiter 'db-snapshot-ready'"),
+    ("aws rdss describe-db-instances --region r", "unknown service 'rdss'"),
+    ("aws ecs update-service --cluster c --service s --force-new-deploy --region r", "no option --force-new-deploy"),
+    ("aws rds modify-db-instance --db-instance-identifier x --no-apply-immediatly --region r",
+     "no option --no-apply-immediatly"),
+])
+def test_a_misspelt_aws_operation_or_parameter_breaks_the_check(text: str, problem: str) -> None:
+    assert problem in rb.check_aws(text)
+
+
+def test_valid_aws_forms_pass() -> None:
+    for text in ("aws rds modify-db-instance --db-instance-identifier x --no-apply-immediately --region r",
+                 "aws cloudtrail lookup-events --max-items 5 --region r",  # CLI paging option
+                 "aws ec2 describe-instances --filters Name=tag:a,Values=b Name=c,Values=d --output json --region r",
+                 "aws s3api list-buckets --region r", "aws logs tail /x --follow --region r", "aws sso login"):
+        assert rb.check_aws(text) == "", text
+
+
+def test_a_misspelt_aws_line_in_a_runbook_fails(tmp_path: Path) -> None:
+    folder = tmp_path / "runbooks"
+    folder.mkdir()
+    (folder / "01-x.md").write_text("# X\n\n**Purpose:** p\n\n## Steps\n\n```sh\n"
+                                    "aws rds describe-db-snapshot --db-instance-identifier x --region r\n```\n\n"
+                                    "and `aws rds reboot-db-instance --db-instance-identifier x`\n")
+    book = rb.load_all(folder)[0]
+    problems = [p for c in book.commands() if c.is_aws and (p := rb.check_aws_command(c))]
+    assert len(problems) == 2
+    assert "runbooks/01-x.md:8" in problems[0] and "no operation 'describe-db-snapshot'" in problems[0]
+    assert "runbooks/01-x.md:11" in problems[1] and "no --region" in problems[1]

@@ -46,7 +46,7 @@ def expand(text: str, variables: dict[str, str]) -> str:
 
 
 def follow(box: Sandbox, book: rb.Runbook, home: Path, **extra: str) -> Run:
-    variables = {"ENV": box.cfg.name, "TICKET": TICKET, **extra}
+    variables = {"ENV": box.cfg.name, "REGION": box.cfg.region, "TICKET": TICKET, **extra}
     env = box.subprocess_env(HOME=str(home), PATH=f"{PROJECT_ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
                              **variables)
     env.pop("PGSERVICEFILE", None)
@@ -170,12 +170,23 @@ def check_db_ok(box: Sandbox, run: Run) -> None:
     assert any("app_admin" in o for o in run.outputs)
 
 
+def check_sessions_work(box: Sandbox, run: Run) -> None:
+    assert any("select works" in o for o in run.outputs), "the verify step's query came back through a tunnel"
+    assert any("preferences" in o and "matches the stack" in o for o in run.outputs), "doctor compared them"
+
+
+def check_patch_report(box: Sandbox, run: Run) -> None:
+    doctor = next(o for o in run.outputs if "relay SSM ping" in o)
+    assert "relay patches" in doctor and "relay agent security fixes" in doctor
+
+
 SETUP: dict[str, Callable[[Sandbox], object]] = {
     "relay-unhealthy": relay_down, "revoke-access": someone_to_lock_out, "audit": a_session_with_a_reason}
 PROMISE: dict[str, Callable[[Sandbox, Run], None]] = {
     "tunnel-and-connect": check_tunnel, "migration": check_migration, "relay-unhealthy": check_relay,
     "revoke-access": check_revoked, "audit": check_audit, "rotate-credentials": check_db_ok,
-    "restore-snapshot": check_db_ok, "egress-switch": check_db_ok}
+    "restore-snapshot": check_db_ok, "egress-switch": check_db_ok, "sessions-fail-relay-online": check_sessions_work,
+    "database-unhealthy": check_db_ok, "relay-patching": check_patch_report}
 
 
 @pytest.fixture

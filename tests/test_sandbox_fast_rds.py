@@ -36,9 +36,17 @@ def test_the_synthesized_database_is_translated_completely(config: dict[str, Any
     assert not any(r.startswith("aws_iam_role_policy.Access_Policy") for r in adoption.refs), \
         "the developer policy names the database secret: it must wait for the instance"
     sg = next(r for r in adoption.refs if "Database_SecurityGroup" in r)
+    key = spec["kms_key_id"].split("${")[1].rsplit(".", 1)[0]
+    assert key in adoption.refs and spec["master_user_secret_kms_key_id"] == spec["kms_key_id"]
     state = _state(**{subnet_group: {"name": "bastionless-sandbox"}, sg: {"id": "sg-123"},
-                      spec["parameter_group_name"].split("${")[1].rsplit(".", 1)[0]: {"name": "pg"}})
+                      spec["parameter_group_name"].split("${")[1].rsplit(".", 1)[0]: {"name": "pg"},
+                      key: {"arn": "arn:aws:kms:us-east-1:123456789012:key/k"}})
     params = fast_rds.create_params(adoption, state)
+    # The operations settings reach the emulator as the provider would send them.
+    assert params["KmsKeyId"] == params["MasterUserSecretKmsKeyId"] == "arn:aws:kms:us-east-1:123456789012:key/k"
+    assert params["CACertificateIdentifier"] == "rds-ca-rsa2048-g1" and params["MaxAllocatedStorage"] == 100
+    assert params["PreferredBackupWindow"] == "02:00-03:00"
+    assert params["PreferredMaintenanceWindow"] == "sun:04:00-sun:05:00"
     assert params["DBInstanceIdentifier"] == "bastionless-sandbox"
     assert params["VpcSecurityGroupIds"] == ["sg-123"] and params["DBSubnetGroupName"] == "bastionless-sandbox"
     assert params["ManageMasterUserPassword"] is True and "MasterUserPassword" not in params

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ops.config import load_env
@@ -36,7 +37,7 @@ def test_parameter_group_forces_ssl(synthesized: dict[str, dict[str, Any]]) -> N
     for doc in synthesized.values():
         pg = one(doc, "aws_db_parameter_group", "Database/ParameterGroup")
         assert pg["family"] == "postgres16"
-        assert {"name": "rds.force_ssl", "value": "1"} in pg["parameter"]
+        assert {"name": "rds.force_ssl", "value": "1", "apply_method": "immediate"} in pg["parameter"]
 
 
 def test_instance_properties(synthesized: dict[str, dict[str, Any]]) -> None:
@@ -66,5 +67,68 @@ def test_final_snapshot_skipped_only_in_the_sandbox(synthesized: dict[str, dict[
             assert db["skip_final_snapshot"] is True
         else:
             assert db["skip_final_snapshot"] is False
-            assert db["final_snapshot_identifier"] == f"bastionless-{name}-final"
+            # Unique per instance: the creation time, kept afterwards (a second destroy would collide otherwise).
+            assert db["final_snapshot_identifier"] == (f"bastionless-{name}-final-"
+                                                       '${formatdate("YYYYMMDDhhmm", timestamp())}')
+            assert db["lifecycle"]["ignore_changes"] == ["final_snapshot_identifier"]
     assert one(synthesized["prod"], "aws_db_instance", "Database/Instance")["deletion_protection"] is True
+
+
+def test_operations_settings(synthesized: dict[str, dict[str, Any]]) -> None:
+    for name, doc in synthesized.items():
+        cfg = load_env(name).database
+        db = one(doc, "aws_db_instance", "Database/Instance")
+        assert db["max_allocated_storage"] == cfg.max_allocated_storage_gb > db["allocated_storage"]
+        assert db["backup_window"] == "02:00-03:00" and db["maintenance_window"] == "sun:04:00-sun:05:00"
+        assert db["delete_automated_backups"] is False
+        assert db["ca_cert_identifier"] == "rds-ca-rsa2048-g1"
+        assert db["multi_az"] is (name == "prod")
+        assert db["engine_lifecycle_support"] == "open-source-rds-extended-support-disabled"
+
+
+def test_customer_managed_key_for_storage_secret_and_logs(synthesized: dict[str, dict[str, Any]]) -> None:
+    for name, doc in synthesized.items():
+        key = ref(doc, "aws_kms_key", "Database/Key", "arn")
+        db = one(doc, "aws_db_instance", "Database/Instance")
+        assert db["kms_key_id"] == key and db["master_user_secret_kms_key_id"] == key
+        assert one(doc, "aws_kms_key", "Database/Key")["enable_key_rotation"] is True
+        policy = json.loads(one(doc, "aws_kms_key", "Database/Key")["policy"])
+        logs = [s for s in policy["Statement"] if s["Principal"].get("Service", "").startswith("logs.")]
+        assert logs and logs[0]["Condition"]["ArnLike"]["kms:EncryptionContext:aws:logs:arn"].endswith(
+            f":log-group:/aws/rds/instance/bastionless-{name}/*")
+
+
+def test_log_groups_exist_before_the_instance_with_retention_and_key(synthesized: dict[str, dict[str, Any]]) -> None:
+    for name, doc in synthesized.items():
+        db = one(doc, "aws_db_instance", "Database/Instance")
+        groups = {g["name"]: g for g in resources(doc, "aws_cloudwatch_log_group").values()}
+        for export in db["enabled_cloudwatch_logs_exports"]:
+            group = groups[f"/aws/rds/instance/bastionless-{name}/{export}"]
+            assert group["kms_key_id"] == ref(doc, "aws_kms_key", "Database/Key", "arn")
+            assert group["retention_in_days"] == load_env(name).session.log_retention_days
+            address = ref(doc, "aws_cloudwatch_log_group", f"Database/{export.capitalize()}LogGroup")
+            assert address.removeprefix("${").removesuffix(".id}") in db["depends_on"]
+
+
+def test_parameter_group_logging_and_upgrades(synthesized: dict[str, dict[str, Any]]) -> None:
+    for name, doc in synthesized.items():
+        pg = one(doc, "aws_db_parameter_group", "Database/ParameterGroup")
+        # A major upgrade creates the next family's group first; a fixed name would collide.
+        assert "name" not in pg and pg["name_prefix"] == f"bastionless-{name}-postgres16-"
+        assert pg["lifecycle"]["create_before_destroy"] is True
+        params = {p["name"]: p["value"] for p in pg["parameter"]}
+        assert params["log_disconnections"] == "1" and params["log_lock_waits"] == "1"
+        assert params["log_min_duration_statement"] == "1000"
+        assert params["log_statement"] == "ddl", "DDL, never all (values of every query would be logged)"
+        assert "pgaudit" in params["shared_preload_libraries"] and params["pgaudit.log"] == "role"
+
+
+def test_developers_may_decrypt_the_secret_only_through_secrets_manager(synthesized: dict[str, dict[str, Any]]) -> None:
+    for name, doc in synthesized.items():
+        policy = one(doc, "aws_iam_role_policy", "Database/DeveloperSecretKey")
+        assert policy["role"] == ref(doc, "aws_iam_role", "Access/Role")
+        (statement,) = json.loads(policy["policy"])["Statement"]
+        assert statement["Action"] == "kms:Decrypt"
+        assert statement["Resource"] == ref(doc, "aws_kms_key", "Database/Key", "arn")
+        region = load_env(name).region
+        assert statement["Condition"] == {"StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}}

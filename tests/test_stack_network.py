@@ -56,7 +56,8 @@ def test_endpoints_mode(synthesized: dict[str, dict[str, Any]]) -> None:
     eps = resources(doc, "aws_vpc_endpoint")
     sg = ref(doc, "aws_security_group", "Network/EndpointSecurityGroup")
     private = [ref(doc, "aws_subnet", f"Network/PrivateSubnet{i}") for i in (1, 2)]
-    for service in ("ssm", "ssmmessages", "ec2messages"):
+    # kms and logs too: sessions are KMS-encrypted and shell sessions (ECS Exec) stream to CloudWatch Logs.
+    for service in ("ssm", "ssmmessages", "ec2messages", "kms", "logs"):
         ep = eps[f"Network/{service.capitalize()}Endpoint"]
         assert ep["service_name"] == f"com.amazonaws.eu-west-1.{service}"
         assert ep["vpc_endpoint_type"] == "Interface" and ep["private_dns_enabled"] is True

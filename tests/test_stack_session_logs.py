@@ -92,3 +92,16 @@ def test_adopted_document_validates_with_terraform(tmp_path: Path) -> None:
     BastionlessStack(app, cfg.stack_name, config=cfg)
     app.synth()
     Terraform(cfg, tmp_path / "stacks" / cfg.stack_name).validate()
+
+
+def test_doctor_expects_what_the_stack_deploys(synthesized: dict[str, dict[str, Any]]) -> None:
+    from ops.doctor import expected_preferences
+
+    for name, doc in synthesized.items():
+        inputs = json.loads(one(doc, "aws_ssm_document", "SessionLogs/Preferences")["content"])["inputs"]
+        wanted = expected_preferences(load_env(name), ref(doc, "aws_kms_key", "SessionLogs/Key", "arn"))
+        # Doctor compares the live document with these values: they must be the stack's own.
+        group = wanted.pop("cloudWatchLogGroupName")
+        assert {k: inputs[k] for k in wanted} == wanted
+        assert inputs["cloudWatchLogGroupName"] == ref(doc, "aws_cloudwatch_log_group", "SessionLogs/LogGroup", "name")
+        assert one(doc, "aws_cloudwatch_log_group", "SessionLogs/LogGroup")["name"] == group

@@ -85,7 +85,7 @@ def test_terraform_not_on_path(workdir: Path, tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("PATH", str(empty))
     with pytest.raises(ToolMissingError) as exc:
         Terraform(load_env("sandbox"), workdir).validate()
-    assert exc.value.message.startswith("terraform is not on PATH; install Terraform >= 1.5")
+    assert exc.value.message.startswith("terraform is not on PATH; install Terraform >= 1.10")
 
 
 def test_terraform_too_old(workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,7 +103,7 @@ def test_terraform_too_old(workdir: Path, tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     with pytest.raises(ToolMissingError) as exc:
         Terraform(load_env("sandbox"), workdir).init()
-    assert exc.value.message == f"terraform 1.4.6 at {fake} is too old; install Terraform >= 1.5 " \
+    assert exc.value.message == f"terraform 1.4.6 at {fake} is too old; install Terraform >= 1.10 " \
                                 "(https://developer.hashicorp.com/terraform/install) and put it on PATH"
 
 
@@ -118,7 +118,7 @@ def test_validate_task_without_terraform_is_one_line_before_any_synth(tmp_path: 
     proc = _invoke("validate", "--env", "sandbox", env=env)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
-    assert lines == ["error: terraform is not on PATH; install Terraform >= 1.5 "
+    assert lines == ["error: terraform is not on PATH; install Terraform >= 1.10 "
                      "(https://developer.hashicorp.com/terraform/install) and put it on PATH"]
     assert "synthesizing" not in proc.stdout + proc.stderr
 

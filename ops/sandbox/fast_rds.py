@@ -59,6 +59,12 @@ CREATE_PARAMS = {
     "vpc_security_group_ids": "VpcSecurityGroupIds",
     "kms_key_id": "KmsKeyId",
     "multi_az": "MultiAZ",
+    "max_allocated_storage": "MaxAllocatedStorage",
+    "backup_window": "PreferredBackupWindow",
+    "maintenance_window": "PreferredMaintenanceWindow",
+    "ca_cert_identifier": "CACertificateIdentifier",
+    "master_user_secret_kms_key_id": "MasterUserSecretKmsKeyId",
+    "engine_lifecycle_support": "EngineLifecycleSupport",
 }
 # Arguments that exist only in terraform (per-request flags or delete-time settings): RDS does not
 # report them, so an import leaves them empty while a create stores the configured value.
