@@ -11,6 +11,7 @@ import os
 from cdktf import App
 
 from ops.config import available_envs, load_env
+from ops.facts import ENVS_ENV
 
 # Importing anything under `stacks` first runs stacks/__init__.py, which installs the fast provider
 # import before any provider module loads.
@@ -26,7 +27,7 @@ def build_app(env_names: list[str]) -> App:
 
 
 def main() -> None:
-    selected = [n for n in os.environ.get("BASTIONLESS_ENVS", "").split(",") if n]
+    selected = [n for n in os.environ.get(ENVS_ENV, "").split(",") if n]
     build_app(selected or available_envs()).synth()
 
 

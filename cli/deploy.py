@@ -9,6 +9,7 @@ from invoke.tasks import task
 from cli import _common
 from cli._common import ENV_HELP, YES_HELP, ops_errors
 from ops import deploy as ops_deploy
+from ops.sandbox import manager as sandbox
 
 
 @task(help={"env": ENV_HELP,
@@ -25,7 +26,9 @@ def plan(c: Context, env: str = "", detailed_exitcode: bool = False) -> None:
 def deploy(c: Context, env: str = "", yes: bool = False) -> None:
     """Check the account, show the plan, confirm (prod: type the env name), apply it."""
     with ops_errors():
-        ops_deploy.deploy(_common.env(env), yes=yes)
+        cfg = _common.env(env)
+        # The sandbox wraps deploy (its database shortcut and wiring); ops.deploy knows nothing of it.
+        (sandbox.deploy if cfg.sandbox else ops_deploy.deploy)(cfg, yes=yes)
 
 
 @task(help={"env": ENV_HELP, "yes": YES_HELP,
@@ -34,7 +37,9 @@ def deploy(c: Context, env: str = "", yes: bool = False) -> None:
 def destroy(c: Context, env: str = "", yes: bool = False, force_deletion_protection: bool = False) -> None:
     """Destroy the environment's stack; refuses while the database has deletion protection."""
     with ops_errors():
-        ops_deploy.destroy(_common.env(env), yes=yes, force_deletion_protection=force_deletion_protection)
+        cfg = _common.env(env)
+        (sandbox.destroy if cfg.sandbox else ops_deploy.destroy)(
+            cfg, yes=yes, force_deletion_protection=force_deletion_protection)
 
 
 @task(help={"env": ENV_HELP, "json": "print the outputs as a JSON object"})

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
+from ops import facts
 from ops.config import PROJECT_ROOT, EnvConfig, env_path
 from ops.errors import ConfigError, GuardrailError, OpsError
 
@@ -37,7 +38,7 @@ TOOL_DISTRIBUTIONS = ("cdktf", "cdktf-cdktf-provider-aws", "constructs", "jsii")
 APP_FILES = ("main.py", "cdktf.json", "ops/config.py", "ops/errors.py")
 # The preload that makes the provider's JavaScript index lazy (see stacks/lazy_provider.js).
 LAZY_PROVIDER_JS = Path("stacks") / "lazy_provider.js"
-STOCK_IMPORT_ENV = "BASTIONLESS_STOCK_IMPORT"
+STOCK_IMPORT_ENV = facts.STOCK_IMPORT_ENV
 # cdktf settings that would change what the app writes; the child must not inherit them.
 _CDKTF_ENV_OVERRIDES = ("CDKTF_OUTDIR", "CDKTF_TARGET_STACK_ID", "CDKTF_CONTEXT_JSON", "SYNTH_HCL_OUTPUT")
 _SKIP_VALIDATION_ADVICE = re.compile(r"\s*If you wish to ignore these validations.*$", re.DOTALL)
@@ -133,7 +134,7 @@ def _meaningful_lines(stderr: str) -> list[str]:
 
 def _child_env(names: list[str], work: Path, project_root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _CDKTF_ENV_OVERRIDES}
-    env["BASTIONLESS_ENVS"] = ",".join(names)
+    env[facts.ENVS_ENV] = ",".join(names)
     env["CDKTF_OUTDIR"] = str(work)
     env.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
     if env.get(STOCK_IMPORT_ENV) != "1":

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ops import aws, dburl, tunnels_state
+from ops import aws, dburl, facts, tunnels_state
 from ops import transport as transport_mod
 from ops.config import PROJECT_ROOT, EnvConfig, parse_env
 from ops.discovery import (
@@ -41,8 +41,8 @@ from ops.discovery import (
     find_relay,
 )
 from ops.errors import OpsError, ToolMissingError
+from ops.facts import PORT_DOCUMENT
 
-PORT_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"
 # PostgreSQL's SSLRequest (length 8, code 80877103): every server answers it with one byte, S or N,
 # before any authentication, so it proves the whole chain without credentials.
 SSL_REQUEST = struct.pack("!II", 8, 80877103)
@@ -54,7 +54,7 @@ BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 CLEANUP_TIMEOUT = 15.0
 BACKGROUND_START_TIMEOUT = 60.0
 # Test hook: "discovering=2,starting=2" holds the tunnel that long in a phase (signal tests).
-PHASE_DELAY_ENV = "BASTIONLESS_TUNNEL_PHASE_DELAY"
+PHASE_DELAY_ENV = facts.TUNNEL_PHASE_DELAY_ENV
 LOCAL_HOST = "127.0.0.1"
 
 Report = Callable[[str], None]

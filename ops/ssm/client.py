@@ -22,17 +22,14 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from ops.errors import OpsError
+from ops.facts import CLIENT_VERSION, MUX_AFTER_AGENT, NO_KEEPALIVE_AFTER_AGENT, TERMINATE_FLAG_AFTER_AGENT
 from ops.ssm import framing, smux
 from ops.ssm.channel import Channel, ChannelError
 from ops.ssm.crypto import EncryptionError, SessionCipher, b64, encryption_context, unb64
 from ops.ssm.framing import AgentMessage, Flag, PayloadType
 
-# The plugin protocol level we implement; the agent picks smux for clients >= 1.1.70 and disables the
-# smux keep-alive for clients > 1.2.331.0, so announcing a recent plugin version is what lets it do both.
-CLIENT_VERSION = "1.2.764.0"
-MUX_AFTER_AGENT = "3.0.196.0"
-NO_KEEPALIVE_AFTER_AGENT = "3.1.1511.0"
-TERMINATE_FLAG_AFTER_AGENT = "2.3.722.0"
+# CLIENT_VERSION (ops.facts) is the plugin protocol level we implement; the agent picks smux for clients
+# >= 1.1.70 and disables the smux keep-alive for clients > 1.2.331.0, so announcing a recent version does both.
 # The plugin cuts stream payloads at 1 KiB. The frame format carries any size and the agent writes
 # whatever it gets, but whether the AWS service relays bigger frames is undocumented, so against AWS
 # we keep the plugin's size; against a loopback endpoint (the sandbox) we use 16 KiB, where per-message
