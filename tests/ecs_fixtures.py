@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,13 @@ import pytest
 from ops.config import load_env
 from tests.ecs_support import ENV, TASK_IDS, World, build_world, sandbox_task
 from tests.ssm_support import EndpointThread, moto_process
+from tests.tiers import require_tool
+
+
+@pytest.fixture(scope="session")
+def tmux_bin() -> str:
+    """The interactive ECS shell test drives a real terminal through tmux (./dev installs it on Debian)."""
+    return require_tool(shutil.which("tmux"), "tmux is not installed (Debian: tmux)")
 
 
 @pytest.fixture(scope="module")

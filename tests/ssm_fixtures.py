@@ -16,7 +16,16 @@ from tests.ssm_support import (
     Sandbox,
     create_relay,
     free_port,
+    plugin_path,
 )
+from tests.tiers import require_tool
+
+
+@pytest.fixture(scope="session")
+def session_manager_plugin() -> str:
+    """AWS's own client (tests.ssm_support.plugin_path); skipped on a laptop without it, a failure in CI."""
+    return require_tool(plugin_path(), "AWS's session-manager-plugin is not installed (set "
+                                       "BASTIONLESS_SESSION_MANAGER_PLUGIN to the binary)")
 
 
 @pytest.fixture(scope="session")

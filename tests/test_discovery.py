@@ -160,7 +160,7 @@ class ExpiredAws(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def expired_aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def expired_aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_io: None) -> Iterator[Path]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), ExpiredAws)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -118,7 +117,7 @@ def _wait_for(session: str, needle: str, timeout: float = 30) -> str:
     raise AssertionError(f"{needle!r} not in the pane:\n{pane}")
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.usefixtures("tmux_bin")
 def test_interactive_shell_under_tmux(world: World, tmp_path: Path) -> None:
     session = f"ecs-test-{os.getpid()}"
     # A second task so the TTY chooser is exercised too; then the shell; then the outer shell prints

@@ -21,8 +21,6 @@ _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
 def copy_project(dest: Path) -> Path:
-    if not (PROJECT_ROOT / "stacks" / "stack.py").is_file():
-        pytest.skip("stacks/stack.py does not exist yet")
     dest.mkdir(parents=True)
     for name in ("main.py", "cdktf.json"):
         shutil.copy2(PROJECT_ROOT / name, dest / name)
@@ -53,6 +51,7 @@ def _identity(path: Path) -> tuple[int, int]:
     return st.st_ino, st.st_mtime_ns
 
 
+@pytest.mark.usefixtures("real_io")
 def test_unchanged_inputs_reuse_the_output_without_running_the_app(
         project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
     cfg = _cfg(project)
@@ -90,6 +89,7 @@ def test_every_input_is_in_the_digest(project: Path, edit: str) -> None:
     assert inputs_digest(cfg, project_root=project) != before
 
 
+@pytest.mark.usefixtures("real_io")
 def test_editing_the_env_file_resynthesizes(project: Path, capfd: pytest.CaptureFixture[str]) -> None:
     cfg = _cfg(project)
     out = synth(cfg, project_root=project)
@@ -110,6 +110,7 @@ def test_other_environments_files_are_not_inputs(project: Path) -> None:
     assert inputs_digest(cfg, project_root=project) == before
 
 
+@pytest.mark.usefixtures("real_io")
 def test_force_or_a_missing_output_resynthesizes(project: Path, capfd: pytest.CaptureFixture[str]) -> None:
     cfg = _cfg(project)
     out = synth(cfg, project_root=project)
@@ -122,6 +123,7 @@ def test_force_or_a_missing_output_resynthesizes(project: Path, capfd: pytest.Ca
     assert (out / SYNTH_FILE).is_file()
 
 
+@pytest.mark.usefixtures("real_io")
 def test_several_environments_synthesize_in_one_run(project: Path, capfd: pytest.CaptureFixture[str]) -> None:
     cfgs = [_cfg(project, n) for n in ("prod", "sandbox", "staging")]
     paths = synth_many(cfgs, project_root=project)
@@ -140,6 +142,7 @@ def test_several_environments_synthesize_in_one_run(project: Path, capfd: pytest
     assert "prod: unchanged" in err and "sandbox: unchanged" in err
 
 
+@pytest.mark.usefixtures("real_io")
 def test_failed_run_invalidates_the_old_stamp(project: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _cfg(project)
@@ -153,6 +156,7 @@ def test_failed_run_invalidates_the_old_stamp(project: Path, tmp_path: Path,
     assert not list((project / "cdktf.out").glob(".synth-*")), "the private work dir is cleaned up"
 
 
+@pytest.mark.usefixtures("real_io")
 def test_project_module_missing_names_the_file(project: Path) -> None:
     # Deleting a module from the copy is not enough: the editable install (`pip install -e .`) finds the
     # working tree's stacks/ for anything missing in the copy. A module that exists nowhere is missing.

@@ -43,12 +43,14 @@ def error_line(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[-1]
 
 
+@pytest.mark.usefixtures("real_io")
 def test_unknown_env(tmp_path: Path) -> None:
     proc = invoke("tunnel", "--env", "nope", state_dir=tmp_path)
     assert proc.returncode == 1
     assert error_line(proc).startswith("error: unknown environment 'nope': no file envs/nope.toml")
 
 
+@pytest.mark.usefixtures("real_io")
 def test_plugin_missing_with_transport_plugin(tmp_path: Path) -> None:
     proc = invoke("tunnel", "--env", "sandbox", "--transport", "plugin", state_dir=tmp_path,
                   PATH=str(tmp_path))
@@ -59,6 +61,7 @@ def test_plugin_missing_with_transport_plugin(tmp_path: Path) -> None:
         ".html), or use --transport native")
 
 
+@pytest.mark.usefixtures("real_io")
 def test_busy_local_port(tmp_path: Path) -> None:
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
@@ -72,6 +75,7 @@ def test_busy_local_port(tmp_path: Path) -> None:
     assert not list((tmp_path / "tunnels").glob("*.json"))
 
 
+@pytest.mark.usefixtures("real_io")
 def test_no_credentials(tmp_path: Path) -> None:
     proc = invoke("tunnel", "--env", "staging", "--local-port", "0", "--transport", "native", state_dir=tmp_path,
                   AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="", AWS_SESSION_TOKEN="", AWS_PROFILE="",
@@ -82,7 +86,7 @@ def test_no_credentials(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def expired_state(tmp_path: Path) -> Iterator[Path]:
+def expired_state(tmp_path: Path, real_io: None) -> Iterator[Path]:
     import threading
     from http.server import ThreadingHTTPServer
 
@@ -98,6 +102,7 @@ def expired_state(tmp_path: Path) -> Iterator[Path]:
         server.server_close()
 
 
+@pytest.mark.usefixtures("real_io")
 def test_missing_profile(tmp_path: Path) -> None:
     proc = invoke("tunnel", "--env", "staging", "--local-port", "0", "--transport", "native", state_dir=tmp_path,
                   AWS_PROFILE="no-such-profile", AWS_CONFIG_FILE=str(tmp_path / "none"),

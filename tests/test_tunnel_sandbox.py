@@ -6,7 +6,6 @@ SIGTERM in every phase, background tunnels to two environments at once.
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import subprocess
@@ -22,7 +21,7 @@ import pytest
 from ops import tunnels_state
 from ops.tunnel import open_tunnel, start_background
 from tests.conftest import PROJECT_ROOT
-from tests.tunnel_fixtures import PLUGIN_BUILD, World, run_cli, wait_for
+from tests.tunnel_fixtures import World, run_cli, wait_for
 
 pytest_plugins = ["tests.tunnel_fixtures"]
 pytestmark = pytest.mark.slow
@@ -33,24 +32,6 @@ def query(port: int, sql: str = "select 40 + 2", *, host: str = "127.0.0.1", tim
                          connect_timeout=timeout) as conn:
         row = conn.execute(sql).fetchone()
         return row[0] if row else None
-
-
-def plugin_path() -> str:
-    found = os.environ.get("BASTIONLESS_SESSION_MANAGER_PLUGIN") or (str(PLUGIN_BUILD) if PLUGIN_BUILD.exists() else "")
-    if not found:
-        import shutil
-
-        found = shutil.which("session-manager-plugin") or ""
-    return found
-
-
-@pytest.fixture
-def plugin() -> str:
-    """The session-manager-plugin binary; the test is skipped (with how to run it) when there is none."""
-    found = plugin_path()
-    if not found:
-        pytest.skip("no session-manager-plugin installed (set BASTIONLESS_SESSION_MANAGER_PLUGIN to run this)")
-    return found
 
 
 def plugin_processes() -> list[int]:
@@ -94,8 +75,9 @@ def test_open_tunnel_terminates_on_exception(pg_world: World) -> None:
     assert pg_world.active_sessions() == []
 
 
-def test_plugin_transport_end_to_end(pg_world: World, plugin: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", plugin)
+def test_plugin_transport_end_to_end(pg_world: World, session_manager_plugin: str,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", session_manager_plugin)
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
     with open_tunnel(cfg, transport="auto", report=lines.append) as info:
@@ -132,9 +114,9 @@ def test_forced_drop_reconnects_and_keeps_the_port(pg_world: World) -> None:
     assert pg_world.active_sessions() == []
 
 
-def test_plugin_drop_is_replaced_by_a_new_plugin_session(pg_world: World, plugin: str,
+def test_plugin_drop_is_replaced_by_a_new_plugin_session(pg_world: World, session_manager_plugin: str,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", plugin)
+    monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", session_manager_plugin)
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
     with open_tunnel(cfg, transport="plugin", report=lines.append) as info:
@@ -313,10 +295,10 @@ def test_signal_in_each_phase_leaves_nothing(pg_world: World, cli_tunnels: list[
     assert not list((pg_world.state_dir / "tunnels").glob("*.json"))
 
 
-def test_signal_with_the_plugin_leaves_no_plugin_process(pg_world: World, plugin: str,
+def test_signal_with_the_plugin_leaves_no_plugin_process(pg_world: World, session_manager_plugin: str,
                                                          cli_tunnels: list[Tunnel]) -> None:
     pg_world.add_env("sandbox")
-    tunnel = Tunnel(pg_world, "--transport", "plugin", BASTIONLESS_SESSION_MANAGER_PLUGIN=plugin)
+    tunnel = Tunnel(pg_world, "--transport", "plugin", BASTIONLESS_SESSION_MANAGER_PLUGIN=session_manager_plugin)
     cli_tunnels.append(tunnel)
     tunnel.wait_line("DATABASE_URL=")
     assert query(tunnel.port()) == 42

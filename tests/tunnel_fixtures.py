@@ -23,11 +23,10 @@ import psycopg
 import pytest
 
 from ops.config import ENVS_DIR, EnvConfig, load_env
+from ops.facts import relay_tags
 from tests.conftest import PROJECT_ROOT
 from tests.pg_support import start_cluster
-from tests.ssm_support import EndpointThread, moto_process
-
-PLUGIN_BUILD = Path("/tmp/smp-bin/session-manager-plugin")
+from tests.ssm_support import EndpointThread, moto_process, tag_list
 
 
 def aws_client(service: str, url: str, region: str) -> Any:
@@ -62,9 +61,8 @@ class World:
         image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
         self.relays[name] = ec2.run_instances(
             ImageId=image, MinCount=1, MaxCount=1, InstanceType="t4g.nano", SubnetId=subnet,
-            TagSpecifications=[{"ResourceType": "instance", "Tags": [
-                {"Key": "Name", "Value": f"{cfg.stack_name}/TunnelInstance"},
-                {"Key": "bastionless:env", "Value": name}, {"Key": "bastionless:role", "Value": "relay"}]}],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": tag_list(relay_tags(stack_name=cfg.stack_name,
+                                                                                        env=name))}],
         )["Instances"][0]["InstanceId"]
         db = self.client("rds", region).create_db_instance(
             DBInstanceIdentifier=cfg.stack_name, Engine="postgres", DBInstanceClass="db.t4g.small",
