@@ -14,7 +14,7 @@ import pytest
 
 from ops.config import EnvConfig, load_env
 from ops.errors import ConfigError, OpsError
-from ops.synth import LOG_FILE, STAMP_FILE, SYNTH_FILE, inputs_digest, synth, synth_many
+from ops.synth import FIXED_INPUTS, LOG_FILE, STAMP_FILE, SYNTH_FILE, inputs_digest, synth, synth_many
 from tests.conftest import PROJECT_ROOT
 
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -79,14 +79,49 @@ def test_unchanged_inputs_reuse_the_output_without_running_the_app(
     assert "Traceback" in (project / "cdktf.out" / LOG_FILE).read_text()
 
 
-@pytest.mark.parametrize("edit", ["envs/sandbox.toml", "stacks/__init__.py", "stacks/lazy_provider.js", "main.py",
-                                  "ops/config.py", "cdktf.json"])
-def test_every_input_is_in_the_digest(project: Path, edit: str) -> None:
+@pytest.mark.usefixtures("real_io")
+def test_every_input_is_in_the_digest(project: Path) -> None:
+    """The stamp lists the project files the app imported, and a change in any of them (or in the env
+    file, cdktf.json, the node preload) changes the digest the cache compares."""
     cfg = _cfg(project)
+    out = synth(cfg, project_root=project)
+    files = json.loads((out / STAMP_FILE).read_text())["files"]
+    # What the app really imports, also outside stacks/ (ops.facts was missing from the old hand-kept list).
+    assert {"main.py", "stacks/__init__.py", "stacks/stack.py", "ops/config.py", "ops/facts.py"} <= set(files)
+    assert "ops/tunnel.py" not in files and not any(f.startswith((".venv/", "tests/")) for f in files)
     before = inputs_digest(cfg, project_root=project)
-    with (project / edit).open("a") as f:
-        f.write("\n")
+    assert before
+    for rel in [*files, *FIXED_INPUTS, "envs/sandbox.toml"]:
+        path = project / rel
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n")
+        try:
+            assert inputs_digest(cfg, project_root=project) != before, f"an edit of {rel} is not noticed"
+        finally:
+            path.write_bytes(original)
+    assert inputs_digest(cfg, project_root=project) == before
+
+
+@pytest.mark.usefixtures("real_io")
+def test_a_new_import_is_recorded_and_then_watched(project: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    cfg = _cfg(project)
+    synth(cfg, project_root=project)
+    (project / "stacks" / "extra_fact.py").write_text("EXTRA = 1\n")
+    stack = project / "stacks" / "stack.py"
+    stack.write_text(stack.read_text() + "\nimport stacks.extra_fact  # noqa: E402,F401\n")
+    capfd.readouterr()
+    out = synth(cfg, project_root=project)
+    assert "synthesizing sandbox... " in capfd.readouterr().err
+    assert "stacks/extra_fact.py" in json.loads((out / STAMP_FILE).read_text())["files"]
+    before = inputs_digest(cfg, project_root=project)
+    (project / "stacks" / "extra_fact.py").write_text("EXTRA = 2\n")
     assert inputs_digest(cfg, project_root=project) != before
+    synth(cfg, project_root=project)
+    assert "synthesizing sandbox... " in capfd.readouterr().err
+
+
+def test_no_synth_yet_has_no_digest(project: Path) -> None:
+    assert inputs_digest(_cfg(project), project_root=project) == ""
 
 
 @pytest.mark.usefixtures("real_io")
@@ -102,9 +137,12 @@ def test_editing_the_env_file_resynthesizes(project: Path, capfd: pytest.Capture
     assert _identity(out / SYNTH_FILE) != first
 
 
+@pytest.mark.usefixtures("real_io")
 def test_other_environments_files_are_not_inputs(project: Path) -> None:
     cfg = _cfg(project)
+    synth(cfg, project_root=project)
     before = inputs_digest(cfg, project_root=project)
+    assert before
     with (project / "envs" / "prod.toml").open("a") as f:
         f.write("\n# an edit\n")
     assert inputs_digest(cfg, project_root=project) == before

@@ -355,7 +355,7 @@ def deploy_stack(cfg: EnvConfig, *, out: TextIO = sys.stderr) -> None:
     marker = state.get("deployed", {}).get(cfg.name) if isinstance(state.get("deployed"), dict) else None
     current = {"moto": state.get("moto", {}).get("create_time"), "inputs": inputs_digest(cfg)}
     tfstate = aws.state_dir() / "terraform" / f"{cfg.name}.tfstate"
-    if marker == current and tfstate.is_file():
+    if current["inputs"] and marker == current and tfstate.is_file():
         say(out, f"stack {cfg.stack_name}: already applied to this sandbox, inputs unchanged")
         after_apply(cfg, out=out)
         return
