@@ -11,7 +11,8 @@ import botocore.exceptions
 import pytest
 
 from ops.ssm import smux
-from ops.ssm.client import ChannelClosed, PortSession
+from ops.ssm.client import PortSession
+from ops.ssm.errors import ChannelClosed
 from tests.ssm_support import DB_HOST, DB_PORT, EndpointThread, Sandbox, create_relay
 
 pytest_plugins = ["tests.ssm_fixtures"]
