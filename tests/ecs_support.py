@@ -31,7 +31,7 @@ def aws(service: str, url: str) -> Any:
 
 
 @dataclass
-class World:
+class EcsWorld:
     cfg: EnvConfig
     moto_url: str
     endpoint: EndpointThread

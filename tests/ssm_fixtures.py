@@ -12,8 +12,8 @@ from tests.ssm_support import (
     DB_PORT,
     EchoHandler,
     EchoServer,
+    EndpointBox,
     EndpointThread,
-    Sandbox,
     create_relay,
     free_port,
     plugin_path,
@@ -60,9 +60,9 @@ def relay(moto_url: str) -> str:
 
 @pytest.fixture(scope="module")
 def ssm_sandbox(moto_url: str, relay: str, echo_server: tuple[str, int],
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[EndpointBox]:
     endpoint = EndpointThread(moto_url=moto_url, state_dir=tmp_path_factory.mktemp("ssm-state")).start()
-    box = Sandbox(endpoint=endpoint, relay=relay, moto_url=moto_url)
+    box = EndpointBox(endpoint=endpoint, relay=relay, moto_url=moto_url)
     box.map_host(DB_HOST, DB_PORT, echo_server)
     try:
         yield box

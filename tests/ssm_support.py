@@ -132,7 +132,7 @@ class EchoHandler(socketserver.BaseRequestHandler):
 
 
 @dataclass
-class Sandbox:
+class EndpointBox:
     endpoint: EndpointThread
     relay: str
     moto_url: str

@@ -8,13 +8,13 @@ import pytest
 
 from ops.secrets import SecretError, database_credentials, secret_arn
 from tests.db_fixtures import set_database_secret
-from tests.tunnel_fixtures import World
+from tests.tunnel_fixtures import TunnelWorld
 
 pytest_plugins = ["tests.tunnel_fixtures"]
 
 
 @pytest.fixture(scope="module")
-def world(tunnel_world: World) -> World:
+def world(tunnel_world: TunnelWorld) -> TunnelWorld:
     """This module's `world`: named apart in the plugin, since every plugin's fixtures are global."""
     return tunnel_world
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 SECRET = "s3cret-only-in-the-secret:@/"
 
 
-def test_credentials_come_from_the_secret_rds_names(world: World) -> None:
+def test_credentials_come_from_the_secret_rds_names(world: TunnelWorld) -> None:
     cfg = world.add_env("sec-ok")
     arn = set_database_secret(world, cfg, username="app_admin", password=SECRET)
     assert secret_arn(cfg) == arn
@@ -31,7 +31,7 @@ def test_credentials_come_from_the_secret_rds_names(world: World) -> None:
     assert SECRET not in repr(creds) and SECRET not in str(creds)
 
 
-def test_a_rotated_password_is_picked_up_at_once(world: World) -> None:
+def test_a_rotated_password_is_picked_up_at_once(world: TunnelWorld) -> None:
     cfg = world.add_env("sec-rotate")
     set_database_secret(world, cfg, password="first")
     assert database_credentials(cfg).password == "first"
@@ -40,7 +40,7 @@ def test_a_rotated_password_is_picked_up_at_once(world: World) -> None:
 
 
 @pytest.mark.parametrize("value", ["not json " + SECRET, json.dumps({"username": "u"}), json.dumps([SECRET])])
-def test_a_malformed_secret_is_reported_without_its_content(world: World, value: str) -> None:
+def test_a_malformed_secret_is_reported_without_its_content(world: TunnelWorld, value: str) -> None:
     cfg = world.add_env("sec-bad")
     arn = set_database_secret(world, cfg)
     world.client("secretsmanager").put_secret_value(SecretId=arn, SecretString=value)
@@ -50,7 +50,7 @@ def test_a_malformed_secret_is_reported_without_its_content(world: World, value:
     assert "password" in exc.value.message or "JSON" in exc.value.message
 
 
-def test_a_deleted_secret_names_the_next_step(world: World) -> None:
+def test_a_deleted_secret_names_the_next_step(world: TunnelWorld) -> None:
     cfg = world.add_env("sec-gone")
     arn = set_database_secret(world, cfg)
     world.client("secretsmanager").delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
@@ -60,7 +60,7 @@ def test_a_deleted_secret_names_the_next_step(world: World) -> None:
     assert "doctor" in exc.value.next_step
 
 
-def test_a_database_without_a_managed_secret(world: World) -> None:
+def test_a_database_without_a_managed_secret(world: TunnelWorld) -> None:
     cfg = world.add_env("sec-none")
     world.client("rds").modify_db_instance(DBInstanceIdentifier=cfg.stack_name, ManageMasterUserPassword=False,
                                            MasterUserPassword="x" * 12, ApplyImmediately=True)

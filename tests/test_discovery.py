@@ -20,19 +20,19 @@ from ops.discovery import (
     find_relay,
 )
 from ops.errors import CredentialsError, OpsError
-from tests.tunnel_fixtures import World
+from tests.tunnel_fixtures import TunnelWorld
 
 pytest_plugins = ["tests.tunnel_fixtures"]
 
 
 @pytest.fixture(scope="module")
-def world(tunnel_world: World) -> World:
+def world(tunnel_world: TunnelWorld) -> TunnelWorld:
     """This module's `world`: named apart in the plugin, since every plugin's fixtures are global."""
     return tunnel_world
 
 
 @pytest.mark.slow
-def test_find_relay_by_tags_running_and_online(world: World) -> None:
+def test_find_relay_by_tags_running_and_online(world: TunnelWorld) -> None:
     cfg = world.add_env("sandbox")
     relay = find_relay(cfg)
     assert relay.instance_id == world.relays["sandbox"]
@@ -41,14 +41,14 @@ def test_find_relay_by_tags_running_and_online(world: World) -> None:
 
 
 @pytest.mark.slow
-def test_find_relay_ignores_other_envs_relays(world: World) -> None:
+def test_find_relay_ignores_other_envs_relays(world: TunnelWorld) -> None:
     world.add_env("sandbox")
     other = world.add_env("other")
     assert find_relay(other).instance_id == world.relays["other"] != world.relays["sandbox"]
 
 
 @pytest.mark.slow
-def test_instance_override(world: World) -> None:
+def test_instance_override(world: TunnelWorld) -> None:
     cfg = world.add_env("sandbox")
     assert find_relay(cfg, instance_id=world.relays["sandbox"]).instance_id == world.relays["sandbox"]
     with pytest.raises(RelayNotReadyError, match="no instance i-0123456789abcdef0") as exc:
@@ -57,7 +57,7 @@ def test_instance_override(world: World) -> None:
 
 
 @pytest.mark.slow
-def test_no_relay_names_the_tags_and_deploy(world: World) -> None:
+def test_no_relay_names_the_tags_and_deploy(world: TunnelWorld) -> None:
     cfg = replace(world.add_env("sandbox"), name="ghost")
     with pytest.raises(RelayNotReadyError) as exc:
         find_relay(cfg)
@@ -67,7 +67,7 @@ def test_no_relay_names_the_tags_and_deploy(world: World) -> None:
 
 
 @pytest.mark.slow
-def test_stopped_relay_says_how_to_start_it(world: World) -> None:
+def test_stopped_relay_says_how_to_start_it(world: TunnelWorld) -> None:
     cfg = world.add_env("stopper")
     world.set_relay("stopper", running=False)
     try:
@@ -82,7 +82,7 @@ def test_stopped_relay_says_how_to_start_it(world: World) -> None:
 
 
 @pytest.mark.slow
-def test_find_database_reads_rds_including_the_secret(world: World) -> None:
+def test_find_database_reads_rds_including_the_secret(world: TunnelWorld) -> None:
     cfg = world.add_env("sandbox")
     db = find_database(cfg)
     assert db.identifier == "bastionless-sandbox"
@@ -92,7 +92,7 @@ def test_find_database_reads_rds_including_the_secret(world: World) -> None:
 
 
 @pytest.mark.slow
-def test_missing_database(world: World) -> None:
+def test_missing_database(world: TunnelWorld) -> None:
     cfg = replace(world.add_env("sandbox"), name="nodb")
     with pytest.raises(DatabaseNotAvailableError) as exc:
         find_database(cfg)
@@ -101,7 +101,7 @@ def test_missing_database(world: World) -> None:
 
 
 @pytest.mark.slow
-def test_stopped_database_says_how_to_start_it(world: World) -> None:
+def test_stopped_database_says_how_to_start_it(world: TunnelWorld) -> None:
     cfg = world.add_env("dbstop")
     world.set_db(cfg, running=False)
     try:

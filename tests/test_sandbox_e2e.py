@@ -17,7 +17,7 @@ from ops.facts import OUTPUT_NAMES
 from ops.sandbox import procs
 from tests.sandbox_support import assert_nothing_running, error_line, invoke, records_in
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("terraform_bin")]
 
 OUTPUTS = set(OUTPUT_NAMES)
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.ssm_support import DB_HOST, DB_PORT, REGION, EndpointThread, Sandbox, free_port, plugin_path
+from tests.ssm_support import DB_HOST, DB_PORT, REGION, EndpointBox, EndpointThread, free_port, plugin_path
 
 pytest_plugins = ["tests.ssm_fixtures"]
 
 
 @pytest.fixture(scope="module")
-def sandbox(ssm_sandbox: Sandbox) -> Sandbox:
+def sandbox(ssm_sandbox: EndpointBox) -> EndpointBox:
     """This module's `sandbox`: named apart in the plugin, since every plugin's fixtures are global."""
     return ssm_sandbox
 
@@ -41,7 +41,7 @@ def echo_once(port: int, blob: bytes) -> bytes:
         return got
 
 
-def run_plugin(box: Sandbox, tmp_path: Path) -> None:
+def run_plugin(box: EndpointBox, tmp_path: Path) -> None:
     local_port = free_port()
     params = {"Target": box.relay, "DocumentName": "AWS-StartPortForwardingSessionToRemoteHost",
               "Parameters": {"host": [DB_HOST], "portNumber": [str(DB_PORT)], "localPortNumber": [str(local_port)]}}
@@ -87,7 +87,7 @@ def run_plugin(box: Sandbox, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("session_manager_plugin")
-def test_real_plugin_smux_mode(sandbox: Sandbox, tmp_path: Path) -> None:
+def test_real_plugin_smux_mode(sandbox: EndpointBox, tmp_path: Path) -> None:
     run_plugin(sandbox, tmp_path)
 
 
@@ -96,7 +96,7 @@ def test_real_plugin_smux_mode(sandbox: Sandbox, tmp_path: Path) -> None:
 def test_real_plugin_basic_mode(moto_url: str, relay: str, echo_server: tuple[str, int], tmp_path: Path) -> None:
     endpoint = EndpointThread(moto_url=moto_url, state_dir=tmp_path / "state", agent_version="3.0.161.0").start()
     try:
-        box = Sandbox(endpoint=endpoint, relay=relay, moto_url=moto_url)
+        box = EndpointBox(endpoint=endpoint, relay=relay, moto_url=moto_url)
         box.map_host(DB_HOST, DB_PORT, echo_server)
         run_plugin(box, tmp_path)
     finally:

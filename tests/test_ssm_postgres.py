@@ -10,13 +10,13 @@ import pytest
 
 from ops.ssm.client import PortSession
 from tests.pg_support import start_cluster
-from tests.ssm_support import EndpointThread, Sandbox
+from tests.ssm_support import EndpointBox, EndpointThread
 
 pytest_plugins = ["tests.ssm_fixtures"]
 
 
 @pytest.fixture(scope="module")
-def sandbox(ssm_sandbox: Sandbox) -> Sandbox:
+def sandbox(ssm_sandbox: EndpointBox) -> EndpointBox:
     """This module's `sandbox`: named apart in the plugin, since every plugin's fixtures are global."""
     return ssm_sandbox
 
@@ -32,7 +32,7 @@ def postgres() -> Iterator[int]:
         cluster.stop()
 
 
-def query_through_session(box: Sandbox, pg_port: int) -> list[tuple[object, ...]]:
+def query_through_session(box: EndpointBox, pg_port: int) -> list[tuple[object, ...]]:
     box.map_host(PG_HOST, 5432, ("127.0.0.1", pg_port))
     started = box.start_port_session(host=PG_HOST, port=5432)
     rows: list[tuple[object, ...]] = []
@@ -61,7 +61,7 @@ def query_through_session(box: Sandbox, pg_port: int) -> list[tuple[object, ...]
 
 
 @pytest.mark.slow
-def test_postgres_query_multiplexed(sandbox: Sandbox, postgres: int) -> None:
+def test_postgres_query_multiplexed(sandbox: EndpointBox, postgres: int) -> None:
     rows = query_through_session(sandbox, postgres)
     assert [(r[0], r[1], len(str(r[2]))) for r in rows] == [(42, "app", 100000)] * 2
 
@@ -72,7 +72,7 @@ def test_postgres_query_basic_mode(moto_url: str, relay: str, postgres: int,
     endpoint = EndpointThread(moto_url=moto_url, state_dir=tmp_path_factory.mktemp("pg-basic"),
                               agent_version="3.0.161.0").start()
     try:
-        rows = query_through_session(Sandbox(endpoint=endpoint, relay=relay, moto_url=moto_url), postgres)
+        rows = query_through_session(EndpointBox(endpoint=endpoint, relay=relay, moto_url=moto_url), postgres)
     finally:
         endpoint.stop()
     assert [(r[0], r[1]) for r in rows] == [(42, "app")] * 2

@@ -13,20 +13,20 @@ import pytest
 from ops.ssm import smux
 from ops.ssm.client import PortSession
 from ops.ssm.errors import ChannelClosed
-from tests.ssm_support import DB_HOST, DB_PORT, EndpointThread, Sandbox, create_relay
+from tests.ssm_support import DB_HOST, DB_PORT, EndpointBox, EndpointThread, create_relay
 
 pytest_plugins = ["tests.ssm_fixtures"]
 
 
 @pytest.fixture(scope="module")
-def sandbox(ssm_sandbox: Sandbox) -> Sandbox:
+def sandbox(ssm_sandbox: EndpointBox) -> EndpointBox:
     """This module's `sandbox`: named apart in the plugin, since every plugin's fixtures are global."""
     return ssm_sandbox
 
 Scenario = Callable[[PortSession, int], Awaitable[None]]
 
 
-def run_port_session(box: Sandbox, scenario: Scenario, *, close: bool = True) -> tuple[str, PortSession]:
+def run_port_session(box: EndpointBox, scenario: Scenario, *, close: bool = True) -> tuple[str, PortSession]:
     started = box.start_port_session()
     sid = started["SessionId"]
     holder: list[PortSession] = []
@@ -57,7 +57,7 @@ async def echo_roundtrip(port: int, payload: bytes) -> bytes:
     return got
 
 
-def test_handshake_and_one_connection(sandbox: Sandbox) -> None:
+def test_handshake_and_one_connection(sandbox: EndpointBox) -> None:
     async def scenario(ps: PortSession, port: int) -> None:
         assert ps.agent_version == "3.3.1142.0"
         assert ps.multiplexed
@@ -68,7 +68,7 @@ def test_handshake_and_one_connection(sandbox: Sandbox) -> None:
     assert stats["status"] == "Terminated"
 
 
-def test_clean_close_terminates_and_is_listed_in_history(sandbox: Sandbox) -> None:
+def test_clean_close_terminates_and_is_listed_in_history(sandbox: EndpointBox) -> None:
     async def scenario(ps: PortSession, port: int) -> None:
         assert await echo_roundtrip(port, b"x") == b"x"
 
@@ -84,7 +84,7 @@ def test_clean_close_terminates_and_is_listed_in_history(sandbox: Sandbox) -> No
     assert sid not in active
 
 
-def test_terminate_session_api_closes_the_channel(sandbox: Sandbox) -> None:
+def test_terminate_session_api_closes_the_channel(sandbox: EndpointBox) -> None:
     ssm = sandbox.endpoint.ssm()
 
     async def scenario(ps: PortSession, port: int) -> None:
@@ -99,7 +99,7 @@ def test_terminate_session_api_closes_the_channel(sandbox: Sandbox) -> None:
     assert history[sid] == "Terminated"
 
 
-def test_64_concurrent_connections_multiplexed(sandbox: Sandbox) -> None:
+def test_64_concurrent_connections_multiplexed(sandbox: EndpointBox) -> None:
     async def scenario(ps: PortSession, port: int) -> None:
         assert ps.multiplexed
         blobs = [os.urandom(20_000 + i * 517) for i in range(64)]
@@ -109,7 +109,7 @@ def test_64_concurrent_connections_multiplexed(sandbox: Sandbox) -> None:
     run_port_session(sandbox, scenario)
 
 
-def test_loss_and_reorder_injected_in_endpoint_are_recovered(sandbox: Sandbox) -> None:
+def test_loss_and_reorder_injected_in_endpoint_are_recovered(sandbox: EndpointBox) -> None:
     sandbox.endpoint.post("/_sandbox/loss", {"drop_every": 7, "reorder_every": 5})
     try:
         async def scenario(ps: PortSession, port: int) -> None:
@@ -126,7 +126,7 @@ def test_loss_and_reorder_injected_in_endpoint_are_recovered(sandbox: Sandbox) -
         sandbox.endpoint.post("/_sandbox/loss", {})
 
 
-def test_pause_publication_is_honoured(sandbox: Sandbox) -> None:
+def test_pause_publication_is_honoured(sandbox: EndpointBox) -> None:
     async def scenario(ps: PortSession, port: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"before")
@@ -146,7 +146,7 @@ def test_pause_publication_is_honoured(sandbox: Sandbox) -> None:
     run_port_session(sandbox, scenario)
 
 
-def test_dropped_websocket_raises_channel_closed_dropped(sandbox: Sandbox) -> None:
+def test_dropped_websocket_raises_channel_closed_dropped(sandbox: EndpointBox) -> None:
     ssm = sandbox.endpoint.ssm()
 
     async def scenario(ps: PortSession, port: int) -> None:
@@ -167,7 +167,7 @@ def test_dropped_websocket_raises_channel_closed_dropped(sandbox: Sandbox) -> No
     run_port_session(sandbox, scenario, close=False)
 
 
-def test_wrong_token_is_refused(sandbox: Sandbox) -> None:
+def test_wrong_token_is_refused(sandbox: EndpointBox) -> None:
     started = sandbox.start_port_session()
 
     async def main() -> None:
@@ -178,7 +178,7 @@ def test_wrong_token_is_refused(sandbox: Sandbox) -> None:
     asyncio.run(main())
 
 
-def test_start_session_validation(sandbox: Sandbox, moto_url: str) -> None:
+def test_start_session_validation(sandbox: EndpointBox, moto_url: str) -> None:
     ssm = sandbox.endpoint.ssm()
     with pytest.raises(botocore.exceptions.ClientError, match="InvalidDocument"):
         ssm.start_session(Target=sandbox.relay, DocumentName="AWS-RunShellScript")
@@ -194,13 +194,13 @@ def test_start_session_validation(sandbox: Sandbox, moto_url: str) -> None:
     assert ping == {sandbox.relay: "Online", stopped: "ConnectionLost"}
 
 
-def test_other_calls_are_proxied_to_moto(sandbox: Sandbox) -> None:
+def test_other_calls_are_proxied_to_moto(sandbox: EndpointBox) -> None:
     ssm = sandbox.endpoint.ssm()
     ssm.put_parameter(Name="/bastionless/test", Value="v", Type="String")
     assert ssm.get_parameter(Name="/bastionless/test")["Parameter"]["Value"] == "v"
 
 
-def test_unreachable_remote_host_reports_connect_error(sandbox: Sandbox) -> None:
+def test_unreachable_remote_host_reports_connect_error(sandbox: EndpointBox) -> None:
     started = sandbox.start_port_session(host="nowhere.internal", port=5432)
     events: list[str] = []
 
@@ -224,13 +224,13 @@ def old_agent_sandbox(moto_url: str, relay: str, echo_server: tuple[str, int],
                       tmp_path_factory: pytest.TempPathFactory) -> object:
     endpoint = EndpointThread(moto_url=moto_url, state_dir=tmp_path_factory.mktemp("old-agent"),
                               agent_version="3.0.161.0").start()
-    box = Sandbox(endpoint=endpoint, relay=relay, moto_url=moto_url)
+    box = EndpointBox(endpoint=endpoint, relay=relay, moto_url=moto_url)
     box.map_host(DB_HOST, DB_PORT, echo_server)
     yield box
     endpoint.stop()
 
 
-def test_basic_mode_with_an_old_agent_serves_sequential_connections(old_agent_sandbox: Sandbox) -> None:
+def test_basic_mode_with_an_old_agent_serves_sequential_connections(old_agent_sandbox: EndpointBox) -> None:
     async def scenario(ps: PortSession, port: int) -> None:
         assert not ps.multiplexed
         for i in range(3):
@@ -241,7 +241,7 @@ def test_basic_mode_with_an_old_agent_serves_sequential_connections(old_agent_sa
 
 
 @pytest.mark.slow
-def test_100_mb_checksummed_transfer(sandbox: Sandbox) -> None:
+def test_100_mb_checksummed_transfer(sandbox: EndpointBox) -> None:
     total = 100 * 1024 * 1024
 
     async def scenario(ps: PortSession, port: int) -> None:
@@ -272,7 +272,7 @@ def test_100_mb_checksummed_transfer(sandbox: Sandbox) -> None:
     run_port_session(sandbox, scenario)
 
 
-def test_slow_reader_bounds_client_buffering(sandbox: Sandbox) -> None:
+def test_slow_reader_bounds_client_buffering(sandbox: EndpointBox) -> None:
     """A local client that stops reading must stall the agent (acks withheld), not grow memory."""
     import socketserver
     import threading
@@ -320,7 +320,7 @@ def test_slow_reader_bounds_client_buffering(sandbox: Sandbox) -> None:
         server.server_close()
 
 
-def test_connection_after_the_channel_closed_is_refused_quietly(sandbox: Sandbox) -> None:
+def test_connection_after_the_channel_closed_is_refused_quietly(sandbox: EndpointBox) -> None:
     async def scenario(ps: PortSession, port: int) -> None:
         await asyncio.to_thread(sandbox.endpoint.ssm().terminate_session, SessionId=ps.session_id)
         await asyncio.wait_for(ps.wait_closed(), 5)
@@ -335,7 +335,7 @@ def test_connection_after_the_channel_closed_is_refused_quietly(sandbox: Sandbox
     run_port_session(sandbox, scenario)
 
 
-def test_basic_mode_server_speaks_first(old_agent_sandbox: Sandbox) -> None:
+def test_basic_mode_server_speaks_first(old_agent_sandbox: EndpointBox) -> None:
     """The basic-mode agent dials at session start: a greeting sent before any local connection is kept."""
     import socketserver
     import threading

@@ -13,13 +13,13 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 from tests.test_discovery import ExpiredAws
-from tests.tunnel_fixtures import World, run_cli
+from tests.tunnel_fixtures import TunnelWorld, run_cli
 
 pytest_plugins = ["tests.tunnel_fixtures"]
 
 
 @pytest.fixture(scope="module")
-def world(tunnel_world: World) -> World:
+def world(tunnel_world: TunnelWorld) -> TunnelWorld:
     """This module's `world`: named apart in the plugin, since every plugin's fixtures are global."""
     return tunnel_world
 
@@ -122,7 +122,7 @@ def test_expired_credentials(expired_state: Path) -> None:
 
 
 @pytest.mark.slow
-def test_relay_stopped(world: World) -> None:
+def test_relay_stopped(world: TunnelWorld) -> None:
     world.add_env("sandbox")
     iid = world.relays["sandbox"]
     world.set_relay("sandbox", running=False)
@@ -137,7 +137,7 @@ def test_relay_stopped(world: World) -> None:
 
 
 @pytest.mark.slow
-def test_relay_offline_in_ssm(world: World) -> None:
+def test_relay_offline_in_ssm(world: TunnelWorld) -> None:
     # A running instance Session Manager has never heard of: its agent is not connected.
     world.add_env("sandbox")
     ec2 = world.client("ec2")
@@ -152,7 +152,7 @@ def test_relay_offline_in_ssm(world: World) -> None:
 
 
 @pytest.mark.slow
-def test_database_not_available(world: World) -> None:
+def test_database_not_available(world: TunnelWorld) -> None:
     cfg = world.add_env("sandbox")
     world.set_db(cfg, running=False)
     try:
@@ -167,7 +167,7 @@ def test_database_not_available(world: World) -> None:
 
 
 @pytest.mark.slow
-def test_tunnels_and_close_with_nothing_running(world: World) -> None:
+def test_tunnels_and_close_with_nothing_running(world: TunnelWorld) -> None:
     listed = run_cli(world, "tunnels")
     assert listed.returncode == 0 and "no tunnels running" in listed.stdout
     closed = run_cli(world, "tunnel-close", "--env", "sandbox")

@@ -21,7 +21,7 @@ import pytest
 from ops import tunnels_state
 from ops.tunnel import open_tunnel, start_background
 from tests.conftest import PROJECT_ROOT
-from tests.tunnel_fixtures import World, run_cli, wait_for
+from tests.tunnel_fixtures import TunnelWorld, run_cli, wait_for
 
 pytest_plugins = ["tests.tunnel_fixtures"]
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def plugin_processes() -> list[int]:
     return pids
 
 
-def test_sql_through_the_native_tunnel(pg_world: World) -> None:
+def test_sql_through_the_native_tunnel(pg_world: TunnelWorld) -> None:
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
     with open_tunnel(cfg, transport="native", reason="INC-1: check orders", report=lines.append) as info:
@@ -68,14 +68,14 @@ def test_sql_through_the_native_tunnel(pg_world: World) -> None:
     assert pg_world.active_sessions() == []
 
 
-def test_open_tunnel_terminates_on_exception(pg_world: World) -> None:
+def test_open_tunnel_terminates_on_exception(pg_world: TunnelWorld) -> None:
     cfg = pg_world.add_env("sandbox")
     with pytest.raises(RuntimeError, match="boom"), open_tunnel(cfg, transport="native", report=lambda _l: None):
         raise RuntimeError("boom")
     assert pg_world.active_sessions() == []
 
 
-def test_plugin_transport_end_to_end(pg_world: World, session_manager_plugin: str,
+def test_plugin_transport_end_to_end(pg_world: TunnelWorld, session_manager_plugin: str,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", session_manager_plugin)
     cfg = pg_world.add_env("sandbox")
@@ -90,7 +90,7 @@ def test_plugin_transport_end_to_end(pg_world: World, session_manager_plugin: st
     wait_for(lambda: not plugin_processes(), timeout=5, what="the plugin to exit")
 
 
-def test_forced_drop_reconnects_and_keeps_the_port(pg_world: World) -> None:
+def test_forced_drop_reconnects_and_keeps_the_port(pg_world: TunnelWorld) -> None:
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
     with open_tunnel(cfg, transport="native", report=lines.append) as info:
@@ -114,7 +114,7 @@ def test_forced_drop_reconnects_and_keeps_the_port(pg_world: World) -> None:
     assert pg_world.active_sessions() == []
 
 
-def test_plugin_drop_is_replaced_by_a_new_plugin_session(pg_world: World, session_manager_plugin: str,
+def test_plugin_drop_is_replaced_by_a_new_plugin_session(pg_world: TunnelWorld, session_manager_plugin: str,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", session_manager_plugin)
     cfg = pg_world.add_env("sandbox")
@@ -133,7 +133,7 @@ def test_plugin_drop_is_replaced_by_a_new_plugin_session(pg_world: World, sessio
     wait_for(lambda: not plugin_processes(), timeout=5, what="the plugin to exit")
 
 
-def test_session_ended_by_the_service_is_replaced(pg_world: World) -> None:
+def test_session_ended_by_the_service_is_replaced(pg_world: TunnelWorld) -> None:
     """Idle timeout or max duration: the service terminates the session; a new one takes over."""
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
@@ -149,7 +149,7 @@ def test_session_ended_by_the_service_is_replaced(pg_world: World) -> None:
     assert pg_world.active_sessions() == []
 
 
-def test_relay_down_during_reconnect_backs_off_then_recovers(pg_world: World) -> None:
+def test_relay_down_during_reconnect_backs_off_then_recovers(pg_world: TunnelWorld) -> None:
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
     with open_tunnel(cfg, transport="native", report=lines.append) as info:
@@ -167,7 +167,7 @@ def test_relay_down_during_reconnect_backs_off_then_recovers(pg_world: World) ->
     assert pg_world.active_sessions() == []
 
 
-def test_keepalive_sends_traffic_while_idle(pg_world: World) -> None:
+def test_keepalive_sends_traffic_while_idle(pg_world: TunnelWorld) -> None:
     cfg = pg_world.add_env("sandbox")
     with open_tunnel(cfg, transport="native", report=lambda _l: None, keepalive=1.0) as info:
         stats = f"/_sandbox/sessions/{info.session_id}"
@@ -194,7 +194,7 @@ def _works(port: int) -> bool:
 class Tunnel:
     """`invoke tunnel` as a user runs it, with its output collected line by line."""
 
-    def __init__(self, world: World, *args: str, **env: str) -> None:
+    def __init__(self, world: TunnelWorld, *args: str, **env: str) -> None:
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         self.proc = subprocess.Popen(
@@ -235,7 +235,7 @@ class Tunnel:
 
 
 @pytest.fixture
-def cli_tunnels(pg_world: World) -> Iterator[list[Tunnel]]:
+def cli_tunnels(pg_world: TunnelWorld) -> Iterator[list[Tunnel]]:
     started: list[Tunnel] = []
     try:
         yield started
@@ -248,7 +248,7 @@ def cli_tunnels(pg_world: World) -> Iterator[list[Tunnel]]:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("phase", ["discovering", "starting", "ready", "transferring"])
-def test_signal_in_each_phase_leaves_nothing(pg_world: World, cli_tunnels: list[Tunnel], phase: str,
+def test_signal_in_each_phase_leaves_nothing(pg_world: TunnelWorld, cli_tunnels: list[Tunnel], phase: str,
                                              sig: int) -> None:
     pg_world.add_env("sandbox")
     hold = {"discovering": "discovering=30", "starting": "starting=30"}.get(phase, "")
@@ -295,7 +295,7 @@ def test_signal_in_each_phase_leaves_nothing(pg_world: World, cli_tunnels: list[
     assert not list((pg_world.state_dir / "tunnels").glob("*.json"))
 
 
-def test_signal_with_the_plugin_leaves_no_plugin_process(pg_world: World, session_manager_plugin: str,
+def test_signal_with_the_plugin_leaves_no_plugin_process(pg_world: TunnelWorld, session_manager_plugin: str,
                                                          cli_tunnels: list[Tunnel]) -> None:
     pg_world.add_env("sandbox")
     tunnel = Tunnel(pg_world, "--transport", "plugin", BASTIONLESS_SESSION_MANAGER_PLUGIN=session_manager_plugin)
@@ -308,7 +308,7 @@ def test_signal_with_the_plugin_leaves_no_plugin_process(pg_world: World, sessio
     wait_for(lambda: not plugin_processes(), timeout=5, what="the plugin to exit")
 
 
-def test_background_tunnels_to_two_envs(pg_world: World) -> None:
+def test_background_tunnels_to_two_envs(pg_world: TunnelWorld) -> None:
     first = pg_world.add_env("sandbox")
     second = pg_world.add_env("second")
     a = start_background(first, local_port=0, transport="native", reason="bg test")
@@ -351,7 +351,7 @@ def test_background_tunnels_to_two_envs(pg_world: World) -> None:
         tunnels_state.close_all(timeout=10)
 
 
-def test_background_failure_reports_the_childs_error(pg_world: World) -> None:
+def test_background_failure_reports_the_childs_error(pg_world: TunnelWorld) -> None:
     cfg = pg_world.add_env("sandbox")
     pg_world.set_db(cfg, running=False)
     try:
@@ -362,7 +362,7 @@ def test_background_failure_reports_the_childs_error(pg_world: World) -> None:
     assert tunnels_state.list_tunnels() == []
 
 
-def test_background_via_the_cli(pg_world: World) -> None:
+def test_background_via_the_cli(pg_world: TunnelWorld) -> None:
     pg_world.add_env("sandbox")
     started = run_cli(pg_world, "tunnel", "--env", "sandbox", "--local-port", "0", "--background",
                       "--transport", "native")
