@@ -21,11 +21,6 @@ from tests.ssm_support import DB_HOST, DB_PORT, REGION, EndpointBox, EndpointThr
 pytest_plugins = ["tests.ssm_fixtures"]
 
 
-@pytest.fixture(scope="module")
-def sandbox(ssm_sandbox: EndpointBox) -> EndpointBox:
-    """This module's `sandbox`: named apart in the plugin, since every plugin's fixtures are global."""
-    return ssm_sandbox
-
 PLUGIN = plugin_path()
 
 
@@ -87,8 +82,8 @@ def run_plugin(box: EndpointBox, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("session_manager_plugin")
-def test_real_plugin_smux_mode(sandbox: EndpointBox, tmp_path: Path) -> None:
-    run_plugin(sandbox, tmp_path)
+def test_real_plugin_smux_mode(ssm_sandbox: EndpointBox, tmp_path: Path) -> None:
+    run_plugin(ssm_sandbox, tmp_path)
 
 
 @pytest.mark.slow

@@ -15,11 +15,6 @@ from tests.ssm_support import EndpointBox, EndpointThread
 pytest_plugins = ["tests.ssm_fixtures"]
 
 
-@pytest.fixture(scope="module")
-def sandbox(ssm_sandbox: EndpointBox) -> EndpointBox:
-    """This module's `sandbox`: named apart in the plugin, since every plugin's fixtures are global."""
-    return ssm_sandbox
-
 PG_HOST = "bastionless-pg.cluster.eu-west-1.rds.amazonaws.com"
 
 
@@ -61,8 +56,8 @@ def query_through_session(box: EndpointBox, pg_port: int) -> list[tuple[object, 
 
 
 @pytest.mark.slow
-def test_postgres_query_multiplexed(sandbox: EndpointBox, postgres: int) -> None:
-    rows = query_through_session(sandbox, postgres)
+def test_postgres_query_multiplexed(ssm_sandbox: EndpointBox, postgres: int) -> None:
+    rows = query_through_session(ssm_sandbox, postgres)
     assert [(r[0], r[1], len(str(r[2]))) for r in rows] == [(42, "app", 100000)] * 2
 
 

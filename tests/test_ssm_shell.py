@@ -17,26 +17,21 @@ from tests.ssm_support import EndpointBox
 pytest_plugins = ["tests.ssm_fixtures"]
 
 
-@pytest.fixture(scope="module")
-def sandbox(ssm_sandbox: EndpointBox) -> EndpointBox:
-    """This module's `sandbox`: named apart in the plugin, since every plugin's fixtures are global."""
-    return ssm_sandbox
-
 CLUSTER = "bastionless-test"
 TASK_ARN = "arn:aws:ecs:eu-west-1:123456789012:task/bastionless-test/0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
-def ecs_box(sandbox: EndpointBox) -> EndpointBox:
-    sandbox.endpoint.ecs().create_cluster(clusterName=CLUSTER)
+def ecs_box(ssm_sandbox: EndpointBox) -> EndpointBox:
+    ssm_sandbox.endpoint.ecs().create_cluster(clusterName=CLUSTER)
     task = {"taskArn": TASK_ARN, "clusterArn": f"arn:aws:ecs:eu-west-1:123456789012:cluster/{CLUSTER}",
             "lastStatus": "RUNNING", "desiredStatus": "RUNNING", "enableExecuteCommand": True,
             "platformVersion": "1.4.0", "group": "service:bastionless-test-sample",
             "containers": [{"name": "app", "containerArn": "arn:aws:ecs:eu-west-1:123456789012:container/x",
                             "managedAgents": [{"name": "ExecuteCommandAgent", "lastStatus": "RUNNING"}]}]}
     disabled = {**task, "taskArn": TASK_ARN[:-1] + "0", "enableExecuteCommand": False}
-    (sandbox.endpoint.state_dir / "ecs_tasks.json").write_text(json.dumps({"tasks": [task, disabled]}))
-    return sandbox
+    (ssm_sandbox.endpoint.state_dir / "ecs_tasks.json").write_text(json.dumps({"tasks": [task, disabled]}))
+    return ssm_sandbox
 
 
 def exec_shell(box: EndpointBox, command: str, *, task: str = TASK_ARN) -> dict[str, Any]:

@@ -18,12 +18,6 @@ from tests.tunnel_fixtures import TunnelWorld, run_cli
 pytest_plugins = ["tests.tunnel_fixtures"]
 
 
-@pytest.fixture(scope="module")
-def world(tunnel_world: TunnelWorld) -> TunnelWorld:
-    """This module's `world`: named apart in the plugin, since every plugin's fixtures are global."""
-    return tunnel_world
-
-
 def invoke(*args: str, state_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
     import os
 
@@ -122,28 +116,28 @@ def test_expired_credentials(expired_state: Path) -> None:
 
 
 @pytest.mark.slow
-def test_relay_stopped(world: TunnelWorld) -> None:
-    world.add_env("sandbox")
-    iid = world.relays["sandbox"]
-    world.set_relay("sandbox", running=False)
+def test_relay_stopped(tunnel_world: TunnelWorld) -> None:
+    tunnel_world.add_env("sandbox")
+    iid = tunnel_world.relays["sandbox"]
+    tunnel_world.set_relay("sandbox", running=False)
     try:
-        proc = run_cli(world, "tunnel", "--env", "sandbox", "--local-port", "0", "--transport", "native")
+        proc = run_cli(tunnel_world, "tunnel", "--env", "sandbox", "--local-port", "0", "--transport", "native")
     finally:
-        world.set_relay("sandbox", running=True)
+        tunnel_world.set_relay("sandbox", running=True)
     assert proc.returncode == 1
     assert error_line(proc) == (f"error: relay {iid} is stopped; next: aws ec2 start-instances --instance-ids {iid} "
                                 f"--region us-east-1, wait a minute, retry")
-    assert world.active_sessions() == []
+    assert tunnel_world.active_sessions() == []
 
 
 @pytest.mark.slow
-def test_relay_offline_in_ssm(world: TunnelWorld) -> None:
+def test_relay_offline_in_ssm(tunnel_world: TunnelWorld) -> None:
     # A running instance Session Manager has never heard of: its agent is not connected.
-    world.add_env("sandbox")
-    ec2 = world.client("ec2")
+    tunnel_world.add_env("sandbox")
+    ec2 = tunnel_world.client("ec2")
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     plain = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t4g.nano")["Instances"][0]
-    proc = run_cli(world, "tunnel", "--env", "sandbox", "--local-port", "0", "--transport", "native",
+    proc = run_cli(tunnel_world, "tunnel", "--env", "sandbox", "--local-port", "0", "--transport", "native",
                    "--instance", plain["InstanceId"])
     assert proc.returncode == 1
     assert error_line(proc).startswith(
@@ -152,26 +146,26 @@ def test_relay_offline_in_ssm(world: TunnelWorld) -> None:
 
 
 @pytest.mark.slow
-def test_database_not_available(world: TunnelWorld) -> None:
-    cfg = world.add_env("sandbox")
-    world.set_db(cfg, running=False)
+def test_database_not_available(tunnel_world: TunnelWorld) -> None:
+    cfg = tunnel_world.add_env("sandbox")
+    tunnel_world.set_db(cfg, running=False)
     try:
-        proc = run_cli(world, "tunnel", "--env", "sandbox", "--local-port", "0", "--transport", "native")
+        proc = run_cli(tunnel_world, "tunnel", "--env", "sandbox", "--local-port", "0", "--transport", "native")
     finally:
-        world.set_db(cfg, running=True)
+        tunnel_world.set_db(cfg, running=True)
     assert proc.returncode == 1
     assert error_line(proc).startswith(
         "error: database bastionless-sandbox is not available (status stopped); next: aws rds start-db-instance "
         "--db-instance-identifier bastionless-sandbox")
-    assert world.active_sessions() == []
+    assert tunnel_world.active_sessions() == []
 
 
 @pytest.mark.slow
-def test_tunnels_and_close_with_nothing_running(world: TunnelWorld) -> None:
-    listed = run_cli(world, "tunnels")
+def test_tunnels_and_close_with_nothing_running(tunnel_world: TunnelWorld) -> None:
+    listed = run_cli(tunnel_world, "tunnels")
     assert listed.returncode == 0 and "no tunnels running" in listed.stdout
-    closed = run_cli(world, "tunnel-close", "--env", "sandbox")
+    closed = run_cli(tunnel_world, "tunnel-close", "--env", "sandbox")
     assert closed.returncode == 1
     assert error_line(closed) == "error: no tunnel to sandbox is running on this machine; next: invoke tunnels"
-    both = run_cli(world, "tunnel-close")
+    both = run_cli(tunnel_world, "tunnel-close")
     assert both.returncode == 1 and "give either --env NAME or --all" in error_line(both)
