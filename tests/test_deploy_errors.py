@@ -18,15 +18,16 @@ from cli import deploy as deploy_cli
 from ops import deploy
 from ops.config import load_env
 from ops.errors import AccountMismatchError
+from tests.cli_support import run_invoke
 from tests.sandbox_support import error_line, invoke
 from tests.ssm_support import moto_process
 
 
-@pytest.mark.usefixtures("real_io")
-def test_unknown_env(tmp_path: Path) -> None:
-    proc = invoke("deploy", "--env", "nope", "--yes", state=tmp_path)
-    assert proc.returncode == 1
-    line = error_line(proc)
+def test_unknown_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_invoke("deploy", "--env", "nope", "--yes", monkeypatch=monkeypatch, capsys=capsys,
+                        BASTIONLESS_STATE_DIR=str(tmp_path))
+    assert result.returncode == 1
+    line = result.error_line()
     assert "unknown environment 'nope'" in line and "copy envs/staging.toml to envs/nope.toml" in line
 
 

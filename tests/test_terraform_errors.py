@@ -15,6 +15,7 @@ import pytest
 from ops.config import TerraformConfig, load_env
 from ops.errors import ToolMissingError
 from ops.terraform import Terraform, cli_config
+from tests.cli_support import run_invoke
 from tests.conftest import PROJECT_ROOT
 
 AWS_PIN = {"terraform": {"required_providers": {"aws": {"source": "aws", "version": "5.100.0"}},
@@ -116,16 +117,16 @@ def _invoke(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.usefixtures("real_io")
-def test_validate_task_without_terraform_is_one_line_before_any_synth(tmp_path: Path) -> None:
-    # Nothing on PATH at all: the check must come before synth (which would need node).
-    env = {**os.environ, "PATH": str(tmp_path)}
-    proc = _invoke("validate", "--env", "sandbox", env=env)
-    assert proc.returncode == 1
-    lines = proc.stderr.strip().splitlines()
-    assert lines == ["error: terraform is not on PATH; install Terraform >= 1.5 "
-                     "(https://developer.hashicorp.com/terraform/install) and put it on PATH"]
-    assert "synthesizing" not in proc.stdout + proc.stderr
+def test_validate_task_without_terraform_is_one_line_before_any_synth(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Nothing on PATH at all: the check must come before synth (which would need node). In-process, so
+    # the unit-tier guard also proves that no child (terraform, the synth app) was started.
+    result = run_invoke("validate", "--env", "sandbox", monkeypatch=monkeypatch, capsys=capsys, PATH=str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: terraform is not on PATH; install Terraform >= 1.5 "
+        "(https://developer.hashicorp.com/terraform/install) and put it on PATH"]
+    assert "synthesizing" not in result.stdout + result.stderr
 
 
 @pytest.mark.usefixtures("real_io")
