@@ -34,15 +34,18 @@ def query(port: int, sql: str = "select 40 + 2", *, host: str = "127.0.0.1", tim
         return row[0] if row else None
 
 
-def plugin_processes() -> list[int]:
+def plugin_processes(state_dir: Path) -> list[int]:
+    """This test's plugin processes: other runs on the machine have plugins too (another state dir)."""
     pids = []
+    mine = f"BASTIONLESS_STATE_DIR={state_dir}".encode()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmd = (entry / "cmdline").read_bytes()
+                env = (entry / "environ").read_bytes().split(b"\x00")
             except OSError:
                 continue
-            if b"session-manager-plugin\x00AWS_SSM_START_SESSION_RESPONSE" in cmd:
+            if b"session-manager-plugin\x00AWS_SSM_START_SESSION_RESPONSE" in cmd and mine in env:
                 pids.append(int(entry.name))
     return pids
 
@@ -84,10 +87,10 @@ def test_plugin_transport_end_to_end(pg_world: TunnelWorld, session_manager_plug
         assert info.transport == "plugin"
         assert query(info.local_port) == 42
         assert query(info.local_port, "select 'again'") == "again"
-        assert len(plugin_processes()) == 1
+        assert len(plugin_processes(pg_world.state_dir)) == 1
     assert any("transport: plugin" in line for line in lines)
     assert pg_world.active_sessions() == []
-    wait_for(lambda: not plugin_processes(), timeout=5, what="the plugin to exit")
+    wait_for(lambda: not plugin_processes(pg_world.state_dir), timeout=5, what="the plugin to exit")
 
 
 def test_forced_drop_reconnects_and_keeps_the_port(pg_world: TunnelWorld) -> None:
@@ -127,10 +130,10 @@ def test_plugin_drop_is_replaced_by_a_new_plugin_session(pg_world: TunnelWorld, 
         wait_for(lambda: _works(info.local_port) and time.monotonic() - dropped_at > 0.5, timeout=15,
                  what="the port to work after the drop")
         assert time.monotonic() - dropped_at < 10
-        assert len(plugin_processes()) == 1
+        assert len(plugin_processes(pg_world.state_dir)) == 1
     assert not any("too old" in line for line in lines)
     assert pg_world.active_sessions() == []
-    wait_for(lambda: not plugin_processes(), timeout=5, what="the plugin to exit")
+    wait_for(lambda: not plugin_processes(pg_world.state_dir), timeout=5, what="the plugin to exit")
 
 
 def test_session_ended_by_the_service_is_replaced(pg_world: TunnelWorld) -> None:
@@ -302,10 +305,10 @@ def test_signal_with_the_plugin_leaves_no_plugin_process(pg_world: TunnelWorld, 
     cli_tunnels.append(tunnel)
     tunnel.wait_line("DATABASE_URL=")
     assert query(tunnel.port()) == 42
-    assert len(plugin_processes()) == 1
+    assert len(plugin_processes(pg_world.state_dir)) == 1
     assert tunnel.stop(signal.SIGINT) == 0
     assert pg_world.active_sessions() == []
-    wait_for(lambda: not plugin_processes(), timeout=5, what="the plugin to exit")
+    wait_for(lambda: not plugin_processes(pg_world.state_dir), timeout=5, what="the plugin to exit")
 
 
 def test_background_tunnels_to_two_envs(pg_world: TunnelWorld) -> None:
