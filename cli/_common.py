@@ -10,6 +10,7 @@ from invoke.tasks import Task
 
 from ops.config import EnvConfig, load_env
 from ops.errors import AbortedError, CommandFailedError, OpsError
+from ops.ssm import errors as ssm_errors
 
 ENV_HELP = "environment name: a file envs/<name>.toml (e.g. sandbox, staging, prod)"
 YES_HELP = "do not ask for confirmation (for automation); the AWS account is still checked"
@@ -52,6 +53,8 @@ def ops_errors() -> Iterator[None]:
         raise Exit(_line(exc), code=1) from None
     except OpsError as exc:
         raise Exit(_line(exc), code=1) from None
+    except ssm_errors.SessionError as exc:
+        raise Exit(session_line(exc), code=1) from None
     except KeyboardInterrupt:
         raise Exit("interrupted", code=130) from None
 
@@ -61,6 +64,21 @@ def env(name: str) -> EnvConfig:
     if not name:
         raise OpsError("no environment given; pass --env NAME", next_step="invoke --help <task>")
     return load_env(name)
+
+
+# The protocol code says what happened on the data channel; what to do about it is decided here.
+_SESSION_NEXT: tuple[tuple[type[ssm_errors.SessionError], str], ...] = (
+    (ssm_errors.EncryptionRequired, "use --transport plugin (AWS's session-manager-plugin)"),
+    (ssm_errors.KmsRefused, "allow kms:GenerateDataKey on the session key for your role (invoke doctor --env ENV)"),
+    (ssm_errors.WrongSessionType, "start it with a port-forwarding document"),
+    (ssm_errors.ChannelClosed, "check network access to ssmmessages and the relay's agent: invoke doctor --env ENV"),
+    (ssm_errors.ProtocolError, "run it again; if it persists, use --transport plugin and report the session id"),
+)
+
+
+def session_line(exc: ssm_errors.SessionError) -> str:
+    next_step = next((step for kind, step in _SESSION_NEXT if isinstance(exc, kind)), "invoke doctor --env ENV")
+    return f"error: the Session Manager session failed: {exc.message}; next: {next_step}"
 
 
 def _line(exc: OpsError) -> str:

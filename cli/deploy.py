@@ -9,6 +9,7 @@ from invoke.tasks import task
 from cli import _common
 from cli._common import ENV_HELP, VERBOSE_HELP, YES_HELP, ops_errors
 from ops import deploy as ops_deploy
+from ops.sandbox import manager as sandbox
 
 
 @task(help={"env": ENV_HELP, "verbose": VERBOSE_HELP,
@@ -25,7 +26,9 @@ def plan(c: Context, env: str = "", detailed_exitcode: bool = False, verbose: bo
 def deploy(c: Context, env: str = "", yes: bool = False, verbose: bool = False) -> None:
     """Check the account, show the plan, confirm (prod: type the env name), apply it."""
     with ops_errors():
-        ops_deploy.deploy(_common.env(env), yes=yes, verbose=verbose)
+        cfg = _common.env(env)
+        # The sandbox wraps deploy (its database shortcut and wiring); ops.deploy knows nothing of it.
+        (sandbox.deploy if cfg.sandbox else ops_deploy.deploy)(cfg, yes=yes, verbose=verbose)
 
 
 @task(help={"env": ENV_HELP, "yes": YES_HELP, "verbose": VERBOSE_HELP,
@@ -35,8 +38,9 @@ def destroy(c: Context, env: str = "", yes: bool = False, force_deletion_protect
             verbose: bool = False) -> None:
     """Destroy the environment's stack; refuses while the database has deletion protection."""
     with ops_errors():
-        ops_deploy.destroy(_common.env(env), yes=yes, force_deletion_protection=force_deletion_protection,
-                           verbose=verbose)
+        cfg = _common.env(env)
+        (sandbox.destroy if cfg.sandbox else ops_deploy.destroy)(
+            cfg, yes=yes, force_deletion_protection=force_deletion_protection, verbose=verbose)
 
 
 @task(help={"env": ENV_HELP, "json": "print the outputs as a JSON object"})

@@ -17,11 +17,12 @@ from botocore.config import Config
 
 from ops.config import PROJECT_ROOT, EnvConfig
 from ops.errors import AccountMismatchError, CredentialsError, OpsError
+from ops.facts import STATE_DIR_ENV
 
 
 def state_dir() -> Path:
     """Where the sandbox keeps its pids, ports and data (and tunnels their state); tests point it elsewhere."""
-    return Path(os.environ.get("BASTIONLESS_STATE_DIR", PROJECT_ROOT / ".sandbox"))
+    return Path(os.environ.get(STATE_DIR_ENV, PROJECT_ROOT / ".sandbox"))
 
 
 ENDPOINTS_FILE = "endpoints.json"

@@ -168,7 +168,7 @@ def db_access(cfg: EnvConfig, *, apply_changes: bool = True, yes: bool = False, 
     (unless `yes`), then apply it. Runs as the master user through an ephemeral tunnel."""
     import psycopg
 
-    from ops.dburl import through_tunnel
+    from ops.dbtunnel import through_tunnel
     from ops.migrate import confirm_action
 
     with through_tunnel(cfg, reason=reason or "bastionless db-access: roles from the env file", transport=transport,

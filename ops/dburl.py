@@ -14,16 +14,12 @@ pass to a child through its environment only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote, urlencode
 
 from ops.config import PROJECT_ROOT, EnvConfig
 from ops.errors import ConfigError
-from ops.secrets import Credentials
 
 # AWS publishes the CA bundle for every RDS region here; it is public and safe to commit.
 RDS_GLOBAL_BUNDLE_URL = "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem"
@@ -125,33 +121,6 @@ def _conninfo_quote(value: str) -> str:
     if value and not any(c in value for c in " '\\"):
         return value
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-@dataclass(frozen=True)
-class Connection:
-    """A ready tunnel plus how to use it; `password` stays in memory (repr-hidden)."""
-
-    tunnel: Any
-    params: ConnectionParams
-    credentials: Credentials
-
-
-@contextmanager
-def through_tunnel(cfg: EnvConfig, *, reason: str = "", transport: str = "auto",
-                   report: Callable[[str], None] | None = None) -> Iterator[Connection]:
-    """Account guard, credentials from Secrets Manager, an ephemeral tunnel on a free port.
-
-    The tunnel (and its Session Manager session) is closed when the block ends, however it ends."""
-    from ops.aws import check_account
-    from ops.secrets import database_credentials
-    from ops.tunnel import open_tunnel
-
-    check_account(cfg)
-    creds = database_credentials(cfg)
-    with open_tunnel(cfg, local_port=0, reason=reason, transport=transport, report=report) as info:
-        params = for_tunnel(cfg, local_port=info.local_port, db_host=info.db_host, db_name=info.db_name,
-                            user=creds.username, local_host=info.local_host)
-        yield Connection(tunnel=info, params=params, credentials=creds)
 
 
 def details(cfg: EnvConfig, *, port: int | None = None) -> ConnectionParams:

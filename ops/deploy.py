@@ -7,15 +7,14 @@ table and the apply as progress (ops.terraform_view; terraform's own output goes
 to the screen with `verbose`); Ctrl-C reaches terraform through ops.terraform, which waits for it
 to release its state lock.
 
-For a sandbox env the AWS account is the emulator's and, after apply, `ops.sandbox.manager.after_apply`
-wires the emulated RDS to the local PostgreSQL (credentials from Secrets Manager, as in prod).
+This module knows nothing about the sandbox: `ops.sandbox.manager.deploy` wraps `deploy` with Hooks
+(adopt the emulated RDS instance before the plan, wire it to the local PostgreSQL after apply).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,21 @@ from ops.console import say
 from ops.errors import AbortedError, GuardrailError
 
 Ask = Callable[[str], str]
-RDS_SHORTCUT_ENV = "BASTIONLESS_SANDBOX_RDS_SHORTCUT"
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a wrapper adds around apply and destroy (the sandbox: ops.sandbox.manager.deploy/destroy).
+
+    `adopt`: bring resources that already exist into the state before the plan; True when it did.
+    """
+
+    adopt: Callable[[EnvConfig, terraform.Terraform, TextIO], bool] | None = None
+    after_apply: Callable[[EnvConfig, TextIO], None] | None = None
+    after_destroy: Callable[[EnvConfig], None] | None = None
+
+
+NO_HOOKS = Hooks()
 
 
 @dataclass(frozen=True)
@@ -92,28 +105,20 @@ def plan(cfg: EnvConfig, *, detailed_exitcode: bool = False, destroy: bool = Fal
 
 
 def deploy(cfg: EnvConfig, *, yes: bool = False, ask: Ask = ask_terminal, out: TextIO = sys.stderr,
-           fast_sandbox_rds: bool | None = None, verbose: bool = False) -> DeployResult:
-    """Plan, show, confirm (unless `yes`), apply the saved plan; for the sandbox, wire up the database.
-
-    `fast_sandbox_rds` (sandbox only): create the RDS instance through the emulator's API and import
-    it instead of waiting out the provider's fixed waiter (ops/sandbox/fast_rds.py). Default: on,
-    unless the environment sets BASTIONLESS_SANDBOX_RDS_SHORTCUT=0 (to measure it, or to rule it out).
-    """
+           hooks: Hooks = NO_HOOKS, verbose: bool = False) -> DeployResult:
+    """Plan, show, confirm (unless `yes`), apply the saved plan, then `hooks.after_apply`."""
     preflight(cfg)
     ident = guard(cfg, out=out)
     tf = terraform.for_env(cfg, verbose=verbose, out=out)
-    if fast_sandbox_rds is None:
-        fast_sandbox_rds = os.environ.get(RDS_SHORTCUT_ENV, "1") != "0"
-    fast = cfg.sandbox and fast_sandbox_rds
     plan_path = _plan_file(tf, "deploy.tfplan")
     try:
         # Already confirmed: adopt first, so the one plan shown is the one applied.
-        adopted = _adopt_database(cfg, tf, out=out) if fast and yes else False
+        adopted = hooks.adopt(cfg, tf, out) if hooks.adopt and yes else False
         code = tf.plan(detailed_exitcode=True, out=plan_path)
         if code == 2:
             if not yes:
                 confirm(cfg, action="Apply these changes to", account=ident["Account"], ask=ask, what="deploy")
-            if fast and not yes and _adopt_database(cfg, tf, out=out):
+            if hooks.adopt and not yes and hooks.adopt(cfg, tf, out):
                 # The state changed under the saved plan: apply the same configuration afresh.
                 tf.apply(auto_approve=True)
             else:
@@ -122,19 +127,9 @@ def deploy(cfg: EnvConfig, *, yes: bool = False, ask: Ask = ask_terminal, out: T
             say(out, f"{cfg.name}: no changes; the infrastructure matches the configuration")
     finally:
         plan_path.unlink(missing_ok=True)
-    if cfg.sandbox:
-        from ops.sandbox import manager
-
-        manager.after_apply(cfg, out=out)
+    if hooks.after_apply:
+        hooks.after_apply(cfg, out)
     return DeployResult(env=cfg.name, account=ident["Account"], changed=code == 2 or adopted)
-
-
-def _adopt_database(cfg: EnvConfig, tf: terraform.Terraform, *, out: TextIO) -> bool:
-    from ops.sandbox import fast_rds
-    from ops.synth import SYNTH_FILE
-
-    config = json.loads((tf.workdir / SYNTH_FILE).read_text())
-    return fast_rds.adopt_database(cfg, tf, config=config, out=out)
 
 
 def preflight(cfg: EnvConfig) -> None:
@@ -158,7 +153,7 @@ def database_protection(cfg: EnvConfig) -> tuple[str, bool] | None:
 
 
 def destroy(cfg: EnvConfig, *, yes: bool = False, force_deletion_protection: bool = False, ask: Ask = ask_terminal,
-            out: TextIO = sys.stderr, verbose: bool = False) -> None:
+            out: TextIO = sys.stderr, hooks: Hooks = NO_HOOKS, verbose: bool = False) -> None:
     """Destroy the environment. Refuses while the database has deletion protection, unless
     `force_deletion_protection` AND the user types the database identifier (even with `yes`)."""
     preflight(cfg)
@@ -190,10 +185,8 @@ def destroy(cfg: EnvConfig, *, yes: bool = False, force_deletion_protection: boo
         tf.apply(plan_file=plan_path)
     finally:
         plan_path.unlink(missing_ok=True)
-    if cfg.sandbox:
-        from ops.sandbox import manager
-
-        manager.after_destroy(cfg)
+    if hooks.after_destroy:
+        hooks.after_destroy(cfg)
 
 
 def outputs(cfg: EnvConfig) -> dict[str, Any]:

@@ -13,15 +13,12 @@ from typing import Any, TypeVar
 
 import botocore.exceptions
 
-from ops import aws
+from ops import aws, facts
 from ops.config import EnvConfig
 from ops.errors import CredentialsError, OpsError
+from ops.facts import ENV_TAG, RELAY_ROLE, ROLE_TAG
 
 T = TypeVar("T")
-
-ROLE_TAG = "bastionless:role"
-ENV_TAG = "bastionless:env"
-RELAY_ROLE = "relay"
 
 # Error codes AWS uses for credentials that are missing, wrong or expired (STS, SSO, assumed roles).
 _CREDENTIAL_CODES = frozenset({
@@ -60,7 +57,7 @@ class DatabaseInfo:
 
 
 def relay_name(cfg: EnvConfig) -> str:
-    return f"{cfg.stack_name}/TunnelInstance"
+    return facts.relay_name(cfg.stack_name)
 
 
 def aws_call(cfg: EnvConfig, what: str, call: Callable[[], T], *, passthrough: tuple[str, ...] = ()) -> T:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import botocore.exceptions
 from botocore.parsers import ResponseParserError
 
-from ops import aws
+from ops import aws, facts
 from ops.config import EnvConfig
 from ops.ecs_exec import (
     EXEC_AGENT,
@@ -33,11 +33,12 @@ from ops.ecs_exec import (
     task_id,
 )
 from ops.errors import OpsError
+from ops.facts import PORT_DOCUMENT, PREFERENCES_DOCUMENT, partition
 
 Status = Literal["pass", "warn", "fail"]
 
 MIN_PLUGIN = (1, 2, 764, 0)
-MIN_AGENT_REMOTE_HOST = (3, 1, 1374, 0)
+MIN_AGENT_REMOTE_HOST = tuple(int(p) for p in facts.MIN_AGENT_REMOTE_HOST.split("."))
 MIN_NODE = (18,)
 MIN_ECS_AGENT = (1, 50, 2)
 # kms and logs too: our sessions are KMS-encrypted and shell sessions stream to CloudWatch Logs (stacks/network.py).
@@ -49,8 +50,6 @@ MIN_AGENT_SECURITY = (3, 3, 1957, 0)
 RELAY_AGENT_ACTIONS = ("ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel",
                        "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel", "ec2messages:GetMessages")
 CA_EXPIRY_WARN_DAYS = 60
-PORT_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"
-PREFERENCES_DOCUMENT = "SSM-SessionManagerRunShell"
 SSMMESSAGES_ACTIONS = ("ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
                        "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel")
 SCP_NOTE = "organisation SCPs are not evaluated by the IAM policy simulator"
@@ -148,10 +147,6 @@ def simulation_decisions(response: Mapping[str, Any]) -> dict[str, str]:
         denied = [d for d in per_resource if d != "allowed"]
         decisions[str(res["EvalActionName"])] = denied[0] if denied else str(res.get("EvalDecision", ""))
     return decisions
-
-
-def partition(region: str) -> str:
-    return "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-") else "aws"
 
 
 def principal_for_simulation(arn: str) -> str | None:
@@ -278,8 +273,8 @@ class _Doctor:
     def relay_checks(self) -> None:
         ec2 = self.client("ec2")
         found = ec2.describe_instances(Filters=[
-            {"Name": "tag:bastionless:env", "Values": [self.cfg.name]},
-            {"Name": "tag:bastionless:role", "Values": ["relay"]},
+            {"Name": f"tag:{facts.ENV_TAG}", "Values": [self.cfg.name]},
+            {"Name": f"tag:{facts.ROLE_TAG}", "Values": [facts.RELAY_ROLE]},
             {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
         ])
         instances = [i for r in found.get("Reservations", []) for i in r.get("Instances", [])]

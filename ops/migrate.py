@@ -31,7 +31,8 @@ from typing import IO, Any, TextIO
 from urllib.parse import quote
 
 from ops.config import PROJECT_ROOT, EnvConfig
-from ops.dburl import ConnectionParams, through_tunnel
+from ops.dbtunnel import through_tunnel
+from ops.dburl import ConnectionParams
 from ops.errors import AbortedError, CommandFailedError, ConfigError, OpsError, ToolMissingError
 
 # One key for every bastionless migration runner: pg_try_advisory_lock takes a signed bigint.

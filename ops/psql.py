@@ -9,15 +9,16 @@ import subprocess
 from collections.abc import Callable, Sequence
 
 from ops.config import EnvConfig
-from ops.dburl import through_tunnel
+from ops.dbtunnel import through_tunnel
 from ops.errors import CommandFailedError, ToolMissingError
+from ops.facts import PSQL_ENV
 
 INSTALL_HINT = ("install the PostgreSQL client: apt-get install postgresql-client (Debian/Ubuntu), "
                 "dnf install postgresql (Fedora), brew install libpq && brew link --force libpq (macOS)")
 
 
 def psql_binary() -> str:
-    path = os.environ.get("BASTIONLESS_PSQL") or shutil.which("psql")
+    path = os.environ.get(PSQL_ENV) or shutil.which("psql")
     if not path:
         raise ToolMissingError("psql is not installed (not found on PATH)", next_step=INSTALL_HINT)
     return path

@@ -22,8 +22,9 @@ from typing import Any, TextIO
 from ops import aws, deploy, terraform
 from ops.config import EnvConfig
 from ops.console import Status, say
-from ops.discovery import ENV_TAG, RELAY_ROLE, ROLE_TAG, RelayNotReadyError, aws_call, relay_name
+from ops.discovery import RelayNotReadyError, aws_call, relay_name
 from ops.errors import OpsError
+from ops.facts import ENV_TAG, RELAY_ROLE, ROLE_TAG
 
 Ask = Callable[[str], str]
 ONLINE_TIMEOUT = 600.0

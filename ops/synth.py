@@ -6,6 +6,11 @@ environments synthesize in one child, because starting it is most of the cost.
 
 The output lands where the cdktf CLI puts it, `cdktf.out/stacks/<stack>/cdk.tf.json`, written by
 atomic rename so a failed or interrupted synth never leaves half a file next to a valid stamp.
+
+The cache key is what the app actually read: the child writes the list of project files it imported
+(main.py, BASTIONLESS_SYNTH_MANIFEST), the stamp keeps that list and a digest over those files, the
+env file, the node preload and the tool versions. A new import in stacks/ comes with an edit to an
+imported file, so the next synth reruns and records the new module too; no hand-kept list to forget.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any, TypeGuard
 
+from ops import facts
 from ops.config import PROJECT_ROOT, EnvConfig, env_path
 from ops.errors import ConfigError, GuardrailError, OpsError
 
@@ -33,11 +40,13 @@ OUTDIR_NAME = "cdktf.out"
 LOG_FILE = "synth.log"
 # Versions of what turns our Python into JSON; a different version may synthesize different bytes.
 TOOL_DISTRIBUTIONS = ("cdktf", "cdktf-cdktf-provider-aws", "constructs", "jsii")
-# Files outside stacks/ that the app reads. Everything under stacks/ counts too.
-APP_FILES = ("main.py", "cdktf.json", "ops/config.py", "ops/errors.py")
 # The preload that makes the provider's JavaScript index lazy (see stacks/lazy_provider.js).
 LAZY_PROVIDER_JS = Path("stacks") / "lazy_provider.js"
-STOCK_IMPORT_ENV = "BASTIONLESS_STOCK_IMPORT"
+# Inputs that are not Python imports: the app script, cdktf's settings, the preload node reads.
+FIXED_INPUTS = ("main.py", "cdktf.json", LAZY_PROVIDER_JS.as_posix())
+# In the child's private work dir: the project files it imported (written by main.py).
+MANIFEST_FILE = "imported-files.json"
+STOCK_IMPORT_ENV = facts.STOCK_IMPORT_ENV
 # cdktf settings that would change what the app writes; the child must not inherit them.
 _CDKTF_ENV_OVERRIDES = ("CDKTF_OUTDIR", "CDKTF_TARGET_STACK_ID", "CDKTF_CONTEXT_JSON", "SYNTH_HCL_OUTPUT")
 _SKIP_VALIDATION_ADVICE = re.compile(r"\s*If you wish to ignore these validations.*$", re.DOTALL)
@@ -60,33 +69,33 @@ def synth_many(cfgs: Sequence[EnvConfig], *, force: bool = False, project_root: 
                outdir: Path | None = None) -> dict[str, Path]:
     """Synthesize several environments in one child process; unchanged ones are not redone."""
     out = outdir or project_root / OUTDIR_NAME
-    shared = _shared_inputs_digest(project_root)
-    stale: list[tuple[EnvConfig, str]] = []
+    stale: list[EnvConfig] = []
     result: dict[str, Path] = {}
     for cfg in cfgs:
+        _env_file(cfg, project_root)
         target = stack_dir(cfg, project_root=project_root, outdir=out)
         result[cfg.name] = target
-        digest = _env_digest(cfg, shared, project_root)
-        if not force and _is_current(target, digest):
+        if not force and _is_current(cfg, target, project_root):
             _say(f"{cfg.name}: unchanged, using cached synth ({_display(target / SYNTH_FILE, project_root)})\n")
         else:
-            stale.append((cfg, digest))
+            stale.append(cfg)
     if stale:
         _run_app(stale, out, project_root)
     return result
 
 
-def inputs_digest(cfg: EnvConfig, *, project_root: Path = PROJECT_ROOT) -> str:
-    """The digest the cache compares: env file, app sources and tool versions."""
-    return _env_digest(cfg, _shared_inputs_digest(project_root), project_root)
+def inputs_digest(cfg: EnvConfig, *, project_root: Path = PROJECT_ROOT, outdir: Path | None = None) -> str:
+    """The digest over what the last synth of `cfg` read, as it is now; "" when it has no synth yet."""
+    files = _stamp(stack_dir(cfg, project_root=project_root, outdir=outdir)).get("files")
+    return _digest(cfg, files, project_root) if _is_file_list(files) else ""
 
 
-def _run_app(stale: list[tuple[EnvConfig, str]], out: Path, project_root: Path) -> None:
-    names = [cfg.name for cfg, _ in stale]
+def _run_app(stale: list[EnvConfig], out: Path, project_root: Path) -> None:
+    names = [cfg.name for cfg in stale]
     _say(f"synthesizing {', '.join(names)}... ")
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    for cfg, _ in stale:
+    for cfg in stale:
         # Invalidate first: if the run dies half-way the next call must not trust the old stamp.
         with contextlib.suppress(FileNotFoundError):
             (stack_dir(cfg, outdir=out) / STAMP_FILE).unlink()
@@ -108,7 +117,8 @@ def _run_app(stale: list[tuple[EnvConfig, str]], out: Path, project_root: Path) 
             log.write_text(proc.stdout + proc.stderr)
             raise _child_error(proc.returncode, proc.stderr, names, log, project_root)
         warnings = _meaningful_lines(proc.stderr)
-        for cfg, digest in stale:
+        imported = _read_manifest(work / MANIFEST_FILE)
+        for cfg in stale:
             produced = stack_dir(cfg, outdir=work) / SYNTH_FILE
             if not produced.is_file():
                 raise OpsError(f"synthesizing {cfg.name} produced no {SYNTH_FILE}: main.py did not create "
@@ -117,7 +127,7 @@ def _run_app(stale: list[tuple[EnvConfig, str]], out: Path, project_root: Path) 
             target.mkdir(parents=True, exist_ok=True)
             # Only the JSON is replaced: terraform's lock file in the same directory must survive.
             os.replace(produced, target / SYNTH_FILE)
-            _write_stamp(target, digest)
+            _write_stamp(target, _digest(cfg, imported, project_root), imported)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _say(f"{time.monotonic() - started:.1f} s\n")
@@ -133,8 +143,9 @@ def _meaningful_lines(stderr: str) -> list[str]:
 
 def _child_env(names: list[str], work: Path, project_root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _CDKTF_ENV_OVERRIDES}
-    env["BASTIONLESS_ENVS"] = ",".join(names)
+    env[facts.ENVS_ENV] = ",".join(names)
     env["CDKTF_OUTDIR"] = str(work)
+    env[facts.SYNTH_MANIFEST_ENV] = str(work / MANIFEST_FILE)
     env.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
     if env.get(STOCK_IMPORT_ENV) != "1":
         preload = project_root / LAZY_PROVIDER_JS
@@ -188,33 +199,45 @@ def _last_exception(stderr: str) -> tuple[str, str]:
     return "", tail
 
 
-def _shared_inputs_digest(project_root: Path) -> str:
-    h = hashlib.sha256()
-    files = [project_root / rel for rel in APP_FILES]
-    stacks = project_root / "stacks"
-    files += sorted(p for p in stacks.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    for path in files:
-        h.update(str(path.relative_to(project_root)).encode() + b"\0")
-        try:
-            h.update(path.read_bytes())
-        except FileNotFoundError:
-            h.update(b"<missing>")
-        h.update(b"\0")
-    for dist in TOOL_DISTRIBUTIONS:
-        h.update(f"{dist}={_version(dist)}\0".encode())
-    return h.hexdigest()
-
-
-def _env_digest(cfg: EnvConfig, shared: str, project_root: Path) -> str:
+def _env_file(cfg: EnvConfig, project_root: Path) -> Path:
     # The child loads the env by name from the project's envs/, so that file is the input.
     source = env_path(cfg.name, project_root / "envs")
     if cfg.source.resolve() != source.resolve():
         raise ConfigError(f"{cfg.source} is not {source}: synth reads environments from the project's envs/ "
                           f"folder; move the file there")
-    h = hashlib.sha256(shared.encode())
+    return source
+
+
+def _digest(cfg: EnvConfig, files: list[str], project_root: Path) -> str:
+    """Tool versions, the env file, the fixed inputs and every imported project file, as they are now."""
+    h = hashlib.sha256()
+    for dist in TOOL_DISTRIBUTIONS:
+        h.update(f"{dist}={_version(dist)}\0".encode())
     h.update(cfg.name.encode() + b"\0")
-    h.update(source.read_bytes())
+    h.update(_env_file(cfg, project_root).read_bytes() + b"\0")
+    for rel in sorted(set(FIXED_INPUTS) | set(files)):
+        h.update(rel.encode() + b"\0")
+        try:
+            h.update((project_root / rel).read_bytes())
+        except FileNotFoundError:
+            h.update(b"<missing>")
+        h.update(b"\0")
     return h.hexdigest()
+
+
+def _read_manifest(path: Path) -> list[str]:
+    try:
+        files = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        files = None
+    if not _is_file_list(files):
+        raise OpsError(f"the synth child wrote no list of the files it imported ({path.name}): main.py must call "
+                       "write_import_manifest()", next_step="restore main.py (git status shows what changed)")
+    return list(files)
+
+
+def _is_file_list(value: object) -> TypeGuard[list[str]]:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _version(dist: str) -> str:
@@ -224,17 +247,24 @@ def _version(dist: str) -> str:
         return "missing"
 
 
-def _is_current(target: Path, digest: str) -> bool:
+def _stamp(target: Path) -> dict[str, Any]:
     try:
         stamp = json.loads((target / STAMP_FILE).read_text())
     except (FileNotFoundError, ValueError):
-        return False
-    return isinstance(stamp, dict) and stamp.get("inputs") == digest and (target / SYNTH_FILE).is_file()
+        return {}
+    return stamp if isinstance(stamp, dict) else {}
 
 
-def _write_stamp(target: Path, digest: str) -> None:
+def _is_current(cfg: EnvConfig, target: Path, project_root: Path) -> bool:
+    stamp = _stamp(target)
+    files = stamp.get("files")
+    return (_is_file_list(files) and stamp.get("inputs") == _digest(cfg, files, project_root)
+            and (target / SYNTH_FILE).is_file())
+
+
+def _write_stamp(target: Path, digest: str, files: list[str]) -> None:
     tmp = target / f"{STAMP_FILE}.tmp"
-    tmp.write_text(json.dumps({"inputs": digest}) + "\n")
+    tmp.write_text(json.dumps({"inputs": digest, "files": sorted(files)}, indent=1) + "\n")
     os.replace(tmp, target / STAMP_FILE)
 
 

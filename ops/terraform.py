@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ops import aws, terraform_view
+from ops import aws, facts, terraform_view
 from ops.config import EnvConfig
 from ops.errors import CommandFailedError, OpsError, ToolMissingError
 from ops.fileio import atomic_write
@@ -39,7 +39,7 @@ from ops.terraform_view import PlanSummary, RunLog
 
 # The S3 backend's native lockfile (stacks/backend.py) needs 1.10; the generated required_version agrees.
 MIN_TERRAFORM = (1, 10)
-MIRROR_ENV = "BASTIONLESS_PROVIDER_MIRROR"
+MIRROR_ENV = facts.PROVIDER_MIRROR_ENV
 DEFAULT_AWS_PROVIDER_VERSION = "5.100.0"
 INSTALL_HINT = "install Terraform >= 1.10 (https://developer.hashicorp.com/terraform/install) and put it on PATH"
 INIT_STAMP = "bastionless-init.json"
@@ -283,14 +283,14 @@ class Terraform:
             check_mirror(mirror, providers, platform=terraform_platform(binary), cfg=self.cfg)
             _write_if_changed(self.cli_config_path, cli_config(mirror, providers))
             env["TF_CLI_CONFIG_FILE"] = str(self.cli_config_path)
-        env["BASTIONLESS_TERRAFORM"] = binary
+        env[facts.TERRAFORM_ENV] = binary
         return env
 
     def _init_key(self, args: Sequence[str], env: Mapping[str, str]) -> str:
         h = hashlib.sha256()
         # Colour depends on the terminal, not on what init sets up.
         h.update(json.dumps([a for a in args if a != "-no-color"]).encode())
-        h.update(terraform_version(env["BASTIONLESS_TERRAFORM"]).encode())
+        h.update(terraform_version(env[facts.TERRAFORM_ENV]).encode())
         cli = env.get("TF_CLI_CONFIG_FILE")
         if cli and Path(cli).is_file():
             h.update(Path(cli).read_bytes())
@@ -325,7 +325,7 @@ class Terraform:
     # ---- running terraform -------------------------------------------------------------------
 
     def _argv(self, args: Sequence[str], env: Mapping[str, str]) -> list[str]:
-        return [env["BASTIONLESS_TERRAFORM"], *args]
+        return [env[facts.TERRAFORM_ENV], *args]
 
     def _run(self, args: Sequence[str], *, env: Mapping[str, str], what: str, ok: Sequence[int] = (0,),
              stdout: TextIO | None = None, label: str = "",

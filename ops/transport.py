@@ -21,6 +21,7 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from ops import facts
 from ops.config import EnvConfig
 from ops.errors import OpsError, ToolMissingError
 
@@ -28,9 +29,9 @@ Transport = Literal["auto", "native", "plugin"]
 TRANSPORTS: tuple[str, ...] = ("auto", "native", "plugin")
 PLUGIN = "session-manager-plugin"
 # Tests and unusual installs point here instead of PATH.
-PLUGIN_ENV = "BASTIONLESS_SESSION_MANAGER_PLUGIN"
+PLUGIN_ENV = facts.PLUGIN_ENV
 RESPONSE_ENV = "AWS_SSM_START_SESSION_RESPONSE"
-LAST_VERSION_WITHOUT_ENV = "1.2.497.0"
+LAST_VERSION_WITHOUT_ENV = facts.LAST_PLUGIN_WITHOUT_ENV
 
 
 def plugin_path() -> str | None:

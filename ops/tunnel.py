@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ops import aws, dburl, tunnels_state
+from ops import aws, dburl, facts, tunnels_state
 from ops import transport as transport_mod
 from ops.config import PROJECT_ROOT, EnvConfig, parse_env
 from ops.discovery import (
@@ -41,8 +41,9 @@ from ops.discovery import (
     find_relay,
 )
 from ops.errors import OpsError, ToolMissingError
+from ops.facts import PORT_DOCUMENT
+from ops.ssm.errors import SessionError
 
-PORT_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"
 # PostgreSQL's SSLRequest (length 8, code 80877103): every server answers it with one byte, S or N,
 # before any authentication, so it proves the whole chain without credentials.
 SSL_REQUEST = struct.pack("!II", 8, 80877103)
@@ -54,7 +55,7 @@ BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 CLEANUP_TIMEOUT = 15.0
 BACKGROUND_START_TIMEOUT = 60.0
 # Test hook: "discovering=2,starting=2" holds the tunnel that long in a phase (signal tests).
-PHASE_DELAY_ENV = "BASTIONLESS_TUNNEL_PHASE_DELAY"
+PHASE_DELAY_ENV = facts.TUNNEL_PHASE_DELAY_ENV
 LOCAL_HOST = "127.0.0.1"
 
 Report = Callable[[str], None]
@@ -514,7 +515,7 @@ class Supervisor:
         if self._proc is not None:
             code = await self._proc.wait()
             return True, f"session-manager-plugin exited with code {code}"
-        from ops.ssm.client import ChannelClosed
+        from ops.ssm.errors import ChannelClosed
 
         session = self._ps
         try:
@@ -556,7 +557,7 @@ class Supervisor:
                     await self._open(resume_of=old)
                     await self._wait_ready()
                     how = f"resumed session {old}"
-                except (OpsError, OSError) as exc:
+                except (OpsError, SessionError, OSError) as exc:
                     resumable = False
                     self.report(f"cannot resume session {old} ({exc}); starting a new session")
                     await self._discard_transport()
@@ -569,7 +570,7 @@ class Supervisor:
                     await self._open(resume_of="")
                     await self._wait_ready()
                     how = f"new session {self.session_id}"
-                except (OpsError, OSError) as exc:
+                except (OpsError, SessionError, OSError) as exc:
                     delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
                     attempt += 1
                     message = str(exc) + (f"; next: {exc.next_step}" if isinstance(exc, OpsError) and exc.next_step
@@ -839,6 +840,11 @@ def main(argv: list[str] | None = None) -> int:
     except OpsError as exc:
         print(f"error: {exc.message}" + (f"; next: {exc.next_step}" if exc.next_step else ""), file=sys.stderr,
               flush=True)
+        return 1
+    except SessionError as exc:
+        env = args.env or args.env_file.stem
+        print(f"error: the Session Manager session failed: {exc.message}; next: invoke doctor --env {env}",
+              file=sys.stderr, flush=True)
         return 1
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -22,10 +22,12 @@ import os
 import sys
 import types
 
+from ops import facts
+
 PROVIDER_PACKAGE = "cdktf_cdktf_provider_aws"
 # The jsii assembly name, the first part of every provider type's fqn ("@cdktf/provider-aws.vpc.Vpc").
 PROVIDER_ASSEMBLY = "@cdktf/provider-aws"
-STOCK_IMPORT_ENV = "BASTIONLESS_STOCK_IMPORT"
+STOCK_IMPORT_ENV = facts.STOCK_IMPORT_ENV
 FAST_IMPORT_MARKER = "__bastionless_fast_import__"
 
 

@@ -9,13 +9,12 @@ from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from constructs import Construct
 
-from stacks.backend import partition
+from ops.facts import PORT_DOCUMENT, partition
 from stacks.database import Database
 from stacks.ecs_exec import EcsExec
 from stacks.relay import Relay
 from stacks.session_logs import SessionLogs
 
-PORT_FORWARD_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"
 # A literal IAM policy variable; `$$` stops Terraform from reading `${...}` as its own interpolation.
 AWS_USERID = "$${aws:userid}"
 
@@ -30,7 +29,7 @@ def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db
             "Action": "ssm:StartSession",
             "Resource": [
                 f"arn:{part}:ec2:{region}:{account_id}:instance/{relay_instance_id}",
-                f"arn:{part}:ssm:{region}::document/{PORT_FORWARD_DOCUMENT}",
+                f"arn:{part}:ssm:{region}::document/{PORT_DOCUMENT}",
             ],
             # Makes IAM check the document too, so the default shell document is not usable on the relay.
             "Condition": {"BoolIfExists": {"ssm:SessionDocumentAccessCheck": "true"}},

@@ -18,7 +18,7 @@ from cdktf_cdktf_provider_aws.sns_topic_subscription import SnsTopicSubscription
 from constructs import Construct
 
 from ops.config import estimated_max_connections
-from stacks.backend import partition
+from ops.facts import partition
 from stacks.database import Database
 from stacks.relay import Relay
 

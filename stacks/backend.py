@@ -60,10 +60,3 @@ def configure_backend(stack: TerraformStack, *, cfg: EnvConfig) -> TerraformBack
     return backend
 
 
-def partition(region: str) -> str:
-    """The ARN partition of a region (aws, aws-cn, aws-us-gov)."""
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    return "aws"

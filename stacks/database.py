@@ -17,7 +17,7 @@ from cdktf_cdktf_provider_aws.security_group import SecurityGroup
 from cdktf_cdktf_provider_aws.security_group_rule import SecurityGroupRule
 from constructs import Construct
 
-from stacks.backend import partition
+from ops.facts import partition
 from stacks.network import Network
 
 # What RDS PostgreSQL exports to CloudWatch Logs; the stack creates these groups first (retention, KMS).

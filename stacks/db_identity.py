@@ -20,8 +20,8 @@ from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from constructs import Construct
 
+from ops.facts import partition
 from stacks.access import Access
-from stacks.backend import partition
 from stacks.database import Database
 
 DB_USER_TAG = "db_user"

@@ -20,7 +20,7 @@ from cdktf_cdktf_provider_aws.security_group import SecurityGroup
 from cdktf_cdktf_provider_aws.security_group_rule import SecurityGroupRule
 from constructs import Construct
 
-from stacks.backend import partition
+from ops.facts import partition
 from stacks.network import Network
 from stacks.session_logs import SessionLogs
 

@@ -1,20 +1,17 @@
-"""The stack outputs: the names ops/ reads (CONTRACTS.md), exact."""
+"""The stack outputs, named exactly as ops.facts.OUTPUT_NAMES (what ops/ and the sandbox read)."""
 
 from __future__ import annotations
 
 from cdktf import TerraformOutput
 from constructs import Construct
 
+from ops.facts import OUTPUT_NAMES
 from stacks.access import Access
 from stacks.database import Database
 from stacks.ecs_exec import EcsExec
 from stacks.network import Network
 from stacks.relay import Relay
 from stacks.session_logs import SessionLogs
-
-OUTPUT_NAMES = ("relay_instance_id", "relay_security_group_id", "db_identifier", "db_address", "db_port", "db_name",
-                "db_username", "db_secret_arn", "session_log_group", "session_kms_key_arn", "developer_role_arn",
-                "developer_policy_json", "ecs_cluster_name", "vpc_id")
 
 
 def add_outputs(scope: Construct, *, network: Network, relay: Relay, database: Database, session_logs: SessionLogs,

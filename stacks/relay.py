@@ -16,7 +16,7 @@ from cdktf_cdktf_provider_aws.security_group import SecurityGroup
 from cdktf_cdktf_provider_aws.security_group_rule import SecurityGroupRule
 from constructs import Construct
 
-from stacks.backend import partition
+from ops.facts import partition, relay_tags
 from stacks.network import Network
 
 AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
@@ -85,7 +85,7 @@ class Relay(Construct):
                                                      http_put_response_hop_limit=1),
             root_block_device=InstanceRootBlockDevice(volume_type="gp3", volume_size=root_volume_gb,
                                                       encrypted=True, delete_on_termination=True),
-            tags={"Name": f"{name}/TunnelInstance", "bastionless:env": env, "bastionless:role": "relay"},
+            tags=relay_tags(stack_name=name, env=env),
         )
         # A new AMI every few weeks must not replace the relay under open tunnels; patching is in place.
         self.instance.lifecycle = TerraformResourceLifecycle(ignore_changes=["ami"])

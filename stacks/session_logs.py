@@ -10,10 +10,7 @@ from cdktf_cdktf_provider_aws.kms_key import KmsKey
 from cdktf_cdktf_provider_aws.ssm_document import SsmDocument
 from constructs import Construct
 
-from stacks.backend import partition
-
-# The account-wide Session Manager preferences live in a document with exactly this name.
-PREFERENCES_DOCUMENT = "SSM-SessionManagerRunShell"
+from ops.facts import PREFERENCES_DOCUMENT, partition
 
 
 def log_group_name(env: str) -> str:

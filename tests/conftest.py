@@ -8,10 +8,20 @@ from pathlib import Path
 
 import pytest
 
+# The fast provider import (stacks/__init__.py) must be installed before any test module imports a
+# provider class, or that import alone takes 20-90 s (the package __init__ loads ~1,500 modules).
+import stacks  # noqa: F401
+
 # Fixture modules are imported by other test modules as well as loaded as plugins: rewrite their
 # asserts either way, so a failing assert in a fixture shows its values.
 pytest.register_assert_rewrite("tests.tunnel_fixtures", "tests.db_fixtures", "tests.ecs_fixtures",
-                               "tests.ssm_fixtures", "tests.sandbox_fixtures")
+                               "tests.ssm_fixtures", "tests.sandbox_fixtures", "tests.stack_fixtures",
+                               "tests.tiers")
+
+# Every fixture module is registered here, once: a fixture name means the same thing in every module.
+# tests/tiers.py marks each test unit/integration/e2e from the fixtures it uses.
+pytest_plugins = ["tests.tiers", "tests.ssm_fixtures", "tests.tunnel_fixtures", "tests.db_fixtures",
+                  "tests.ecs_fixtures", "tests.sandbox_fixtures", "tests.stack_fixtures"]
 
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 if "BASTIONLESS_PROVIDER_MIRROR" not in os.environ and Path("/opt/tf-plugins").is_dir():

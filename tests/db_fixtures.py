@@ -21,6 +21,7 @@ from ops.config import EnvConfig
 from ops.dburl import ConnectionParams
 from tests.conftest import PROJECT_ROOT
 from tests.pg_support import Cluster, start_cluster
+from tests.tiers import require_tool
 
 DB_USER = "app_admin"
 DB_NAME = "app"
@@ -52,7 +53,12 @@ class Postgres:
         return "\n".join("|".join("" if v is None else str(v) for v in row) for row in rows)
 
 
-needs_psql = pytest.mark.skipif(shutil.which("psql") is None, reason="the psql client is not installed")
+@pytest.fixture(scope="session")
+def psql_bin() -> str:
+    return require_tool(shutil.which("psql"), "the psql client is not installed (Debian: postgresql-client)")
+
+
+needs_psql = pytest.mark.usefixtures("psql_bin")
 
 
 def start_postgres(prefix: str = "db-pg-", *, password: str = PASSWORD) -> Postgres:

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ops.config import load_env
-from tests.ecs_support import ENV, TASK_IDS, World, build_world, sandbox_task
+from tests.ecs_support import ENV, TASK_IDS, EcsWorld, build_world, sandbox_task
 from tests.ssm_support import EndpointThread, moto_process
+from tests.tiers import require_tool
+
+
+@pytest.fixture(scope="session")
+def tmux_bin() -> str:
+    """The interactive ECS shell test drives a real terminal through tmux (./dev installs it on Debian)."""
+    return require_tool(shutil.which("tmux"), "tmux is not installed (Debian: tmux)")
 
 
 @pytest.fixture(scope="module")
-def ecs_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def ecs_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EcsWorld]:
     state_dir = tmp_path_factory.mktemp("ecs-world")
     with moto_process(state_dir / "moto.log") as moto_url:
         yield from _world(moto_url, state_dir)
 
 
-def _world(moto_url: str, state_dir: Path) -> Iterator[World]:
+def _world(moto_url: str, state_dir: Path) -> Iterator[EcsWorld]:
     endpoint: EndpointThread | None = None
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BASTIONLESS_STATE_DIR", str(state_dir))
@@ -32,7 +40,7 @@ def _world(moto_url: str, state_dir: Path) -> Iterator[World]:
             endpoint = EndpointThread(moto_url=moto_url, state_dir=state_dir).start()
             (state_dir / "endpoints.json").write_text(json.dumps(
                 {"default": moto_url, "ssm": endpoint.url, "ecs": endpoint.url}))
-            box = World(cfg=cfg, moto_url=moto_url, endpoint=endpoint, state_dir=state_dir, ids=ids)
+            box = EcsWorld(cfg=cfg, moto_url=moto_url, endpoint=endpoint, state_dir=state_dir, ids=ids)
             box.tasks = [sandbox_task(cluster=ids["cluster"], service=ids["service"], task_def=ids["task_def"],
                                       tid=TASK_IDS[0])]
             box.write_tasks()

@@ -1,6 +1,6 @@
 """A healthy environment for doctor and ecs-shell, built with boto3 in a moto server of its own.
 
-What `invoke sandbox up` deploys with Terraform, made here directly with the same names (CONTRACTS),
+What `invoke sandbox up` deploys with Terraform, made here directly with the same names (ops.facts),
 so these tests run before and without the sandbox manager: moto over HTTP as AWS, the local
 Session Manager endpoint (in a thread) for SSM/ECS Exec, and the sandbox env file `envs/sandbox.toml`.
 The `world` fixture is in tests/ecs_fixtures.py (`pytest_plugins = ["tests.ecs_fixtures"]`).
@@ -16,7 +16,8 @@ from typing import Any
 import boto3
 
 from ops.config import EnvConfig
-from tests.ssm_support import EndpointThread
+from ops.facts import relay_tags
+from tests.ssm_support import EndpointThread, tag_list
 
 ENV = "sandbox"
 REGION = "us-east-1"
@@ -30,7 +31,7 @@ def aws(service: str, url: str) -> Any:
 
 
 @dataclass
-class World:
+class EcsWorld:
     cfg: EnvConfig
     moto_url: str
     endpoint: EndpointThread
@@ -115,9 +116,8 @@ def build_world(moto_url: str, cfg: EnvConfig) -> dict[str, str]:
         NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": private, "Groups": [relay_sg],
                             "AssociatePublicIpAddress": False}],
         IamInstanceProfile={"Name": f"{stack}-relay"},
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [
-            {"Key": "Name", "Value": f"{stack}/TunnelInstance"}, {"Key": "bastionless:env", "Value": cfg.name},
-            {"Key": "bastionless:role", "Value": "relay"}]}])["Instances"][0]["InstanceId"]
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tag_list(relay_tags(stack_name=stack, env=cfg.name))}],
+    )["Instances"][0]["InstanceId"]
 
     rds.create_db_subnet_group(DBSubnetGroupName=stack, DBSubnetGroupDescription="db", SubnetIds=isolated)
     db = rds.create_db_instance(

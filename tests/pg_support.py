@@ -12,11 +12,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from ops.errors import ToolMissingError
 from ops.sandbox import postgres as sandbox_pg
 from tests.ssm_support import free_port
+from tests.tiers import missing_tool
 
 
 @dataclass
@@ -40,7 +39,7 @@ def start_cluster(prefix: str, *, superuser: str, auth: list[str]) -> Cluster:
     try:
         binaries = sandbox_pg.find_binaries()
     except ToolMissingError as exc:
-        pytest.skip(f"no PostgreSQL server: {exc}")
+        missing_tool(f"no PostgreSQL server: {exc}")
     root = Path(tempfile.mkdtemp(prefix=prefix))
     user = sandbox_pg.service_user()
     run_as: list[str] = []

@@ -12,11 +12,20 @@ from tests.ssm_support import (
     DB_PORT,
     EchoHandler,
     EchoServer,
+    EndpointBox,
     EndpointThread,
-    Sandbox,
     create_relay,
     free_port,
+    plugin_path,
 )
+from tests.tiers import require_tool
+
+
+@pytest.fixture(scope="session")
+def session_manager_plugin() -> str:
+    """AWS's own client (tests.ssm_support.plugin_path); skipped on a laptop without it, a failure in CI."""
+    return require_tool(plugin_path(), "AWS's session-manager-plugin is not installed (set "
+                                       "BASTIONLESS_SESSION_MANAGER_PLUGIN to the binary)")
 
 
 @pytest.fixture(scope="session")
@@ -51,9 +60,9 @@ def relay(moto_url: str) -> str:
 
 @pytest.fixture(scope="module")
 def ssm_sandbox(moto_url: str, relay: str, echo_server: tuple[str, int],
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[EndpointBox]:
     endpoint = EndpointThread(moto_url=moto_url, state_dir=tmp_path_factory.mktemp("ssm-state")).start()
-    box = Sandbox(endpoint=endpoint, relay=relay, moto_url=moto_url)
+    box = EndpointBox(endpoint=endpoint, relay=relay, moto_url=moto_url)
     box.map_host(DB_HOST, DB_PORT, echo_server)
     try:
         yield box

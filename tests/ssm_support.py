@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import socketserver
 import subprocess
@@ -24,12 +25,20 @@ from typing import Any
 
 import boto3
 
-from ops.sandbox.agent import DEFAULT_AGENT_VERSION
+from ops.facts import PLUGIN_ENV, SANDBOX_AGENT_VERSION, relay_tags
 from ops.sandbox.ssm_endpoint import serve
 
 REGION = "eu-west-1"
 DB_HOST = "bastionless-test.abc123.eu-west-1.rds.amazonaws.com"
 DB_PORT = 5432
+
+
+def plugin_path() -> str:
+    """AWS's session-manager-plugin: BASTIONLESS_SESSION_MANAGER_PLUGIN, else PATH, else the build in
+    ../shared/tools beside the checkout (where CI puts it); "" when none exists."""
+    shared = Path(__file__).resolve().parents[2] / "shared/tools/session-manager-plugin/session-manager-plugin"
+    return (os.environ.get(PLUGIN_ENV) or shutil.which("session-manager-plugin")
+            or (str(shared) if shared.is_file() else ""))
 
 
 def free_port() -> int:
@@ -40,7 +49,7 @@ def free_port() -> int:
 
 
 class EndpointThread:
-    def __init__(self, *, moto_url: str, state_dir: Path, agent_version: str = DEFAULT_AGENT_VERSION,
+    def __init__(self, *, moto_url: str, state_dir: Path, agent_version: str = SANDBOX_AGENT_VERSION,
                  agent_payload_size: int = 16 * 1024) -> None:
         self.state_dir = state_dir
         self._loop = asyncio.new_event_loop()
@@ -88,6 +97,11 @@ class EndpointThread:
                             aws_secret_access_key="testing")
 
 
+def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    """EC2's tag shape."""
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
 def create_relay(moto_url: str, *, running: bool = True, region: str = REGION) -> str:
     ec2 = boto3.client("ec2", region_name=region, endpoint_url=moto_url, aws_access_key_id="testing",
                        aws_secret_access_key="testing")
@@ -96,9 +110,8 @@ def create_relay(moto_url: str, *, running: bool = True, region: str = REGION) -
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     inst = ec2.run_instances(
         ImageId=image, MinCount=1, MaxCount=1, InstanceType="t4g.nano", SubnetId=subnet,
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [
-            {"Key": "Name", "Value": "bastionless-test/TunnelInstance"},
-            {"Key": "bastionless:env", "Value": "test"}, {"Key": "bastionless:role", "Value": "relay"}]}],
+        TagSpecifications=[{"ResourceType": "instance",
+                            "Tags": tag_list(relay_tags(stack_name="bastionless-test", env="test"))}],
     )["Instances"][0]["InstanceId"]
     if not running:
         ec2.stop_instances(InstanceIds=[inst])
@@ -119,7 +132,7 @@ class EchoHandler(socketserver.BaseRequestHandler):
 
 
 @dataclass
-class Sandbox:
+class EndpointBox:
     endpoint: EndpointThread
     relay: str
     moto_url: str

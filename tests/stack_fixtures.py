@@ -1,7 +1,7 @@
 """Synthesize every environment once per test session (one child process) and hand out the JSON.
 
-Use: `from tests.stack_fixtures import synth_dirs_fixture, synthesized_fixture  # noqa: F401`; the
-fixtures are named `synth_dirs` and `synthesized` (the import names differ so parameters don't shadow them).
+Registered once by tests/conftest.py (importing the fixtures into a test module would register a second
+copy and synthesize again); the fixtures are named `synth_dirs` and `synthesized`.
 """
 
 from __future__ import annotations
@@ -14,15 +14,12 @@ import pytest
 
 from ops.config import available_envs, load_env
 from ops.synth import SYNTH_FILE, synth_many
-from tests.conftest import PROJECT_ROOT
 
 ENVS = available_envs()
 
 
 @pytest.fixture(scope="session", name="synth_dirs")
 def synth_dirs_fixture(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    if not (PROJECT_ROOT / "stacks" / "stack.py").is_file():
-        pytest.skip("stacks/stack.py does not exist yet")
     cfgs = [load_env(n) for n in ENVS]
     return synth_many(cfgs, outdir=tmp_path_factory.mktemp("stack-synth"))
 

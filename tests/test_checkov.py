@@ -12,10 +12,7 @@ import pytest
 
 from ops.config import available_envs
 from tests.conftest import PROJECT_ROOT
-from tests.stack_fixtures import (
-    synth_dirs_fixture,  # noqa: F401
-    synthesized_fixture,  # noqa: F401
-)
+from tests.tiers import missing_tool
 
 CHECKOV = PROJECT_ROOT / ".venv" / "bin" / "checkov"
 SKIPS_FILE = PROJECT_ROOT / "checkov-skips.toml"
@@ -41,7 +38,7 @@ def test_every_skip_has_a_reason_and_known_envs() -> None:
 @pytest.mark.parametrize("env", available_envs())
 def test_checkov_passes(env: str, synth_dirs: dict[str, Path], tmp_path: Path) -> None:
     if not CHECKOV.is_file():
-        pytest.skip("checkov is not installed in .venv (pip install -e '.[dev]')")
+        missing_tool("checkov is not installed in .venv (./dev test installs it)")
     # checkov 3.2's terraform_json parser expects every entry of the `terraform` block to be an object and
     # crashes on `required_version` (a string): give it a copy without that one line.
     doc = json.loads((synth_dirs[env] / "cdk.tf.json").read_text())

@@ -60,6 +60,7 @@ def test_child_exit_code_is_propagated() -> None:
     assert exc.value.code == 3
 
 
+@pytest.mark.usefixtures("real_io")
 def test_unknown_env_is_one_line_and_non_zero() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "invoke", "cost", "--env", "nope"],

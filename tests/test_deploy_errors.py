@@ -18,14 +18,16 @@ from cli import deploy as deploy_cli
 from ops import deploy
 from ops.config import load_env
 from ops.errors import AccountMismatchError
+from tests.cli_support import run_invoke
 from tests.sandbox_support import error_line, invoke
 from tests.ssm_support import moto_process
 
 
-def test_unknown_env(tmp_path: Path) -> None:
-    proc = invoke("deploy", "--env", "nope", "--yes", state=tmp_path)
-    assert proc.returncode == 1
-    line = error_line(proc)
+def test_unknown_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_invoke("deploy", "--env", "nope", "--yes", monkeypatch=monkeypatch, capsys=capsys,
+                        BASTIONLESS_STATE_DIR=str(tmp_path))
+    assert result.returncode == 1
+    line = result.error_line()
     assert "unknown environment 'nope'" in line and "copy envs/staging.toml to envs/nope.toml" in line
 
 
@@ -45,6 +47,7 @@ def test_malformed_toml_through_the_task(tmp_path: Path, monkeypatch: pytest.Mon
         assert "fix the syntax at that position" in message
 
 
+@pytest.mark.usefixtures("real_io")
 def test_terraform_missing_is_reported_before_anything_else(tmp_path: Path) -> None:
     bare = tmp_path / "bin"
     bare.mkdir()
@@ -57,6 +60,7 @@ def test_terraform_missing_is_reported_before_anything_else(tmp_path: Path) -> N
     assert not (tmp_path / "state" / "terraform").exists()
 
 
+@pytest.mark.usefixtures("real_io")
 def test_provider_mirror_missing(tmp_path: Path) -> None:
     mirror = tmp_path / "no-mirror"
     proc = invoke("deploy", "--env", "sandbox", "--yes", state=tmp_path / "state",
@@ -67,6 +71,7 @@ def test_provider_mirror_missing(tmp_path: Path) -> None:
     assert "terraform providers mirror" in line
 
 
+@pytest.mark.usefixtures("real_io")
 def test_sandbox_not_running(tmp_path: Path) -> None:
     proc = invoke("deploy", "--env", "sandbox", "--yes", state=tmp_path / "state")
     assert proc.returncode == 1

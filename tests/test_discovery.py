@@ -20,45 +20,39 @@ from ops.discovery import (
     find_relay,
 )
 from ops.errors import CredentialsError, OpsError
-from tests.tunnel_fixtures import World
+from tests.tunnel_fixtures import TunnelWorld
 
 pytest_plugins = ["tests.tunnel_fixtures"]
 
 
-@pytest.fixture(scope="module")
-def world(tunnel_world: World) -> World:
-    """This module's `world`: named apart in the plugin, since every plugin's fixtures are global."""
-    return tunnel_world
-
-
 @pytest.mark.slow
-def test_find_relay_by_tags_running_and_online(world: World) -> None:
-    cfg = world.add_env("sandbox")
+def test_find_relay_by_tags_running_and_online(tunnel_world: TunnelWorld) -> None:
+    cfg = tunnel_world.add_env("sandbox")
     relay = find_relay(cfg)
-    assert relay.instance_id == world.relays["sandbox"]
+    assert relay.instance_id == tunnel_world.relays["sandbox"]
     assert (relay.state, relay.ping_status) == ("running", "Online")
     assert relay.agent_version.count(".") == 3
 
 
 @pytest.mark.slow
-def test_find_relay_ignores_other_envs_relays(world: World) -> None:
-    world.add_env("sandbox")
-    other = world.add_env("other")
-    assert find_relay(other).instance_id == world.relays["other"] != world.relays["sandbox"]
+def test_find_relay_ignores_other_envs_relays(tunnel_world: TunnelWorld) -> None:
+    tunnel_world.add_env("sandbox")
+    other = tunnel_world.add_env("other")
+    assert find_relay(other).instance_id == tunnel_world.relays["other"] != tunnel_world.relays["sandbox"]
 
 
 @pytest.mark.slow
-def test_instance_override(world: World) -> None:
-    cfg = world.add_env("sandbox")
-    assert find_relay(cfg, instance_id=world.relays["sandbox"]).instance_id == world.relays["sandbox"]
+def test_instance_override(tunnel_world: TunnelWorld) -> None:
+    cfg = tunnel_world.add_env("sandbox")
+    assert find_relay(cfg, instance_id=tunnel_world.relays["sandbox"]).instance_id == tunnel_world.relays["sandbox"]
     with pytest.raises(RelayNotReadyError, match="no instance i-0123456789abcdef0") as exc:
         find_relay(cfg, instance_id="i-0123456789abcdef0")
     assert "--instance" in exc.value.next_step
 
 
 @pytest.mark.slow
-def test_no_relay_names_the_tags_and_deploy(world: World) -> None:
-    cfg = replace(world.add_env("sandbox"), name="ghost")
+def test_no_relay_names_the_tags_and_deploy(tunnel_world: TunnelWorld) -> None:
+    cfg = replace(tunnel_world.add_env("sandbox"), name="ghost")
     with pytest.raises(RelayNotReadyError) as exc:
         find_relay(cfg)
     assert "no relay found for ghost" in exc.value.message
@@ -67,23 +61,23 @@ def test_no_relay_names_the_tags_and_deploy(world: World) -> None:
 
 
 @pytest.mark.slow
-def test_stopped_relay_says_how_to_start_it(world: World) -> None:
-    cfg = world.add_env("stopper")
-    world.set_relay("stopper", running=False)
+def test_stopped_relay_says_how_to_start_it(tunnel_world: TunnelWorld) -> None:
+    cfg = tunnel_world.add_env("stopper")
+    tunnel_world.set_relay("stopper", running=False)
     try:
         with pytest.raises(RelayNotReadyError) as exc:
             find_relay(cfg)
-        iid = world.relays["stopper"]
+        iid = tunnel_world.relays["stopper"]
         assert exc.value.message == f"relay {iid} is stopped"
         assert f"aws ec2 start-instances --instance-ids {iid}" in exc.value.next_step
     finally:
-        world.set_relay("stopper", running=True)
+        tunnel_world.set_relay("stopper", running=True)
     assert find_relay(cfg).ping_status == "Online"
 
 
 @pytest.mark.slow
-def test_find_database_reads_rds_including_the_secret(world: World) -> None:
-    cfg = world.add_env("sandbox")
+def test_find_database_reads_rds_including_the_secret(tunnel_world: TunnelWorld) -> None:
+    cfg = tunnel_world.add_env("sandbox")
     db = find_database(cfg)
     assert db.identifier == "bastionless-sandbox"
     assert db.address.startswith("bastionless-sandbox.") and db.port == 5432
@@ -92,8 +86,8 @@ def test_find_database_reads_rds_including_the_secret(world: World) -> None:
 
 
 @pytest.mark.slow
-def test_missing_database(world: World) -> None:
-    cfg = replace(world.add_env("sandbox"), name="nodb")
+def test_missing_database(tunnel_world: TunnelWorld) -> None:
+    cfg = replace(tunnel_world.add_env("sandbox"), name="nodb")
     with pytest.raises(DatabaseNotAvailableError) as exc:
         find_database(cfg)
     assert exc.value.message == "database bastionless-nodb not found in us-east-1"
@@ -101,16 +95,16 @@ def test_missing_database(world: World) -> None:
 
 
 @pytest.mark.slow
-def test_stopped_database_says_how_to_start_it(world: World) -> None:
-    cfg = world.add_env("dbstop")
-    world.set_db(cfg, running=False)
+def test_stopped_database_says_how_to_start_it(tunnel_world: TunnelWorld) -> None:
+    cfg = tunnel_world.add_env("dbstop")
+    tunnel_world.set_db(cfg, running=False)
     try:
         with pytest.raises(DatabaseNotAvailableError) as exc:
             find_database(cfg)
         assert exc.value.message == "database bastionless-dbstop is not available (status stopped)"
         assert "aws rds start-db-instance --db-instance-identifier bastionless-dbstop" in exc.value.next_step
     finally:
-        world.set_db(cfg, running=True)
+        tunnel_world.set_db(cfg, running=True)
 
 
 def test_host_override() -> None:
@@ -160,7 +154,7 @@ class ExpiredAws(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def expired_aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def expired_aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_io: None) -> Iterator[Path]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), ExpiredAws)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -88,6 +88,7 @@ def test_table_shows_fix_for_warn_and_fail_and_json_has_ok() -> None:
                                     "detail": "i-1 is stopped", "fix": "aws ec2 start-instances ..."}
 
 
+@pytest.mark.usefixtures("real_io")
 def test_sandbox_not_running_is_one_fail_with_the_next_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BASTIONLESS_STATE_DIR", str(tmp_path))
     results = run_checks(load_env("sandbox"))
@@ -147,6 +148,7 @@ class IamSimulatorDouble(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.usefixtures("real_io")
 def test_iam_simulation_outside_the_sandbox() -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), IamSimulatorDouble)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

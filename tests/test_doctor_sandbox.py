@@ -13,13 +13,13 @@ from contextlib import contextmanager
 import pytest
 
 from ops.doctor import CheckResult, format_json, format_table, run_checks
-from tests.ecs_support import TASK_IDS, World, sandbox_task
+from tests.ecs_support import TASK_IDS, EcsWorld, sandbox_task
 
 pytest_plugins = ["tests.ecs_fixtures"]
 
 
 @pytest.fixture(scope="module")
-def world(ecs_world: World) -> World:
+def world(ecs_world: EcsWorld) -> EcsWorld:
     """This module's `world`: named apart in the plugin, since every plugin's fixtures are global."""
     return ecs_world
 
@@ -30,7 +30,7 @@ def fails(results: list[CheckResult]) -> dict[str, CheckResult]:
     return {r.name: r for r in results if r.status == "fail"}
 
 
-def test_healthy_environment_has_no_fail_and_only_honest_warns(world: World) -> None:
+def test_healthy_environment_has_no_fail_and_only_honest_warns(world: EcsWorld) -> None:
     results = run_checks(world.cfg)
     assert not fails(results), format_table(results)
     warns = [r for r in results if r.status == "warn"]
@@ -57,7 +57,7 @@ def test_healthy_environment_has_no_fail_and_only_honest_warns(world: World) -> 
     assert len(payload["checks"]) == len(results)
 
 
-def test_secret_values_never_reach_the_output(world: World) -> None:
+def test_secret_values_never_reach_the_output(world: EcsWorld) -> None:
     password = json.loads(world.moto("secretsmanager").get_secret_value(SecretId=world.ids["secret"])["SecretString"])
     text = format_table(run_checks(world.cfg))
     assert password["password"] not in text
@@ -72,7 +72,7 @@ def broken(undo: object) -> Iterator[None]:
         undo()
 
 
-def test_relay_stopped(world: World) -> None:
+def test_relay_stopped(world: EcsWorld) -> None:
     ec2 = world.moto("ec2")
     relay = world.ids["relay"]
     ec2.stop_instances(InstanceIds=[relay])
@@ -87,7 +87,7 @@ def test_relay_stopped(world: World) -> None:
     assert "is stopped" in found["relay running"].detail
 
 
-def test_database_sg_rule_removed(world: World) -> None:
+def test_database_sg_rule_removed(world: EcsWorld) -> None:
     ec2 = world.moto("ec2")
     perm = [{"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432,
              "UserIdGroupPairs": [{"GroupId": world.ids["relay_sg"]}]}]
@@ -99,7 +99,7 @@ def test_database_sg_rule_removed(world: World) -> None:
     assert f"--group-id {world.ids['db_sg']}" in fix and f"--source-group {world.ids['relay_sg']}" in fix
 
 
-def test_secret_deleted(world: World) -> None:
+def test_secret_deleted(world: EcsWorld) -> None:
     sm = world.moto("secretsmanager")
     arn = world.ids["secret"]
     sm.delete_secret(SecretId=arn, RecoveryWindowInDays=7)
@@ -109,7 +109,7 @@ def test_secret_deleted(world: World) -> None:
     assert "restore-secret" in found["database secret"].fix
 
 
-def test_secret_malformed(world: World) -> None:
+def test_secret_malformed(world: EcsWorld) -> None:
     sm = world.moto("secretsmanager")
     arn = world.ids["secret"]
     original = sm.get_secret_value(SecretId=arn)["SecretString"]
@@ -121,7 +121,7 @@ def test_secret_malformed(world: World) -> None:
     assert "rotate-secret" in found["database secret"].fix
 
 
-def test_exec_disabled_on_the_service(world: World) -> None:
+def test_exec_disabled_on_the_service(world: EcsWorld) -> None:
     ecs = world.moto("ecs")
     svc = world.ids["service"]
     ecs.update_service(cluster=world.ids["cluster"], service=svc, enableExecuteCommand=False)
@@ -132,7 +132,7 @@ def test_exec_disabled_on_the_service(world: World) -> None:
     assert "--enable-execute-command --force-new-deployment" in found[f"{svc} exec enabled"].fix
 
 
-def test_task_started_without_exec(world: World) -> None:
+def test_task_started_without_exec(world: EcsWorld) -> None:
     task = sandbox_task(cluster=world.ids["cluster"], service=world.ids["service"], task_def=world.ids["task_def"],
                         tid=TASK_IDS[1], enableExecuteCommand=False)
     task["containers"][0]["managedAgents"] = []
@@ -143,7 +143,7 @@ def test_task_started_without_exec(world: World) -> None:
     assert "only applies to tasks started after it" in found[f"task {TASK_IDS[1][:12]} exec"].fix
 
 
-def test_interface_endpoint_removed(world: World) -> None:
+def test_interface_endpoint_removed(world: EcsWorld) -> None:
     ec2 = world.moto("ec2")
     ec2.delete_vpc_endpoints(VpcEndpointIds=[world.ids["ep_ssmmessages"]])
 
@@ -160,7 +160,7 @@ def test_interface_endpoint_removed(world: World) -> None:
     assert "invoke deploy --env sandbox" in found["endpoint ssmmessages"].fix
 
 
-def test_readonly_root_filesystem_and_pid_mode(world: World) -> None:
+def test_readonly_root_filesystem_and_pid_mode(world: EcsWorld) -> None:
     ecs = world.moto("ecs")
     family = f"{world.ids['cluster']}-sample"
     td = ecs.register_task_definition(
@@ -179,7 +179,7 @@ def test_readonly_root_filesystem_and_pid_mode(world: World) -> None:
     assert {f"{label} app init process", f"{label} pidMode", f"{label} app credentials env"} <= warned
 
 
-def test_task_role_without_ssmmessages(world: World) -> None:
+def test_task_role_without_ssmmessages(world: EcsWorld) -> None:
     iam = world.moto("iam")
     role = f"{world.ids['cluster']}-ecs-task"
     original = iam.get_role_policy(RoleName=role, PolicyName="inline")["PolicyDocument"]
@@ -196,7 +196,7 @@ def test_task_role_without_ssmmessages(world: World) -> None:
     assert "ssmmessages:OpenDataChannel" in found[name].detail
 
 
-def test_doctor_cli_exit_code_and_json(world: World) -> None:
+def test_doctor_cli_exit_code_and_json(world: EcsWorld) -> None:
     from invoke.exceptions import Exit
 
     from cli.doctor import doctor
@@ -211,7 +211,7 @@ def test_doctor_cli_exit_code_and_json(world: World) -> None:
     assert info.value.code == 1
 
 
-def test_ec2_task_on_an_old_ecs_agent_and_a_pending_task(world: World) -> None:
+def test_ec2_task_on_an_old_ecs_agent_and_a_pending_task(world: EcsWorld) -> None:
     ec2, ecs = world.moto("ec2"), world.moto("ecs")
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     host = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
@@ -239,7 +239,7 @@ def test_ec2_task_on_an_old_ecs_agent_and_a_pending_task(world: World) -> None:
     assert status[f"task {TASK_IDS[0][:12]} status"].status == "warn"
 
 
-def test_nat_egress_needs_a_route_out(world: World) -> None:
+def test_nat_egress_needs_a_route_out(world: EcsWorld) -> None:
     cfg = dataclasses.replace(world.cfg, network=dataclasses.replace(world.cfg.network, egress="nat"))
     ec2 = world.moto("ec2")
     relay = ec2.describe_instances(InstanceIds=[world.ids["relay"]])["Reservations"][0]["Instances"][0]
@@ -265,7 +265,7 @@ def test_nat_egress_needs_a_route_out(world: World) -> None:
 # ---- production operations: each new check finds its thing broken ----------------------------------
 
 
-def test_relay_security_group_egress_removed(world: World) -> None:
+def test_relay_security_group_egress_removed(world: EcsWorld) -> None:
     ec2 = world.moto("ec2")
     sg = world.ids["relay_sg"]
     everything = [{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
@@ -277,7 +277,7 @@ def test_relay_security_group_egress_removed(world: World) -> None:
     assert found["relay SG egress"].fix.startswith("invoke deploy --env sandbox")
 
 
-def test_relay_instance_profile_without_its_role(world: World) -> None:
+def test_relay_instance_profile_without_its_role(world: EcsWorld) -> None:
     iam = world.moto("iam")
     profile, role = f"{world.cfg.stack_name}-relay", f"{world.cfg.stack_name}-relay"
     iam.remove_role_from_instance_profile(InstanceProfileName=profile, RoleName=role)
@@ -289,7 +289,7 @@ def test_relay_instance_profile_without_its_role(world: World) -> None:
     assert "AmazonSSMManagedInstanceCore" in found["relay instance profile"].fix
 
 
-def test_vpc_dns_hostnames_off(world: World) -> None:
+def test_vpc_dns_hostnames_off(world: EcsWorld) -> None:
     ec2 = world.moto("ec2")
     vpc = world.ids["vpc"]
     ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": False})
@@ -300,7 +300,7 @@ def test_vpc_dns_hostnames_off(world: World) -> None:
     assert f"modify-vpc-attribute --vpc-id {vpc} --enable-dns-hostnames" in found["VPC DNS"].fix
 
 
-def test_kms_endpoint_missing_in_endpoints_mode(world: World) -> None:
+def test_kms_endpoint_missing_in_endpoints_mode(world: EcsWorld) -> None:
     ec2 = world.moto("ec2")
     ep = ec2.describe_vpc_endpoints(VpcEndpointIds=[world.ids["ep_kms"]])["VpcEndpoints"][0]
     ec2.delete_vpc_endpoints(VpcEndpointIds=[world.ids["ep_kms"]])
@@ -317,7 +317,7 @@ def test_kms_endpoint_missing_in_endpoints_mode(world: World) -> None:
     assert "no com.amazonaws.us-east-1.kms interface endpoint" in found["endpoint kms"].detail
 
 
-def test_preferences_changed_in_the_console(world: World) -> None:
+def test_preferences_changed_in_the_console(world: EcsWorld) -> None:
     ssm = world.moto("ssm")
     name = "SSM-SessionManagerRunShell"
     original = ssm.get_document(Name=name, DocumentFormat="JSON")
@@ -336,7 +336,7 @@ def test_preferences_changed_in_the_console(world: World) -> None:
     assert "invoke runbook sessions-fail-relay-online" in found["preferences"].fix
 
 
-def test_database_ca_not_the_pinned_one(world: World) -> None:
+def test_database_ca_not_the_pinned_one(world: EcsWorld) -> None:
     rds = world.moto("rds")
     ident = world.cfg.stack_name
     rds.modify_db_instance(DBInstanceIdentifier=ident, CACertificateIdentifier="rds-ca-2019", ApplyImmediately=True)

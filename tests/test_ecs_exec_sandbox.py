@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -20,13 +19,13 @@ import pytest
 from ops import ecs_exec
 from ops.ecs_exec import EcsExecError
 from ops.errors import ToolMissingError
-from tests.ecs_support import TASK_IDS, World, sandbox_task
+from tests.ecs_support import TASK_IDS, EcsWorld, sandbox_task
 
 pytest_plugins = ["tests.ecs_fixtures"]
 
 
 @pytest.fixture(scope="module")
-def world(ecs_world: World) -> World:
+def world(ecs_world: EcsWorld) -> EcsWorld:
     """This module's `world`: named apart in the plugin, since every plugin's fixtures are global."""
     return ecs_world
 
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 INVOKE = str(Path(sys.executable).parent / "invoke")
 
 
-def run_captured(world: World, command: str, **kwargs: str) -> tuple[int, str]:
+def run_captured(world: EcsWorld, command: str, **kwargs: str) -> tuple[int, str]:
     read_fd, write_fd = os.pipe()
     try:
         code = ecs_exec.run_command(world.cfg, command=command, stdout_fd=write_fd, **kwargs)
@@ -46,7 +45,7 @@ def run_captured(world: World, command: str, **kwargs: str) -> tuple[int, str]:
         return code, pipe.read().decode(errors="replace")
 
 
-def session_count(world: World) -> int:
+def session_count(world: EcsWorld) -> int:
     path = world.state_dir / "sessions.json"
     if not path.exists():
         return 0
@@ -54,13 +53,13 @@ def session_count(world: World) -> int:
     return len(data.get("sessions", data) if isinstance(data, dict) else data)
 
 
-def test_command_output_and_exit_status(world: World) -> None:
+def test_command_output_and_exit_status(world: EcsWorld) -> None:
     code, out = run_captured(world, "sh -c 'echo hi-from-task; exit 3'", reason="INC-1 check")
     assert code == 3
     assert "hi-from-task" in out
 
 
-def test_several_tasks_without_tty_need_task_then_task_works(world: World) -> None:
+def test_several_tasks_without_tty_need_task_then_task_works(world: EcsWorld) -> None:
     second = sandbox_task(cluster=world.ids["cluster"], service=world.ids["service"], task_def=world.ids["task_def"],
                           tid=TASK_IDS[1])
     world.write_tasks([*world.tasks, second])
@@ -75,7 +74,7 @@ def test_several_tasks_without_tty_need_task_then_task_works(world: World) -> No
         world.write_tasks()
 
 
-def test_preflight_failure_stops_before_execute_command(world: World) -> None:
+def test_preflight_failure_stops_before_execute_command(world: EcsWorld) -> None:
     bad = sandbox_task(cluster=world.ids["cluster"], service=world.ids["service"], task_def=world.ids["task_def"],
                        tid=TASK_IDS[1], platformVersion="1.3.0")
     bad["containers"][0]["managedAgents"][0]["lastStatus"] = "STOPPED"
@@ -93,7 +92,7 @@ def test_preflight_failure_stops_before_execute_command(world: World) -> None:
     assert session_count(world) == before
 
 
-def test_cli_command_exit_status(world: World) -> None:
+def test_cli_command_exit_status(world: EcsWorld) -> None:
     env = {**os.environ, "BASTIONLESS_STATE_DIR": str(world.state_dir)}
     proc = subprocess.run([INVOKE, "ecs-shell", "--env", "sandbox", "--command", "sh -c 'echo via-cli; exit 5'"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
@@ -118,8 +117,8 @@ def _wait_for(session: str, needle: str, timeout: float = 30) -> str:
     raise AssertionError(f"{needle!r} not in the pane:\n{pane}")
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-def test_interactive_shell_under_tmux(world: World, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("tmux_bin")
+def test_interactive_shell_under_tmux(world: EcsWorld, tmp_path: Path) -> None:
     session = f"ecs-test-{os.getpid()}"
     # A second task so the TTY chooser is exercised too; then the shell; then the outer shell prints
     # the exit status and whether the terminal came back in cooked mode (icanon, echo).
@@ -167,7 +166,7 @@ def test_interactive_shell_under_tmux(world: World, tmp_path: Path) -> None:
         world.write_tasks()
 
 
-def test_plugin_transport_gets_the_aws_cli_argv_and_ctrl_c_is_left_to_it(world: World, tmp_path: Path,
+def test_plugin_transport_gets_the_aws_cli_argv_and_ctrl_c_is_left_to_it(world: EcsWorld, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     # Test double for session-manager-plugin (not installed here): answers --version like a current
     # plugin; otherwise records its argv and environment, sends Ctrl-C to its parent as a terminal
@@ -201,7 +200,7 @@ def test_plugin_transport_gets_the_aws_cli_argv_and_ctrl_c_is_left_to_it(world: 
     assert argv[6] == world.endpoint.url
 
 
-def test_a_plugin_that_wants_the_token_in_argv_is_refused(world: World, tmp_path: Path,
+def test_a_plugin_that_wants_the_token_in_argv_is_refused(world: EcsWorld, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     fake = tmp_path / "session-manager-plugin"  # test double: a plugin as old as 1.2.497.0
     ran = tmp_path / "ran"
@@ -224,7 +223,7 @@ def test_a_plugin_that_wants_the_token_in_argv_is_refused(world: World, tmp_path
     assert opened() == before  # refused before ExecuteCommand: no session left dangling
 
 
-def test_execute_command_rejection_names_doctor(world: World) -> None:
+def test_execute_command_rejection_names_doctor(world: EcsWorld) -> None:
     from ops import aws
 
     gone = sandbox_task(cluster=world.ids["cluster"], service=world.ids["service"], task_def=world.ids["task_def"],

@@ -20,12 +20,9 @@ from cdktf_cdktf_provider_aws.security_group_rule import SecurityGroupRule
 from constructs import Construct
 
 from stacks.guardrails import RULES_BY_ID, Guardrails
-from tests.stack_fixtures import (
-    synth_dirs_fixture,  # noqa: F401
-    synthesized_fixture,  # noqa: F401
-)
 
 Build = Callable[[Construct], Any]
+pytestmark = pytest.mark.usefixtures("cdktf_runtime")
 
 
 def synth_with(tmp_path: Path, build: Build, *, sandbox: bool = False,

@@ -34,7 +34,7 @@ from tests.db_fixtures import (
     tables,
 )
 from tests.ssm_support import free_port
-from tests.tunnel_fixtures import World, aws_client, run_cli, wait_for
+from tests.tunnel_fixtures import TunnelWorld, aws_client, run_cli, wait_for
 
 pytest_plugins = ["tests.db_fixtures"]
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def slow_ini(tmp: Path, seconds: int = 6) -> Path:
     return copy_migrations(tmp, extra={"0004_slow.py": revision_file("0004", "0003", body)})
 
 
-def cli(world: World, *args: str, **kw: Any) -> subprocess.Popen[str]:
+def cli(world: TunnelWorld, *args: str, **kw: Any) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=PROJECT_ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             env=world.subprocess_env(**kw))
@@ -58,7 +58,7 @@ def lock_holders(pg: Postgres) -> int:
     return int(pg.superuser_sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"))
 
 
-def session_states(world: World) -> dict[str, str]:
+def session_states(world: TunnelWorld) -> dict[str, str]:
     """Every session the endpoint has seen (DescribeSessions Active + History) -> its status."""
     ssm = aws_client("ssm", world.endpoint.url, "us-east-1")
     found: dict[str, str] = {}
@@ -73,13 +73,13 @@ def no_leak(text: str) -> bool:
 
 
 @pytest.fixture()
-def world(db_world: World, postgres: Postgres) -> World:
+def world(db_world: TunnelWorld, postgres: Postgres) -> TunnelWorld:
     reset_schema(postgres)
     assert db_world.active_sessions() == []
     return db_world
 
 
-def test_upgrade_status_downgrade_upgrade_through_the_tunnel(world: World, postgres: Postgres) -> None:
+def test_upgrade_status_downgrade_upgrade_through_the_tunnel(world: TunnelWorld, postgres: Postgres) -> None:
     cfg = load_env("sandbox")
     migrate(cfg, yes=True, transport="native")
     assert tables(postgres) == {"alembic_version", "users", "orders"}
@@ -100,7 +100,7 @@ def test_upgrade_status_downgrade_upgrade_through_the_tunnel(world: World, postg
     assert "current: 0003" in shown.stdout and "pending: none" in shown.stdout
 
 
-def test_two_concurrent_migrations_second_fails_fast(world: World, postgres: Postgres, tmp_path: Path) -> None:
+def test_two_concurrent_migrations_second_fails_fast(world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     # Long enough that the second runner (interpreter start + tunnel) finishes well inside it.
     ini = str(slow_ini(tmp_path, seconds=15))
     args = ("migrate", "--env", "sandbox", "--ini", ini, "--transport", "native")
@@ -123,7 +123,7 @@ def test_two_concurrent_migrations_second_fails_fast(world: World, postgres: Pos
     assert world.active_sessions() == []
 
 
-def test_a_failing_revision_exits_nonzero_and_changes_nothing(world: World, postgres: Postgres,
+def test_a_failing_revision_exits_nonzero_and_changes_nothing(world: TunnelWorld, postgres: Postgres,
                                                               tmp_path: Path) -> None:
     cfg = load_env("sandbox")
     migrate(cfg, revision="0002", yes=True, transport="native")
@@ -153,7 +153,7 @@ def _cmdlines() -> dict[int, bytes]:
     return out
 
 
-def test_the_password_is_in_no_command_line_output_or_log(world: World, postgres: Postgres,
+def test_the_password_is_in_no_command_line_output_or_log(world: TunnelWorld, postgres: Postgres,
                                                           tmp_path: Path) -> None:
     ini = slow_ini(tmp_path, seconds=3)
     proc = cli(world, "migrate", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
@@ -189,7 +189,7 @@ def test_the_password_is_in_no_command_line_output_or_log(world: World, postgres
 
 
 @needs_psql
-def test_psql_runs_a_query_with_the_password_in_its_environment_only(world: World, postgres: Postgres) -> None:
+def test_psql_runs_a_query_with_the_password_in_its_environment_only(world: TunnelWorld, postgres: Postgres) -> None:
     migrate(load_env("sandbox"), yes=True, transport="native")
     postgres.superuser_sql("INSERT INTO users (email, name) VALUES ('a@example.com', 'Ada'), ('b@example.com', 'B')")
     result = run_cli(world, "psql", "--env", "sandbox", "--transport", "native", "-c",
@@ -203,13 +203,13 @@ def test_psql_runs_a_query_with_the_password_in_its_environment_only(world: Worl
 
 
 @needs_psql
-def test_psql_query_function_for_the_demo(world: World) -> None:
+def test_psql_query_function_for_the_demo(world: TunnelWorld) -> None:
     from ops.psql import query
 
     assert "42" in query(load_env("sandbox"), "select 40 + 2 as answer", transport="native")
 
 
-def test_dbeaver_takes_the_user_from_the_secret_and_never_the_password(world: World, tmp_path: Path) -> None:
+def test_dbeaver_takes_the_user_from_the_secret_and_never_the_password(world: TunnelWorld, tmp_path: Path) -> None:
     ws = tmp_path / "dbeaver-ws"
     result = run_cli(world, "dbeaver", "--env", "sandbox", "--workspace", str(ws))
     assert result.returncode == 0, result.stderr
@@ -224,7 +224,7 @@ def test_dbeaver_takes_the_user_from_the_secret_and_never_the_password(world: Wo
 
 
 @needs_psql
-def test_db_url_and_a_pg_service_entry_that_libpq_uses(world: World, tmp_path: Path) -> None:
+def test_db_url_and_a_pg_service_entry_that_libpq_uses(world: TunnelWorld, tmp_path: Path) -> None:
     migrate(load_env("sandbox"), yes=True, transport="native")
     port = free_port()
     files = {"PGSERVICEFILE": str(tmp_path / "pg_service.conf"), "PGPASSFILE": str(tmp_path / "pgpass")}
@@ -244,7 +244,7 @@ def test_db_url_and_a_pg_service_entry_that_libpq_uses(world: World, tmp_path: P
     assert out.stdout.strip() == "0"
 
 
-def test_sql_mode_prints_sql_without_aws_or_a_session(world: World) -> None:
+def test_sql_mode_prints_sql_without_aws_or_a_session(world: TunnelWorld) -> None:
     before = session_states(world)
     result = run_cli(world, "migrate", "--env", "sandbox", "--sql")
     assert result.returncode == 0, result.stderr
@@ -252,7 +252,7 @@ def test_sql_mode_prints_sql_without_aws_or_a_session(world: World) -> None:
     assert session_states(world) == before
 
 
-def test_the_account_guard_stops_before_any_session(world: World) -> None:
+def test_the_account_guard_stops_before_any_session(world: TunnelWorld) -> None:
     path = world.envs_dir / "otheraccount.toml"
     path.write_text((PROJECT_ROOT / "envs" / "sandbox.toml").read_text().replace('"123456789012"', '"999999999999"'))
     cfg = load_env("otheraccount", world.envs_dir)
@@ -262,13 +262,13 @@ def test_the_account_guard_stops_before_any_session(world: World) -> None:
     assert session_states(world) == before
 
 
-def test_prod_without_yes_and_without_a_terminal_is_refused_before_aws(world: World) -> None:
+def test_prod_without_yes_and_without_a_terminal_is_refused_before_aws(world: TunnelWorld) -> None:
     result = run_cli(world, "migrate", "--env", "prod")
     assert result.returncode == 1
     assert "needs confirmation" in result.stderr and "--yes" in result.stderr
 
 
-def test_ctrl_c_stops_alembic_rolls_back_and_terminates_the_session(world: World, postgres: Postgres,
+def test_ctrl_c_stops_alembic_rolls_back_and_terminates_the_session(world: TunnelWorld, postgres: Postgres,
                                                                     tmp_path: Path) -> None:
     ini = slow_ini(tmp_path, seconds=30)
     before = set(session_states(world))
@@ -292,7 +292,7 @@ def test_ctrl_c_stops_alembic_rolls_back_and_terminates_the_session(world: World
 
 
 @needs_psql
-def test_migrate_and_psql_next_to_a_background_tunnel(world: World) -> None:
+def test_migrate_and_psql_next_to_a_background_tunnel(world: TunnelWorld) -> None:
     # The demo keeps `invoke tunnel --background` open while it migrates: ephemeral tunnels coexist.
     from ops import tunnels_state
     from ops.psql import query
@@ -308,7 +308,7 @@ def test_migrate_and_psql_next_to_a_background_tunnel(world: World) -> None:
     assert world.active_sessions() == []
 
 
-def test_status_of_a_database_ahead_of_the_checkout(world: World, postgres: Postgres, tmp_path: Path) -> None:
+def test_status_of_a_database_ahead_of_the_checkout(world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     from ops.errors import OpsError
 
     cfg = load_env("sandbox")

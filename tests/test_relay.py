@@ -20,6 +20,7 @@ def test_relay_address_is_found_by_its_role_tag(tmp_path: Path) -> None:
     assert relay_address(tmp_path) == "aws_instance.Relay_Instance_ABCD"
 
 
+@pytest.mark.usefixtures("real_io")
 def test_relay_address_of_the_real_synthesized_stack() -> None:
     from ops.config import load_env
     from ops.synth import synth

@@ -14,14 +14,13 @@ import boto3
 import psycopg
 import pytest
 
+from ops.facts import OUTPUT_NAMES
 from ops.sandbox import procs
 from tests.sandbox_support import assert_nothing_running, error_line, invoke, records_in
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("terraform_bin")]
 
-OUTPUTS = {"relay_instance_id", "relay_security_group_id", "db_identifier", "db_address", "db_port", "db_name",
-           "db_username", "db_secret_arn", "session_log_group", "session_kms_key_arn", "developer_role_arn",
-           "developer_policy_json", "ecs_cluster_name", "vpc_id"}
+OUTPUTS = set(OUTPUT_NAMES)
 
 
 def _aws(service: str, url: str) -> object:

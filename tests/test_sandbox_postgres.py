@@ -13,8 +13,10 @@ import pytest
 from ops.errors import ToolMissingError
 from ops.sandbox import postgres, procs
 from ops.sandbox.postgres import PgServer
+from tests.tiers import missing_tool
 
 
+@pytest.mark.usefixtures("real_io")
 def test_binary_choice_follows_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(postgres.PG_BIN_ENV, "embedded")
     chosen = postgres.find_binaries()
@@ -50,7 +52,7 @@ def test_long_state_paths_get_a_short_socket_dir(tmp_path: Path) -> None:
 @pytest.fixture(params=["system", "embedded"])
 def server(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PgServer]:
     if request.param == "system" and postgres.system_bin_dir() is None:
-        pytest.skip("no system PostgreSQL on this machine (the embedded one is tested)")
+        missing_tool("no system PostgreSQL on this machine (the embedded one is tested)")
     monkeypatch.setenv(postgres.PG_BIN_ENV, request.param)
     user = postgres.service_user()
     srv = PgServer(root=postgres.choose_root(tmp_path, user=user), port=procs.free_port(),
@@ -83,6 +85,7 @@ def test_master_user_logs_in_over_tcp_with_its_password_only(server: PgServer) -
     assert "second-pw" not in log, "the password reaches the server only as a SCRAM verifier"
 
 
+@pytest.mark.usefixtures("real_io")
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another user")
 def test_as_root_binaries_the_service_user_cannot_reach_are_copied(tmp_path: Path) -> None:
     embedded = postgres.embedded_bin_dir()

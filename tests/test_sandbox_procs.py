@@ -13,6 +13,7 @@ from ops.sandbox import procs
 from ops.sandbox.procs import PortBusyError, ProcRecord
 
 
+@pytest.mark.usefixtures("real_io")
 def test_busy_port_is_one_line_naming_the_fix() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -26,6 +27,7 @@ def test_busy_port_is_one_line_naming_the_fix() -> None:
     assert exc.value.next_step == "free that port, or pass --moto-port 0 to pick a free one"
 
 
+@pytest.mark.usefixtures("real_io")
 def test_port_zero_picks_a_free_port_and_a_free_port_is_kept() -> None:
     port = procs.pick_port(0, what="x", flag="--x")
     assert procs.port_free(port)
@@ -34,6 +36,7 @@ def test_port_zero_picks_a_free_port_and_a_free_port_is_kept() -> None:
         procs.pick_port(70000, what="x", flag="--x")
 
 
+@pytest.mark.usefixtures("real_io")
 def test_detached_process_is_recorded_checked_and_stopped(tmp_path: Path) -> None:
     proc = procs.start_detached([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
                                 log=tmp_path / "p.log")
@@ -50,6 +53,7 @@ def test_detached_process_is_recorded_checked_and_stopped(tmp_path: Path) -> Non
         proc.wait()
 
 
+@pytest.mark.usefixtures("real_io")
 def test_a_reused_pid_is_not_ours(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -1,13 +1,12 @@
 """The real `session-manager-plugin` against the local endpoint: the endpoint speaks the agent's protocol.
 
-Skipped unless the plugin is installed (PATH) or BASTIONLESS_SESSION_MANAGER_PLUGIN names the binary.
+Needs the plugin (tests.ssm_support.plugin_path): skipped on a laptop without it, a failure in CI.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,17 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.ssm_support import DB_HOST, DB_PORT, REGION, EndpointThread, Sandbox, free_port
+from tests.ssm_support import DB_HOST, DB_PORT, REGION, EndpointBox, EndpointThread, free_port, plugin_path
 
 pytest_plugins = ["tests.ssm_fixtures"]
 
 
-@pytest.fixture(scope="module")
-def sandbox(ssm_sandbox: Sandbox) -> Sandbox:
-    """This module's `sandbox`: named apart in the plugin, since every plugin's fixtures are global."""
-    return ssm_sandbox
-
-PLUGIN = os.environ.get("BASTIONLESS_SESSION_MANAGER_PLUGIN") or shutil.which("session-manager-plugin") or ""
+PLUGIN = plugin_path()
 
 
 def echo_once(port: int, blob: bytes) -> bytes:
@@ -42,7 +36,7 @@ def echo_once(port: int, blob: bytes) -> bytes:
         return got
 
 
-def run_plugin(box: Sandbox, tmp_path: Path) -> None:
+def run_plugin(box: EndpointBox, tmp_path: Path) -> None:
     local_port = free_port()
     params = {"Target": box.relay, "DocumentName": "AWS-StartPortForwardingSessionToRemoteHost",
               "Parameters": {"host": [DB_HOST], "portNumber": [str(DB_PORT)], "localPortNumber": [str(local_port)]}}
@@ -87,17 +81,17 @@ def run_plugin(box: Sandbox, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not PLUGIN, reason="session-manager-plugin not installed")
-def test_real_plugin_smux_mode(sandbox: Sandbox, tmp_path: Path) -> None:
-    run_plugin(sandbox, tmp_path)
+@pytest.mark.usefixtures("session_manager_plugin")
+def test_real_plugin_smux_mode(ssm_sandbox: EndpointBox, tmp_path: Path) -> None:
+    run_plugin(ssm_sandbox, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not PLUGIN, reason="session-manager-plugin not installed")
+@pytest.mark.usefixtures("session_manager_plugin")
 def test_real_plugin_basic_mode(moto_url: str, relay: str, echo_server: tuple[str, int], tmp_path: Path) -> None:
     endpoint = EndpointThread(moto_url=moto_url, state_dir=tmp_path / "state", agent_version="3.0.161.0").start()
     try:
-        box = Sandbox(endpoint=endpoint, relay=relay, moto_url=moto_url)
+        box = EndpointBox(endpoint=endpoint, relay=relay, moto_url=moto_url)
         box.map_host(DB_HOST, DB_PORT, echo_server)
         run_plugin(box, tmp_path)
     finally:

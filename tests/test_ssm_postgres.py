@@ -3,36 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 from ops.ssm.client import PortSession
-from tests.pg_support import start_cluster
-from tests.ssm_support import EndpointThread, Sandbox
+from tests.ssm_support import EndpointBox, EndpointThread
 
 pytest_plugins = ["tests.ssm_fixtures"]
 
 
-@pytest.fixture(scope="module")
-def sandbox(ssm_sandbox: Sandbox) -> Sandbox:
-    """This module's `sandbox`: named apart in the plugin, since every plugin's fixtures are global."""
-    return ssm_sandbox
-
 PG_HOST = "bastionless-pg.cluster.eu-west-1.rds.amazonaws.com"
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[int]:
-    cluster = start_cluster("ssm-pg-", superuser="app", auth=["-A", "trust"])
-    try:
-        yield cluster.port
-    finally:
-        cluster.stop()
-
-
-def query_through_session(box: Sandbox, pg_port: int) -> list[tuple[object, ...]]:
+def query_through_session(box: EndpointBox, pg_port: int) -> list[tuple[object, ...]]:
     box.map_host(PG_HOST, 5432, ("127.0.0.1", pg_port))
     started = box.start_port_session(host=PG_HOST, port=5432)
     rows: list[tuple[object, ...]] = []
@@ -46,7 +30,7 @@ def query_through_session(box: Sandbox, pg_port: int) -> list[tuple[object, ...]
 
         def run_query() -> None:
             for _ in range(2):  # a second connection: re-dial in basic mode, a new stream in smux mode
-                with psycopg.connect(host="127.0.0.1", port=port, user="app", dbname="postgres",
+                with psycopg.connect(host="127.0.0.1", port=port, user="app_admin", dbname="postgres",
                                      sslmode="disable", connect_timeout=10) as conn:
                     rows.extend(conn.execute("select 40 + 2, current_user, repeat('x', 100000)").fetchall())
 
@@ -61,18 +45,18 @@ def query_through_session(box: Sandbox, pg_port: int) -> list[tuple[object, ...]
 
 
 @pytest.mark.slow
-def test_postgres_query_multiplexed(sandbox: Sandbox, postgres: int) -> None:
-    rows = query_through_session(sandbox, postgres)
-    assert [(r[0], r[1], len(str(r[2]))) for r in rows] == [(42, "app", 100000)] * 2
+def test_postgres_query_multiplexed(ssm_sandbox: EndpointBox, tunnel_postgres: int) -> None:
+    rows = query_through_session(ssm_sandbox, tunnel_postgres)
+    assert [(r[0], r[1], len(str(r[2]))) for r in rows] == [(42, "app_admin", 100000)] * 2
 
 
 @pytest.mark.slow
-def test_postgres_query_basic_mode(moto_url: str, relay: str, postgres: int,
+def test_postgres_query_basic_mode(moto_url: str, relay: str, tunnel_postgres: int,
                                    tmp_path_factory: pytest.TempPathFactory) -> None:
     endpoint = EndpointThread(moto_url=moto_url, state_dir=tmp_path_factory.mktemp("pg-basic"),
                               agent_version="3.0.161.0").start()
     try:
-        rows = query_through_session(Sandbox(endpoint=endpoint, relay=relay, moto_url=moto_url), postgres)
+        rows = query_through_session(EndpointBox(endpoint=endpoint, relay=relay, moto_url=moto_url), tunnel_postgres)
     finally:
         endpoint.stop()
-    assert [(r[0], r[1]) for r in rows] == [(42, "app")] * 2
+    assert [(r[0], r[1]) for r in rows] == [(42, "app_admin")] * 2

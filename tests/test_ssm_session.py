@@ -11,21 +11,17 @@ import botocore.exceptions
 import pytest
 
 from ops.ssm import smux
-from ops.ssm.client import ChannelClosed, PortSession
-from tests.ssm_support import DB_HOST, DB_PORT, EndpointThread, Sandbox, create_relay
+from ops.ssm.client import PortSession
+from ops.ssm.errors import ChannelClosed
+from tests.ssm_support import DB_HOST, DB_PORT, EndpointBox, EndpointThread, create_relay
 
 pytest_plugins = ["tests.ssm_fixtures"]
 
 
-@pytest.fixture(scope="module")
-def sandbox(ssm_sandbox: Sandbox) -> Sandbox:
-    """This module's `sandbox`: named apart in the plugin, since every plugin's fixtures are global."""
-    return ssm_sandbox
-
 Scenario = Callable[[PortSession, int], Awaitable[None]]
 
 
-def run_port_session(box: Sandbox, scenario: Scenario, *, close: bool = True) -> tuple[str, PortSession]:
+def run_port_session(box: EndpointBox, scenario: Scenario, *, close: bool = True) -> tuple[str, PortSession]:
     started = box.start_port_session()
     sid = started["SessionId"]
     holder: list[PortSession] = []
@@ -56,24 +52,24 @@ async def echo_roundtrip(port: int, payload: bytes) -> bytes:
     return got
 
 
-def test_handshake_and_one_connection(sandbox: Sandbox) -> None:
+def test_handshake_and_one_connection(ssm_sandbox: EndpointBox) -> None:
     async def scenario(ps: PortSession, port: int) -> None:
         assert ps.agent_version == "3.3.1142.0"
         assert ps.multiplexed
         assert await echo_roundtrip(port, b"select 1;") == b"select 1;"
 
-    sid, _ = run_port_session(sandbox, scenario)
-    stats = sandbox.endpoint.get(f"/_sandbox/sessions/{sid}")
+    sid, _ = run_port_session(ssm_sandbox, scenario)
+    stats = ssm_sandbox.endpoint.get(f"/_sandbox/sessions/{sid}")
     assert stats["status"] == "Terminated"
 
 
-def test_clean_close_terminates_and_is_listed_in_history(sandbox: Sandbox) -> None:
+def test_clean_close_terminates_and_is_listed_in_history(ssm_sandbox: EndpointBox) -> None:
     async def scenario(ps: PortSession, port: int) -> None:
         assert await echo_roundtrip(port, b"x") == b"x"
 
-    sid, ps = run_port_session(sandbox, scenario)
+    sid, ps = run_port_session(ssm_sandbox, scenario)
     assert ps.closed
-    ssm = sandbox.endpoint.ssm()
+    ssm = ssm_sandbox.endpoint.ssm()
     history = {s["SessionId"]: s for s in ssm.describe_sessions(State="History")["Sessions"]}
     assert history[sid]["Status"] == "Terminated"
     assert history[sid]["Reason"] == "test"
@@ -83,8 +79,8 @@ def test_clean_close_terminates_and_is_listed_in_history(sandbox: Sandbox) -> No
     assert sid not in active
 
 
-def test_terminate_session_api_closes_the_channel(sandbox: Sandbox) -> None:
-    ssm = sandbox.endpoint.ssm()
+def test_terminate_session_api_closes_the_channel(ssm_sandbox: EndpointBox) -> None:
+    ssm = ssm_sandbox.endpoint.ssm()
 
     async def scenario(ps: PortSession, port: int) -> None:
         assert await echo_roundtrip(port, b"ping") == b"ping"
@@ -93,23 +89,23 @@ def test_terminate_session_api_closes_the_channel(sandbox: Sandbox) -> None:
         await asyncio.to_thread(ssm.terminate_session, SessionId=ps.session_id)
         await asyncio.wait_for(ps.wait_closed(), 5)  # agent-initiated close: no exception
 
-    sid, _ = run_port_session(sandbox, scenario)
+    sid, _ = run_port_session(ssm_sandbox, scenario)
     history = {s["SessionId"]: s["Status"] for s in ssm.describe_sessions(State="History")["Sessions"]}
     assert history[sid] == "Terminated"
 
 
-def test_64_concurrent_connections_multiplexed(sandbox: Sandbox) -> None:
+def test_64_concurrent_connections_multiplexed(ssm_sandbox: EndpointBox) -> None:
     async def scenario(ps: PortSession, port: int) -> None:
         assert ps.multiplexed
         blobs = [os.urandom(20_000 + i * 517) for i in range(64)]
         results = await asyncio.gather(*(echo_roundtrip(port, b) for b in blobs))
         assert results == blobs
 
-    run_port_session(sandbox, scenario)
+    run_port_session(ssm_sandbox, scenario)
 
 
-def test_loss_and_reorder_injected_in_endpoint_are_recovered(sandbox: Sandbox) -> None:
-    sandbox.endpoint.post("/_sandbox/loss", {"drop_every": 7, "reorder_every": 5})
+def test_loss_and_reorder_injected_in_endpoint_are_recovered(ssm_sandbox: EndpointBox) -> None:
+    ssm_sandbox.endpoint.post("/_sandbox/loss", {"drop_every": 7, "reorder_every": 5})
     try:
         async def scenario(ps: PortSession, port: int) -> None:
             blob = os.urandom(3 * 1024 * 1024)
@@ -117,40 +113,40 @@ def test_loss_and_reorder_injected_in_endpoint_are_recovered(sandbox: Sandbox) -
             assert ps.channel is not None
             assert ps.channel.resent > 0
 
-        run_port_session(sandbox, scenario)
-        stats = sandbox.endpoint.post("/_sandbox/loss", {})
+        run_port_session(ssm_sandbox, scenario)
+        stats = ssm_sandbox.endpoint.post("/_sandbox/loss", {})
         assert stats["dropped"] > 0
         assert stats["reordered"] > 0
     finally:
-        sandbox.endpoint.post("/_sandbox/loss", {})
+        ssm_sandbox.endpoint.post("/_sandbox/loss", {})
 
 
-def test_pause_publication_is_honoured(sandbox: Sandbox) -> None:
+def test_pause_publication_is_honoured(ssm_sandbox: EndpointBox) -> None:
     async def scenario(ps: PortSession, port: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"before")
         assert await reader.readexactly(6) == b"before"
         stats_path = f"/_sandbox/sessions/{ps.session_id}"
-        base = (await asyncio.to_thread(sandbox.endpoint.get, stats_path))["received_bytes"]
-        await asyncio.to_thread(sandbox.endpoint.post, f"{stats_path}/publication/pause")
+        base = (await asyncio.to_thread(ssm_sandbox.endpoint.get, stats_path))["received_bytes"]
+        await asyncio.to_thread(ssm_sandbox.endpoint.post, f"{stats_path}/publication/pause")
         await asyncio.sleep(0.1)
         assert ps.channel is not None and not ps.channel.publishing.is_set()
         writer.write(b"during-pause")
         await asyncio.sleep(0.5)
-        assert (await asyncio.to_thread(sandbox.endpoint.get, stats_path))["received_bytes"] == base
-        await asyncio.to_thread(sandbox.endpoint.post, f"{stats_path}/publication/start")
+        assert (await asyncio.to_thread(ssm_sandbox.endpoint.get, stats_path))["received_bytes"] == base
+        await asyncio.to_thread(ssm_sandbox.endpoint.post, f"{stats_path}/publication/start")
         assert await asyncio.wait_for(reader.readexactly(12), 5) == b"during-pause"
         writer.close()
 
-    run_port_session(sandbox, scenario)
+    run_port_session(ssm_sandbox, scenario)
 
 
-def test_dropped_websocket_raises_channel_closed_dropped(sandbox: Sandbox) -> None:
-    ssm = sandbox.endpoint.ssm()
+def test_dropped_websocket_raises_channel_closed_dropped(ssm_sandbox: EndpointBox) -> None:
+    ssm = ssm_sandbox.endpoint.ssm()
 
     async def scenario(ps: PortSession, port: int) -> None:
         assert await echo_roundtrip(port, b"a") == b"a"
-        await asyncio.to_thread(sandbox.endpoint.post, f"/_sandbox/sessions/{ps.session_id}/drop")
+        await asyncio.to_thread(ssm_sandbox.endpoint.post, f"/_sandbox/sessions/{ps.session_id}/drop")
         with pytest.raises(ChannelClosed) as info:
             await asyncio.wait_for(ps.wait_closed(), 5)
         assert info.value.dropped
@@ -163,11 +159,11 @@ def test_dropped_websocket_raises_channel_closed_dropped(sandbox: Sandbox) -> No
         server.close()
         await again.close()
 
-    run_port_session(sandbox, scenario, close=False)
+    run_port_session(ssm_sandbox, scenario, close=False)
 
 
-def test_wrong_token_is_refused(sandbox: Sandbox) -> None:
-    started = sandbox.start_port_session()
+def test_wrong_token_is_refused(ssm_sandbox: EndpointBox) -> None:
+    started = ssm_sandbox.start_port_session()
 
     async def main() -> None:
         ps = PortSession(stream_url=started["StreamUrl"], token="not-the-token", session_id=started["SessionId"])
@@ -177,10 +173,10 @@ def test_wrong_token_is_refused(sandbox: Sandbox) -> None:
     asyncio.run(main())
 
 
-def test_start_session_validation(sandbox: Sandbox, moto_url: str) -> None:
-    ssm = sandbox.endpoint.ssm()
+def test_start_session_validation(ssm_sandbox: EndpointBox, moto_url: str) -> None:
+    ssm = ssm_sandbox.endpoint.ssm()
     with pytest.raises(botocore.exceptions.ClientError, match="InvalidDocument"):
-        ssm.start_session(Target=sandbox.relay, DocumentName="AWS-RunShellScript")
+        ssm.start_session(Target=ssm_sandbox.relay, DocumentName="AWS-RunShellScript")
     with pytest.raises(botocore.exceptions.ClientError, match="TargetNotConnected"):
         ssm.start_session(Target="i-0123456789abcdef0", DocumentName="AWS-StartPortForwardingSession",
                           Parameters={"portNumber": ["5432"]})
@@ -188,19 +184,19 @@ def test_start_session_validation(sandbox: Sandbox, moto_url: str) -> None:
     with pytest.raises(botocore.exceptions.ClientError, match="TargetNotConnected"):
         ssm.start_session(Target=stopped, DocumentName="AWS-StartPortForwardingSession",
                           Parameters={"portNumber": ["5432"]})
-    info = ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": [sandbox.relay, stopped]}])
+    info = ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": [ssm_sandbox.relay, stopped]}])
     ping = {i["InstanceId"]: i["PingStatus"] for i in info["InstanceInformationList"]}
-    assert ping == {sandbox.relay: "Online", stopped: "ConnectionLost"}
+    assert ping == {ssm_sandbox.relay: "Online", stopped: "ConnectionLost"}
 
 
-def test_other_calls_are_proxied_to_moto(sandbox: Sandbox) -> None:
-    ssm = sandbox.endpoint.ssm()
+def test_other_calls_are_proxied_to_moto(ssm_sandbox: EndpointBox) -> None:
+    ssm = ssm_sandbox.endpoint.ssm()
     ssm.put_parameter(Name="/bastionless/test", Value="v", Type="String")
     assert ssm.get_parameter(Name="/bastionless/test")["Parameter"]["Value"] == "v"
 
 
-def test_unreachable_remote_host_reports_connect_error(sandbox: Sandbox) -> None:
-    started = sandbox.start_port_session(host="nowhere.internal", port=5432)
+def test_unreachable_remote_host_reports_connect_error(ssm_sandbox: EndpointBox) -> None:
+    started = ssm_sandbox.start_port_session(host="nowhere.internal", port=5432)
     events: list[str] = []
 
     async def main() -> None:
@@ -223,13 +219,13 @@ def old_agent_sandbox(moto_url: str, relay: str, echo_server: tuple[str, int],
                       tmp_path_factory: pytest.TempPathFactory) -> object:
     endpoint = EndpointThread(moto_url=moto_url, state_dir=tmp_path_factory.mktemp("old-agent"),
                               agent_version="3.0.161.0").start()
-    box = Sandbox(endpoint=endpoint, relay=relay, moto_url=moto_url)
+    box = EndpointBox(endpoint=endpoint, relay=relay, moto_url=moto_url)
     box.map_host(DB_HOST, DB_PORT, echo_server)
     yield box
     endpoint.stop()
 
 
-def test_basic_mode_with_an_old_agent_serves_sequential_connections(old_agent_sandbox: Sandbox) -> None:
+def test_basic_mode_with_an_old_agent_serves_sequential_connections(old_agent_sandbox: EndpointBox) -> None:
     async def scenario(ps: PortSession, port: int) -> None:
         assert not ps.multiplexed
         for i in range(3):
@@ -240,7 +236,7 @@ def test_basic_mode_with_an_old_agent_serves_sequential_connections(old_agent_sa
 
 
 @pytest.mark.slow
-def test_100_mb_checksummed_transfer(sandbox: Sandbox) -> None:
+def test_100_mb_checksummed_transfer(ssm_sandbox: EndpointBox) -> None:
     total = 100 * 1024 * 1024
 
     async def scenario(ps: PortSession, port: int) -> None:
@@ -268,10 +264,10 @@ def test_100_mb_checksummed_transfer(sandbox: Sandbox) -> None:
         assert got_hash.hexdigest() == sent_hash.hexdigest()
         writer.close()
 
-    run_port_session(sandbox, scenario)
+    run_port_session(ssm_sandbox, scenario)
 
 
-def test_slow_reader_bounds_client_buffering(sandbox: Sandbox) -> None:
+def test_slow_reader_bounds_client_buffering(ssm_sandbox: EndpointBox) -> None:
     """A local client that stops reading must stall the agent (acks withheld), not grow memory."""
     import socketserver
     import threading
@@ -287,8 +283,8 @@ def test_slow_reader_bounds_client_buffering(sandbox: Sandbox) -> None:
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Source)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    sandbox.map_host("source.internal", 9000, ("127.0.0.1", int(server.server_address[1])))
-    started = sandbox.start_port_session(host="source.internal", port=9000)
+    ssm_sandbox.map_host("source.internal", 9000, ("127.0.0.1", int(server.server_address[1])))
+    started = ssm_sandbox.start_port_session(host="source.internal", port=9000)
 
     async def main() -> None:
         ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
@@ -319,9 +315,9 @@ def test_slow_reader_bounds_client_buffering(sandbox: Sandbox) -> None:
         server.server_close()
 
 
-def test_connection_after_the_channel_closed_is_refused_quietly(sandbox: Sandbox) -> None:
+def test_connection_after_the_channel_closed_is_refused_quietly(ssm_sandbox: EndpointBox) -> None:
     async def scenario(ps: PortSession, port: int) -> None:
-        await asyncio.to_thread(sandbox.endpoint.ssm().terminate_session, SessionId=ps.session_id)
+        await asyncio.to_thread(ssm_sandbox.endpoint.ssm().terminate_session, SessionId=ps.session_id)
         await asyncio.wait_for(ps.wait_closed(), 5)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"late")
@@ -331,10 +327,10 @@ def test_connection_after_the_channel_closed_is_refused_quietly(sandbox: Sandbox
             pass  # closed with our bytes unread: a reset, equally a refusal
         writer.close()
 
-    run_port_session(sandbox, scenario)
+    run_port_session(ssm_sandbox, scenario)
 
 
-def test_basic_mode_server_speaks_first(old_agent_sandbox: Sandbox) -> None:
+def test_basic_mode_server_speaks_first(old_agent_sandbox: EndpointBox) -> None:
     """The basic-mode agent dials at session start: a greeting sent before any local connection is kept."""
     import socketserver
     import threading

@@ -12,40 +12,35 @@ import botocore.exceptions
 import pytest
 
 from ops.ssm.client import ShellSession
-from tests.ssm_support import Sandbox
+from tests.ssm_support import EndpointBox
 
 pytest_plugins = ["tests.ssm_fixtures"]
 
-
-@pytest.fixture(scope="module")
-def sandbox(ssm_sandbox: Sandbox) -> Sandbox:
-    """This module's `sandbox`: named apart in the plugin, since every plugin's fixtures are global."""
-    return ssm_sandbox
 
 CLUSTER = "bastionless-test"
 TASK_ARN = "arn:aws:ecs:eu-west-1:123456789012:task/bastionless-test/0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
-def ecs_box(sandbox: Sandbox) -> Sandbox:
-    sandbox.endpoint.ecs().create_cluster(clusterName=CLUSTER)
+def ecs_box(ssm_sandbox: EndpointBox) -> EndpointBox:
+    ssm_sandbox.endpoint.ecs().create_cluster(clusterName=CLUSTER)
     task = {"taskArn": TASK_ARN, "clusterArn": f"arn:aws:ecs:eu-west-1:123456789012:cluster/{CLUSTER}",
             "lastStatus": "RUNNING", "desiredStatus": "RUNNING", "enableExecuteCommand": True,
             "platformVersion": "1.4.0", "group": "service:bastionless-test-sample",
             "containers": [{"name": "app", "containerArn": "arn:aws:ecs:eu-west-1:123456789012:container/x",
                             "managedAgents": [{"name": "ExecuteCommandAgent", "lastStatus": "RUNNING"}]}]}
     disabled = {**task, "taskArn": TASK_ARN[:-1] + "0", "enableExecuteCommand": False}
-    (sandbox.endpoint.state_dir / "ecs_tasks.json").write_text(json.dumps({"tasks": [task, disabled]}))
-    return sandbox
+    (ssm_sandbox.endpoint.state_dir / "ecs_tasks.json").write_text(json.dumps({"tasks": [task, disabled]}))
+    return ssm_sandbox
 
 
-def exec_shell(box: Sandbox, command: str, *, task: str = TASK_ARN) -> dict[str, Any]:
+def exec_shell(box: EndpointBox, command: str, *, task: str = TASK_ARN) -> dict[str, Any]:
     result: dict[str, Any] = box.endpoint.ecs().execute_command(
         cluster=CLUSTER, task=task, container="app", command=command, interactive=True)
     return result
 
 
-def run_non_interactive(box: Sandbox, command: str) -> tuple[int, bytes]:
+def run_non_interactive(box: EndpointBox, command: str) -> tuple[int, bytes]:
     session = exec_shell(box, command)["session"]
     read_fd, write_fd = os.pipe()
 
@@ -63,20 +58,20 @@ def run_non_interactive(box: Sandbox, command: str) -> tuple[int, bytes]:
         return code, pipe.read()
 
 
-def test_command_output_and_exit_status(ecs_box: Sandbox) -> None:
+def test_command_output_and_exit_status(ecs_box: EndpointBox) -> None:
     code, out = run_non_interactive(ecs_box, "sh -c 'echo hello-from-task; exit 3'")
     assert code == 3
     assert b"hello-from-task" in out
 
 
-def test_session_recorded_and_terminated(ecs_box: Sandbox) -> None:
+def test_session_recorded_and_terminated(ecs_box: EndpointBox) -> None:
     code, _ = run_non_interactive(ecs_box, "true")
     assert code == 0
     history = ecs_box.endpoint.ssm().describe_sessions(State="History")["Sessions"]
     assert any(s["Target"].startswith(f"ecs:{CLUSTER}_") and s["Status"] == "Terminated" for s in history)
 
 
-def test_list_and_describe_tasks_include_sandbox_tasks(ecs_box: Sandbox) -> None:
+def test_list_and_describe_tasks_include_sandbox_tasks(ecs_box: EndpointBox) -> None:
     ecs = ecs_box.endpoint.ecs()
     arns = ecs.list_tasks(cluster=CLUSTER, serviceName="bastionless-test-sample")["taskArns"]
     assert TASK_ARN in arns
@@ -85,12 +80,12 @@ def test_list_and_describe_tasks_include_sandbox_tasks(ecs_box: Sandbox) -> None
     assert not described["failures"]
 
 
-def test_exec_disabled_task_is_refused_like_aws(ecs_box: Sandbox) -> None:
+def test_exec_disabled_task_is_refused_like_aws(ecs_box: EndpointBox) -> None:
     with pytest.raises(botocore.exceptions.ClientError, match="execute command was not enabled"):
         exec_shell(ecs_box, "/bin/sh", task=TASK_ARN[:-1] + "0")
 
 
-def test_interactive_pty_window_size_and_ctrl_c(ecs_box: Sandbox) -> None:
+def test_interactive_pty_window_size_and_ctrl_c(ecs_box: EndpointBox) -> None:
     """Client stdin is a pty (as under a terminal): raw mode, size message, Ctrl-C reaches the remote shell."""
     session = exec_shell(ecs_box, "/bin/sh")["session"]
     master, slave = os.openpty()

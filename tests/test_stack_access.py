@@ -9,8 +9,6 @@ from ops.config import load_env
 from tests.stack_fixtures import (
     one,
     ref,
-    synth_dirs_fixture,  # noqa: F401
-    synthesized_fixture,  # noqa: F401
 )
 
 

@@ -5,11 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ops.config import load_env
-from stacks.outputs import OUTPUT_NAMES
-from tests.stack_fixtures import (
-    synth_dirs_fixture,  # noqa: F401
-    synthesized_fixture,  # noqa: F401
-)
+from ops.facts import OUTPUT_NAMES
 
 
 def test_provider_region_account_and_tags(synthesized: dict[str, dict[str, Any]]) -> None:

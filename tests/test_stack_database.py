@@ -10,8 +10,6 @@ from tests.stack_fixtures import (
     one,
     ref,
     resources,
-    synth_dirs_fixture,  # noqa: F401
-    synthesized_fixture,  # noqa: F401
 )
 
 

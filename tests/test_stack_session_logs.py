@@ -13,9 +13,8 @@ from ops.config import load_env
 from tests.stack_fixtures import (
     one,
     ref,
-    synth_dirs_fixture,  # noqa: F401
-    synthesized_fixture,  # noqa: F401
 )
+from tests.tiers import require_tool
 
 
 def test_key_rotation_alias_and_logs_policy(synthesized: dict[str, dict[str, Any]]) -> None:
@@ -60,6 +59,7 @@ def test_preferences_document(synthesized: dict[str, dict[str, Any]]) -> None:
         assert "import" not in doc, "no adoption unless asked for"
 
 
+@pytest.mark.usefixtures("cdktf_runtime")
 def test_adopt_existing_generates_an_import_block(tmp_path: Path) -> None:
     from cdktf import App
 
@@ -76,17 +76,14 @@ def test_adopt_existing_generates_an_import_block(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_adopted_document_validates_with_terraform(tmp_path: Path) -> None:
-    import shutil
-
+def test_adopted_document_validates_with_terraform(tmp_path: Path, terraform_bin: str) -> None:
     from cdktf import App
 
     from ops.terraform import Terraform, provider_mirror
     from stacks.stack import BastionlessStack
 
     cfg = load_env("sandbox")
-    if shutil.which("terraform") is None or provider_mirror(cfg) is None:
-        pytest.skip("needs terraform and a provider mirror")
+    require_tool(provider_mirror(cfg), "no provider mirror (set BASTIONLESS_PROVIDER_MIRROR)")
     cfg = dataclasses.replace(cfg, session=dataclasses.replace(cfg.session, adopt_existing_preferences=True))
     app = App(outdir=str(tmp_path))
     BastionlessStack(app, cfg.stack_name, config=cfg)

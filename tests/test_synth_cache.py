@@ -14,15 +14,13 @@ import pytest
 
 from ops.config import EnvConfig, load_env
 from ops.errors import ConfigError, OpsError
-from ops.synth import LOG_FILE, STAMP_FILE, SYNTH_FILE, inputs_digest, synth, synth_many
+from ops.synth import FIXED_INPUTS, LOG_FILE, STAMP_FILE, SYNTH_FILE, inputs_digest, synth, synth_many
 from tests.conftest import PROJECT_ROOT
 
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
 def copy_project(dest: Path) -> Path:
-    if not (PROJECT_ROOT / "stacks" / "stack.py").is_file():
-        pytest.skip("stacks/stack.py does not exist yet")
     dest.mkdir(parents=True)
     for name in ("main.py", "cdktf.json"):
         shutil.copy2(PROJECT_ROOT / name, dest / name)
@@ -53,6 +51,7 @@ def _identity(path: Path) -> tuple[int, int]:
     return st.st_ino, st.st_mtime_ns
 
 
+@pytest.mark.usefixtures("real_io")
 def test_unchanged_inputs_reuse_the_output_without_running_the_app(
         project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
     cfg = _cfg(project)
@@ -80,16 +79,52 @@ def test_unchanged_inputs_reuse_the_output_without_running_the_app(
     assert "Traceback" in (project / "cdktf.out" / LOG_FILE).read_text()
 
 
-@pytest.mark.parametrize("edit", ["envs/sandbox.toml", "stacks/__init__.py", "stacks/lazy_provider.js", "main.py",
-                                  "ops/config.py", "cdktf.json"])
-def test_every_input_is_in_the_digest(project: Path, edit: str) -> None:
+@pytest.mark.usefixtures("real_io")
+def test_every_input_is_in_the_digest(project: Path) -> None:
+    """The stamp lists the project files the app imported, and a change in any of them (or in the env
+    file, cdktf.json, the node preload) changes the digest the cache compares."""
     cfg = _cfg(project)
+    out = synth(cfg, project_root=project)
+    files = json.loads((out / STAMP_FILE).read_text())["files"]
+    # What the app really imports, also outside stacks/ (ops.facts was missing from the old hand-kept list).
+    assert {"main.py", "stacks/__init__.py", "stacks/stack.py", "ops/config.py", "ops/facts.py"} <= set(files)
+    assert "ops/tunnel.py" not in files and not any(f.startswith((".venv/", "tests/")) for f in files)
     before = inputs_digest(cfg, project_root=project)
-    with (project / edit).open("a") as f:
-        f.write("\n")
+    assert before
+    for rel in [*files, *FIXED_INPUTS, "envs/sandbox.toml"]:
+        path = project / rel
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n")
+        try:
+            assert inputs_digest(cfg, project_root=project) != before, f"an edit of {rel} is not noticed"
+        finally:
+            path.write_bytes(original)
+    assert inputs_digest(cfg, project_root=project) == before
+
+
+@pytest.mark.usefixtures("real_io")
+def test_a_new_import_is_recorded_and_then_watched(project: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    cfg = _cfg(project)
+    synth(cfg, project_root=project)
+    (project / "stacks" / "extra_fact.py").write_text("EXTRA = 1\n")
+    stack = project / "stacks" / "stack.py"
+    stack.write_text(stack.read_text() + "\nimport stacks.extra_fact  # noqa: E402,F401\n")
+    capfd.readouterr()
+    out = synth(cfg, project_root=project)
+    assert "synthesizing sandbox... " in capfd.readouterr().err
+    assert "stacks/extra_fact.py" in json.loads((out / STAMP_FILE).read_text())["files"]
+    before = inputs_digest(cfg, project_root=project)
+    (project / "stacks" / "extra_fact.py").write_text("EXTRA = 2\n")
     assert inputs_digest(cfg, project_root=project) != before
+    synth(cfg, project_root=project)
+    assert "synthesizing sandbox... " in capfd.readouterr().err
 
 
+def test_no_synth_yet_has_no_digest(project: Path) -> None:
+    assert inputs_digest(_cfg(project), project_root=project) == ""
+
+
+@pytest.mark.usefixtures("real_io")
 def test_editing_the_env_file_resynthesizes(project: Path, capfd: pytest.CaptureFixture[str]) -> None:
     cfg = _cfg(project)
     out = synth(cfg, project_root=project)
@@ -102,14 +137,18 @@ def test_editing_the_env_file_resynthesizes(project: Path, capfd: pytest.Capture
     assert _identity(out / SYNTH_FILE) != first
 
 
+@pytest.mark.usefixtures("real_io")
 def test_other_environments_files_are_not_inputs(project: Path) -> None:
     cfg = _cfg(project)
+    synth(cfg, project_root=project)
     before = inputs_digest(cfg, project_root=project)
+    assert before
     with (project / "envs" / "prod.toml").open("a") as f:
         f.write("\n# an edit\n")
     assert inputs_digest(cfg, project_root=project) == before
 
 
+@pytest.mark.usefixtures("real_io")
 def test_force_or_a_missing_output_resynthesizes(project: Path, capfd: pytest.CaptureFixture[str]) -> None:
     cfg = _cfg(project)
     out = synth(cfg, project_root=project)
@@ -122,6 +161,7 @@ def test_force_or_a_missing_output_resynthesizes(project: Path, capfd: pytest.Ca
     assert (out / SYNTH_FILE).is_file()
 
 
+@pytest.mark.usefixtures("real_io")
 def test_several_environments_synthesize_in_one_run(project: Path, capfd: pytest.CaptureFixture[str]) -> None:
     cfgs = [_cfg(project, n) for n in ("prod", "sandbox", "staging")]
     paths = synth_many(cfgs, project_root=project)
@@ -140,6 +180,7 @@ def test_several_environments_synthesize_in_one_run(project: Path, capfd: pytest
     assert "prod: unchanged" in err and "sandbox: unchanged" in err
 
 
+@pytest.mark.usefixtures("real_io")
 def test_failed_run_invalidates_the_old_stamp(project: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _cfg(project)
@@ -153,6 +194,7 @@ def test_failed_run_invalidates_the_old_stamp(project: Path, tmp_path: Path,
     assert not list((project / "cdktf.out").glob(".synth-*")), "the private work dir is cleaned up"
 
 
+@pytest.mark.usefixtures("real_io")
 def test_project_module_missing_names_the_file(project: Path) -> None:
     # Deleting a module from the copy is not enough: the editable install (`pip install -e .`) finds the
     # working tree's stacks/ for anything missing in the copy. A module that exists nowhere is missing.

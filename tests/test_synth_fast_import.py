@@ -31,6 +31,7 @@ def _python(code: str, **env: str) -> dict[str, object]:
     return result
 
 
+@pytest.mark.usefixtures("real_io")
 def test_provider_package_is_registered_without_running_its_init() -> None:
     result = _python("""
 import importlib.util, json, sys
@@ -70,6 +71,7 @@ print(json.dumps({
     assert str(LAZY_JS) in str(result["node_options"]), "stacks imported first: node gets the lazy index too"
 
 
+@pytest.mark.usefixtures("real_io")
 def test_stock_import_switch_turns_everything_off() -> None:
     result = _python("""
 import json, os, sys
@@ -80,6 +82,7 @@ print(json.dumps({"registered": "cdktf_cdktf_provider_aws" in sys.modules, "fast
     assert result == {"registered": False, "fast": False, "node_options": ""}
 
 
+@pytest.mark.usefixtures("real_io")
 def test_already_imported_provider_is_left_alone() -> None:
     result = _python("""
 import json, sys, types
@@ -92,6 +95,7 @@ print(json.dumps({"same": sys.modules["cdktf_cdktf_provider_aws"] is real, "fast
     assert result == {"same": True, "fast": False, "installed_again": False}
 
 
+@pytest.mark.usefixtures("real_io")
 def test_lazy_index_is_not_installed_once_node_is_running() -> None:
     # main.py imports cdktf before stacks: node already runs, so stacks must not pretend otherwise.
     result = _python("""
@@ -104,6 +108,7 @@ print(json.dumps({"installed": stacks.install_lazy_provider_js(), "fast": stacks
     assert result == {"installed": False, "fast": True, "node_options": ""}
 
 
+@pytest.mark.usefixtures("real_io")
 def test_type_from_an_unloaded_submodule_is_imported_on_demand() -> None:
     """JS hands Python an object whose class lives in a submodule nobody imported: jsii must find it.
 
@@ -207,6 +212,7 @@ console.log(JSON.stringify({afterLoad, thing, loaded: globalThis.loaded, keys: O
 """
 
 
+@pytest.mark.usefixtures("real_io")
 @pytest.mark.skipif(_NODE is None, reason="node is not installed (cdktf needs it; see README prerequisites)")
 def test_lazy_index_loads_a_module_on_first_use(tmp_path: Path) -> None:
     _fake_provider(tmp_path, _INDEX, ["vpc", "data-aws-subnet"])
@@ -221,6 +227,7 @@ def test_lazy_index_loads_a_module_on_first_use(tmp_path: Path) -> None:
     assert eager["afterLoad"] == ["vpc", "data-aws-subnet"], "control: without the preload all load at once"
 
 
+@pytest.mark.usefixtures("real_io")
 @pytest.mark.skipif(_NODE is None, reason="node is not installed (cdktf needs it; see README prerequisites)")
 def test_unfamiliar_index_falls_back_to_the_normal_load(tmp_path: Path) -> None:
     # A future provider release that does more in its index must keep working (just not faster).

@@ -31,6 +31,7 @@ def workdirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("terraform_bin")
 @pytest.mark.parametrize("name", ENVS)
 def test_env_synthesizes_inits_offline_and_validates(name: str, workdirs: dict[str, Path]) -> None:
     cfg = load_env(name)

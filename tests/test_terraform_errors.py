@@ -15,6 +15,7 @@ import pytest
 from ops.config import TerraformConfig, load_env
 from ops.errors import ToolMissingError
 from ops.terraform import Terraform, cli_config
+from tests.cli_support import run_invoke
 from tests.conftest import PROJECT_ROOT
 
 AWS_PIN = {"terraform": {"required_providers": {"aws": {"source": "aws", "version": "5.100.0"}},
@@ -33,6 +34,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 needs_terraform = pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
 
 
+@pytest.mark.usefixtures("real_io")
 @needs_terraform
 def test_missing_mirror_directory(workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BASTIONLESS_PROVIDER_MIRROR", str(tmp_path / "no-such-mirror"))
@@ -44,6 +46,7 @@ def test_missing_mirror_directory(workdir: Path, tmp_path: Path, monkeypatch: py
     assert "\n" not in msg
 
 
+@pytest.mark.usefixtures("real_io")
 @needs_terraform
 @pytest.mark.parametrize("present", [None, "5.99.0"])
 def test_mirror_without_the_needed_provider_version(workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -63,6 +66,7 @@ def test_mirror_without_the_needed_provider_version(workdir: Path, tmp_path: Pat
         assert f"(it has: {present})" in msg
 
 
+@pytest.mark.usefixtures("real_io")
 @needs_terraform
 def test_mirror_from_the_env_file_wins_and_is_named(workdir: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,6 +92,7 @@ def test_terraform_not_on_path(workdir: Path, tmp_path: Path, monkeypatch: pytes
     assert exc.value.message.startswith("terraform is not on PATH; install Terraform >= 1.10")
 
 
+@pytest.mark.usefixtures("real_io")
 def test_terraform_too_old(workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Stand-in for an old terraform release (none can be installed offline): it answers
     # `terraform version -json` exactly as terraform 1.4 does and fails anything else.
@@ -112,17 +117,21 @@ def _invoke(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
                           capture_output=True, text=True, timeout=300)
 
 
-def test_validate_task_without_terraform_is_one_line_before_any_synth(tmp_path: Path) -> None:
-    # Nothing on PATH at all: the check must come before synth (which would need node).
-    env = {**os.environ, "PATH": str(tmp_path)}
-    proc = _invoke("validate", "--env", "sandbox", env=env)
-    assert proc.returncode == 1
-    lines = proc.stderr.strip().splitlines()
-    assert lines == ["error: terraform is not on PATH; install Terraform >= 1.10 "
-                     "(https://developer.hashicorp.com/terraform/install) and put it on PATH"]
-    assert "synthesizing" not in proc.stdout + proc.stderr
+def test_validate_task_without_terraform_is_one_line_before_any_synth(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Nothing on PATH at all: the check must come before synth (which would need node). In-process, so
+    # the unit-tier guard also proves that no child (terraform, the synth app) was started.
+    result = run_invoke("validate", "--env", "sandbox", monkeypatch=monkeypatch, capsys=capsys, PATH=str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: terraform is not on PATH; install Terraform >= 1.10 "
+        "(https://developer.hashicorp.com/terraform/install) and put it on PATH"]
+    assert "synthesizing" not in result.stdout + result.stderr
 
 
+
+
+@pytest.mark.usefixtures("real_io")
 @needs_terraform
 def test_validate_task_with_a_missing_mirror_is_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "BASTIONLESS_PROVIDER_MIRROR": str(tmp_path / "gone")}

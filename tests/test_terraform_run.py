@@ -22,10 +22,7 @@ from ops.errors import CommandFailedError
 from ops.terraform import Terraform
 from tests.conftest import PROJECT_ROOT
 
-pytestmark = pytest.mark.skipif(
-    subprocess.run(["sh", "-c", "command -v terraform"], capture_output=True).returncode != 0,
-    reason="terraform is not installed (the project's set-up requires it: see README prerequisites)",
-)
+pytestmark = pytest.mark.usefixtures("terraform_bin")
 
 
 def _write(workdir: Path, config: dict[str, object]) -> Path:

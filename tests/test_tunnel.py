@@ -115,6 +115,7 @@ def test_old_plugin_error_says_why() -> None:
     assert "newer than 1.2.497.0" in err.next_step
 
 
+@pytest.mark.usefixtures("real_io")
 def test_plugin_version_strips_whitespace(fake_plugin: Path) -> None:
     assert transport_mod.plugin_version(str(fake_plugin)) == "1.2.650.0"
 
@@ -147,6 +148,7 @@ def test_ready_text_has_everything_a_user_needs() -> None:
 
 # ---- ports and the probe -----------------------------------------------------------------------
 
+@pytest.mark.usefixtures("real_io")
 def test_busy_port_is_one_line_with_the_fix() -> None:
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
@@ -160,6 +162,7 @@ def test_busy_port_is_one_line_with_the_fix() -> None:
             reserve_port("127.0.0.1", port)
 
 
+@pytest.mark.usefixtures("real_io")
 def test_port_zero_picks_a_free_port() -> None:
     sock = bind_listener("127.0.0.1", 0)
     try:
@@ -181,6 +184,7 @@ async def _answer_server(answer: bytes) -> tuple[asyncio.Server, int, list[bytes
     return server, server.sockets[0].getsockname()[1], seen
 
 
+@pytest.mark.usefixtures("real_io")
 @pytest.mark.parametrize("answer", [b"S", b"N"])
 def test_probe_sends_an_ssl_request_and_accepts_s_or_n(answer: bytes) -> None:
     async def main() -> tuple[bytes, list[bytes]]:
@@ -193,6 +197,7 @@ def test_probe_sends_an_ssl_request_and_accepts_s_or_n(answer: bytes) -> None:
     assert SSL_REQUEST == (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
 
 
+@pytest.mark.usefixtures("real_io")
 def test_probe_rejects_something_that_is_not_postgresql() -> None:
     async def main() -> None:
         server, port, _ = await _answer_server(b"H")
@@ -216,6 +221,7 @@ def _sleeper() -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "tunnel"])
 
 
+@pytest.mark.usefixtures("real_io")
 def test_claim_list_release(state_dir: Path) -> None:
     # A live process that looks like a tunnel: pytest's own command line need not contain "tunnel".
     proc = _sleeper()
@@ -233,6 +239,7 @@ def test_claim_list_release(state_dir: Path) -> None:
         proc.wait()
 
 
+@pytest.mark.usefixtures("real_io")
 def test_second_tunnel_to_the_same_env_is_refused(state_dir: Path) -> None:
     proc = _sleeper()
     try:
@@ -246,6 +253,7 @@ def test_second_tunnel_to_the_same_env_is_refused(state_dir: Path) -> None:
         proc.wait()
 
 
+@pytest.mark.usefixtures("real_io")
 def test_stale_state_is_dropped(state_dir: Path) -> None:
     proc = _sleeper()
     tunnels_state.claim(tunnels_state.TunnelRecord(env="gone", pid=proc.pid))
@@ -257,6 +265,7 @@ def test_stale_state_is_dropped(state_dir: Path) -> None:
     tunnels_state.claim(tunnels_state.TunnelRecord(env="gone", pid=os.getpid()))
 
 
+@pytest.mark.usefixtures("real_io")
 def test_close_sends_sigterm_and_waits(state_dir: Path) -> None:
     procs = [_sleeper(), _sleeper()]
     try:
@@ -291,6 +300,7 @@ def test_table() -> None:
     assert "no tunnels running" in tunnels_state.format_table([])
 
 
+@pytest.mark.usefixtures("real_io")
 def test_cli_help_and_import_stay_light() -> None:
     # `invoke --list` must not pay for the tunnel machinery (asyncio client, websockets).
     code = ("import sys; sys.path.insert(0, '.'); import cli.tunnel; "
@@ -299,6 +309,7 @@ def test_cli_help_and_import_stay_light() -> None:
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.usefixtures("real_io")
 def test_dash_h_is_help_not_host() -> None:
     out = subprocess.run([sys.executable, "-m", "invoke", "tunnel", "-h"], cwd=PROJECT_ROOT, capture_output=True,
                          text=True, timeout=60)

@@ -13,15 +13,9 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 from tests.test_discovery import ExpiredAws
-from tests.tunnel_fixtures import World, run_cli
+from tests.tunnel_fixtures import TunnelWorld, run_cli
 
 pytest_plugins = ["tests.tunnel_fixtures"]
-
-
-@pytest.fixture(scope="module")
-def world(tunnel_world: World) -> World:
-    """This module's `world`: named apart in the plugin, since every plugin's fixtures are global."""
-    return tunnel_world
 
 
 def invoke(*args: str, state_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -43,12 +37,14 @@ def error_line(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[-1]
 
 
+@pytest.mark.usefixtures("real_io")
 def test_unknown_env(tmp_path: Path) -> None:
     proc = invoke("tunnel", "--env", "nope", state_dir=tmp_path)
     assert proc.returncode == 1
     assert error_line(proc).startswith("error: unknown environment 'nope': no file envs/nope.toml")
 
 
+@pytest.mark.usefixtures("real_io")
 def test_plugin_missing_with_transport_plugin(tmp_path: Path) -> None:
     proc = invoke("tunnel", "--env", "sandbox", "--transport", "plugin", state_dir=tmp_path,
                   PATH=str(tmp_path))
@@ -59,6 +55,7 @@ def test_plugin_missing_with_transport_plugin(tmp_path: Path) -> None:
         ".html), or use --transport native")
 
 
+@pytest.mark.usefixtures("real_io")
 def test_busy_local_port(tmp_path: Path) -> None:
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
@@ -72,6 +69,7 @@ def test_busy_local_port(tmp_path: Path) -> None:
     assert not list((tmp_path / "tunnels").glob("*.json"))
 
 
+@pytest.mark.usefixtures("real_io")
 def test_no_credentials(tmp_path: Path) -> None:
     proc = invoke("tunnel", "--env", "staging", "--local-port", "0", "--transport", "native", state_dir=tmp_path,
                   AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="", AWS_SESSION_TOKEN="", AWS_PROFILE="",
@@ -82,7 +80,7 @@ def test_no_credentials(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def expired_state(tmp_path: Path) -> Iterator[Path]:
+def expired_state(tmp_path: Path, real_io: None) -> Iterator[Path]:
     import threading
     from http.server import ThreadingHTTPServer
 
@@ -98,6 +96,7 @@ def expired_state(tmp_path: Path) -> Iterator[Path]:
         server.server_close()
 
 
+@pytest.mark.usefixtures("real_io")
 def test_missing_profile(tmp_path: Path) -> None:
     proc = invoke("tunnel", "--env", "staging", "--local-port", "0", "--transport", "native", state_dir=tmp_path,
                   AWS_PROFILE="no-such-profile", AWS_CONFIG_FILE=str(tmp_path / "none"),
@@ -117,28 +116,28 @@ def test_expired_credentials(expired_state: Path) -> None:
 
 
 @pytest.mark.slow
-def test_relay_stopped(world: World) -> None:
-    world.add_env("sandbox")
-    iid = world.relays["sandbox"]
-    world.set_relay("sandbox", running=False)
+def test_relay_stopped(tunnel_world: TunnelWorld) -> None:
+    tunnel_world.add_env("sandbox")
+    iid = tunnel_world.relays["sandbox"]
+    tunnel_world.set_relay("sandbox", running=False)
     try:
-        proc = run_cli(world, "tunnel", "--env", "sandbox", "--local-port", "0", "--transport", "native")
+        proc = run_cli(tunnel_world, "tunnel", "--env", "sandbox", "--local-port", "0", "--transport", "native")
     finally:
-        world.set_relay("sandbox", running=True)
+        tunnel_world.set_relay("sandbox", running=True)
     assert proc.returncode == 1
     assert error_line(proc) == (f"error: relay {iid} is stopped; next: aws ec2 start-instances --instance-ids {iid} "
                                 f"--region us-east-1, wait a minute, retry")
-    assert world.active_sessions() == []
+    assert tunnel_world.active_sessions() == []
 
 
 @pytest.mark.slow
-def test_relay_offline_in_ssm(world: World) -> None:
+def test_relay_offline_in_ssm(tunnel_world: TunnelWorld) -> None:
     # A running instance Session Manager has never heard of: its agent is not connected.
-    world.add_env("sandbox")
-    ec2 = world.client("ec2")
+    tunnel_world.add_env("sandbox")
+    ec2 = tunnel_world.client("ec2")
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     plain = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t4g.nano")["Instances"][0]
-    proc = run_cli(world, "tunnel", "--env", "sandbox", "--local-port", "0", "--transport", "native",
+    proc = run_cli(tunnel_world, "tunnel", "--env", "sandbox", "--local-port", "0", "--transport", "native",
                    "--instance", plain["InstanceId"])
     assert proc.returncode == 1
     assert error_line(proc).startswith(
@@ -147,26 +146,26 @@ def test_relay_offline_in_ssm(world: World) -> None:
 
 
 @pytest.mark.slow
-def test_database_not_available(world: World) -> None:
-    cfg = world.add_env("sandbox")
-    world.set_db(cfg, running=False)
+def test_database_not_available(tunnel_world: TunnelWorld) -> None:
+    cfg = tunnel_world.add_env("sandbox")
+    tunnel_world.set_db(cfg, running=False)
     try:
-        proc = run_cli(world, "tunnel", "--env", "sandbox", "--local-port", "0", "--transport", "native")
+        proc = run_cli(tunnel_world, "tunnel", "--env", "sandbox", "--local-port", "0", "--transport", "native")
     finally:
-        world.set_db(cfg, running=True)
+        tunnel_world.set_db(cfg, running=True)
     assert proc.returncode == 1
     assert error_line(proc).startswith(
         "error: database bastionless-sandbox is not available (status stopped); next: aws rds start-db-instance "
         "--db-instance-identifier bastionless-sandbox")
-    assert world.active_sessions() == []
+    assert tunnel_world.active_sessions() == []
 
 
 @pytest.mark.slow
-def test_tunnels_and_close_with_nothing_running(world: World) -> None:
-    listed = run_cli(world, "tunnels")
+def test_tunnels_and_close_with_nothing_running(tunnel_world: TunnelWorld) -> None:
+    listed = run_cli(tunnel_world, "tunnels")
     assert listed.returncode == 0 and "no tunnels running" in listed.stdout
-    closed = run_cli(world, "tunnel-close", "--env", "sandbox")
+    closed = run_cli(tunnel_world, "tunnel-close", "--env", "sandbox")
     assert closed.returncode == 1
     assert error_line(closed) == "error: no tunnel to sandbox is running on this machine; next: invoke tunnels"
-    both = run_cli(world, "tunnel-close")
+    both = run_cli(tunnel_world, "tunnel-close")
     assert both.returncode == 1 and "give either --env NAME or --all" in error_line(both)

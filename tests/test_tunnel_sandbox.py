@@ -6,7 +6,6 @@ SIGTERM in every phase, background tunnels to two environments at once.
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import subprocess
@@ -22,7 +21,7 @@ import pytest
 from ops import tunnels_state
 from ops.tunnel import open_tunnel, start_background
 from tests.conftest import PROJECT_ROOT
-from tests.tunnel_fixtures import PLUGIN_BUILD, World, run_cli, wait_for
+from tests.tunnel_fixtures import TunnelWorld, run_cli, wait_for
 
 pytest_plugins = ["tests.tunnel_fixtures"]
 pytestmark = pytest.mark.slow
@@ -35,38 +34,23 @@ def query(port: int, sql: str = "select 40 + 2", *, host: str = "127.0.0.1", tim
         return row[0] if row else None
 
 
-def plugin_path() -> str:
-    found = os.environ.get("BASTIONLESS_SESSION_MANAGER_PLUGIN") or (str(PLUGIN_BUILD) if PLUGIN_BUILD.exists() else "")
-    if not found:
-        import shutil
-
-        found = shutil.which("session-manager-plugin") or ""
-    return found
-
-
-@pytest.fixture
-def plugin() -> str:
-    """The session-manager-plugin binary; the test is skipped (with how to run it) when there is none."""
-    found = plugin_path()
-    if not found:
-        pytest.skip("no session-manager-plugin installed (set BASTIONLESS_SESSION_MANAGER_PLUGIN to run this)")
-    return found
-
-
-def plugin_processes() -> list[int]:
+def plugin_processes(state_dir: Path) -> list[int]:
+    """This test's plugin processes: other runs on the machine have plugins too (another state dir)."""
     pids = []
+    mine = f"BASTIONLESS_STATE_DIR={state_dir}".encode()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmd = (entry / "cmdline").read_bytes()
+                env = (entry / "environ").read_bytes().split(b"\x00")
             except OSError:
                 continue
-            if b"session-manager-plugin\x00AWS_SSM_START_SESSION_RESPONSE" in cmd:
+            if b"session-manager-plugin\x00AWS_SSM_START_SESSION_RESPONSE" in cmd and mine in env:
                 pids.append(int(entry.name))
     return pids
 
 
-def test_sql_through_the_native_tunnel(pg_world: World) -> None:
+def test_sql_through_the_native_tunnel(pg_world: TunnelWorld) -> None:
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
     with open_tunnel(cfg, transport="native", reason="INC-1: check orders", report=lines.append) as info:
@@ -87,28 +71,29 @@ def test_sql_through_the_native_tunnel(pg_world: World) -> None:
     assert pg_world.active_sessions() == []
 
 
-def test_open_tunnel_terminates_on_exception(pg_world: World) -> None:
+def test_open_tunnel_terminates_on_exception(pg_world: TunnelWorld) -> None:
     cfg = pg_world.add_env("sandbox")
     with pytest.raises(RuntimeError, match="boom"), open_tunnel(cfg, transport="native", report=lambda _l: None):
         raise RuntimeError("boom")
     assert pg_world.active_sessions() == []
 
 
-def test_plugin_transport_end_to_end(pg_world: World, plugin: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", plugin)
+def test_plugin_transport_end_to_end(pg_world: TunnelWorld, session_manager_plugin: str,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", session_manager_plugin)
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
     with open_tunnel(cfg, transport="auto", report=lines.append) as info:
         assert info.transport == "plugin"
         assert query(info.local_port) == 42
         assert query(info.local_port, "select 'again'") == "again"
-        assert len(plugin_processes()) == 1
+        assert len(plugin_processes(pg_world.state_dir)) == 1
     assert any("transport: plugin" in line for line in lines)
     assert pg_world.active_sessions() == []
-    wait_for(lambda: not plugin_processes(), timeout=5, what="the plugin to exit")
+    wait_for(lambda: not plugin_processes(pg_world.state_dir), timeout=5, what="the plugin to exit")
 
 
-def test_forced_drop_reconnects_and_keeps_the_port(pg_world: World) -> None:
+def test_forced_drop_reconnects_and_keeps_the_port(pg_world: TunnelWorld) -> None:
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
     with open_tunnel(cfg, transport="native", report=lines.append) as info:
@@ -132,9 +117,9 @@ def test_forced_drop_reconnects_and_keeps_the_port(pg_world: World) -> None:
     assert pg_world.active_sessions() == []
 
 
-def test_plugin_drop_is_replaced_by_a_new_plugin_session(pg_world: World, plugin: str,
+def test_plugin_drop_is_replaced_by_a_new_plugin_session(pg_world: TunnelWorld, session_manager_plugin: str,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", plugin)
+    monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", session_manager_plugin)
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
     with open_tunnel(cfg, transport="plugin", report=lines.append) as info:
@@ -145,13 +130,13 @@ def test_plugin_drop_is_replaced_by_a_new_plugin_session(pg_world: World, plugin
         wait_for(lambda: _works(info.local_port) and time.monotonic() - dropped_at > 0.5, timeout=15,
                  what="the port to work after the drop")
         assert time.monotonic() - dropped_at < 10
-        assert len(plugin_processes()) == 1
+        assert len(plugin_processes(pg_world.state_dir)) == 1
     assert not any("too old" in line for line in lines)
     assert pg_world.active_sessions() == []
-    wait_for(lambda: not plugin_processes(), timeout=5, what="the plugin to exit")
+    wait_for(lambda: not plugin_processes(pg_world.state_dir), timeout=5, what="the plugin to exit")
 
 
-def test_session_ended_by_the_service_is_replaced(pg_world: World) -> None:
+def test_session_ended_by_the_service_is_replaced(pg_world: TunnelWorld) -> None:
     """Idle timeout or max duration: the service terminates the session; a new one takes over."""
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
@@ -167,7 +152,7 @@ def test_session_ended_by_the_service_is_replaced(pg_world: World) -> None:
     assert pg_world.active_sessions() == []
 
 
-def test_relay_down_during_reconnect_backs_off_then_recovers(pg_world: World) -> None:
+def test_relay_down_during_reconnect_backs_off_then_recovers(pg_world: TunnelWorld) -> None:
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
     with open_tunnel(cfg, transport="native", report=lines.append) as info:
@@ -185,7 +170,7 @@ def test_relay_down_during_reconnect_backs_off_then_recovers(pg_world: World) ->
     assert pg_world.active_sessions() == []
 
 
-def test_keepalive_sends_traffic_while_idle(pg_world: World) -> None:
+def test_keepalive_sends_traffic_while_idle(pg_world: TunnelWorld) -> None:
     cfg = pg_world.add_env("sandbox")
     with open_tunnel(cfg, transport="native", report=lambda _l: None, keepalive=1.0) as info:
         stats = f"/_sandbox/sessions/{info.session_id}"
@@ -212,7 +197,7 @@ def _works(port: int) -> bool:
 class Tunnel:
     """`invoke tunnel` as a user runs it, with its output collected line by line."""
 
-    def __init__(self, world: World, *args: str, **env: str) -> None:
+    def __init__(self, world: TunnelWorld, *args: str, **env: str) -> None:
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         self.proc = subprocess.Popen(
@@ -253,7 +238,7 @@ class Tunnel:
 
 
 @pytest.fixture
-def cli_tunnels(pg_world: World) -> Iterator[list[Tunnel]]:
+def cli_tunnels(pg_world: TunnelWorld) -> Iterator[list[Tunnel]]:
     started: list[Tunnel] = []
     try:
         yield started
@@ -266,7 +251,7 @@ def cli_tunnels(pg_world: World) -> Iterator[list[Tunnel]]:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("phase", ["discovering", "starting", "ready", "transferring"])
-def test_signal_in_each_phase_leaves_nothing(pg_world: World, cli_tunnels: list[Tunnel], phase: str,
+def test_signal_in_each_phase_leaves_nothing(pg_world: TunnelWorld, cli_tunnels: list[Tunnel], phase: str,
                                              sig: int) -> None:
     pg_world.add_env("sandbox")
     hold = {"discovering": "discovering=30", "starting": "starting=30"}.get(phase, "")
@@ -313,20 +298,20 @@ def test_signal_in_each_phase_leaves_nothing(pg_world: World, cli_tunnels: list[
     assert not list((pg_world.state_dir / "tunnels").glob("*.json"))
 
 
-def test_signal_with_the_plugin_leaves_no_plugin_process(pg_world: World, plugin: str,
+def test_signal_with_the_plugin_leaves_no_plugin_process(pg_world: TunnelWorld, session_manager_plugin: str,
                                                          cli_tunnels: list[Tunnel]) -> None:
     pg_world.add_env("sandbox")
-    tunnel = Tunnel(pg_world, "--transport", "plugin", BASTIONLESS_SESSION_MANAGER_PLUGIN=plugin)
+    tunnel = Tunnel(pg_world, "--transport", "plugin", BASTIONLESS_SESSION_MANAGER_PLUGIN=session_manager_plugin)
     cli_tunnels.append(tunnel)
     tunnel.wait_line("DATABASE_URL=")
     assert query(tunnel.port()) == 42
-    assert len(plugin_processes()) == 1
+    assert len(plugin_processes(pg_world.state_dir)) == 1
     assert tunnel.stop(signal.SIGINT) == 0
     assert pg_world.active_sessions() == []
-    wait_for(lambda: not plugin_processes(), timeout=5, what="the plugin to exit")
+    wait_for(lambda: not plugin_processes(pg_world.state_dir), timeout=5, what="the plugin to exit")
 
 
-def test_background_tunnels_to_two_envs(pg_world: World) -> None:
+def test_background_tunnels_to_two_envs(pg_world: TunnelWorld) -> None:
     first = pg_world.add_env("sandbox")
     second = pg_world.add_env("second")
     a = start_background(first, local_port=0, transport="native", reason="bg test")
@@ -369,7 +354,7 @@ def test_background_tunnels_to_two_envs(pg_world: World) -> None:
         tunnels_state.close_all(timeout=10)
 
 
-def test_background_failure_reports_the_childs_error(pg_world: World) -> None:
+def test_background_failure_reports_the_childs_error(pg_world: TunnelWorld) -> None:
     cfg = pg_world.add_env("sandbox")
     pg_world.set_db(cfg, running=False)
     try:
@@ -380,7 +365,7 @@ def test_background_failure_reports_the_childs_error(pg_world: World) -> None:
     assert tunnels_state.list_tunnels() == []
 
 
-def test_background_via_the_cli(pg_world: World) -> None:
+def test_background_via_the_cli(pg_world: TunnelWorld) -> None:
     pg_world.add_env("sandbox")
     started = run_cli(pg_world, "tunnel", "--env", "sandbox", "--local-port", "0", "--background",
                       "--transport", "native")

@@ -23,11 +23,10 @@ import psycopg
 import pytest
 
 from ops.config import ENVS_DIR, EnvConfig, load_env
+from ops.facts import relay_tags
 from tests.conftest import PROJECT_ROOT
 from tests.pg_support import start_cluster
-from tests.ssm_support import EndpointThread, moto_process
-
-PLUGIN_BUILD = Path("/tmp/smp-bin/session-manager-plugin")
+from tests.ssm_support import EndpointThread, moto_process, tag_list
 
 
 def aws_client(service: str, url: str, region: str) -> Any:
@@ -36,7 +35,7 @@ def aws_client(service: str, url: str, region: str) -> Any:
 
 
 @dataclass
-class World:
+class TunnelWorld:
     moto_url: str
     endpoint: EndpointThread
     state_dir: Path
@@ -62,9 +61,8 @@ class World:
         image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
         self.relays[name] = ec2.run_instances(
             ImageId=image, MinCount=1, MaxCount=1, InstanceType="t4g.nano", SubnetId=subnet,
-            TagSpecifications=[{"ResourceType": "instance", "Tags": [
-                {"Key": "Name", "Value": f"{cfg.stack_name}/TunnelInstance"},
-                {"Key": "bastionless:env", "Value": name}, {"Key": "bastionless:role", "Value": "relay"}]}],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": tag_list(relay_tags(stack_name=cfg.stack_name,
+                                                                                        env=name))}],
         )["Instances"][0]["InstanceId"]
         db = self.client("rds", region).create_db_instance(
             DBInstanceIdentifier=cfg.stack_name, Engine="postgres", DBInstanceClass="db.t4g.small",
@@ -121,7 +119,7 @@ def tunnel_postgres() -> Iterator[int]:
         cluster.stop()
 
 
-def _world(tmp: Path, pg_port: int) -> Iterator[World]:
+def _world(tmp: Path, pg_port: int) -> Iterator[TunnelWorld]:
     state = tmp / "state"
     envs = tmp / "envs"
     state.mkdir()
@@ -132,7 +130,7 @@ def _world(tmp: Path, pg_port: int) -> Iterator[World]:
                                                           "ecs": endpoint.url}))
         old = os.environ.get("BASTIONLESS_STATE_DIR")
         os.environ["BASTIONLESS_STATE_DIR"] = str(state)
-        world = World(moto_url=moto_url, endpoint=endpoint, state_dir=state, envs_dir=envs, pg_port=pg_port)
+        world = TunnelWorld(moto_url=moto_url, endpoint=endpoint, state_dir=state, envs_dir=envs, pg_port=pg_port)
         try:
             yield world
         finally:
@@ -147,18 +145,18 @@ def _world(tmp: Path, pg_port: int) -> Iterator[World]:
 
 
 @pytest.fixture(scope="module")
-def tunnel_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def tunnel_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TunnelWorld]:
     """moto + endpoint, no PostgreSQL (discovery and error tests)."""
     yield from _world(tmp_path_factory.mktemp("tunnel-world"), 0)
 
 
 @pytest.fixture(scope="module")
-def pg_world(tmp_path_factory: pytest.TempPathFactory, tunnel_postgres: int) -> Iterator[World]:
+def pg_world(tmp_path_factory: pytest.TempPathFactory, tunnel_postgres: int) -> Iterator[TunnelWorld]:
     """moto + endpoint + a real PostgreSQL behind the emulated relay."""
     yield from _world(tmp_path_factory.mktemp("tunnel-pg-world"), tunnel_postgres)
 
 
-def run_cli(world: World, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+def run_cli(world: TunnelWorld, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=timeout, env=world.subprocess_env(**env))
 

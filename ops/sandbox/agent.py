@@ -25,22 +25,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ops.facts import (
+    LOCAL_PORT_DOCUMENT,
+    MUX_AFTER_AGENT,
+    MUX_CLIENT_VERSION,
+    NO_KEEPALIVE_AFTER_AGENT,
+    NO_KEEPALIVE_CLIENT_AFTER,
+    PORT_DOCUMENT,
+    SANDBOX_AGENT_VERSION,
+    SANDBOX_SECRET_ENV,
+)
 from ops.ssm import framing, smux
 from ops.ssm.channel import Channel
 from ops.ssm.crypto import EncryptionError, SessionCipher, b64, encryption_context, unb64
 from ops.ssm.framing import AgentMessage, Flag, PayloadType
 
-DEFAULT_AGENT_VERSION = "3.3.1142.0"
-MUX_CLIENT_VERSION = "1.1.70"
-NO_KEEPALIVE_CLIENT_AFTER = "1.2.331.0"
-MUX_AFTER_AGENT = "3.0.196.0"
-NO_KEEPALIVE_AGENT_AFTER = "3.1.1511.0"
 # The real agent reads 1 KiB at a time; the sandbox default is larger so benchmarks measure our code,
 # `--agent-payload-size 1024` restores the agent's figure.
 DEFAULT_AGENT_PAYLOAD = 16 * 1024
 PORT_DOCUMENTS = {
-    "AWS-StartPortForwardingSession": "LocalPortForwarding",
-    "AWS-StartPortForwardingSessionToRemoteHost": "LocalPortForwarding",
+    LOCAL_PORT_DOCUMENT: "LocalPortForwarding",
+    PORT_DOCUMENT: "LocalPortForwarding",
 }
 
 
@@ -105,7 +110,7 @@ class AgentConnection:
     """One websocket's worth of agent: channel, handshake, then the port or shell plugin."""
 
     def __init__(self, *, spec: SessionSpec, send_raw: Callable[[bytes], Awaitable[None]], state_dir: Path,
-                 agent_version: str = DEFAULT_AGENT_VERSION, payload_size: int = DEFAULT_AGENT_PAYLOAD,
+                 agent_version: str = SANDBOX_AGENT_VERSION, payload_size: int = DEFAULT_AGENT_PAYLOAD,
                  loss: LossConfig | None = None,
                  on_finished: Callable[[str], Awaitable[None]] | None = None,
                  kms_decrypt: Callable[[bytes, dict[str, str]], bytes] | None = None) -> None:
@@ -270,7 +275,7 @@ class AgentConnection:
         local = self.spec.properties.get("type") == "LocalPortForwarding"
         if local and client_mux and agent_mux:
             keepalive = not (framing.version_greater(self.client_version, NO_KEEPALIVE_CLIENT_AFTER)
-                             and framing.version_greater(self.agent_version, NO_KEEPALIVE_AGENT_AFTER))
+                             and framing.version_greater(self.agent_version, NO_KEEPALIVE_AFTER_AGENT))
             return MuxPortPlugin(self, keepalive=keepalive)
         return BasicPortPlugin(self)
 
@@ -417,7 +422,7 @@ class ShellPlugin(_Plugin):
     async def start(self) -> None:
         master, slave = os.openpty()
         env = {**os.environ, "TERM": os.environ.get("TERM", "xterm-256color")}
-        env.pop("BASTIONLESS_SANDBOX_SECRET", None)
+        env.pop(SANDBOX_SECRET_ENV, None)
         try:
             self.proc = subprocess.Popen(
                 self.agent.spec.command or ["/bin/sh"], stdin=slave, stdout=slave, stderr=slave,

@@ -7,7 +7,8 @@ in `<state dir>/sandbox.json` by pid + start time + port:
 - the local Session Manager endpoint (`ops.sandbox.ssm_endpoint`): what moto lacks, proxy for the rest;
 - a real PostgreSQL on a loopback port standing in for the RDS instance.
 
-After a sandbox apply (`after_apply`, called by ops.deploy): the RDS master secret gets the shape
+A sandbox deploy is `deploy` here: ops.deploy.deploy with Hooks (the RDS shortcut of
+ops/sandbox/fast_rds.py before the plan, `after_apply` after it). After apply: the RDS master secret gets the shape
 RDS gives it, its password is set on the local PostgreSQL, the RDS address is mapped to that
 PostgreSQL in relay_hosts.json, and the ECS sample service's tasks are listed in ecs_tasks.json.
 
@@ -34,13 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ops import aws
+from ops import aws, facts
+from ops import deploy as ops_deploy
 from ops.config import PROJECT_ROOT, EnvConfig, load_env
 from ops.console import Status, say
 from ops.errors import ConfigError, OpsError
-from ops.sandbox import moto, procs
+from ops.sandbox import fast_rds, moto, procs
 from ops.sandbox.postgres import PgServer, choose_root, find_binaries, service_user, usable_by
 from ops.sandbox.procs import ProcRecord, StartError
+from ops.synth import SYNTH_FILE, inputs_digest
+from ops.terraform import Terraform
 
 DEFAULT_ENV = "sandbox"
 STATE_FILE = "sandbox.json"
@@ -326,25 +330,51 @@ def _remove_tfstate() -> None:
 # ---- deploy and after_apply --------------------------------------------------------------------
 
 
+def deploy(cfg: EnvConfig, *, yes: bool = False, ask: ops_deploy.Ask = ops_deploy.ask_terminal,
+           out: TextIO = sys.stderr, fast_rds_shortcut: bool | None = None,
+           verbose: bool = False) -> ops_deploy.DeployResult:
+    """`invoke deploy` of a sandbox env: ops.deploy.deploy, then wire up the database (after_apply).
+
+    `fast_rds_shortcut`: create the RDS instance through the emulator's API and import it instead of
+    waiting out the provider's fixed waiter (ops/sandbox/fast_rds.py). Default: on, unless the
+    environment sets BASTIONLESS_SANDBOX_RDS_SHORTCUT=0 (to measure it, or to rule it out).
+    """
+    if not cfg.sandbox:
+        raise ValueError(f"the sandbox deploy is for sandbox environments, not {cfg.name}")
+    if fast_rds_shortcut is None:
+        fast_rds_shortcut = os.environ.get(facts.RDS_SHORTCUT_ENV, "1") != "0"
+    hooks = ops_deploy.Hooks(adopt=_adopt_database if fast_rds_shortcut else None,
+                             after_apply=lambda c, o: after_apply(c, out=o))
+    return ops_deploy.deploy(cfg, yes=yes, ask=ask, out=out, hooks=hooks, verbose=verbose)
+
+
+def destroy(cfg: EnvConfig, *, yes: bool = False, force_deletion_protection: bool = False,
+            ask: ops_deploy.Ask = ops_deploy.ask_terminal, out: TextIO = sys.stderr, verbose: bool = False) -> None:
+    """`invoke destroy` of a sandbox env: ops.deploy.destroy, then forget the stack (after_destroy)."""
+    ops_deploy.destroy(cfg, yes=yes, force_deletion_protection=force_deletion_protection, ask=ask, out=out,
+                       hooks=ops_deploy.Hooks(after_destroy=after_destroy), verbose=verbose)
+
+
+def _adopt_database(cfg: EnvConfig, tf: Terraform, out: TextIO) -> bool:
+    config = json.loads((tf.workdir / SYNTH_FILE).read_text())
+    return fast_rds.adopt_database(cfg, tf, config=config, out=out)
+
+
 def deploy_stack(cfg: EnvConfig, *, out: TextIO = sys.stderr, verbose: bool = False) -> None:
     """Apply the sandbox stack unless this moto already holds exactly this synthesized stack."""
-    from ops import deploy
-    from ops.synth import inputs_digest
 
     state = _read_state()
     marker = state.get("deployed", {}).get(cfg.name) if isinstance(state.get("deployed"), dict) else None
     current = {"moto": state.get("moto", {}).get("create_time"), "inputs": inputs_digest(cfg)}
     tfstate = aws.state_dir() / "terraform" / f"{cfg.name}.tfstate"
-    if marker == current and tfstate.is_file():
+    if current["inputs"] and marker == current and tfstate.is_file():
         say(out, f"stack {cfg.stack_name}: already applied to this sandbox, inputs unchanged")
         after_apply(cfg, out=out)
         return
-    deploy.deploy(cfg, yes=True, out=out, verbose=verbose)
+    deploy(cfg, yes=True, out=out, verbose=verbose)
 
 
 def mark_deployed(cfg: EnvConfig) -> None:
-    from ops.synth import inputs_digest
-
     with _locked():
         state = _read_state()
         deployed: dict[str, Any] = state["deployed"] if isinstance(state.get("deployed"), dict) else {}

@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ops import facts
 from ops.errors import OpsError, ToolMissingError
 from ops.sandbox import procs
 from ops.sandbox.procs import ProcRecord, StartError
 
-PG_BIN_ENV = "BASTIONLESS_PG_BIN"
+PG_BIN_ENV = facts.PG_BIN_ENV
 SUPERUSER = "postgres"
 START_TIMEOUT = 60.0
 # Unix socket paths are limited to 107 bytes (Linux; 103 on macOS) including ".s.PGSQL.<port>".

@@ -43,12 +43,19 @@ import botocore.exceptions
 from aiohttp import ClientSession, ClientTimeout, WSMsgType, web
 from botocore.config import Config
 
+from ops.facts import (
+    ECS_EXEC_DOCUMENT,
+    PREFERENCES_DOCUMENT,
+    RELAY_ROLE,
+    ROLE_TAG,
+    SANDBOX_AGENT_VERSION,
+    SANDBOX_AGENT_VERSION_ENV,
+)
 from ops.sandbox import agent as agent_mod
 from ops.sandbox.agent import AgentConnection, LossConfig, SessionSpec
 from ops.ssm import framing
 
 SESSIONS_FILE = "sessions.json"
-PREFERENCES_DOCUMENT = "SSM-SessionManagerRunShell"
 ECS_TASKS_FILE = "ecs_tasks.json"
 JSON_CT = "application/x-amz-json-1.1"
 LOOKUP_EVENTS = "com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.LookupEvents"
@@ -58,7 +65,6 @@ AUDITED = {"AmazonSSM.StartSession": "ssm.amazonaws.com", "AmazonSSM.TerminateSe
            "AmazonEC2ContainerServiceV20141113.ExecuteCommand": "ecs.amazonaws.com"}
 MAX_EVENTS = 20000
 HIDDEN = "Value hidden due to security reasons."
-RELAY_TAG = ("bastionless:role", "relay")
 _CRED_RE = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/]+)/")
 # moto does not verify signatures; the caller's access key is kept so STS says who the caller is.
 UNCHECKED_SECRET = "sandbox-signature-not-verified"  # noqa: S105
@@ -200,7 +206,7 @@ class Endpoint:
     async def _relays(self, region: str, instance_ids: list[str] | None = None) -> list[dict[str, Any]]:
         def fetch() -> list[dict[str, Any]]:
             ec2 = self._boto("ec2", region)
-            filters = [{"Name": f"tag:{RELAY_TAG[0]}", "Values": [RELAY_TAG[1]]}]
+            filters = [{"Name": f"tag:{ROLE_TAG}", "Values": [RELAY_ROLE]}]
             kwargs: dict[str, Any] = {"Filters": filters}
             if instance_ids:
                 kwargs["InstanceIds"] = instance_ids
@@ -391,7 +397,7 @@ class Endpoint:
         target = params.get("Target")
         if not isinstance(target, str) or not target:
             raise ApiError("ValidationException", "Target is required")
-        document = params.get("DocumentName") or "SSM-SessionManagerRunShell"
+        document = params.get("DocumentName") or PREFERENCES_DOCUMENT
         if document not in agent_mod.PORT_DOCUMENTS:
             raise ApiError("InvalidDocument",
                            f"document {document} is not allowed here: the sandbox serves port-forwarding sessions "
@@ -584,7 +590,7 @@ class Endpoint:
         runtime = str(container.get("runtimeId") or f"{short}-{cname}")
         cluster_name = str(cluster).rsplit("/", 1)[-1]
         sess = Session(session_id=self._new_session_id(owner), target=f"ecs:{cluster_name}_{short}_{runtime}",
-                       owner=owner, reason="", document="AWS-StartInteractiveCommand",
+                       owner=owner, reason="", document=ECS_EXEC_DOCUMENT,
                        parameters={"command": [command]}, kind="shell",
                        command=agent_mod.shell_command(command), region=region,
                        kms_key_id=await self._session_kms_key(region))
@@ -785,7 +791,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--moto-url", required=True, help="moto server URL (everything not emulated goes there)")
     parser.add_argument("--state-dir", required=True, type=Path, help="sandbox state directory")
     parser.add_argument("--agent-version",
-                        default=os.environ.get("BASTIONLESS_SANDBOX_AGENT_VERSION", agent_mod.DEFAULT_AGENT_VERSION),
+                        default=os.environ.get(SANDBOX_AGENT_VERSION_ENV, SANDBOX_AGENT_VERSION),
                         help="agent version to announce (e.g. 3.0.161.0 to emulate an agent without smux)")
     parser.add_argument("--agent-payload-size", type=int, default=agent_mod.DEFAULT_AGENT_PAYLOAD,
                         help="bytes per agent stream message (the real agent uses 1024)")

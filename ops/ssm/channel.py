@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ops.ssm import framing
+from ops.ssm.errors import ProtocolError
 from ops.ssm.framing import AgentMessage
 
 SendFrame = Callable[[bytes], Awaitable[None]]
@@ -49,7 +50,7 @@ class _Outgoing:
     attempts: int = 0
 
 
-class ChannelError(Exception):
+class ChannelError(ProtocolError):
     """The peer stopped acknowledging (resend budget exhausted) or sent garbage."""
 
 

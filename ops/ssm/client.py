@@ -21,18 +21,15 @@ from urllib.parse import urlsplit
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from ops.errors import OpsError
+from ops.facts import CLIENT_VERSION, MUX_AFTER_AGENT, NO_KEEPALIVE_AFTER_AGENT, TERMINATE_FLAG_AFTER_AGENT
 from ops.ssm import framing, smux
 from ops.ssm.channel import Channel, ChannelError
 from ops.ssm.crypto import EncryptionError, SessionCipher, b64, encryption_context, unb64
+from ops.ssm.errors import ChannelClosed, EncryptionRequired, KmsRefused, SessionError, WrongSessionType
 from ops.ssm.framing import AgentMessage, Flag, PayloadType
 
-# The plugin protocol level we implement; the agent picks smux for clients >= 1.1.70 and disables the
-# smux keep-alive for clients > 1.2.331.0, so announcing a recent plugin version is what lets it do both.
-CLIENT_VERSION = "1.2.764.0"
-MUX_AFTER_AGENT = "3.0.196.0"
-NO_KEEPALIVE_AFTER_AGENT = "3.1.1511.0"
-TERMINATE_FLAG_AFTER_AGENT = "2.3.722.0"
+# CLIENT_VERSION (ops.facts) is the plugin protocol level we implement; the agent picks smux for clients
+# >= 1.1.70 and disables the smux keep-alive for clients > 1.2.331.0, so announcing a recent version does both.
 # The plugin cuts stream payloads at 1 KiB. The frame format carries any size and the agent writes
 # whatever it gets, but whether the AWS service relays bigger frames is undocumented, so against AWS
 # we keep the plugin's size; against a loopback endpoint (the sandbox) we use 16 KiB, where per-message
@@ -47,14 +44,6 @@ def default_payload_size(stream_url: str) -> int:
 HANDSHAKE_TIMEOUT = 30.0
 _ENCRYPTED_FROM_AGENT = frozenset({PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE})
 SESSION_TYPES_SHELL = frozenset({"Standard_Stream", "InteractiveCommands", "NonInteractiveCommands"})
-
-
-class ChannelClosed(OpsError):
-    """The data channel ended: the agent closed it, or the websocket dropped (`dropped=True`)."""
-
-    def __init__(self, message: str, *, dropped: bool, next_step: str = "") -> None:
-        super().__init__(message, next_step=next_step)
-        self.dropped = dropped
 
 
 class _Session:
@@ -83,7 +72,7 @@ class _Session:
         self._closing = False
         self.dropped = False
         self.close_output = ""
-        self._handshake_error: OpsError | None = None
+        self._handshake_error: SessionError | None = None
 
     # ---- lifecycle ----
     async def start(self) -> None:
@@ -91,8 +80,7 @@ class _Session:
             self._ws = await connect(self.stream_url, max_size=None, compression=None, ping_interval=30,
                                      ping_timeout=30, open_timeout=15, write_limit=1 << 20)
         except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as exc:
-            raise ChannelClosed(f"cannot open the data channel websocket: {exc}", dropped=True,
-                                next_step="check network access to ssmmessages, then retry") from None
+            raise ChannelClosed(f"cannot open the data channel websocket: {exc}", dropped=True) from None
         self.channel = Channel(send_frame=self._send_frame, outgoing_type=framing.INPUT_STREAM_DATA,
                                on_message=self._on_stream, on_closed=self._on_channel_closed,
                                on_failed=self._on_channel_failed)
@@ -115,8 +103,7 @@ class _Session:
             if self._closed.is_set():
                 raise ChannelClosed(f"data channel closed during the handshake: {self.close_output or 'no reason'}",
                                     dropped=self.dropped)
-            raise ChannelClosed("no handshake from the agent within 30 s", dropped=True,
-                                next_step="check the relay's SSM agent (invoke doctor)")
+            raise ChannelClosed("no handshake from the agent within 30 s", dropped=True)
         self._on_event(f"session {self.session_id}: agent {self.agent_version}, {self.session_type}")
         await self._after_handshake()
 
@@ -126,8 +113,7 @@ class _Session:
     async def wait_closed(self) -> None:
         await self._closed.wait()
         if self.dropped and not self._closing:
-            raise ChannelClosed(f"data channel websocket of {self.session_id} dropped", dropped=True,
-                                next_step="resume the session (ResumeSession) or start a new one")
+            raise ChannelClosed(f"data channel websocket of {self.session_id} dropped", dropped=True)
 
     @property
     def closed(self) -> bool:
@@ -244,9 +230,8 @@ class _Session:
 
     async def _kms_action(self, params: dict[str, Any]) -> dict[str, Any]:
         if self._kms is None or not self.target:
-            raise OpsError("this session requires KMS session encryption; the native client needs a KMS client "
-                           "and the target id for it",
-                           next_step="pass kms_client= and target= to the session, or use --transport plugin")
+            raise EncryptionRequired("this session requires KMS session encryption; the native client was given "
+                                     "no KMS client or target id for it")
         challenge = params.get("Challenge") or None
         context = encryption_context(session_id=self.session_id, target_id=self.target, challenge=challenge)
         key_id = str(params.get("KMSKeyId", ""))
@@ -259,9 +244,8 @@ class _Session:
         try:
             data_key = await asyncio.to_thread(generate)
         except Exception as exc:
-            raise OpsError(f"KMS refused a data key for session encryption ({key_id}): {exc}",
-                           next_step="allow kms:GenerateDataKey on the session key for your role (invoke doctor)"
-                           ) from None
+            raise KmsRefused(f"KMS refused a data key for session encryption ({key_id}): {exc}",
+                             key_id=key_id) from None
         self.cipher = SessionCipher(data_key["Plaintext"])
         result: dict[str, Any] = {"KMSCipherTextKey": b64(data_key["CiphertextBlob"]), "KMSCipherTextHash": None}
         if challenge:
@@ -288,7 +272,7 @@ class _Session:
             elif atype == "KMSEncryption":
                 try:
                     result = await self._kms_action(params)
-                except OpsError as exc:
+                except SessionError as exc:
                     self._handshake_error = exc
                     errors.append(exc.message)
                     processed.append({"ActionType": atype, "ActionStatus": 2, "ActionResult": None,
@@ -335,8 +319,7 @@ class PortSession(_Session):
     async def _after_handshake(self) -> None:
         if self.session_type and self.session_type != "Port":
             await self._shutdown()
-            raise OpsError(f"session {self.session_id} is a {self.session_type} session, not a port session",
-                           next_step="start it with a port-forwarding document")
+            raise WrongSessionType(f"session {self.session_id} is a {self.session_type} session, not a port session")
         local = self.session_properties.get("type") == "LocalPortForwarding"
         self.multiplexed = local and framing.version_greater(self.agent_version, MUX_AFTER_AGENT)
         if self.multiplexed:
@@ -372,7 +355,7 @@ class PortSession(_Session):
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.channel is None or not self._handshake_done.is_set():
-            raise OpsError("PortSession.start() first")
+            raise RuntimeError("PortSession.start() first")
         try:
             if self._closed.is_set():
                 return

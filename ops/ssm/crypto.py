@@ -13,13 +13,13 @@ import base64
 import os
 from typing import Any
 
-from ops.errors import OpsError
+from ops.ssm.errors import ProtocolError
 
 NONCE_SIZE = 12
 DATA_KEY_BYTES = 64
 
 
-class EncryptionError(OpsError):
+class EncryptionError(ProtocolError):
     pass
 
 
@@ -27,8 +27,8 @@ def _aesgcm(key: bytes) -> Any:
     try:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     except ImportError:  # pragma: no cover - depends on the install
-        raise EncryptionError("KMS session encryption needs the `cryptography` package",
-                              next_step="pip install cryptography") from None
+        raise EncryptionError("KMS session encryption needs the `cryptography` package (pip install "
+                              "cryptography)") from None
     return AESGCM(key)
 
 

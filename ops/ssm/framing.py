@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ops.errors import OpsError
+from ops.ssm.errors import ProtocolError
 
 HEADER_LENGTH = 116
 PAYLOAD_OFFSET = HEADER_LENGTH + 4
@@ -76,12 +76,11 @@ class Flag(enum.IntEnum):
     CONNECT_TO_PORT_ERROR = 3
 
 
-class FramingError(OpsError):
+class FramingError(ProtocolError):
     """A data-channel frame is malformed (truncated, bad digest, unknown type)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(f"Session Manager frame rejected: {message}",
-                         next_step="retry; if it persists, the endpoint speaks another protocol version")
+        super().__init__(f"Session Manager frame rejected: {message}")
 
 
 @dataclass(slots=True)

@@ -16,6 +16,8 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 
+from ops.ssm.errors import ProtocolError
+
 VERSION = 1
 CMD_SYN = 0
 CMD_FIN = 1
@@ -33,7 +35,7 @@ STREAM_BUFFER = 4 * 1024 * 1024
 SendBytes = Callable[[bytes], Awaitable[None]]
 
 
-class SmuxError(Exception):
+class SmuxError(ProtocolError):
     pass
 
 
