@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from invoke import Parser, ParserContext
 
 from ops.config import available_envs, load_env
@@ -42,6 +43,7 @@ def test_local_port_help_shows_each_envs_real_default() -> None:
             assert f"{name} {load_env(name).tunnel.local_port}" in help_text, (task, help_text)
 
 
+@pytest.mark.usefixtures("real_io")
 def test_invoke_help_of_tunnel_prints_the_staging_port() -> None:
     proc = subprocess.run([sys.executable, "-m", "invoke", "--help", "tunnel"], cwd=PROJECT_ROOT, capture_output=True,
                           text=True, timeout=60, check=False)
@@ -51,6 +53,7 @@ def test_invoke_help_of_tunnel_prints_the_staging_port() -> None:
     assert "-e STRING, --env=STRING" in text
 
 
+@pytest.mark.usefixtures("real_io")
 def test_the_readme_completion_commands_work_and_complete_our_flags() -> None:
     readme = (PROJECT_ROOT / "README.md").read_text()
     for shell in ("bash", "zsh", "fish"):

@@ -35,6 +35,7 @@ def test_every_step_runs_and_the_summary_lists_them() -> None:
     assert out.getvalue().rstrip().splitlines()[-1].split()[-1] == "ok"
 
 
+@pytest.mark.usefixtures("real_io")
 def test_a_failure_skips_later_steps_but_still_cleans_up() -> None:
     def runner(argv: Sequence[str]) -> int:
         return 4 if "migrate" in argv else 0
@@ -78,6 +79,7 @@ def test_the_tunnel_and_dbeaver_steps_share_the_chosen_port() -> None:
     assert dbeaver[dbeaver.index("--port") + 1] == "6001"
 
 
+@pytest.mark.usefixtures("real_io")
 def test_a_busy_usual_port_makes_the_demo_pick_a_free_one() -> None:
     usual = load_env("sandbox").tunnel.local_port
     with _listening(usual):

@@ -25,7 +25,7 @@ from ops.config import EnvConfig, load_env
 from ops.sandbox import identities
 from tests.db_fixtures import set_database_secret
 from tests.identity_support import DB, MASTER, Bed, start_bed
-from tests.tunnel_fixtures import World, _world
+from tests.tunnel_fixtures import TunnelWorld, _world
 
 pytestmark = pytest.mark.slow
 PEOPLE_TOML = ('\n[[people]]\nidentity = "alice@example.com"\ndb_role = "readwrite"\n'
@@ -34,7 +34,7 @@ NO_PASSFILE = "/nonexistent/bastionless-no-pgpass"
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, EnvConfig, Bed]]:
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TunnelWorld, EnvConfig, Bed]]:
     tmp = tmp_path_factory.mktemp("identity-chain")
     with contextmanager(_world)(tmp, 0) as world:
         env_file = world.envs_dir / "sandbox.toml"
@@ -67,7 +67,7 @@ def who_am_i(info: Any) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("transport", ["native", "plugin"])
-def test_each_person_is_themselves_through_the_whole_chain(chain: tuple[World, EnvConfig, Bed], transport: str,
+def test_each_person_is_themselves_through_the_whole_chain(chain: tuple[TunnelWorld, EnvConfig, Bed], transport: str,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     _, cfg, bed = chain
     if transport == "plugin":
@@ -81,7 +81,7 @@ def test_each_person_is_themselves_through_the_whole_chain(chain: tuple[World, E
             _assert_no_secret_in_any_process(bed)
 
 
-def test_someone_not_in_people_is_told_how_to_get_in(chain: tuple[World, EnvConfig, Bed],
+def test_someone_not_in_people_is_told_how_to_get_in(chain: tuple[TunnelWorld, EnvConfig, Bed],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     _, cfg, _ = chain
     monkeypatch.delenv(identities.PERSON_ENV, raising=False)  # the shared sandbox credentials: nobody's
@@ -91,7 +91,7 @@ def test_someone_not_in_people_is_told_how_to_get_in(chain: tuple[World, EnvConf
 
 
 @pytest.mark.skipif(shutil.which("psql") is None, reason="the psql client is not installed")
-def test_psql_line_from_the_issue(chain: tuple[World, EnvConfig, Bed], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_psql_line_from_the_issue(chain: tuple[TunnelWorld, EnvConfig, Bed], monkeypatch: pytest.MonkeyPatch) -> None:
     _, cfg, _ = chain
     monkeypatch.setenv(identities.PERSON_ENV, "alice@example.com")
     with identity_tunnel.open_auth_tunnel(cfg, transport="native") as info:
@@ -147,7 +147,7 @@ class _Ready(io.StringIO):
         return count
 
 
-def test_invoke_tunnel_foreground_serves_the_caller_until_sigterm(chain: tuple[World, EnvConfig, Bed],
+def test_invoke_tunnel_foreground_serves_the_caller_until_sigterm(chain: tuple[TunnelWorld, EnvConfig, Bed],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     _, cfg, _ = chain
     monkeypatch.setenv(identities.PERSON_ENV, "bob@example.com")
@@ -175,7 +175,7 @@ def test_invoke_tunnel_foreground_serves_the_caller_until_sigterm(chain: tuple[W
 
 
 @pytest.mark.skipif(shutil.which("psql") is None, reason="the psql client is not installed")
-def test_invoke_psql_is_you_and_break_glass_is_the_master(chain: tuple[World, EnvConfig, Bed],
+def test_invoke_psql_is_you_and_break_glass_is_the_master(chain: tuple[TunnelWorld, EnvConfig, Bed],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from ops.psql import run_psql
 
@@ -193,7 +193,7 @@ def test_invoke_psql_is_you_and_break_glass_is_the_master(chain: tuple[World, En
     assert any("BREAK-GLASS" in line for line in notices)
 
 
-def test_invoke_migrate_runs_alembic_as_you_with_a_passwordless_url(chain: tuple[World, EnvConfig, Bed],
+def test_invoke_migrate_runs_alembic_as_you_with_a_passwordless_url(chain: tuple[TunnelWorld, EnvConfig, Bed],
                                                                      tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from ops.migrate import migrate
@@ -238,7 +238,7 @@ def scanning_proc(bed: Bed) -> Iterator[list[str]]:
     assert not failures, failures[0]
 
 
-def test_invoke_db_access_applies_people_then_has_nothing_to_do(chain: tuple[World, EnvConfig, Bed]) -> None:
+def test_invoke_db_access_applies_people_then_has_nothing_to_do(chain: tuple[TunnelWorld, EnvConfig, Bed]) -> None:
     from ops.dbaccess import db_access
 
     _, cfg, bed = chain
@@ -255,7 +255,7 @@ def test_invoke_db_access_applies_people_then_has_nothing_to_do(chain: tuple[Wor
     assert bed.master_password not in "\n".join(lines)
 
 
-def test_background_auth_tunnel_is_listed_used_and_closed(chain: tuple[World, EnvConfig, Bed],
+def test_background_auth_tunnel_is_listed_used_and_closed(chain: tuple[TunnelWorld, EnvConfig, Bed],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from ops import tunnels_state
 

@@ -24,7 +24,7 @@ from ops.config import EnvConfig, load_env
 from ops.errors import CommandFailedError
 from ops.migrate import migrate, migration_status
 from tests.db_fixtures import PASSWORD, Postgres, copy_migrations, reset_schema, set_database_secret, tables
-from tests.tunnel_fixtures import World, run_cli
+from tests.tunnel_fixtures import TunnelWorld, run_cli
 
 pytest_plugins = ["tests.db_fixtures"]
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ POSTGRES_MAPPING = (("POSTGRES_SERVER", "{host}"), ("POSTGRES_PORT", "{port}"), 
 RDS_STYLE_PASSWORD = "Rds1" + "".join(c for c in string.punctuation if c not in '/@"') + "%41%%(here)s"
 
 
-def set_password(world: World, pg: Postgres, password: str) -> None:
+def set_password(world: TunnelWorld, pg: Postgres, password: str) -> None:
     """The database login and the RDS-managed secret both change, as after a rotation."""
     import psycopg
 
@@ -72,13 +72,13 @@ def item_columns(pg: Postgres) -> set[str]:
 
 
 @pytest.fixture()
-def world(db_world: World, postgres: Postgres) -> World:
+def world(db_world: TunnelWorld, postgres: Postgres) -> TunnelWorld:
     reset_schema(postgres)
     return db_world
 
 
 def test_postgres_settings_project_with_a_punctuation_password_through_set_main_option(
-        world: World, postgres: Postgres, tmp_path: Path) -> None:
+        world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     # env.py builds its URL from POSTGRES_* (percent-encoded password) and calls set_main_option.
     ini = project(tmp_path, "postgres_settings")
     cfg = sandbox(env=POSTGRES_MAPPING)
@@ -94,7 +94,7 @@ def test_postgres_settings_project_with_a_punctuation_password_through_set_main_
 
 
 def test_async_asyncpg_project_reads_database_url_and_migrates_the_tunnel(
-        world: World, postgres: Postgres, tmp_path: Path) -> None:
+        world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     ini = project(tmp_path, "async_settings")
     result = run_cli(world, "migrate", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
     assert result.returncode == 0, result.stderr
@@ -106,7 +106,7 @@ def test_async_asyncpg_project_reads_database_url_and_migrates_the_tunnel(
 
 
 def test_transaction_per_migration_failure_says_which_revisions_landed(
-        world: World, postgres: Postgres, tmp_path: Path) -> None:
+        world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     ini = project(tmp_path, "async_settings")
     (ini.parent / "migrations" / "versions" / "0003_broken.py").write_text(
         '"""broken"""\nfrom alembic import op\n\nrevision = "a0003"\ndown_revision = "a0002"\n'
@@ -120,7 +120,7 @@ def test_transaction_per_migration_failure_says_which_revisions_landed(
 
 
 def test_sqlite_project_that_ignores_every_variable_fails_and_status_tells_the_truth(
-        world: World, postgres: Postgres, tmp_path: Path) -> None:
+        world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     ini = project(tmp_path, "sqlite_only")
     args = ("migrate", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
     for attempt in (1, 2):  # the second time the SQLite file is already "at head"
@@ -139,7 +139,7 @@ def test_sqlite_project_that_ignores_every_variable_fails_and_status_tells_the_t
     assert "pending: 1 (9f1e2d3c4b5a)" in status.stdout
 
 
-def test_an_env_py_settings_error_is_not_blamed_on_a_revision(world: World, tmp_path: Path) -> None:
+def test_an_env_py_settings_error_is_not_blamed_on_a_revision(world: TunnelWorld, tmp_path: Path) -> None:
     ini = project(tmp_path, "async_settings")
     settings = ini.parent / "settings.py"
     settings.write_text(settings.read_text().replace("    def __init__(self) -> None:\n",
@@ -154,7 +154,7 @@ def test_an_env_py_settings_error_is_not_blamed_on_a_revision(world: World, tmp_
     assert "ops/migrate.py" not in result.stderr and "cli/db.py" not in result.stderr
 
 
-def test_a_broken_ini_is_one_line_not_a_traceback(world: World, tmp_path: Path) -> None:
+def test_a_broken_ini_is_one_line_not_a_traceback(world: TunnelWorld, tmp_path: Path) -> None:
     ini = tmp_path / "broken" / "alembic.ini"
     ini.parent.mkdir()
     ini.write_text("[alembic]\nscript_location = nowhere\n")
@@ -201,7 +201,7 @@ def _project_venv(root: Path) -> Path:
     return python
 
 
-def test_a_project_migrates_with_its_own_venv(world: World, postgres: Postgres, tmp_path: Path) -> None:
+def test_a_project_migrates_with_its_own_venv(world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     assert importlib.util.find_spec("only_in_the_project_venv") is None
     root = tmp_path / "service"
     ini = copy_migrations(root)
@@ -219,7 +219,7 @@ def test_a_project_migrates_with_its_own_venv(world: World, postgres: Postgres, 
 
 
 def test_an_rds_style_password_survives_set_main_option_in_both_url_styles(
-        world: World, postgres: Postgres, tmp_path: Path) -> None:
+        world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     # async_settings: bastionless' DATABASE_URL goes through set_main_option; postgres_settings: the
     # project builds (and percent-escapes) its own URL from POSTGRES_PASSWORD, then set_main_option.
     set_password(world, postgres, RDS_STYLE_PASSWORD)
@@ -237,7 +237,7 @@ def test_an_rds_style_password_survives_set_main_option_in_both_url_styles(
         set_password(world, postgres, PASSWORD)
 
 
-def test_x_arguments_from_the_env_file_reach_env_py(world: World, postgres: Postgres, tmp_path: Path) -> None:
+def test_x_arguments_from_the_env_file_reach_env_py(world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     ini = copy_migrations(tmp_path)
     env_py = ini.parent / "env.py"
     env_py.write_text(env_py.read_text().replace(
@@ -250,7 +250,7 @@ def test_x_arguments_from_the_env_file_reach_env_py(world: World, postgres: Post
 
 
 def test_an_env_py_relying_on_libpq_pg_variables_alone_migrates_the_tunnel(
-        world: World, postgres: Postgres, tmp_path: Path) -> None:
+        world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     # `postgresql+psycopg://` with no host, user or password: libpq fills everything from PG*.
     ini = copy_migrations(tmp_path)
     env_py = ini.parent / "env.py"
