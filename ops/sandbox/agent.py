@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import shlex
 import signal
+import socket
 import struct
 import subprocess
 import termios
@@ -35,9 +37,34 @@ MUX_CLIENT_VERSION = "1.1.70"
 NO_KEEPALIVE_CLIENT_AFTER = "1.2.331.0"
 MUX_AFTER_AGENT = "3.0.196.0"
 NO_KEEPALIVE_AGENT_AFTER = "3.1.1511.0"
-# The real agent reads 1 KiB at a time; the sandbox default is larger so benchmarks measure our code,
-# `--agent-payload-size 1024` restores the agent's figure.
-DEFAULT_AGENT_PAYLOAD = 16 * 1024
+# Agents from this version on also refuse loopback and the ECS/EKS credential endpoints.
+LOOPBACK_DENIED_FROM_AGENT = "3.3.4851.0"
+# appconfig/constants.go DefaultDeniedPortForwardingRemoteIPs: IMDS, the Amazon DNS and time servers.
+DENIED_REMOTE_IPS = ("169.254.169.254", "fd00:ec2::254", "169.254.169.253", "fd00:ec2::253", "169.254.169.123",
+                     "fd00:ec2::123", "169.254.169.250", "169.254.169.251", "fd00:ec2::240")
+# The container credential endpoints of ECS (169.254.170.2) and EKS Pod Identity (169.254.170.23).
+DENIED_CREDENTIAL_IPS = ("169.254.170.2", "169.254.170.23", "fd00:ec2::23")
+
+
+@dataclass(frozen=True)
+class AgentProfile:
+    """How fast the sandbox agent moves bytes.
+
+    `faithful` (the default) is what amazon-ssm-agent does: its port and shell plugins read
+    StreamDataPayloadSize = 1024 bytes at a time and sleep 1 ms after each message they send
+    (agent/session/plugins/port/port_mux.go, port_basic.go, shell/shell.go), which caps one session
+    near 1 MB/s. `fast` (16 KiB, no pause) exists only for tests that move so much data that the real
+    pace would make them minutes long; each such test says so.
+    """
+
+    name: str
+    payload_size: int
+    pause: float
+
+
+PROFILES = {"faithful": AgentProfile("faithful", 1024, 0.001), "fast": AgentProfile("fast", 16 * 1024, 0.0)}
+DEFAULT_PROFILE = "faithful"
+DEFAULT_AGENT_PAYLOAD = PROFILES[DEFAULT_PROFILE].payload_size
 PORT_DOCUMENTS = {
     "AWS-StartPortForwardingSession": "LocalPortForwarding",
     "AWS-StartPortForwardingSessionToRemoteHost": "LocalPortForwarding",
@@ -85,6 +112,41 @@ class SessionSpec:
     kms_key_id: str = ""
 
 
+def forbidden_host(state_dir: Path, host: str, agent_version: str) -> str:
+    """The agent's deny-list check (agent/session/plugins/port/port.go validateParameters): '' when allowed,
+    else the error the session ends with. Only a remote host is checked; no host means the relay itself.
+
+    The emulated remote network (relay_hosts.json) stands for VPC addresses, so its names are checked by
+    what they stand for, not by the loopback address the sandbox maps them to.
+    """
+    if not host or _mapped(state_dir, host):
+        return ""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except (OSError, UnicodeError):
+        return ""  # unresolvable: the agent lets the dial fail later
+    denied = {ipaddress.ip_address(a) for a in DENIED_REMOTE_IPS}
+    newer = not framing.version_greater(LOOPBACK_DENIED_FROM_AGENT, agent_version)
+    if newer:
+        denied |= {ipaddress.ip_address(a) for a in DENIED_CREDENTIAL_IPS}
+    for text in addresses:
+        try:
+            addr = ipaddress.ip_address(text.split("%", 1)[0])
+        except ValueError:
+            continue
+        if addr in denied or (newer and addr.is_loopback):
+            return f"Forwarding to IP address {host} is forbidden."
+    return ""
+
+
+def _mapped(state_dir: Path, host: str) -> bool:
+    try:
+        mapping = json.loads((state_dir / "relay_hosts.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    return isinstance(mapping, dict) and any(str(key).rpartition(":")[0] == host for key in mapping)
+
+
 def resolve_target(state_dir: Path, host: str, port: str) -> tuple[str, int]:
     """The relay's view of `host:port`: relay_hosts.json maps emulated names to loopback addresses."""
     key = f"{host or 'localhost'}:{port}"
@@ -105,7 +167,7 @@ class AgentConnection:
     """One websocket's worth of agent: channel, handshake, then the port or shell plugin."""
 
     def __init__(self, *, spec: SessionSpec, send_raw: Callable[[bytes], Awaitable[None]], state_dir: Path,
-                 agent_version: str = DEFAULT_AGENT_VERSION, payload_size: int = DEFAULT_AGENT_PAYLOAD,
+                 agent_version: str = DEFAULT_AGENT_VERSION, profile: AgentProfile = PROFILES[DEFAULT_PROFILE],
                  loss: LossConfig | None = None,
                  on_finished: Callable[[str], Awaitable[None]] | None = None,
                  kms_decrypt: Callable[[bytes, dict[str, str]], bytes] | None = None) -> None:
@@ -113,11 +175,14 @@ class AgentConnection:
         self._send_raw = send_raw
         self.state_dir = state_dir
         self.agent_version = agent_version
-        self.payload_size = payload_size
+        self.profile = profile
+        self.payload_size = profile.payload_size
+        # One write pump per session, as in the agent: every stream shares the pace.
+        self._pump_lock = asyncio.Lock()
         self.loss = loss or LossConfig()
         self._on_finished = on_finished
         self.channel = Channel(send_frame=self._send_frame, outgoing_type=framing.OUTPUT_STREAM_DATA,
-                               on_message=self._on_message)
+                               on_message=self._on_message, decode=framing.decode_as_agent)
         self.client_version = ""
         self._handshake_ok = asyncio.Event()
         self._held: bytes | None = None
@@ -151,8 +216,24 @@ class AgentConnection:
         await self.channel.receive(frame)
 
     # ---- lifecycle ----
+    @property
+    def encryption_enabled(self) -> bool:
+        """sessionplugin.go isEncryptionEnabled: a KMS key is set and the plugin is not Port."""
+        return bool(self.spec.kms_key_id) and self.spec.kind != "port"
+
+    @property
+    def requires_handshake(self) -> bool:
+        """The port plugin always shakes hands; InteractiveCommands (ECS Exec) only to agree on encryption."""
+        return self.spec.kind == "port" or self.encryption_enabled
+
     async def start(self) -> None:
         self.channel.start()
+        if not self.requires_handshake:
+            # dataChannel.SkipHandshake: the shell starts at once; its first output tells the client.
+            self.plugin = self._make_plugin()
+            self._handshake_ok.set()
+            await self.plugin.start()
+            return
         if self.spec.kind == "port":
             stype = "Port"
             props = self.spec.properties
@@ -162,7 +243,7 @@ class AgentConnection:
         actions: list[dict[str, Any]] = [
             {"ActionType": "SessionType", "ActionParameters": {"SessionType": stype, "Properties": props}},
         ]
-        if self.spec.kms_key_id:
+        if self.encryption_enabled:
             actions.append({"ActionType": "KMSEncryption",
                             "ActionParameters": {"KMSKeyId": self.spec.kms_key_id, "Challenge": self._kms_challenge}})
         request = {"AgentVersion": self.agent_version, "RequestedClientActions": actions}
@@ -187,19 +268,22 @@ class AgentConnection:
             await self._on_finished(output)
 
     async def send_output(self, data: bytes, payload_type: int = PayloadType.OUTPUT) -> None:
-        size = self.payload_size
-        for i in range(0, len(data), size):
-            chunk = data[i:i + size]
-            if self.cipher is not None:
-                chunk = self.cipher.encrypt(chunk)
-            await self.channel.send(payload_type, chunk)
+        size, pause = self.payload_size, self.profile.pause
+        async with self._pump_lock:
+            for i in range(0, len(data), size):
+                chunk = data[i:i + size]
+                if self.cipher is not None:
+                    chunk = self.cipher.encrypt(chunk)
+                await self.channel.send(payload_type, chunk)
+                if pause:
+                    await asyncio.sleep(pause)
 
     async def _on_message(self, msg: AgentMessage) -> None:
         self.received += len(msg.payload)
         if msg.payload_type == PayloadType.HANDSHAKE_RESPONSE:
             response = framing.parse_json(msg)
             self.client_version = str(response.get("ClientVersion", ""))
-            if self.spec.kms_key_id:
+            if self.encryption_enabled:
                 error = await self._finalize_kms(response)
                 if error:
                     self._finishing = asyncio.ensure_future(self.finish(error))
@@ -239,6 +323,13 @@ class AgentConnection:
         elapsed_ns = int((time.monotonic() - self._handshake_started) * 1e9)
         complete = {"HandshakeTimeToComplete": elapsed_ns, "CustomerMessage": customer_message}
         await self.channel.send(PayloadType.HANDSHAKE_COMPLETE, json.dumps(complete).encode())
+        if self.spec.kind == "port":
+            host = str(self.spec.properties.get("host", ""))
+            refused = await asyncio.to_thread(forbidden_host, self.state_dir, host, self.agent_version)
+            if refused:
+                # The port plugin validates its parameters after the handshake and fails the session.
+                self._finishing = asyncio.ensure_future(self.finish(refused))
+                return
         self.plugin = self._make_plugin()
         await self.plugin.start()
         self._handshake_ok.set()

@@ -16,7 +16,6 @@ import signal
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
-from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -33,17 +32,10 @@ CLIENT_VERSION = "1.2.764.0"
 MUX_AFTER_AGENT = "3.0.196.0"
 NO_KEEPALIVE_AFTER_AGENT = "3.1.1511.0"
 TERMINATE_FLAG_AFTER_AGENT = "2.3.722.0"
-# The plugin cuts stream payloads at 1 KiB. The frame format carries any size and the agent writes
-# whatever it gets, but whether the AWS service relays bigger frames is undocumented, so against AWS
-# we keep the plugin's size; against a loopback endpoint (the sandbox) we use 16 KiB, where per-message
-# cost, not bandwidth, is the limit (1 KiB: ~8 MB/s, 16 KiB: ~85 MB/s in bench/channel).
-AWS_PAYLOAD_SIZE = 1024
-LOOPBACK_PAYLOAD_SIZE = 16 * 1024
-
-
-def default_payload_size(stream_url: str) -> int:
-    host = urlsplit(stream_url).hostname or ""
-    return LOOPBACK_PAYLOAD_SIZE if host in ("127.0.0.1", "localhost", "::1") else AWS_PAYLOAD_SIZE
+# The plugin cuts stream payloads at 1 KiB (config.StreamDataPayloadSize). The frame format carries any
+# size, but whether the AWS service relays bigger frames is undocumented, so we keep the plugin's size
+# wherever the endpoint is: a size chosen by host name would make the sandbox measure another client.
+PAYLOAD_SIZE = 1024
 HANDSHAKE_TIMEOUT = 30.0
 _ENCRYPTED_FROM_AGENT = frozenset({PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE})
 SESSION_TYPES_SHELL = frozenset({"Standard_Stream", "InteractiveCommands", "NonInteractiveCommands"})
@@ -71,7 +63,7 @@ class _Session:
         self._token = token
         self.client_id = client_id or str(uuid.uuid4())
         self._on_event = on_event or (lambda _msg: None)
-        self.payload_size = payload_size or default_payload_size(stream_url)
+        self.payload_size = payload_size or PAYLOAD_SIZE
         self.agent_version = ""
         self.session_type = ""
         self.session_properties: dict[str, Any] = {}
@@ -79,6 +71,7 @@ class _Session:
         self.channel: Channel | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._handshake_done = asyncio.Event()
+        self._handshake_seen = False
         self._closed = asyncio.Event()
         self._closing = False
         self.dropped = False
@@ -103,7 +96,7 @@ class _Session:
         waiter = asyncio.ensure_future(self._handshake_done.wait())
         closer = asyncio.ensure_future(self._closed.wait())
         try:
-            await asyncio.wait({waiter, closer}, timeout=HANDSHAKE_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter, closer}, timeout=self._start_timeout(), return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
             closer.cancel()
@@ -119,6 +112,10 @@ class _Session:
                                 next_step="check the relay's SSM agent (invoke doctor)")
         self._on_event(f"session {self.session_id}: agent {self.agent_version}, {self.session_type}")
         await self._after_handshake()
+
+    def _start_timeout(self) -> float | None:
+        """How long start() waits for the agent to begin the session."""
+        return HANDSHAKE_TIMEOUT
 
     async def _after_handshake(self) -> None:
         return None
@@ -213,7 +210,13 @@ class _Session:
     # ---- stream messages ----
     async def _on_stream(self, msg: AgentMessage) -> None:
         ptype = msg.payload_type
+        if not self._handshake_done.is_set() and not self._handshake_seen and ptype == PayloadType.OUTPUT:
+            # The agent skipped the handshake (shell without KMS): as the plugin's ProcessFirstMessage,
+            # the first output starts a shell session.
+            self.session_type = "Standard_Stream"
+            self._handshake_done.set()
         if ptype == PayloadType.HANDSHAKE_REQUEST:
+            self._handshake_seen = True
             await self._handshake_request(msg)
         elif ptype == PayloadType.HANDSHAKE_COMPLETE:
             with contextlib.suppress(framing.FramingError):
@@ -442,24 +445,36 @@ class ShellSession(_Session):
         super().__init__(stream_url=stream_url, token=token, session_id=session_id, client_id=client_id,
                          on_event=on_event, payload_size=None, target=target, kms_client=kms_client)
         self.exit_code: int | None = None
-        self._stdout_fd = 1
+        self._stdout_fd: int | None = None
+        self._early: list[bytes] = []
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def _start_timeout(self) -> float | None:
+        # Without KMS the agent skips the handshake and the shell's first output is the start, which may
+        # come whenever the command prints. The plugin waits for it without a bound; so do we.
+        return None
 
     async def _deliver(self, msg: AgentMessage) -> None:
         ptype = msg.payload_type
         if ptype in (PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.ERROR):
-            data = msg.payload
-            while data:
-                try:
-                    written = os.write(self._stdout_fd, data)
-                except BlockingIOError:
-                    await asyncio.sleep(0.01)
-                    continue
-                data = data[written:]
+            if self._stdout_fd is None:  # before run(): keep it for the terminal run() is given
+                self._early.append(msg.payload)
+                return
+            await self._write_out(msg.payload)
         elif ptype == PayloadType.EXIT_CODE:
             match = _EXIT_RE.search(msg.payload)
             if match:
                 self.exit_code = int(match.group(1))
+
+    async def _write_out(self, data: bytes) -> None:
+        assert self._stdout_fd is not None
+        while data:
+            try:
+                written = os.write(self._stdout_fd, data)
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+                continue
+            data = data[written:]
 
     async def send_size(self, *, cols: int, rows: int) -> None:
         if self.channel is not None:
@@ -481,6 +496,9 @@ class ShellSession(_Session):
         only, and SIGINT is forwarded as Ctrl-C.
         """
         self._stdout_fd = stdout_fd
+        early, self._early = self._early, []
+        for data in early:
+            await self._write_out(data)
         loop = asyncio.get_running_loop()
         interactive = stdin_fd is not None and os.isatty(stdin_fd)
         saved: Any = None
