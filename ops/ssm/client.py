@@ -37,6 +37,8 @@ TERMINATE_FLAG_AFTER_AGENT = "2.3.722.0"
 # wherever the endpoint is: a size chosen by host name would make the sandbox measure another client.
 PAYLOAD_SIZE = 1024
 HANDSHAKE_TIMEOUT = 30.0
+_HANDSHAKE_TYPES = frozenset({PayloadType.HANDSHAKE_REQUEST, PayloadType.HANDSHAKE_COMPLETE,
+                              PayloadType.ENC_CHALLENGE_REQUEST})
 _ENCRYPTED_FROM_AGENT = frozenset({PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE})
 SESSION_TYPES_SHELL = frozenset({"Standard_Stream", "InteractiveCommands", "NonInteractiveCommands"})
 
@@ -104,6 +106,8 @@ class _Session:
             await self._shutdown()
             raise self._handshake_error
         if not self._handshake_done.is_set():
+            if self._closed.is_set() and not self.dropped and self._may_end_before_start():
+                return  # a command that printed nothing: its exit code and channel_closed came first
             await self._shutdown()
             if self._closed.is_set():
                 raise ChannelClosed(f"data channel closed during the handshake: {self.close_output or 'no reason'}",
@@ -116,6 +120,9 @@ class _Session:
     def _start_timeout(self) -> float | None:
         """How long start() waits for the agent to begin the session."""
         return HANDSHAKE_TIMEOUT
+
+    def _may_end_before_start(self) -> bool:
+        return False
 
     async def _after_handshake(self) -> None:
         return None
@@ -210,10 +217,11 @@ class _Session:
     # ---- stream messages ----
     async def _on_stream(self, msg: AgentMessage) -> None:
         ptype = msg.payload_type
-        if not self._handshake_done.is_set() and not self._handshake_seen and ptype == PayloadType.OUTPUT:
+        if not self._handshake_done.is_set() and not self._handshake_seen and ptype not in _HANDSHAKE_TYPES:
             # The agent skipped the handshake (shell without KMS): as the plugin's ProcessFirstMessage,
-            # the first output starts a shell session.
-            self.session_type = "Standard_Stream"
+            # the first message starts the session, a shell one when it is output.
+            if ptype == PayloadType.OUTPUT:
+                self.session_type = "Standard_Stream"
             self._handshake_done.set()
         if ptype == PayloadType.HANDSHAKE_REQUEST:
             self._handshake_seen = True
@@ -453,6 +461,9 @@ class ShellSession(_Session):
         # Without KMS the agent skips the handshake and the shell's first output is the start, which may
         # come whenever the command prints. The plugin waits for it without a bound; so do we.
         return None
+
+    def _may_end_before_start(self) -> bool:
+        return not self._handshake_seen
 
     async def _deliver(self, msg: AgentMessage) -> None:
         ptype = msg.payload_type
