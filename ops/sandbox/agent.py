@@ -131,7 +131,7 @@ def forbidden_host(state_dir: Path, host: str, agent_version: str) -> str:
         denied |= {ipaddress.ip_address(a) for a in DENIED_CREDENTIAL_IPS}
     for text in addresses:
         try:
-            addr = ipaddress.ip_address(text.split("%", 1)[0])
+            addr = ipaddress.ip_address(str(text).split("%", 1)[0])
         except ValueError:
             continue
         if addr in denied or (newer and addr.is_loopback):
