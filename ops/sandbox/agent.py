@@ -172,7 +172,7 @@ class AgentConnection:
                  on_finished: Callable[[str], Awaitable[None]] | None = None,
                  kms_decrypt: Callable[[bytes, dict[str, str]], bytes] | None = None) -> None:
         self.spec = spec
-        self._send_raw = send_raw
+        self._send_raw: Callable[[bytes], Awaitable[None]] | None = send_raw
         self.state_dir = state_dir
         self.agent_version = agent_version
         self.profile = profile
@@ -196,6 +196,23 @@ class AgentConnection:
         self._enc_challenge = b""
         self.cipher: SessionCipher | None = None
 
+    # ---- the client's websocket comes and goes; the agent's side of the session stays ----
+    def attach(self, send_raw: Callable[[bytes], Awaitable[None]]) -> None:
+        """A client (re)connected (ResumeSession): frames go to its websocket from now on."""
+        self._send_raw = send_raw
+
+    def detach(self) -> None:
+        """The client's websocket is gone. As with AWS, the agent's data channel, its sequence numbers and
+        its TCP connections stay; what it sends meanwhile is resent when the client resumes."""
+        self._send_raw = None
+
+    async def _emit(self, frame: bytes) -> None:
+        send = self._send_raw
+        if send is None:
+            return  # unacknowledged: the resend loop delivers it after a resume
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await send(frame)
+
     # ---- frames with fault injection ----
     async def _send_frame(self, frame: bytes) -> None:
         verdict = self.loss.decide(frame)
@@ -204,10 +221,10 @@ class AgentConnection:
         if verdict == "hold" and self._held is None:
             self._held = frame
             return
-        await self._send_raw(frame)
+        await self._emit(frame)
         held, self._held = self._held, None
         if held is not None:
-            await self._send_raw(held)
+            await self._emit(held)
 
     async def receive(self, frame: bytes) -> None:
         verdict = self.loss.decide(frame)
@@ -262,7 +279,7 @@ class AgentConnection:
         self.finished = True
         await self.channel.drain(timeout=3)
         with contextlib.suppress(Exception):
-            await self._send_raw(framing.encode(framing.channel_closed(session_id=self.spec.session_id,
+            await self._emit(framing.encode(framing.channel_closed(session_id=self.spec.session_id,
                                                                        output=output)))
         if self._on_finished is not None:
             await self._on_finished(output)

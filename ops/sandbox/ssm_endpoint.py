@@ -106,6 +106,7 @@ class Session:
     ws: web.WebSocketResponse | None = None
     agent: AgentConnection | None = None
     ws_opened: float = 0.0
+    websockets: int = 0  # data-channel websockets accepted so far (1 + resumes)
     last_activity: float = field(default_factory=time.monotonic)
     started_mono: float = field(default_factory=time.monotonic)
 
@@ -660,10 +661,10 @@ class Endpoint:
         if opened.get("TokenValue") != sess.token:
             await ws.close(code=4001, message=b"invalid token")
             return ws
-        # A new websocket for a session replaces the old one (ResumeSession): fresh channel and plugin.
-        old_agent, old_ws = sess.agent, sess.ws
-        if old_agent is not None:
-            await old_agent.stop()
+        # A new websocket for a session replaces the old one (ResumeSession); the agent's side of the
+        # session (its data channel, sequence numbers, TCP connections) carries on, as on AWS.
+        old_ws = sess.ws
+        sess.ws = None
         if old_ws is not None and not old_ws.closed:
             await old_ws.close()
 
@@ -677,18 +678,28 @@ class Endpoint:
             if sess.agent is agent or sess.agent is None:
                 sess.agent = None
                 self._mark_terminated(sess)
-                await ws.close()
+                current = sess.ws
+                if current is not None:
+                    await current.close()
 
-        spec = SessionSpec(session_id=sid, kind=sess.kind, command=sess.command, cwd=str(self.state_dir),
-                           target=sess.target, kms_key_id=sess.kms_key_id,
-                           properties=self._session_properties(sess))
-        agent = AgentConnection(spec=spec, send_raw=send_raw, state_dir=self.state_dir,
-                                agent_version=self.agent_version, profile=self.profile,
-                                loss=self.loss, on_finished=finished, kms_decrypt=self._kms_decrypt(sess.region))
+        resumed = sess.agent is not None and not sess.agent.finished
+        if resumed:
+            assert sess.agent is not None
+            agent = sess.agent
+            agent.attach(send_raw)
+        else:
+            spec = SessionSpec(session_id=sid, kind=sess.kind, command=sess.command, cwd=str(self.state_dir),
+                               target=sess.target, kms_key_id=sess.kms_key_id,
+                               properties=self._session_properties(sess))
+            agent = AgentConnection(spec=spec, send_raw=send_raw, state_dir=self.state_dir,
+                                    agent_version=self.agent_version, profile=self.profile, loss=self.loss,
+                                    on_finished=finished, kms_decrypt=self._kms_decrypt(sess.region))
         sess.agent, sess.ws, sess.status = agent, ws, "Connected"
         sess.ws_opened = time.monotonic()
+        sess.websockets += 1
         self._ensure_timers()
-        await agent.start()
+        if not resumed:
+            await agent.start()
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.BINARY:
@@ -703,13 +714,16 @@ class Endpoint:
                 elif msg.type == WSMsgType.ERROR:
                     break
         finally:
-            await agent.stop()
-            if sess.agent is agent:
-                sess.agent, sess.ws = None, None
+            if sess.ws is ws:
+                sess.ws = None
                 if agent.finished or agent.terminate_requested:
+                    await agent.stop()
+                    sess.agent = None
                     self._mark_terminated(sess)
-                elif sess.status == "Connected" and sess.kind == "port":
-                    # Websocket gone without a terminate: the session stays resumable, as with AWS.
+                elif sess.status == "Connected":
+                    # Websocket gone without a terminate: the session stays resumable, as with AWS, and
+                    # its agent side waits for the client (until the idle timeout ends it).
+                    agent.detach()
                     sess.status = "Disconnected"
                     self._save()
         return ws
@@ -796,12 +810,12 @@ class Endpoint:
         sess = self.sessions.get(request.match_info["session_id"])
         if sess is None:
             raise web.HTTPNotFound()
-        out: dict[str, Any] = {"status": sess.status, **self._loss_view()}
+        out: dict[str, Any] = {"status": sess.status, "websockets": sess.websockets, **self._loss_view()}
         if sess.agent is not None:
             ch = sess.agent.channel
             plugin = type(sess.agent.plugin).__name__ if sess.agent.plugin else ""
             out.update({"plugin": plugin, "client_version": sess.agent.client_version, "resent": ch.resent,
-                        "duplicates": ch.duplicates, "received_bytes": sess.agent.received,
+                        "unacked": ch.unacked, "duplicates": ch.duplicates, "received_bytes": sess.agent.received,
                         "publishing": ch.publishing.is_set()})
         return web.json_response(out)
 
