@@ -149,6 +149,11 @@ class Channel:
         if len(self._unacked) < self._window:
             self._space.set()
 
+    def resend_now(self) -> None:
+        """After a new websocket (resume): everything unacknowledged is due at the next resend tick."""
+        for item in self._unacked.values():
+            item.sent_at = 0.0
+
     async def _resend_loop(self) -> None:
         while True:
             await asyncio.sleep(self._resend_interval)

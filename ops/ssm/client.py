@@ -2,7 +2,10 @@
 
 The websocket side lives here; the sequence/ack/resend machinery is `ops.ssm.channel`, the frame
 codec `ops.ssm.framing`, the multiplexer `ops.ssm.smux`. Reconnection (ResumeSession) is the
-caller's job: a dropped websocket ends the session with `ChannelClosed(dropped=True)`.
+caller's job: `wait_closed()` raises `ChannelClosed(dropped=True)` when the websocket drops, and the
+session then stays as it was (data channel state, smux streams, local connections) until the caller
+either `resume()`s it on the websocket ResumeSession returns, or `close()`s it. What is sent meanwhile
+waits in the data channel's window and is resent after the resume, as the plugin does.
 """
 
 from __future__ import annotations
@@ -75,33 +78,46 @@ class _Session:
         self._handshake_done = asyncio.Event()
         self._handshake_seen = False
         self._closed = asyncio.Event()
+        self._link_lost = asyncio.Event()  # the websocket is gone; the session may still be resumed
         self._closing = False
         self.dropped = False
         self.close_output = ""
         self._handshake_error: OpsError | None = None
 
     # ---- lifecycle ----
-    async def start(self) -> None:
+    async def _connect(self) -> None:
+        """Open the websocket and authenticate to the stream (first connection and every resume)."""
         try:
-            self._ws = await connect(self.stream_url, max_size=None, compression=None, ping_interval=30,
-                                     ping_timeout=30, open_timeout=15, write_limit=1 << 20)
+            ws = await connect(self.stream_url, max_size=None, compression=None, ping_interval=30,
+                               ping_timeout=30, open_timeout=15, write_limit=1 << 20)
+            await ws.send(framing.open_data_channel(token=self._token, client_id=self.client_id,
+                                                    client_version=CLIENT_VERSION))
         except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as exc:
             raise ChannelClosed(f"cannot open the data channel websocket: {exc}", dropped=True,
                                 next_step="check network access to ssmmessages, then retry") from None
+        self._ws = ws
+        self.dropped = False
+        self._link_lost.clear()
+        self._reader_task = asyncio.get_running_loop().create_task(self._reader(ws))
+
+    async def start(self) -> None:
         self.channel = Channel(send_frame=self._send_frame, outgoing_type=framing.INPUT_STREAM_DATA,
                                on_message=self._on_stream, on_closed=self._on_channel_closed,
                                on_failed=self._on_channel_failed)
-        await self._ws.send(framing.open_data_channel(token=self._token, client_id=self.client_id,
-                                                      client_version=CLIENT_VERSION))
+        await self._connect()
         self.channel.start()
-        self._reader_task = asyncio.get_running_loop().create_task(self._reader())
         waiter = asyncio.ensure_future(self._handshake_done.wait())
         closer = asyncio.ensure_future(self._closed.wait())
+        lost = asyncio.ensure_future(self._link_lost.wait())
         try:
-            await asyncio.wait({waiter, closer}, timeout=self._start_timeout(), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter, closer, lost}, timeout=self._start_timeout(),
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
             closer.cancel()
+            lost.cancel()
+        if self._link_lost.is_set() and not self._handshake_done.is_set():
+            self._mark_closed()
         if self._handshake_error is not None:
             await self._shutdown()
             raise self._handshake_error
@@ -128,10 +144,38 @@ class _Session:
         return None
 
     async def wait_closed(self) -> None:
-        await self._closed.wait()
+        """Returns when the session ended; raises ChannelClosed(dropped=True) when only its websocket did."""
+        closer = asyncio.ensure_future(self._closed.wait())
+        lost = asyncio.ensure_future(self._link_lost.wait())
+        try:
+            await asyncio.wait({closer, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closer.cancel()
+            lost.cancel()
         if self.dropped and not self._closing:
             raise ChannelClosed(f"data channel websocket of {self.session_id} dropped", dropped=True,
                                 next_step="resume the session (ResumeSession) or start a new one")
+
+    async def resume(self, *, stream_url: str, token: str) -> None:
+        """Carry on with the same session over a new websocket (the answer of ResumeSession): streams,
+        sequence numbers and unacknowledged messages are kept; raises ChannelClosed when it cannot."""
+        if self._closed.is_set() or self.channel is None:
+            raise ChannelClosed(f"session {self.session_id} is closed; it cannot be resumed", dropped=False)
+        await self._drop_websocket()
+        self.stream_url, self._token = stream_url, token
+        await self._connect()
+        self.channel.resend_now()
+
+    async def _drop_websocket(self) -> None:
+        ws, task = self._ws, self._reader_task
+        self._ws = self._reader_task = None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2)
 
     @property
     def closed(self) -> bool:
@@ -158,13 +202,7 @@ class _Session:
         self._closing = True
         if self.channel is not None:
             await self.channel.stop()
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), 2)
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader_task
+        await self._drop_websocket()
         self._mark_closed()
 
     def _mark_closed(self) -> None:
@@ -177,14 +215,18 @@ class _Session:
 
     # ---- transport ----
     async def _send_frame(self, frame: bytes) -> None:
-        if self._ws is None:
+        if self._closed.is_set():
             raise ChannelClosed("data channel not open", dropped=False)
-        await self._ws.send(frame)
+        ws = self._ws
+        if ws is None or self._link_lost.is_set():
+            return  # between websockets: the frame waits unacknowledged and is resent after the resume
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+            await ws.send(frame)
 
-    async def _reader(self) -> None:
-        assert self._ws is not None and self.channel is not None
+    async def _reader(self, ws: ClientConnection) -> None:
+        assert self.channel is not None
         try:
-            async for raw in self._ws:
+            async for raw in ws:
                 if isinstance(raw, str):
                     continue
                 try:
@@ -199,6 +241,8 @@ class _Session:
             self._on_event(f"data channel error: {exc!r}")
         if not self._closing and not self._closed.is_set():
             self.dropped = True
+            self._link_lost.set()
+            return
         self._mark_closed()
 
     def _on_channel_failed(self, exc: ChannelError) -> None:
