@@ -27,8 +27,6 @@ from tests.conftest import PROJECT_ROOT
 from tests.pg_support import start_cluster
 from tests.ssm_support import EndpointThread, moto_process
 
-PLUGIN_BUILD = Path("/tmp/smp-bin/session-manager-plugin")
-
 
 def aws_client(service: str, url: str, region: str) -> Any:
     return boto3.client(service, region_name=region, endpoint_url=url,  # type: ignore[call-overload]
