@@ -765,6 +765,15 @@ class Endpoint:
                         await ws.close(code=1001, message=b"data channel lifetime reached")
 
     # ---- test hooks ----
+    async def hook_profile(self, request: web.Request) -> web.Response:
+        """The agent profile of sessions started from now on (tests that say why they need `fast`)."""
+        body = await request.json() if request.can_read_body else {}
+        name = str(body.get("profile", self.profile.name))
+        if name not in agent_mod.PROFILES:
+            raise web.HTTPBadRequest(text=f"profile must be one of {sorted(agent_mod.PROFILES)}")
+        self.profile = agent_mod.PROFILES[name]
+        return web.json_response({"profile": name})
+
     async def hook_clock(self, request: web.Request) -> web.Response:
         body = await request.json() if request.can_read_body else {}
         self.time_scale = float(body.get("time_scale", self.time_scale))
@@ -847,6 +856,7 @@ def make_app(endpoint: Endpoint) -> web.Application:
     app.router.add_post("/_sandbox/loss", endpoint.hook_loss)
     app.router.add_post("/_sandbox/agent-boot", endpoint.hook_agent_boot)
     app.router.add_post("/_sandbox/clock", endpoint.hook_clock)
+    app.router.add_post("/_sandbox/profile", endpoint.hook_profile)
     app.router.add_route("*", "/{tail:.*}", endpoint.handle_root)
     app.on_shutdown.append(endpoint.shutdown)
     return app
