@@ -21,6 +21,7 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from ops import aws
 from ops.config import EnvConfig
 from ops.errors import OpsError, ToolMissingError
 
@@ -100,3 +101,23 @@ def old_plugin_error(version: str) -> ToolMissingError:
 def default_profile(cfg: EnvConfig) -> str:
     """What the AWS CLI passes as the profile: the one in use, or '' (the plugin then uses the default chain)."""
     return "" if cfg.sandbox else os.environ.get("AWS_PROFILE", "")
+
+
+SANDBOX_CA = "tls/ca.pem"
+
+
+def sandbox_ca_file(cfg: EnvConfig) -> str:
+    """The CA the sandbox's wss:// data channel is signed with ('' outside the sandbox: AWS needs none)."""
+    if not cfg.sandbox:
+        return ""
+    path = aws.state_dir() / SANDBOX_CA
+    return str(path) if path.is_file() else ""
+
+
+def trust_env(cfg: EnvConfig, env: Mapping[str, str]) -> dict[str, str]:
+    """`env` for the plugin (Go reads SSL_CERT_FILE), trusting the sandbox CA in a sandbox environment."""
+    out = dict(env)
+    ca = sandbox_ca_file(cfg)
+    if ca:
+        out["SSL_CERT_FILE"] = ca
+    return out

@@ -429,7 +429,8 @@ class Supervisor:
         assert self.relay is not None
         session = PortSession(stream_url=response["StreamUrl"], token=response["TokenValue"],
                               session_id=str(response["SessionId"]), on_event=self._agent_event,
-                              target=self.relay.instance_id, kms_client=_LazyClient(self.cfg, "kms"))
+                              target=self.relay.instance_id, kms_client=_LazyClient(self.cfg, "kms"),
+                              ca_file=transport_mod.sandbox_ca_file(self.cfg))
         try:
             await session.start()
         except BaseException:
@@ -451,7 +452,7 @@ class Supervisor:
             env["AWS_ACCESS_KEY_ID"] = aws.SANDBOX_CREDENTIALS["aws_access_key_id"]
             env["AWS_SECRET_ACCESS_KEY"] = aws.SANDBOX_CREDENTIALS["aws_secret_access_key"]
         env.setdefault("AWS_REGION", self.cfg.region)
-        return env
+        return transport_mod.trust_env(self.cfg, env)
 
     async def _start_plugin(self, response: dict[str, Any]) -> None:
         if not self._plugin_version:

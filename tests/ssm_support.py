@@ -68,6 +68,11 @@ class EndpointThread:
         self._thread.join(30)
         self._loop.close()
 
+    @property
+    def ca_file(self) -> str:
+        """The CA the endpoint's wss:// data channel is signed with (clients must be told to trust it)."""
+        return str(self.state_dir / "tls" / "ca.pem")
+
     def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         req = urllib.request.Request(self.url + path, data=json.dumps(body or {}).encode(), method="POST",  # noqa: S310
                                      headers={"Content-Type": "application/json"})

@@ -63,7 +63,8 @@ def test_port_session_is_not_encrypted_even_with_a_preferences_key(kms_box: tupl
 
     async def main() -> None:
         ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
-                         session_id=started["SessionId"], on_event=events.append)  # no kms_client at all
+                         session_id=started["SessionId"], on_event=events.append,  # no kms_client at all
+                         ca_file=box.endpoint.ca_file)
         await ps.start()
         assert ps.cipher is None and ps.session_type == "Port"
         server = await asyncio.start_server(ps.handle_connection, "127.0.0.1", 0)
@@ -105,7 +106,7 @@ def test_without_kms_access_the_client_says_what_to_do(kms_box: tuple[Sandbox, s
         from ops.ssm.client import ShellSession
 
         shell = ShellSession(stream_url=session["streamUrl"], token=session["tokenValue"],
-                             session_id=session["sessionId"])
+                             session_id=session["sessionId"], ca_file=box.endpoint.ca_file)
         with pytest.raises(OpsError, match="KMS session encryption") as info:
             await shell.start()
         assert "--transport plugin" in info.value.next_step
@@ -138,7 +139,7 @@ def test_encrypted_ecs_shell_uses_the_aws_target_name(kms_box: tuple[Sandbox, st
     async def main() -> int:
         shell = ShellSession(stream_url=session["streamUrl"], token=session["tokenValue"],
                              session_id=session["sessionId"], target=f"ecs:kms-cluster_{tid}_{tid}-1234567890",
-                             kms_client=aws("kms", box.moto_url))
+                             kms_client=aws("kms", box.moto_url), ca_file=box.endpoint.ca_file)
         await shell.start()
         assert shell.cipher is not None
         return await asyncio.wait_for(shell.run(stdin_fd=None, stdout_fd=write_fd), 20)
@@ -167,7 +168,7 @@ def test_ecs_shell_without_exec_kms_skips_the_handshake(kms_box: tuple[Sandbox, 
 
     async def main() -> tuple[int, ShellSession]:
         shell = ShellSession(stream_url=session["streamUrl"], token=session["tokenValue"],
-                             session_id=session["sessionId"])
+                             session_id=session["sessionId"], ca_file=box.endpoint.ca_file)
         await asyncio.wait_for(shell.start(), 10)
         return await asyncio.wait_for(shell.run(stdin_fd=None, stdout_fd=write_fd), 20), shell
 

@@ -53,7 +53,8 @@ def run_plugin(box: Sandbox, tmp_path: Path, plugin: str) -> None:
     ssm = box.endpoint.ssm()
     response = ssm.start_session(**params)
     response.pop("ResponseMetadata")
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path)}
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path),
+           "SSL_CERT_FILE": box.endpoint.ca_file}
     # The argv the AWS CLI passes: response JSON, region, operation, profile, request JSON, endpoint URL.
     proc = subprocess.Popen([plugin, json.dumps(response), REGION, "StartSession", "", json.dumps(params),
                              box.endpoint.url], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -129,7 +130,8 @@ def test_real_plugin_shell_without_kms(sandbox: Sandbox, tmp_path: Path, plugin:
     when the command ends."""
     answer, target = _exec_session(sandbox, cluster="interop", command="sh -c 'echo interop-$((6*7))'")
     master, slave = os.openpty()  # the plugin drives a terminal, as under the AWS CLI
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path)}
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path),
+           "SSL_CERT_FILE": sandbox.endpoint.ca_file}
     proc = subprocess.Popen([plugin, json.dumps(answer), REGION, "StartSession", "", json.dumps({"Target": target}),
                              sandbox.endpoint.url], env=env, stdin=slave, stdout=slave, stderr=slave,
                             start_new_session=True)
@@ -169,7 +171,8 @@ def test_real_plugin_resumes_after_a_drop(sandbox: Sandbox, tmp_path: Path, plug
     ssm = sandbox.endpoint.ssm()
     response = ssm.start_session(**params)
     response.pop("ResponseMetadata")
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path)}
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path),
+           "SSL_CERT_FILE": sandbox.endpoint.ca_file}
     proc = subprocess.Popen([plugin, json.dumps(response), REGION, "StartSession", "", json.dumps(params),
                              sandbox.endpoint.url], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)

@@ -31,7 +31,8 @@ def run_port_session(box: Sandbox, scenario: Scenario, *, close: bool = True) ->
     holder: list[PortSession] = []
 
     async def main() -> None:
-        ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"], session_id=sid)
+        ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"], session_id=sid,
+                         ca_file=box.endpoint.ca_file)
         holder.append(ps)
         await ps.start()
         server = await asyncio.start_server(ps.handle_connection, "127.0.0.1", 0)
@@ -183,7 +184,8 @@ def test_wrong_token_is_refused(sandbox: Sandbox) -> None:
     started = sandbox.start_port_session()
 
     async def main() -> None:
-        ps = PortSession(stream_url=started["StreamUrl"], token="not-the-token", session_id=started["SessionId"])
+        ps = PortSession(stream_url=started["StreamUrl"], token="not-the-token", session_id=started["SessionId"],
+                         ca_file=sandbox.endpoint.ca_file)
         with pytest.raises(ChannelClosed):
             await ps.start()
 
@@ -218,7 +220,7 @@ def test_unreachable_remote_host_reports_connect_error(sandbox: Sandbox) -> None
 
     async def main() -> None:
         ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
-                         session_id=started["SessionId"], on_event=events.append)
+                         session_id=started["SessionId"], on_event=events.append, ca_file=sandbox.endpoint.ca_file)
         await ps.start()
         server = await asyncio.start_server(ps.handle_connection, "127.0.0.1", 0)
         reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
@@ -311,7 +313,7 @@ def test_slow_reader_bounds_client_buffering(ssm_fast_sandbox: Sandbox) -> None:
 
     async def main() -> None:
         ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
-                         session_id=started["SessionId"])
+                         session_id=started["SessionId"], ca_file=sandbox.endpoint.ca_file)
         await ps.start()
         listener = await asyncio.start_server(ps.handle_connection, "127.0.0.1", 0)
         reader, writer = await asyncio.open_connection("127.0.0.1", listener.sockets[0].getsockname()[1],
@@ -372,7 +374,7 @@ def test_basic_mode_server_speaks_first(old_agent_sandbox: Sandbox) -> None:
 
     async def main() -> None:
         ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
-                         session_id=started["SessionId"])
+                         session_id=started["SessionId"], ca_file=old_agent_sandbox.endpoint.ca_file)
         await ps.start()
         assert not ps.multiplexed
         await asyncio.sleep(0.3)  # the greeting reaches the client before anyone connects locally
@@ -390,3 +392,27 @@ def test_basic_mode_server_speaks_first(old_agent_sandbox: Sandbox) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_data_channel_is_wss_and_the_client_verifies_it(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Difference 5. AWS answers StartSession with wss://ssmmessages.<region>.amazonaws.com/v1/data-channel/...
+    (session-manager-plugin src/communicator/websocketchannel.go dials it with TLS). The sandbox serves
+    the data channel over TLS too, signed by its own CA, so a client that skipped verification, or only
+    spoke ws://, fails here as it would against AWS."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    started = sandbox.start_port_session()
+    assert started["StreamUrl"].startswith("wss://127.0.0.1:")
+    assert "/v1/data-channel/" in started["StreamUrl"]
+
+    async def main() -> None:
+        untrusting = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
+                                 session_id=started["SessionId"])
+        with pytest.raises(ChannelClosed, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            await untrusting.start()
+        trusting = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
+                               session_id=started["SessionId"], ca_file=sandbox.endpoint.ca_file)
+        await trusting.start()
+        assert trusting.session_type == "Port"
+        await trusting.close()
+
+    asyncio.run(main())

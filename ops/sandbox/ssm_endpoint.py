@@ -44,6 +44,7 @@ from aiohttp import ClientSession, ClientTimeout, WSMsgType, web
 from botocore.config import Config
 
 from ops.sandbox import agent as agent_mod
+from ops.sandbox import tls as sandbox_tls
 from ops.sandbox.agent import AgentConnection, AgentProfile, LossConfig, SessionSpec
 from ops.ssm import framing
 
@@ -151,6 +152,7 @@ class Endpoint:
         self.loss = LossConfig()
         self.sessions: dict[str, Session] = {}
         self.base_url = ""
+        self.stream_base = ""  # wss://host:port of the TLS listener: AWS hands out wss:// stream URLs
         self._http: ClientSession | None = None
         self._owners: dict[str, str] = {}
         self.events: list[dict[str, Any]] = []  # emulated CloudTrail records, oldest first
@@ -418,8 +420,7 @@ class Endpoint:
         return out
 
     def _stream_url(self, session_id: str) -> str:
-        ws_base = self.base_url.replace("http://", "ws://", 1)
-        return f"{ws_base}/v1/data-channel/{session_id}?role=publish_subscribe"
+        return f"{self.stream_base}/v1/data-channel/{session_id}?role=publish_subscribe"
 
     def _new_session_id(self, owner: str) -> str:
         name = owner.rsplit("/", 1)[-1].rsplit(":", 1)[-1] or "sandbox"
@@ -875,16 +876,24 @@ async def serve(*, host: str, port: int, moto_url: str, state_dir: Path, agent_v
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
-    assert server is not None
-    bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-    endpoint.base_url = f"http://{host}:{bound}"
+    # The same app over TLS, on its own port, for the data channel (the clients trust <state>/tls/ca.pem).
+    tls_site = web.TCPSite(runner, host, 0, ssl_context=sandbox_tls.server_context(state_dir, host))
+    await tls_site.start()
+    endpoint.base_url = f"http://{host}:{_bound_port(site)}"
+    endpoint.stream_base = f"wss://{host}:{_bound_port(tls_site)}"
     if ready is not None:
         ready.set_result(endpoint.base_url)
     try:
         await (stop or asyncio.Event()).wait()
     finally:
         await runner.cleanup()
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server
+    assert server is not None
+    port: int = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    return port
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -59,8 +60,10 @@ class _Session:
 
     def __init__(self, *, stream_url: str, token: str, session_id: str, client_id: str | None = None,
                  on_event: Callable[[str], None] | None = None, payload_size: int | None = None,
-                 target: str = "", kms_client: Any = None) -> None:
+                 target: str = "", kms_client: Any = None, ca_file: str = "") -> None:
         self.stream_url = stream_url
+        # An extra CA to trust for the wss:// data channel (the sandbox's); AWS needs none.
+        self.ca_file = ca_file
         self.target = target
         self._kms = kms_client
         self.cipher: SessionCipher | None = None
@@ -88,8 +91,13 @@ class _Session:
     async def _connect(self) -> None:
         """Open the websocket and authenticate to the stream (first connection and every resume)."""
         try:
+            options: dict[str, Any] = {}
+            if self.ca_file and self.stream_url.startswith("wss://"):
+                tls = ssl.create_default_context()
+                tls.load_verify_locations(cafile=self.ca_file)
+                options["ssl"] = tls
             ws = await connect(self.stream_url, max_size=None, compression=None, ping_interval=30,
-                               ping_timeout=30, open_timeout=15, write_limit=1 << 20)
+                               ping_timeout=30, open_timeout=15, write_limit=1 << 20, **options)
             await ws.send(framing.open_data_channel(token=self._token, client_id=self.client_id,
                                                     client_version=CLIENT_VERSION))
         except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as exc:
@@ -378,9 +386,10 @@ class PortSession(_Session):
 
     def __init__(self, *, stream_url: str, token: str, session_id: str, client_id: str | None = None,
                  on_event: Callable[[str], None] | None = None, payload_size: int | None = None,
-                 target: str = "", kms_client: Any = None) -> None:
+                 target: str = "", kms_client: Any = None, ca_file: str = "") -> None:
         super().__init__(stream_url=stream_url, token=token, session_id=session_id, client_id=client_id,
-                         on_event=on_event, payload_size=payload_size, target=target, kms_client=kms_client)
+                         on_event=on_event, payload_size=payload_size, target=target, kms_client=kms_client,
+                         ca_file=ca_file)
         self.multiplexed = False
         self._mux: smux.SmuxSession | None = None
         self._basic_lock = asyncio.Lock()
@@ -493,9 +502,10 @@ class ShellSession(_Session):
     """An interactive (or command) shell session, as for ECS Exec (`Standard_Stream` / `InteractiveCommands`)."""
 
     def __init__(self, *, stream_url: str, token: str, session_id: str, client_id: str | None = None,
-                 on_event: Callable[[str], None] | None = None, target: str = "", kms_client: Any = None) -> None:
+                 on_event: Callable[[str], None] | None = None, target: str = "", kms_client: Any = None,
+                 ca_file: str = "") -> None:
         super().__init__(stream_url=stream_url, token=token, session_id=session_id, client_id=client_id,
-                         on_event=on_event, payload_size=None, target=target, kms_client=kms_client)
+                         on_event=on_event, payload_size=None, target=target, kms_client=kms_client, ca_file=ca_file)
         self.exit_code: int | None = None
         self._stdout_fd: int | None = None
         self._early: list[bytes] = []
@@ -630,12 +640,13 @@ class ShellSession(_Session):
 
 
 def run_shell(*, stream_url: str, token: str, session_id: str, stdin_fd: int | None = 0, stdout_fd: int = 1,
-              on_event: Callable[[str], None] | None = None, target: str = "", kms_client: Any = None) -> int:
+              on_event: Callable[[str], None] | None = None, target: str = "", kms_client: Any = None,
+              ca_file: str = "") -> int:
     """Blocking helper for the CLI: open the shell session, relay it, return the remote exit status."""
 
     async def main() -> int:
         shell = ShellSession(stream_url=stream_url, token=token, session_id=session_id, on_event=on_event,
-                             target=target, kms_client=kms_client)
+                             target=target, kms_client=kms_client, ca_file=ca_file)
         await shell.start()
         return await shell.run(stdin_fd=stdin_fd, stdout_fd=stdout_fd)
 
