@@ -104,6 +104,7 @@ def default_profile(cfg: EnvConfig) -> str:
 
 
 SANDBOX_CA = "tls/ca.pem"
+SANDBOX_PROXY = "tls/aws_api_proxy"
 
 
 def sandbox_ca_file(cfg: EnvConfig) -> str:
@@ -115,9 +116,15 @@ def sandbox_ca_file(cfg: EnvConfig) -> str:
 
 
 def trust_env(cfg: EnvConfig, env: Mapping[str, str]) -> dict[str, str]:
-    """`env` for the plugin (Go reads SSL_CERT_FILE), trusting the sandbox CA in a sandbox environment."""
+    """`env` for the plugin in a sandbox environment: it trusts the sandbox CA, and the
+    plugin's KMS calls, which always go to kms.<region>.amazonaws.com, reach the emulator through the
+    sandbox's proxy (HTTPS_PROXY; Go never proxies loopback, so the endpoint itself is dialled directly)."""
     out = dict(env)
     ca = sandbox_ca_file(cfg)
     if ca:
-        out["SSL_CERT_FILE"] = ca
+        # Go's TLS reads SSL_CERT_FILE; the plugin's AWS SDK uses AWS_CA_BUNDLE instead when it is set.
+        out["SSL_CERT_FILE"] = out["AWS_CA_BUNDLE"] = ca
+        proxy = aws.state_dir() / SANDBOX_PROXY
+        if proxy.is_file():
+            out["HTTPS_PROXY"] = proxy.read_text().strip()
     return out

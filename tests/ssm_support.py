@@ -204,3 +204,34 @@ def real_plugin() -> str:
             pytest.fail(f"CI must run the real-plugin tests: {message}")
         pytest.skip(message)
     return found
+
+
+def run_plugin_shell(plugin: str, *, answer: dict[str, str], region: str, target: str, endpoint_url: str,
+                     env: dict[str, str], timeout: float = 30) -> tuple[int, bytes]:
+    """AWS's plugin on a pty for one shell session, as the AWS CLI starts it: (exit status, terminal output)."""
+    import select
+    import signal
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen([plugin, json.dumps(answer), region, "StartSession", "", json.dumps({"Target": target}),
+                             endpoint_url], env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    out = b""
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the plugin did not finish: {out!r}")
+            try:
+                if select.select([master], [], [], 0.1)[0]:
+                    out += os.read(master, 65536)
+                elif proc.poll() is not None:
+                    break
+            except OSError:  # EIO: the plugin closed the terminal
+                break
+        return proc.wait(timeout=10), out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        os.close(master)

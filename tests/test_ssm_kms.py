@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -180,3 +181,25 @@ def test_ecs_shell_without_exec_kms_skips_the_handshake(kms_box: tuple[Sandbox, 
         assert b"sealed-output" in pipe.read()
     assert code == 4
     assert shell.cipher is None and shell.agent_version == "" and shell.session_type == "Standard_Stream"
+
+
+@pytest.mark.slow
+def test_real_plugin_shell_with_exec_kms(kms_box: tuple[Sandbox, str], tmp_path: Path) -> None:
+    """AWS's plugin on an ECS Exec shell encrypted with the cluster's exec key: it asks KMS for a data key
+    at kms.<region>.amazonaws.com (session-manager-plugin src/encryption/kmsservice.go: the default
+    endpoint, none configurable), which the sandbox answers through its HTTPS proxy with moto's KMS."""
+    from tests.ssm_support import real_plugin, run_plugin_shell
+
+    plugin = real_plugin()
+    box, key = kms_box
+    tid = "0123456789abcdef0123456789abcd03"
+    session = exec_task(box, "kms-cluster-plugin", tid, kms_key=key)
+    answer = {"SessionId": session["sessionId"], "TokenValue": session["tokenValue"], "StreamUrl": session["streamUrl"]}
+    proxy = (box.endpoint.state_dir / "tls" / "aws_api_proxy").read_text().strip()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path),
+           "SSL_CERT_FILE": box.endpoint.ca_file, "AWS_CA_BUNDLE": box.endpoint.ca_file, "HTTPS_PROXY": proxy}
+    code, out = run_plugin_shell(plugin, answer=answer, region=KMS_REGION,
+                                 target=f"ecs:kms-cluster-plugin_{tid}_{tid}-1234567890", endpoint_url=box.endpoint.url,
+                                 env=env)
+    assert b"sealed-output" in out, out
+    assert code == 0, out

@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.ssm_support import DB_HOST, DB_PORT, REGION, EndpointThread, Sandbox, free_port, real_plugin
+from tests.ssm_support import (
+    DB_HOST,
+    DB_PORT,
+    REGION,
+    EndpointThread,
+    Sandbox,
+    free_port,
+    real_plugin,
+    run_plugin_shell,
+)
 
 pytest_plugins = ["tests.ssm_fixtures"]
 
@@ -129,33 +138,11 @@ def test_real_plugin_shell_without_kms(sandbox: Sandbox, tmp_path: Path, plugin:
     the shell on its first output (session/sessionhandler.go ProcessFirstMessage), prints it and exits
     when the command ends."""
     answer, target = _exec_session(sandbox, cluster="interop", command="sh -c 'echo interop-$((6*7))'")
-    master, slave = os.openpty()  # the plugin drives a terminal, as under the AWS CLI
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path),
            "SSL_CERT_FILE": sandbox.endpoint.ca_file}
-    proc = subprocess.Popen([plugin, json.dumps(answer), REGION, "StartSession", "", json.dumps({"Target": target}),
-                             sandbox.endpoint.url], env=env, stdin=slave, stdout=slave, stderr=slave,
-                            start_new_session=True)
-    os.close(slave)
-    out = b""
-    try:
-        deadline = time.monotonic() + 30
-        while proc.poll() is None or not out.endswith(b"\n"):
-            assert time.monotonic() < deadline, out
-            try:
-                import select
-
-                if select.select([master], [], [], 0.1)[0]:
-                    out += os.read(master, 65536)
-                elif proc.poll() is not None:
-                    break
-            except OSError:  # EIO: the plugin closed the terminal
-                break
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        os.close(master)
+    code, out = run_plugin_shell(plugin, answer=answer, region=REGION, target=target,
+                                 endpoint_url=sandbox.endpoint.url, env=env)
+    assert code == 0
     assert b"interop-42" in out, out
     assert b"Exiting session with sessionId" in out
     sessions = sandbox.endpoint.ssm().describe_sessions(State="History")["Sessions"]

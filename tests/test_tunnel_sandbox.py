@@ -101,6 +101,29 @@ def test_plugin_transport_end_to_end(pg_world: World, plugin: str, monkeypatch: 
     wait_for(lambda: not plugin_processes(), timeout=5, what="the plugin to exit")
 
 
+def test_invoke_tunnel_and_psql_with_the_plugin_on_path(pg_world: World, plugin: str,
+                                                       cli_tunnels: list[Tunnel]) -> None:
+    """A new user with AWS's plugin installed: transport auto picks it, and SQL goes through it, both with
+    `invoke tunnel` and `invoke psql` (the sandbox used to ask for KMS on port sessions and this failed
+    with `lookup kms.us-east-1.amazonaws.com: no such host`)."""
+    import shutil
+
+    pg_world.add_env("sandbox")
+    path = f"{Path(plugin).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    tunnel = Tunnel(pg_world, PATH=path)
+    cli_tunnels.append(tunnel)
+    tunnel.wait_line("DATABASE_URL=")
+    assert any("transport: plugin" in line for line in tunnel.seen)
+    assert query(tunnel.port(), "select 40 + 2") == 42
+    assert tunnel.stop(signal.SIGINT) == 0
+    if shutil.which("psql") is None:
+        pytest.skip("no psql client installed for the `invoke psql` half")
+    done = run_cli(pg_world, "psql", "--env", "sandbox", "-c", "select 40 + 2 as answer", PATH=path)
+    assert done.returncode == 0, done.stderr
+    assert "42" in done.stdout and "transport: plugin" in done.stderr
+    assert pg_world.active_sessions() == []
+
+
 def test_forced_drop_reconnects_and_keeps_the_port(pg_world: World) -> None:
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []

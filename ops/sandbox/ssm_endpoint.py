@@ -877,16 +877,57 @@ async def serve(*, host: str, port: int, moto_url: str, state_dir: Path, agent_v
     site = web.TCPSite(runner, host, port)
     await site.start()
     # The same app over TLS, on its own port, for the data channel (the clients trust <state>/tls/ca.pem).
-    tls_site = web.TCPSite(runner, host, 0, ssl_context=sandbox_tls.server_context(state_dir, host))
+    ca = sandbox_tls.SandboxCA(state_dir)
+    tls_site = web.TCPSite(runner, host, 0, ssl_context=ca.server_context(host))
     await tls_site.start()
     endpoint.base_url = f"http://{host}:{_bound_port(site)}"
     endpoint.stream_base = f"wss://{host}:{_bound_port(tls_site)}"
+    proxy = await asyncio.start_server(lambda r, w: _aws_api_proxy(r, w, ca, endpoint.moto_url), host, 0)
+    proxy_port = proxy.sockets[0].getsockname()[1]
+    (state_dir / sandbox_tls.PROXY_FILE).write_text(f"http://{host}:{proxy_port}\n")
     if ready is not None:
         ready.set_result(endpoint.base_url)
     try:
         await (stop or asyncio.Event()).wait()
     finally:
+        proxy.close()
         await runner.cleanup()
+
+
+async def _aws_api_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ca: sandbox_tls.SandboxCA,
+                         moto_url: str) -> None:
+    """An HTTPS proxy for clients that call AWS APIs on their default hosts: the session-manager-plugin
+    asks KMS for the data key of an encrypted shell at kms.<region>.amazonaws.com, with no way to name
+    another endpoint. CONNECT to *.amazonaws.com:443 is answered here with a certificate from the sandbox
+    CA and the requests go to moto; nothing else is proxied."""
+    from urllib.parse import urlsplit
+
+    try:
+        request = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1")
+        method, target, _ = request.split("\r\n", 1)[0].split(" ", 2)
+        host, _, port = target.rpartition(":")
+        if method != "CONNECT" or port != "443" or not host.endswith(".amazonaws.com"):
+            writer.write(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+            await writer.drain()
+            return
+        writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        await writer.drain()
+        await writer.start_tls(ca.server_context(host))
+        moto = urlsplit(moto_url)
+        up_reader, up_writer = await asyncio.open_connection(moto.hostname, moto.port)
+    except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+        writer.close()
+        return
+
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        with contextlib.suppress(OSError):
+            dst.close()
+
+    await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
 
 
 def _bound_port(site: web.TCPSite) -> int:
