@@ -371,7 +371,7 @@ def hand_off(cfg: EnvConfig, target: Target, response: Mapping[str, Any], *, ecs
         argv, env = plugin_invocation(plugin=plugin, session=session, region=cfg.region,
                                       profile=transport_mod.default_profile(cfg), target=tgt,
                                       endpoint_url=str(ecs.meta.endpoint_url),
-                                      base_env=transport_mod.trust_env(cfg, os.environ))
+                                      base_env=transport_mod.plugin_env(cfg, os.environ))
         with _ignore_sigint():
             return subprocess.run(argv, env=env, check=False).returncode
     from ops.ssm.client import run_shell

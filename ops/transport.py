@@ -115,6 +115,19 @@ def sandbox_ca_file(cfg: EnvConfig) -> str:
     return str(path) if path.is_file() else ""
 
 
+def plugin_env(cfg: EnvConfig, base: Mapping[str, str]) -> dict[str, str]:
+    """The plugin's environment: in a sandbox, its fixed credentials (the plugin calls KMS, ResumeSession
+    and TerminateSession itself) and its CA and proxy; elsewhere `base` as it is."""
+    env = dict(base)
+    if cfg.sandbox:
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            env.pop(key, None)
+        env["AWS_ACCESS_KEY_ID"] = aws.SANDBOX_CREDENTIALS["aws_access_key_id"]
+        env["AWS_SECRET_ACCESS_KEY"] = aws.SANDBOX_CREDENTIALS["aws_secret_access_key"]
+    env.setdefault("AWS_REGION", cfg.region)
+    return trust_env(cfg, env)
+
+
 def trust_env(cfg: EnvConfig, env: Mapping[str, str]) -> dict[str, str]:
     """`env` for the plugin in a sandbox environment: it trusts the sandbox CA, and the
     plugin's KMS calls, which always go to kms.<region>.amazonaws.com, reach the emulator through the

@@ -445,14 +445,7 @@ class Supervisor:
             self.report(line)
 
     def _plugin_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        if self.cfg.sandbox:
-            for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-                env.pop(key, None)
-            env["AWS_ACCESS_KEY_ID"] = aws.SANDBOX_CREDENTIALS["aws_access_key_id"]
-            env["AWS_SECRET_ACCESS_KEY"] = aws.SANDBOX_CREDENTIALS["aws_secret_access_key"]
-        env.setdefault("AWS_REGION", self.cfg.region)
-        return transport_mod.trust_env(self.cfg, env)
+        return transport_mod.plugin_env(self.cfg, os.environ)
 
     async def _start_plugin(self, response: dict[str, Any]) -> None:
         if not self._plugin_version:
