@@ -6,6 +6,7 @@ SIGTERM in every phase, background tunnels to two environments at once.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -108,7 +109,7 @@ def test_invoke_tunnel_and_psql_with_the_plugin_on_path(pg_world: World, plugin:
     with `lookup kms.us-east-1.amazonaws.com: no such host`)."""
     import shutil
 
-    pg_world.add_env("sandbox")
+    cfg = pg_world.add_env("sandbox")
     path = f"{Path(plugin).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     tunnel = Tunnel(pg_world, PATH=path)
     cli_tunnels.append(tunnel)
@@ -118,6 +119,11 @@ def test_invoke_tunnel_and_psql_with_the_plugin_on_path(pg_world: World, plugin:
     assert tunnel.stop(signal.SIGINT) == 0
     if shutil.which("psql") is None:
         pytest.skip("no psql client installed for the `invoke psql` half")
+    # The secret as RDS keeps it (moto's placeholder names another user); trust auth ignores the password.
+    (db,) = pg_world.client("rds").describe_db_instances(DBInstanceIdentifier=cfg.stack_name)["DBInstances"]
+    pg_world.client("secretsmanager").put_secret_value(
+        SecretId=db["MasterUserSecret"]["SecretArn"],
+        SecretString=json.dumps({"username": "app_admin", "password": "x%y:z#not-used"}))
     done = run_cli(pg_world, "psql", "--env", "sandbox", "-c", "select 40 + 2 as answer", PATH=path)
     assert done.returncode == 0, done.stderr
     assert "42" in done.stdout and "transport: plugin" in done.stderr

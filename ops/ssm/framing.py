@@ -4,7 +4,8 @@ Layout learnt from aws/session-manager-plugin `src/message` (our own code): a 12
 network byte order, then the payload.
 
     offset size field
-         0    4 HeaderLength   (uint32, always 116: the header up to, not including, PayloadLength)
+         0    4 HeaderLength   (uint32, 116 as everyone sends it: the header up to, not including,
+                                   PayloadLength; the agent takes the payload from HeaderLength + 4)
          4   32 MessageType    (UTF-8, right-padded with spaces)
         36    4 SchemaVersion  (uint32)
         40    8 CreatedDate    (uint64, epoch milliseconds)
