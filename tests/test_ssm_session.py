@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import botocore.exceptions
 import pytest
@@ -416,3 +419,52 @@ def test_data_channel_is_wss_and_the_client_verifies_it(sandbox: Sandbox, monkey
         await trusting.close()
 
     asyncio.run(main())
+
+
+def test_maximum_session_duration_ends_the_session_with_channel_closed(moto_url: str, echo_server: tuple[str, int],
+                                                                         tmp_path: Path) -> None:
+    """Difference 7. The service ends a session at the preferences' maxSessionDuration even while it is in
+    use, and tells the client with channel_closed (not a dropped websocket), so a client can tell it from a
+    network failure. Scaled: 1 minute at time_scale 0.02 is 1.2 s."""
+    import boto3
+
+    region = "ap-southeast-2"  # its own preferences document, apart from the other tests' region
+    boto3.client("ssm", region_name=region, endpoint_url=moto_url, aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_document(
+        Name="SSM-SessionManagerRunShell", DocumentType="Session", DocumentFormat="JSON",
+        Content=json.dumps({"schemaVersion": "1.0", "sessionType": "Standard_Stream",
+                            "inputs": {"idleSessionTimeout": "60", "maxSessionDuration": "1"}}))
+    relay = create_relay(moto_url, region=region)
+    endpoint = EndpointThread(moto_url=moto_url, state_dir=tmp_path / "state", time_scale=0.02).start()
+    try:
+        box = Sandbox(endpoint=endpoint, relay=relay, moto_url=moto_url)
+        box.map_host(DB_HOST, DB_PORT, echo_server)
+        started = boto3.client("ssm", region_name=region, endpoint_url=endpoint.url, aws_access_key_id="testing",
+                               aws_secret_access_key="testing").start_session(
+            Target=relay, DocumentName="AWS-StartPortForwardingSessionToRemoteHost",
+            Parameters={"host": [DB_HOST], "portNumber": [str(DB_PORT)]})
+
+        async def main() -> PortSession:
+            ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
+                             session_id=started["SessionId"], ca_file=endpoint.ca_file)
+            await ps.start()
+            server = await asyncio.start_server(ps.handle_connection, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+
+            async def busy() -> None:
+                while not ps.closed:  # in use all along: the maximum duration is not an idle timeout
+                    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                        await echo_roundtrip(port, b"still here")
+                    await asyncio.sleep(0.05)
+
+            user = asyncio.ensure_future(busy())
+            await asyncio.wait_for(ps.wait_closed(), 15)  # returns: an end, not a drop
+            user.cancel()
+            server.close()
+            return ps
+
+        ps = asyncio.run(main())
+        assert not ps.dropped
+        assert ps.close_output == "Your session has reached its maximum duration and has been terminated."
+    finally:
+        endpoint.stop()
