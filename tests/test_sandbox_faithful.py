@@ -170,6 +170,18 @@ def test_forwarding_deny_list(tmp_path: Path, host: str, version: str, refused: 
     assert error == (f"Forwarding to IP address {host} is forbidden." if refused else "")
 
 
+@pytest.mark.parametrize(("host", "refused"), [
+    ("10.40.0.0", True), ("10.40.0.1", True), ("10.40.0.2", True),  # network, VPC router, VPC DNS resolver
+    ("10.40.0.3", True), ("10.40.255.255", True),                   # reserved, broadcast
+    ("10.40.0.4", False), ("10.41.0.2", False),
+])
+def test_forwarding_deny_list_includes_the_vpc_resolver(tmp_path: Path, host: str, refused: bool) -> None:
+    """Difference 6, the VPC part. port.go dnsRoutingAddress/calculateAddress: the first four and the last
+    address of the instance's VPC CIDR blocks (the VPC DNS resolver is base + 2) are denied too."""
+    error = forbidden_host(tmp_path, host, agent_mod.DEFAULT_AGENT_VERSION, ("10.40.0.0/16",))
+    assert bool(error) is refused
+
+
 def test_refused_host_ends_the_session_after_the_handshake(tmp_path: Path) -> None:
     """Difference 6: the port plugin validates after the handshake and the session ends with the error."""
     finished: list[str] = []

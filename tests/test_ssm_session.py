@@ -468,3 +468,22 @@ def test_maximum_session_duration_ends_the_session_with_channel_closed(moto_url:
         assert ps.close_output == "Your session has reached its maximum duration and has been terminated."
     finally:
         endpoint.stop()
+
+
+@pytest.mark.parametrize("host", ["169.254.169.254", "10.40.0.2"])
+def test_forwarding_to_imds_or_the_vpc_resolver_is_refused(sandbox: Sandbox, host: str) -> None:
+    """Difference 6 end to end: the session to the instance metadata service, or to the relay VPC's DNS
+    resolver (10.40.0.0/16 + 2), ends after the handshake with the agent's error, which the client shows."""
+    started = sandbox.start_port_session(host=host, port=80)
+    events: list[str] = []
+
+    async def main() -> PortSession:
+        ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
+                         session_id=started["SessionId"], on_event=events.append, ca_file=sandbox.endpoint.ca_file)
+        await ps.start()
+        await asyncio.wait_for(ps.wait_closed(), 10)
+        return ps
+
+    ps = asyncio.run(main())
+    assert ps.close_output == f"Forwarding to IP address {host} is forbidden."
+    assert any("is forbidden" in e for e in events)

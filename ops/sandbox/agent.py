@@ -110,9 +110,23 @@ class SessionSpec:
     cwd: str | None = None
     target: str = ""
     kms_key_id: str = ""
+    vpc_cidrs: tuple[str, ...] = ()  # the relay's VPC: its first four and last addresses are denied
 
 
-def forbidden_host(state_dir: Path, host: str, agent_version: str) -> str:
+def vpc_reserved(cidrs: tuple[str, ...]) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """port.go calculateAddress: the first four addresses (network, router, DNS, reserved) and the last
+    (broadcast) of each VPC CIDR block the instance metadata names."""
+    out: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for cidr in cidrs:
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            continue
+        out |= {net.network_address + i for i in range(4)} | {net.broadcast_address}
+    return out
+
+
+def forbidden_host(state_dir: Path, host: str, agent_version: str, vpc_cidrs: tuple[str, ...] = ()) -> str:
     """The agent's deny-list check (agent/session/plugins/port/port.go validateParameters): '' when allowed,
     else the error the session ends with. Only a remote host is checked; no host means the relay itself.
 
@@ -125,7 +139,7 @@ def forbidden_host(state_dir: Path, host: str, agent_version: str) -> str:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
     except (OSError, UnicodeError):
         return ""  # unresolvable: the agent lets the dial fail later
-    denied = {ipaddress.ip_address(a) for a in DENIED_REMOTE_IPS}
+    denied = {ipaddress.ip_address(a) for a in DENIED_REMOTE_IPS} | vpc_reserved(vpc_cidrs)
     newer = not framing.version_greater(LOOPBACK_DENIED_FROM_AGENT, agent_version)
     if newer:
         denied |= {ipaddress.ip_address(a) for a in DENIED_CREDENTIAL_IPS}
@@ -342,7 +356,8 @@ class AgentConnection:
         await self.channel.send(PayloadType.HANDSHAKE_COMPLETE, json.dumps(complete).encode())
         if self.spec.kind == "port":
             host = str(self.spec.properties.get("host", ""))
-            refused = await asyncio.to_thread(forbidden_host, self.state_dir, host, self.agent_version)
+            refused = await asyncio.to_thread(forbidden_host, self.state_dir, host, self.agent_version,
+                                              self.spec.vpc_cidrs)
             if refused:
                 # The port plugin validates its parameters after the handshake and fails the session.
                 self._finishing = asyncio.ensure_future(self.finish(refused))

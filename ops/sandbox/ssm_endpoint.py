@@ -239,19 +239,20 @@ class Endpoint:
             return plain
         return decrypt
 
+    def _relays_sync(self, region: str, instance_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        ec2 = self._boto("ec2", region)
+        filters = [{"Name": f"tag:{RELAY_TAG[0]}", "Values": [RELAY_TAG[1]]}]
+        kwargs: dict[str, Any] = {"Filters": filters}
+        if instance_ids:
+            kwargs["InstanceIds"] = instance_ids
+        try:
+            pages = ec2.describe_instances(**kwargs)
+        except botocore.exceptions.ClientError:
+            return []
+        return [i for r in pages.get("Reservations", []) for i in r.get("Instances", [])]
+
     async def _relays(self, region: str, instance_ids: list[str] | None = None) -> list[dict[str, Any]]:
-        def fetch() -> list[dict[str, Any]]:
-            ec2 = self._boto("ec2", region)
-            filters = [{"Name": f"tag:{RELAY_TAG[0]}", "Values": [RELAY_TAG[1]]}]
-            kwargs: dict[str, Any] = {"Filters": filters}
-            if instance_ids:
-                kwargs["InstanceIds"] = instance_ids
-            try:
-                pages = ec2.describe_instances(**kwargs)
-            except botocore.exceptions.ClientError:
-                return []
-            return [i for r in pages.get("Reservations", []) for i in r.get("Instances", [])]
-        return await asyncio.to_thread(fetch)
+        return await asyncio.to_thread(self._relays_sync, region, instance_ids)
 
     # ---- HTTP ----
     async def handle_root(self, request: web.Request) -> web.StreamResponse:
@@ -691,7 +692,8 @@ class Endpoint:
         else:
             spec = SessionSpec(session_id=sid, kind=sess.kind, command=sess.command, cwd=str(self.state_dir),
                                target=sess.target, kms_key_id=sess.kms_key_id,
-                               properties=self._session_properties(sess))
+                               properties=self._session_properties(sess),
+                               vpc_cidrs=await self._vpc_cidrs(sess) if sess.kind == "port" else ())
             agent = AgentConnection(spec=spec, send_raw=send_raw, state_dir=self.state_dir,
                                     agent_version=self.agent_version, profile=self.profile, loss=self.loss,
                                     on_finished=finished, kms_decrypt=self._kms_decrypt(sess.region))
@@ -728,6 +730,22 @@ class Endpoint:
                     sess.status = "Disconnected"
                     self._save()
         return ws
+
+    async def _vpc_cidrs(self, sess: Session) -> tuple[str, ...]:
+        """The relay's VPC CIDR blocks, as the agent reads them from instance metadata."""
+        def fetch() -> tuple[str, ...]:
+            instances = [i for i in self._relays_sync(sess.region, [sess.target]) if i.get("VpcId")]
+            if not instances:
+                return ()
+            try:
+                vpcs = self._boto("ec2", sess.region).describe_vpcs(VpcIds=[instances[0]["VpcId"]])["Vpcs"]
+            except botocore.exceptions.ClientError:
+                return ()
+            blocks = [a["CidrBlock"] for v in vpcs for a in v.get("CidrBlockAssociationSet") or []]
+            return tuple(blocks or [v["CidrBlock"] for v in vpcs if v.get("CidrBlock")])
+        if not sess.target.startswith("i-"):
+            return ()
+        return await asyncio.to_thread(fetch)
 
     @staticmethod
     def _session_properties(sess: Session) -> dict[str, str]:
