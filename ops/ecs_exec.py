@@ -370,13 +370,15 @@ def hand_off(cfg: EnvConfig, target: Target, response: Mapping[str, Any], *, ecs
     if plugin is not None:
         argv, env = plugin_invocation(plugin=plugin, session=session, region=cfg.region,
                                       profile=transport_mod.default_profile(cfg), target=tgt,
-                                      endpoint_url=str(ecs.meta.endpoint_url), base_env=os.environ)
+                                      endpoint_url=str(ecs.meta.endpoint_url),
+                                      base_env=transport_mod.plugin_env(cfg, os.environ))
         with _ignore_sigint():
             return subprocess.run(argv, env=env, check=False).returncode
     from ops.ssm.client import run_shell
 
     return run_shell(stream_url=session["streamUrl"], token=session["tokenValue"], session_id=session["sessionId"],
-                     stdin_fd=stdin_fd, stdout_fd=stdout_fd, target=tgt, kms_client=aws.client(cfg, "kms"))
+                     stdin_fd=stdin_fd, stdout_fd=stdout_fd, target=tgt, kms_client=aws.client(cfg, "kms"),
+                     ca_file=transport_mod.sandbox_ca_file(cfg))
 
 
 def _pollable(fd: int | None) -> int | None:

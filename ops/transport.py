@@ -21,7 +21,7 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from ops import facts
+from ops import aws, facts
 from ops.config import EnvConfig
 from ops.errors import OpsError, ToolMissingError
 
@@ -101,3 +101,43 @@ def old_plugin_error(version: str) -> ToolMissingError:
 def default_profile(cfg: EnvConfig) -> str:
     """What the AWS CLI passes as the profile: the one in use, or '' (the plugin then uses the default chain)."""
     return "" if cfg.sandbox else os.environ.get("AWS_PROFILE", "")
+
+
+SANDBOX_CA = "tls/ca.pem"
+SANDBOX_PROXY = "tls/aws_api_proxy"
+
+
+def sandbox_ca_file(cfg: EnvConfig) -> str:
+    """The CA the sandbox's wss:// data channel is signed with ('' outside the sandbox: AWS needs none)."""
+    if not cfg.sandbox:
+        return ""
+    path = aws.state_dir() / SANDBOX_CA
+    return str(path) if path.is_file() else ""
+
+
+def plugin_env(cfg: EnvConfig, base: Mapping[str, str]) -> dict[str, str]:
+    """The plugin's environment: in a sandbox, its fixed credentials (the plugin calls KMS, ResumeSession
+    and TerminateSession itself) and its CA and proxy; elsewhere `base` as it is."""
+    env = dict(base)
+    if cfg.sandbox:
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            env.pop(key, None)
+        env["AWS_ACCESS_KEY_ID"] = aws.SANDBOX_CREDENTIALS["aws_access_key_id"]
+        env["AWS_SECRET_ACCESS_KEY"] = aws.SANDBOX_CREDENTIALS["aws_secret_access_key"]
+    env.setdefault("AWS_REGION", cfg.region)
+    return trust_env(cfg, env)
+
+
+def trust_env(cfg: EnvConfig, env: Mapping[str, str]) -> dict[str, str]:
+    """`env` for the plugin in a sandbox environment: it trusts the sandbox CA, and the
+    plugin's KMS calls, which always go to kms.<region>.amazonaws.com, reach the emulator through the
+    sandbox's proxy (HTTPS_PROXY; Go never proxies loopback, so the endpoint itself is dialled directly)."""
+    out = dict(env)
+    ca = sandbox_ca_file(cfg)
+    if ca:
+        # Go's TLS reads SSL_CERT_FILE; the plugin's AWS SDK uses AWS_CA_BUNDLE instead when it is set.
+        out["SSL_CERT_FILE"] = out["AWS_CA_BUNDLE"] = ca
+        proxy = aws.state_dir() / SANDBOX_PROXY
+        if proxy.is_file():
+            out["HTTPS_PROXY"] = proxy.read_text().strip()
+    return out

@@ -69,6 +69,15 @@ class TunnelNotReadyError(OpsError):
     """The session opened but PostgreSQL did not answer through it."""
 
 
+class SessionEndedError(OpsError):
+    """Session Manager ended the session on purpose (TerminateSession, idle timeout, maximum duration).
+
+    Reopening it would undo an administrator's revocation behind their back, so the tunnel stops."""
+
+
+ENDED_STATUSES = frozenset({"Terminated", "Terminating", "Failed"})
+
+
 @dataclass(frozen=True)
 class TunnelInfo:
     env: str
@@ -262,7 +271,7 @@ class Supervisor:
         self.report(f"relay {self.relay.instance_id} (SSM agent {self.relay.agent_version or 'unknown'}, "
                     f"{self.relay.ping_status}); database {self.db.address}:{self.db.port}")
         await self._enter("starting", "starting a Session Manager session")
-        await self._open(resume_of="")
+        await self._open()
         await self._wait_ready()
         self.timings["ready"] = time.monotonic()
         self.report(f"ready: PostgreSQL answered through the tunnel "
@@ -276,6 +285,8 @@ class Supervisor:
         self._keepalive_task = asyncio.ensure_future(self._keepalive_loop())
         while True:
             dropped, why = await self._wait_channel_end()
+            if not dropped or await self._session_status(self.session_id) in ENDED_STATUSES:
+                raise self._ended(why)
             self.phase = "reconnecting"
             self._changed()
             await self._reconnect(dropped=dropped, why=why)
@@ -368,6 +379,32 @@ class Supervisor:
             lambda: aws_call(self.cfg, "ssm:ResumeSession", lambda: ssm.resume_session(SessionId=session_id)))
         return result
 
+    async def _session_status(self, session_id: str) -> str:
+        """The service's view of a session ('' when it cannot tell): Terminated means someone ended it."""
+        ssm = self.ssm()
+
+        def call() -> str:
+            for state in ("Active", "History"):
+                found = ssm.describe_sessions(State=state, Filters=[{"key": "SessionId", "value": session_id}])
+                for sess in found.get("Sessions") or []:
+                    if sess.get("SessionId") == session_id:
+                        return str(sess.get("Status", ""))
+            return ""
+
+        try:
+            return await asyncio.to_thread(call)
+        except Exception:
+            return ""
+
+    def _ended(self, why: str) -> SessionEndedError:
+        if session := self.session_id:
+            self.open_sessions[:] = [s for s in self.open_sessions if s != session]
+        return SessionEndedError(
+            f"Session Manager ended session {session} ({why}): an administrator's TerminateSession, the idle "
+            f"timeout, the maximum session duration or the relay going away; the tunnel does not reopen it",
+            next_step=f"invoke audit --env {self.cfg.name} --since 24h shows who terminated it; "
+                      f"invoke tunnel --env {self.cfg.name} opens a new session if you are still allowed to")
+
     async def _terminate_api(self, session_id: str, *, track: bool = True) -> None:
         ssm = self.ssm()
         with contextlib.suppress(Exception):
@@ -375,9 +412,9 @@ class Supervisor:
         if track and session_id in self.open_sessions:
             self.open_sessions.remove(session_id)
 
-    async def _open(self, *, resume_of: str) -> None:
-        """StartSession (or ResumeSession) and hand the answer to the transport."""
-        response = await self._resume_session(resume_of) if resume_of else await self._start_session()
+    async def _open(self) -> None:
+        """StartSession and hand the answer to the transport."""
+        response = await self._start_session()
         self.session_id = str(response["SessionId"])
         self.timings.setdefault("session_answer", time.monotonic())
         self._changed()
@@ -393,7 +430,8 @@ class Supervisor:
         assert self.relay is not None
         session = PortSession(stream_url=response["StreamUrl"], token=response["TokenValue"],
                               session_id=str(response["SessionId"]), on_event=self._agent_event,
-                              target=self.relay.instance_id, kms_client=_LazyClient(self.cfg, "kms"))
+                              target=self.relay.instance_id, kms_client=_LazyClient(self.cfg, "kms"),
+                              ca_file=transport_mod.sandbox_ca_file(self.cfg))
         try:
             await session.start()
         except BaseException:
@@ -408,14 +446,7 @@ class Supervisor:
             self.report(line)
 
     def _plugin_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        if self.cfg.sandbox:
-            for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-                env.pop(key, None)
-            env["AWS_ACCESS_KEY_ID"] = aws.SANDBOX_CREDENTIALS["aws_access_key_id"]
-            env["AWS_SECRET_ACCESS_KEY"] = aws.SANDBOX_CREDENTIALS["aws_secret_access_key"]
-        env.setdefault("AWS_REGION", self.cfg.region)
-        return env
+        return transport_mod.plugin_env(self.cfg, os.environ)
 
     async def _start_plugin(self, response: dict[str, Any]) -> None:
         if not self._plugin_version:
@@ -527,6 +558,28 @@ class Supervisor:
         self._ps_ready.clear()
         return dropped, why
 
+    async def _resume_in_place(self, session_id: str) -> bool:
+        """Native client: ResumeSession and carry on over the new websocket with every stream and local
+        connection intact (the data channel resends what the drop lost). False when that is not possible."""
+        session = self._ps
+        if self.mode != "native" or session is None or session.closed:
+            return False
+        for attempt, delay in enumerate((0.0, *BACKOFF[:4])):
+            await asyncio.sleep(delay)
+            try:
+                response = await self._resume_session(session_id)
+                await session.resume(stream_url=response["StreamUrl"], token=response["TokenValue"])
+                self._ps_ready.set()
+                await self._wait_ready()
+                return True
+            except (OpsError, OSError) as exc:
+                if await self._session_status(session_id) in ENDED_STATUSES:
+                    return False
+                self.report(f"resume of session {session_id} failed ({exc}); attempt {attempt + 1}")
+                if "TargetNotConnected" in str(exc):
+                    return False
+        return False
+
     async def _discard_transport(self) -> None:
         self._ps_ready.clear()
         session, self._ps = self._ps, None
@@ -545,47 +598,42 @@ class Supervisor:
         old = self.session_id
         what = "dropped" if dropped else "ended"
         self.report(f"data channel {what} ({why}); reconnecting, local port {self.local_port} stays open")
+        if dropped and old and await self._resume_in_place(old):
+            self.reconnects += 1
+            self.report(f"reconnected in {time.monotonic() - started:.1f} s (resumed session {old}; open "
+                        f"connections kept); reconnects so far: {self.reconnects}")
+            return
         await self._discard_transport()
+        if old and await self._session_status(old) in ENDED_STATUSES:
+            raise self._ended("ended while the data channel was down")
         # The plugin resumes by itself; when it gives up and exits, a new plugin for the same session id
-        # collides with the unix socket the old one left behind, so the plugin gets a new session.
-        resumable = dropped and bool(old) and self.mode == "native"
+        # collides with the unix socket the old one left behind, so the plugin gets a new session. So does
+        # the native client when it could not resume in place: a second client on the old session would
+        # wait for a handshake that the agent, which kept its side of the session, never sends again.
         attempt = 0
         last_error = ""
         while True:
-            if resumable:
-                try:
-                    await self._open(resume_of=old)
-                    await self._wait_ready()
-                    how = f"resumed session {old}"
-                except (OpsError, SessionError, OSError) as exc:
-                    resumable = False
-                    self.report(f"cannot resume session {old} ({exc}); starting a new session")
-                    await self._discard_transport()
+            try:
+                if old in self.open_sessions:
                     await self._terminate_api(old)
-                    continue
-            else:
-                try:
-                    if old in self.open_sessions:
-                        await self._terminate_api(old)
-                    await self._open(resume_of="")
-                    await self._wait_ready()
-                    how = f"new session {self.session_id}"
-                except (OpsError, SessionError, OSError) as exc:
-                    delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
-                    attempt += 1
-                    message = str(exc) + (f"; next: {exc.next_step}" if isinstance(exc, OpsError) and exc.next_step
-                                          else "")
-                    if message != last_error:
-                        self.report(f"reconnect failed: {message}")
-                        last_error = message
-                    self.report(f"retrying in {delay:g} s (attempt {attempt + 1})")
-                    await self._discard_transport()
-                    if self.session_id and self.session_id != old:
-                        await self._terminate_api(self.session_id)
-                    await asyncio.sleep(delay)
-                    continue
+                await self._open()
+                await self._wait_ready()
+            except (OpsError, SessionError, OSError) as exc:
+                delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+                attempt += 1
+                message = str(exc) + (f"; next: {exc.next_step}" if isinstance(exc, OpsError) and exc.next_step
+                                      else "")
+                if message != last_error:
+                    self.report(f"reconnect failed: {message}")
+                    last_error = message
+                self.report(f"retrying in {delay:g} s (attempt {attempt + 1})")
+                await self._discard_transport()
+                if self.session_id and self.session_id != old:
+                    await self._terminate_api(self.session_id)
+                await asyncio.sleep(delay)
+                continue
             self.reconnects += 1
-            self.report(f"reconnected in {time.monotonic() - started:.1f} s ({how}); "
+            self.report(f"reconnected in {time.monotonic() - started:.1f} s (new session {self.session_id}); "
                         f"reconnects so far: {self.reconnects}")
             return
 

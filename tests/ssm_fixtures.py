@@ -68,3 +68,18 @@ def ssm_sandbox(moto_url: str, relay: str, echo_server: tuple[str, int],
         yield box
     finally:
         endpoint.stop()
+
+
+@pytest.fixture(scope="module")
+def ssm_fast_sandbox(moto_url: str, relay: str, echo_server: tuple[str, int],
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[EndpointBox]:
+    """The sandbox with the agent's `fast` profile (16 KiB messages, no pause). Only for tests that move
+    so much data that the real agent's ~1 MB/s would make them minutes long, or that need the agent to
+    outrun a local reader; each says which in its docstring."""
+    endpoint = EndpointThread(moto_url=moto_url, state_dir=tmp_path_factory.mktemp("ssm-fast"), profile="fast").start()
+    box = EndpointBox(endpoint=endpoint, relay=relay, moto_url=moto_url)
+    box.map_host(DB_HOST, DB_PORT, echo_server)
+    try:
+        yield box
+    finally:
+        endpoint.stop()

@@ -26,6 +26,7 @@ from typing import Any
 import boto3
 
 from ops.facts import PLUGIN_ENV, SANDBOX_AGENT_VERSION, relay_tags
+from ops.sandbox.agent import DEFAULT_PROFILE
 from ops.sandbox.ssm_endpoint import serve
 
 REGION = "eu-west-1"
@@ -50,14 +51,15 @@ def free_port() -> int:
 
 class EndpointThread:
     def __init__(self, *, moto_url: str, state_dir: Path, agent_version: str = SANDBOX_AGENT_VERSION,
-                 agent_payload_size: int = 16 * 1024) -> None:
+                 profile: str = DEFAULT_PROFILE, time_scale: float = 1.0) -> None:
+        """`profile`: the agent's pace; "faithful" (the default) unless a test says why it needs "fast"."""
         self.state_dir = state_dir
         self._loop = asyncio.new_event_loop()
         self._stop = asyncio.Event()
         self._ready: asyncio.Future[str] = self._loop.create_future()
         self._kwargs: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "moto_url": moto_url,
                                         "state_dir": state_dir, "agent_version": agent_version,
-                                        "agent_payload_size": agent_payload_size}
+                                        "profile": profile, "time_scale": time_scale}
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.url = ""
 
@@ -75,6 +77,11 @@ class EndpointThread:
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
         self._loop.close()
+
+    @property
+    def ca_file(self) -> str:
+        """The CA the endpoint's wss:// data channel is signed with (clients must be told to trust it)."""
+        return str(self.state_dir / "tls" / "ca.pem")
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         req = urllib.request.Request(self.url + path, data=json.dumps(body or {}).encode(), method="POST",  # noqa: S310
@@ -182,3 +189,63 @@ def moto_process(log: Path, *, managed_policies: bool = False, account_id: str =
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+# AWS's own client, built unchanged from its public source, beside the repository (CI: ../shared/tools).
+SHARED_PLUGIN = (Path(__file__).resolve().parent.parent.parent
+                 / "shared/tools/session-manager-plugin/session-manager-plugin")
+
+
+def find_real_plugin() -> str:
+    """The session-manager-plugin binary: BASTIONLESS_SESSION_MANAGER_PLUGIN, PATH, or ../shared/tools."""
+    import shutil
+
+    found = os.environ.get("BASTIONLESS_SESSION_MANAGER_PLUGIN") or shutil.which("session-manager-plugin") or ""
+    if not found and SHARED_PLUGIN.is_file() and os.access(SHARED_PLUGIN, os.X_OK):
+        found = str(SHARED_PLUGIN)
+    return found
+
+
+def real_plugin() -> str:
+    """For tests of the real plugin: its path; in CI a missing plugin fails the test, elsewhere it skips."""
+    import pytest
+
+    found = find_real_plugin()
+    if not found:
+        message = ("no session-manager-plugin (set BASTIONLESS_SESSION_MANAGER_PLUGIN, put it on PATH, or "
+                   f"provide {SHARED_PLUGIN})")
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the real-plugin tests: {message}")
+        pytest.skip(message)
+    return found
+
+
+def run_plugin_shell(plugin: str, *, answer: dict[str, str], region: str, target: str, endpoint_url: str,
+                     env: dict[str, str], timeout: float = 30) -> tuple[int, bytes]:
+    """AWS's plugin on a pty for one shell session, as the AWS CLI starts it: (exit status, terminal output)."""
+    import select
+    import signal
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen([plugin, json.dumps(answer), region, "StartSession", "", json.dumps({"Target": target}),
+                             endpoint_url], env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    out = b""
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the plugin did not finish: {out!r}")
+            try:
+                if select.select([master], [], [], 0.1)[0]:
+                    out += os.read(master, 65536)
+                elif proc.poll() is not None:
+                    break
+            except OSError:  # EIO: the plugin closed the terminal
+                break
+        return proc.wait(timeout=10), out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        os.close(master)

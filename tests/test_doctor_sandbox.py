@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,7 +31,12 @@ def fails(results: list[CheckResult]) -> dict[str, CheckResult]:
     return {r.name: r for r in results if r.status == "fail"}
 
 
-def test_healthy_environment_has_no_fail_and_only_honest_warns(world: EcsWorld) -> None:
+def test_healthy_environment_has_no_fail_and_only_honest_warns(world: EcsWorld,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # CI puts AWS's plugin 1.2.650.0 (../shared/tools) on PATH, older than doctor's minimum, which doctor
+    # rightly warns about; this test is about the environment, not about the machine's plugin.
+    monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                                               if not os.path.exists(os.path.join(p, "session-manager-plugin"))))
     results = run_checks(world.cfg)
     assert not fails(results), format_table(results)
     warns = [r for r in results if r.status == "warn"]

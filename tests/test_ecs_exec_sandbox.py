@@ -102,6 +102,42 @@ def test_cli_command_exit_status(world: EcsWorld) -> None:
     assert "session " in proc.stderr
 
 
+def test_cli_ecs_shell_through_aws_plugin_with_exec_kms(world: EcsWorld) -> None:
+    """`invoke ecs-shell --transport plugin` with AWS's own plugin on a cluster with exec KMS: the plugin
+    fetches the data key from KMS (kms.<region>.amazonaws.com: the sandbox proxies it to moto) and runs
+    the command. The plugin needs a terminal, as under the AWS CLI, so the CLI runs on a pty here."""
+    import select
+
+    from tests.ssm_support import real_plugin
+
+    env = {**os.environ, "BASTIONLESS_STATE_DIR": str(world.state_dir),
+           "BASTIONLESS_SESSION_MANAGER_PLUGIN": real_plugin()}
+    master, slave = os.openpty()
+    proc = subprocess.Popen([INVOKE, "ecs-shell", "--env", "sandbox", "--transport", "plugin", "--command",
+                             "sh -c 'echo via-plugin-$((6*7))'"], cwd=ROOT, env=env, stdin=slave, stdout=slave,
+                            stderr=slave, start_new_session=True)
+    os.close(slave)
+    out = b""
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if select.select([master], [], [], 0.1)[0]:
+                    out += os.read(master, 65536)
+                elif proc.poll() is not None:
+                    break
+            except OSError:
+                break
+        assert proc.wait(timeout=10) == 0, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert b"via-plugin-42" in out, out
+    assert b"KMSEncryption failed" not in out
+
+
 def _tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True, timeout=20).stdout
 

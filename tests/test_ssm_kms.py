@@ -6,11 +6,13 @@ import asyncio
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
+from cli._common import session_line
 from ops.ssm.client import PortSession
 from ops.ssm.crypto import EncryptionError, SessionCipher
 from ops.ssm.errors import EncryptionRequired
@@ -52,20 +54,24 @@ def start(box: EndpointBox) -> dict[str, Any]:
     return result
 
 
-def test_encrypted_port_session_round_trip(kms_box: tuple[EndpointBox, str]) -> None:
+def test_port_session_is_not_encrypted_even_with_a_preferences_key(kms_box: tuple[EndpointBox, str]) -> None:
+    """amazon-ssm-agent, agent/session/plugins/sessionplugin/sessionplugin.go isEncryptionEnabled:
+    `kmsKeyId != "" && pluginName != Port`. A port session never asks for KMS, whatever the preferences
+    say; the sandbox used to, and the real plugin then failed on `kms.<region>.amazonaws.com`.
+    A client without any KMS access must carry the session."""
     box, _ = kms_box
     started = start(box)
     events: list[str] = []
 
     async def main() -> None:
         ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
-                         session_id=started["SessionId"], target=box.relay, kms_client=aws("kms", box.moto_url),
-                         on_event=events.append)
+                         session_id=started["SessionId"], on_event=events.append,  # no kms_client at all
+                         ca_file=box.endpoint.ca_file)
         await ps.start()
-        assert ps.cipher is not None
+        assert ps.cipher is None and ps.session_type == "Port"
         server = await asyncio.start_server(ps.handle_connection, "127.0.0.1", 0)
         reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
-        blob = os.urandom(300_000)
+        blob = os.urandom(100_000)
         writer.write(blob)
         assert await reader.readexactly(len(blob)) == blob
         writer.close()
@@ -73,18 +79,40 @@ def test_encrypted_port_session_round_trip(kms_box: tuple[EndpointBox, str]) -> 
         await ps.close()
 
     asyncio.run(main())
-    assert any("encrypted using AWS KMS" in e for e in events)
+    assert not any("KMS" in e for e in events)
+
+
+def exec_task(box: EndpointBox, cluster: str, tid: str, *, kms_key: str) -> dict[str, Any]:
+    """A running exec-enabled task in `cluster`, whose executeCommandConfiguration names `kms_key` (or none)."""
+    task = {"taskArn": f"arn:aws:ecs:{KMS_REGION}:123456789012:task/{cluster}/{tid}",
+            "clusterArn": f"arn:aws:ecs:{KMS_REGION}:123456789012:cluster/{cluster}", "lastStatus": "RUNNING",
+            "enableExecuteCommand": True,
+            "containers": [{"name": "app", "runtimeId": f"{tid}-1234567890"}]}
+    path = box.endpoint.state_dir / "ecs_tasks.json"
+    tasks = json.loads(path.read_text())["tasks"] if path.exists() else []
+    path.write_text(json.dumps({"tasks": [*tasks, task]}))
+    ecs = aws("ecs", box.endpoint.url)
+    config = {"executeCommandConfiguration": {"kmsKeyId": kms_key, "logging": "DEFAULT"}} if kms_key else {}
+    ecs.create_cluster(clusterName=cluster, configuration=config)
+    session: dict[str, Any] = ecs.execute_command(cluster=cluster, task=tid, container="app", interactive=True,
+                                                  command="sh -c 'echo sealed-output; exit 4'")["session"]
+    return session
 
 
 def test_without_kms_access_the_client_says_what_to_do(kms_box: tuple[EndpointBox, str]) -> None:
-    box, _ = kms_box
-    started = start(box)
+    box, key = kms_box
+    tid = "abcdefabcdefabcdefabcdefabcdef01"
+    session = exec_task(box, "kms-cluster-2", tid, kms_key=key)
 
     async def main() -> None:
-        ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
-                         session_id=started["SessionId"])
-        with pytest.raises(EncryptionRequired, match="KMS session encryption"):
-            await ps.start()
+        from ops.ssm.client import ShellSession
+
+        shell = ShellSession(stream_url=session["streamUrl"], token=session["tokenValue"],
+                             session_id=session["sessionId"], ca_file=box.endpoint.ca_file)
+        with pytest.raises(EncryptionRequired, match="KMS session encryption") as info:
+            await shell.start()
+        # The command line's words for it name the way out.
+        assert "--transport plugin" in session_line(info.value)
 
     asyncio.run(main())
 
@@ -102,26 +130,19 @@ def test_cipher_halves_and_tamper_detection() -> None:
 
 
 def test_encrypted_ecs_shell_uses_the_aws_target_name(kms_box: tuple[EndpointBox, str]) -> None:
-    """ECS Exec target in the KMS context is ecs:<cluster>_<task id>_<runtime id>, as AWS names it."""
+    """ECS Exec encrypts with the cluster's executeCommandConfiguration.kmsKeyId (not the preferences
+    document), and its KMS context target is ecs:<cluster>_<task id>_<runtime id>, as AWS names it."""
     from ops.ssm.client import ShellSession
 
-    box, _ = kms_box
+    box, key = kms_box
     tid = "fedcba9876543210fedcba9876543210"
-    task = {"taskArn": f"arn:aws:ecs:{KMS_REGION}:123456789012:task/kms-cluster/{tid}",
-            "clusterArn": f"arn:aws:ecs:{KMS_REGION}:123456789012:cluster/kms-cluster", "lastStatus": "RUNNING",
-            "enableExecuteCommand": True,
-            "containers": [{"name": "app", "runtimeId": f"{tid}-1234567890"}]}
-    (box.endpoint.state_dir / "ecs_tasks.json").write_text(json.dumps({"tasks": [task]}))
-    ecs = aws("ecs", box.endpoint.url)
-    ecs.create_cluster(clusterName="kms-cluster")
-    session = ecs.execute_command(cluster="kms-cluster", task=tid, container="app", interactive=True,
-                                  command="sh -c 'echo sealed-output; exit 4'")["session"]
+    session = exec_task(box, "kms-cluster", tid, kms_key=key)
     read_fd, write_fd = os.pipe()
 
     async def main() -> int:
         shell = ShellSession(stream_url=session["streamUrl"], token=session["tokenValue"],
                              session_id=session["sessionId"], target=f"ecs:kms-cluster_{tid}_{tid}-1234567890",
-                             kms_client=aws("kms", box.moto_url))
+                             kms_client=aws("kms", box.moto_url), ca_file=box.endpoint.ca_file)
         await shell.start()
         assert shell.cipher is not None
         return await asyncio.wait_for(shell.run(stdin_fd=None, stdout_fd=write_fd), 20)
@@ -133,3 +154,54 @@ def test_encrypted_ecs_shell_uses_the_aws_target_name(kms_box: tuple[EndpointBox
     with os.fdopen(read_fd, "rb") as pipe:
         assert b"sealed-output" in pipe.read()
     assert code == 4
+
+
+def test_ecs_shell_without_exec_kms_skips_the_handshake(kms_box: tuple[EndpointBox, str]) -> None:
+    """A cluster without exec KMS (the preferences document's key does not count for ECS Exec): the agent
+    skips the handshake (amazon-ssm-agent sessionplugin.go: RequireHandshake() false for
+    InteractiveCommands, so dataChannel.SkipHandshake) and the client starts on the first output, as the
+    plugin's ProcessFirstMessage (session-manager-plugin session/sessionhandler.go) does. The native
+    client used to wait 30 s for a HandshakeComplete that never comes."""
+    from ops.ssm.client import ShellSession
+
+    box, _ = kms_box
+    tid = "0123456789abcdef0123456789abcd02"
+    session = exec_task(box, "plain-cluster", tid, kms_key="")
+    read_fd, write_fd = os.pipe()
+
+    async def main() -> tuple[int, ShellSession]:
+        shell = ShellSession(stream_url=session["streamUrl"], token=session["tokenValue"],
+                             session_id=session["sessionId"], ca_file=box.endpoint.ca_file)
+        await asyncio.wait_for(shell.start(), 10)
+        return await asyncio.wait_for(shell.run(stdin_fd=None, stdout_fd=write_fd), 20), shell
+
+    try:
+        code, shell = asyncio.run(main())
+    finally:
+        os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        assert b"sealed-output" in pipe.read()
+    assert code == 4
+    assert shell.cipher is None and shell.agent_version == "" and shell.session_type == "Standard_Stream"
+
+
+@pytest.mark.slow
+def test_real_plugin_shell_with_exec_kms(kms_box: tuple[EndpointBox, str], tmp_path: Path) -> None:
+    """AWS's plugin on an ECS Exec shell encrypted with the cluster's exec key: it asks KMS for a data key
+    at kms.<region>.amazonaws.com (session-manager-plugin src/encryption/kmsservice.go: the default
+    endpoint, none configurable), which the sandbox answers through its HTTPS proxy with moto's KMS."""
+    from tests.ssm_support import real_plugin, run_plugin_shell
+
+    plugin = real_plugin()
+    box, key = kms_box
+    tid = "0123456789abcdef0123456789abcd03"
+    session = exec_task(box, "kms-cluster-plugin", tid, kms_key=key)
+    answer = {"SessionId": session["sessionId"], "TokenValue": session["tokenValue"], "StreamUrl": session["streamUrl"]}
+    proxy = (box.endpoint.state_dir / "tls" / "aws_api_proxy").read_text().strip()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path),
+           "SSL_CERT_FILE": box.endpoint.ca_file, "AWS_CA_BUNDLE": box.endpoint.ca_file, "HTTPS_PROXY": proxy}
+    code, out = run_plugin_shell(plugin, answer=answer, region=KMS_REGION,
+                                 target=f"ecs:kms-cluster-plugin_{tid}_{tid}-1234567890", endpoint_url=box.endpoint.url,
+                                 env=env)
+    assert b"sealed-output" in out, out
+    assert code == 0, out

@@ -1,6 +1,7 @@
 """The real `session-manager-plugin` against the local endpoint: the endpoint speaks the agent's protocol.
 
-Needs the plugin (tests.ssm_support.plugin_path): skipped on a laptop without it, a failure in CI.
+AWS's plugin, built unchanged from its public source (../shared/tools in CI; PATH or
+BASTIONLESS_SESSION_MANAGER_PLUGIN elsewhere). Skipped with a reason where it is missing, failed in CI.
 """
 
 from __future__ import annotations
@@ -16,12 +17,30 @@ from pathlib import Path
 
 import pytest
 
-from tests.ssm_support import DB_HOST, DB_PORT, REGION, EndpointBox, EndpointThread, free_port, plugin_path
+from tests.ssm_support import (
+    DB_HOST,
+    DB_PORT,
+    REGION,
+    EndpointBox,
+    EndpointThread,
+    free_port,
+    real_plugin,
+    run_plugin_shell,
+)
 
 pytest_plugins = ["tests.ssm_fixtures"]
 
 
-PLUGIN = plugin_path()
+@pytest.fixture(scope="module")
+def sandbox(ssm_sandbox: EndpointBox) -> EndpointBox:
+    """This module's `sandbox`: named apart in the plugin, since every plugin's fixtures are global."""
+    return ssm_sandbox
+
+
+
+@pytest.fixture
+def plugin() -> str:
+    return real_plugin()
 
 
 def echo_once(port: int, blob: bytes) -> bytes:
@@ -36,16 +55,17 @@ def echo_once(port: int, blob: bytes) -> bytes:
         return got
 
 
-def run_plugin(box: EndpointBox, tmp_path: Path) -> None:
+def run_plugin(box: EndpointBox, tmp_path: Path, plugin: str) -> None:
     local_port = free_port()
     params = {"Target": box.relay, "DocumentName": "AWS-StartPortForwardingSessionToRemoteHost",
               "Parameters": {"host": [DB_HOST], "portNumber": [str(DB_PORT)], "localPortNumber": [str(local_port)]}}
     ssm = box.endpoint.ssm()
     response = ssm.start_session(**params)
     response.pop("ResponseMetadata")
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path)}
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path),
+           "SSL_CERT_FILE": box.endpoint.ca_file}
     # The argv the AWS CLI passes: response JSON, region, operation, profile, request JSON, endpoint URL.
-    proc = subprocess.Popen([PLUGIN, json.dumps(response), REGION, "StartSession", "", json.dumps(params),
+    proc = subprocess.Popen([plugin, json.dumps(response), REGION, "StartSession", "", json.dumps(params),
                              box.endpoint.url], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     lines: list[str] = []
@@ -81,18 +101,102 @@ def run_plugin(box: EndpointBox, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("session_manager_plugin")
-def test_real_plugin_smux_mode(ssm_sandbox: EndpointBox, tmp_path: Path) -> None:
-    run_plugin(ssm_sandbox, tmp_path)
+def test_real_plugin_smux_mode(sandbox: EndpointBox, tmp_path: Path, plugin: str) -> None:
+    run_plugin(sandbox, tmp_path, plugin)
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("session_manager_plugin")
-def test_real_plugin_basic_mode(moto_url: str, relay: str, echo_server: tuple[str, int], tmp_path: Path) -> None:
+def test_real_plugin_basic_mode(moto_url: str, relay: str, echo_server: tuple[str, int], tmp_path: Path,
+                                plugin: str) -> None:
     endpoint = EndpointThread(moto_url=moto_url, state_dir=tmp_path / "state", agent_version="3.0.161.0").start()
     try:
         box = EndpointBox(endpoint=endpoint, relay=relay, moto_url=moto_url)
         box.map_host(DB_HOST, DB_PORT, echo_server)
-        run_plugin(box, tmp_path)
+        run_plugin(box, tmp_path, plugin)
     finally:
         endpoint.stop()
+
+
+def _exec_session(box: EndpointBox, *, cluster: str, command: str) -> tuple[dict[str, str], str]:
+    """An ECS Exec session into a sandbox task of `cluster` (no exec KMS key): (plugin answer, target)."""
+    tid = "0123456789abcdef0123456789abcdef"
+    task = {"taskArn": f"arn:aws:ecs:{REGION}:123456789012:task/{cluster}/{tid}",
+            "clusterArn": f"arn:aws:ecs:{REGION}:123456789012:cluster/{cluster}", "lastStatus": "RUNNING",
+            "enableExecuteCommand": True, "containers": [{"name": "app", "runtimeId": f"{tid}-1"}]}
+    (box.endpoint.state_dir / "ecs_tasks.json").write_text(json.dumps({"tasks": [task]}))
+    ecs = box.endpoint.ecs()
+    ecs.create_cluster(clusterName=cluster)
+    session = ecs.execute_command(cluster=cluster, task=tid, container="app", interactive=True,
+                                  command=command)["session"]
+    answer = {"SessionId": session["sessionId"], "TokenValue": session["tokenValue"], "StreamUrl": session["streamUrl"]}
+    return answer, f"ecs:{cluster}_{tid}_{tid}-1"
+
+
+@pytest.mark.slow
+def test_real_plugin_shell_without_kms(sandbox: EndpointBox, tmp_path: Path, plugin: str) -> None:
+    """ECS Exec without exec KMS through AWS's plugin: the agent skips the handshake and the plugin starts
+    the shell on its first output (session/sessionhandler.go ProcessFirstMessage), prints it and exits
+    when the command ends."""
+    answer, target = _exec_session(sandbox, cluster="interop", command="sh -c 'echo interop-$((6*7))'")
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path),
+           "SSL_CERT_FILE": sandbox.endpoint.ca_file}
+    code, out = run_plugin_shell(plugin, answer=answer, region=REGION, target=target,
+                                 endpoint_url=sandbox.endpoint.url, env=env)
+    assert code == 0
+    assert b"interop-42" in out, out
+    assert b"Exiting session with sessionId" in out
+    sessions = sandbox.endpoint.ssm().describe_sessions(State="History")["Sessions"]
+    assert any(s["SessionId"] == answer["SessionId"] and s["Status"] == "Terminated" for s in sessions)
+
+
+@pytest.mark.slow
+def test_real_plugin_resumes_after_a_drop(sandbox: EndpointBox, tmp_path: Path, plugin: str) -> None:
+    """A dropped data channel: the plugin calls ResumeSession itself and carries on with the same session."""
+    local_port = free_port()
+    params = {"Target": sandbox.relay, "DocumentName": "AWS-StartPortForwardingSessionToRemoteHost",
+              "Parameters": {"host": [DB_HOST], "portNumber": [str(DB_PORT)], "localPortNumber": [str(local_port)]}}
+    ssm = sandbox.endpoint.ssm()
+    response = ssm.start_session(**params)
+    response.pop("ResponseMetadata")
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path),
+           "SSL_CERT_FILE": sandbox.endpoint.ca_file}
+    proc = subprocess.Popen([plugin, json.dumps(response), REGION, "StartSession", "", json.dumps(params),
+                             sandbox.endpoint.url], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    threading.Thread(target=lambda: lines.extend(line.rstrip() for line in stdout), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 20
+        while not any("opened for sessionId" in line for line in lines):
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
+        blob = os.urandom(50_000)
+        assert echo_once(local_port, blob) == blob
+        stats = f"/_sandbox/sessions/{response['SessionId']}"
+        # The plugin exits ("Cannot perform start session: ... broken pipe") when a write of its own hits
+        # the dead socket, as it does on AWS; a drop while it is idle is the case it resumes from.
+        deadline = time.monotonic() + 10
+        while sandbox.endpoint.get(stats)["unacked"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        sandbox.endpoint.post(f"{stats}/drop")
+        # Likewise a new local connection before it has reconnected: wait for its second websocket.
+        deadline = time.monotonic() + 30
+        while sandbox.endpoint.get(stats)["websockets"] < 2:
+            assert time.monotonic() < deadline, "\n".join(lines)
+            time.sleep(0.05)
+        assert echo_once(local_port, blob) == blob
+        assert proc.poll() is None, lines
+        status = sandbox.endpoint.get(f"/_sandbox/sessions/{response['SessionId']}")["status"]
+        assert status == "Connected"
+        events = [e for e in sandbox.endpoint.ssm().describe_sessions(State="Active")["Sessions"]
+                  if e["SessionId"] == response["SessionId"]]
+        assert events, "the same session is still the active one"
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

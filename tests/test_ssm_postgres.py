@@ -23,7 +23,7 @@ def query_through_session(box: EndpointBox, pg_port: int) -> list[tuple[object, 
 
     async def main() -> None:
         ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
-                         session_id=started["SessionId"])
+                         session_id=started["SessionId"], ca_file=box.endpoint.ca_file)
         await ps.start()
         server = await asyncio.start_server(ps.handle_connection, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]

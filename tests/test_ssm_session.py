@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import botocore.exceptions
 import pytest
@@ -27,7 +30,8 @@ def run_port_session(box: EndpointBox, scenario: Scenario, *, close: bool = True
     holder: list[PortSession] = []
 
     async def main() -> None:
-        ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"], session_id=sid)
+        ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"], session_id=sid,
+                         ca_file=box.endpoint.ca_file)
         holder.append(ps)
         await ps.start()
         server = await asyncio.start_server(ps.handle_connection, "127.0.0.1", 0)
@@ -108,7 +112,7 @@ def test_loss_and_reorder_injected_in_endpoint_are_recovered(ssm_sandbox: Endpoi
     ssm_sandbox.endpoint.post("/_sandbox/loss", {"drop_every": 7, "reorder_every": 5})
     try:
         async def scenario(ps: PortSession, port: int) -> None:
-            blob = os.urandom(3 * 1024 * 1024)
+            blob = os.urandom(1024 * 1024)  # ~2000 messages each way at the agent's 1 KiB
             assert await echo_roundtrip(port, blob) == blob
             assert ps.channel is not None
             assert ps.channel.resent > 0
@@ -141,32 +145,46 @@ def test_pause_publication_is_honoured(ssm_sandbox: EndpointBox) -> None:
     run_port_session(ssm_sandbox, scenario)
 
 
-def test_dropped_websocket_raises_channel_closed_dropped(ssm_sandbox: EndpointBox) -> None:
+def test_dropped_websocket_is_resumed_with_open_connections_intact(ssm_sandbox: EndpointBox) -> None:
+    """A dropped websocket is not the end of the session (AWS keeps the agent's side: amazon-ssm-agent
+    datachannel.go keeps its stream buffers across the client's reconnects). wait_closed() says
+    `dropped`, resume() carries on over ResumeSession's websocket, and a TCP connection open through
+    the tunnel across the drop gets every byte, in order."""
     ssm = ssm_sandbox.endpoint.ssm()
 
     async def scenario(ps: PortSession, port: int) -> None:
-        assert await echo_roundtrip(port, b"a") == b"a"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sent, got = hashlib.sha256(), hashlib.sha256()
+        blob = os.urandom(600_000)
+        half = len(blob) // 2
+        writer.write(blob[:half])
+        sent.update(blob[:half])
+        first = await reader.readexactly(100_000)  # the transfer is under way
+        got.update(first)
         await asyncio.to_thread(ssm_sandbox.endpoint.post, f"/_sandbox/sessions/{ps.session_id}/drop")
         with pytest.raises(ChannelClosed) as info:
             await asyncio.wait_for(ps.wait_closed(), 5)
-        assert info.value.dropped
-        # Still resumable, as on AWS: a new websocket with the resumed token works.
+        assert info.value.dropped and not ps.closed
+        writer.write(blob[half:])  # written while no websocket exists: waits in the channel's window
+        sent.update(blob[half:])
         resumed = await asyncio.to_thread(ssm.resume_session, SessionId=ps.session_id)
-        again = PortSession(stream_url=resumed["StreamUrl"], token=resumed["TokenValue"], session_id=ps.session_id)
-        await again.start()
-        server = await asyncio.start_server(again.handle_connection, "127.0.0.1", 0)
-        assert await echo_roundtrip(server.sockets[0].getsockname()[1], b"b") == b"b"
-        server.close()
-        await again.close()
+        await ps.resume(stream_url=resumed["StreamUrl"], token=resumed["TokenValue"])
+        got.update(await asyncio.wait_for(reader.readexactly(len(blob) - len(first)), 30))
+        assert got.hexdigest() == sent.hexdigest()
+        writer.close()
+        assert await echo_roundtrip(port, b"after") == b"after"  # and new connections work
+        stats = await asyncio.to_thread(ssm_sandbox.endpoint.get, f"/_sandbox/sessions/{ps.session_id}")
+        assert stats["websockets"] == 2 and stats["status"] == "Connected"
 
-    run_port_session(ssm_sandbox, scenario, close=False)
+    run_port_session(ssm_sandbox, scenario)
 
 
 def test_wrong_token_is_refused(ssm_sandbox: EndpointBox) -> None:
     started = ssm_sandbox.start_port_session()
 
     async def main() -> None:
-        ps = PortSession(stream_url=started["StreamUrl"], token="not-the-token", session_id=started["SessionId"])
+        ps = PortSession(stream_url=started["StreamUrl"], token="not-the-token", session_id=started["SessionId"],
+                         ca_file=ssm_sandbox.endpoint.ca_file)
         with pytest.raises(ChannelClosed):
             await ps.start()
 
@@ -201,7 +219,7 @@ def test_unreachable_remote_host_reports_connect_error(ssm_sandbox: EndpointBox)
 
     async def main() -> None:
         ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
-                         session_id=started["SessionId"], on_event=events.append)
+                         session_id=started["SessionId"], on_event=events.append, ca_file=ssm_sandbox.endpoint.ca_file)
         await ps.start()
         server = await asyncio.start_server(ps.handle_connection, "127.0.0.1", 0)
         reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
@@ -236,7 +254,9 @@ def test_basic_mode_with_an_old_agent_serves_sequential_connections(old_agent_sa
 
 
 @pytest.mark.slow
-def test_100_mb_checksummed_transfer(ssm_sandbox: EndpointBox) -> None:
+def test_100_mb_checksummed_transfer(ssm_fast_sandbox: EndpointBox) -> None:
+    """Fast agent profile: 100 MB at the real agent's ~1 MB/s would take minutes; this test is about
+    integrity under volume, and bench/tunnel measures the real pace."""
     total = 100 * 1024 * 1024
 
     async def scenario(ps: PortSession, port: int) -> None:
@@ -264,11 +284,15 @@ def test_100_mb_checksummed_transfer(ssm_sandbox: EndpointBox) -> None:
         assert got_hash.hexdigest() == sent_hash.hexdigest()
         writer.close()
 
-    run_port_session(ssm_sandbox, scenario)
+    run_port_session(ssm_fast_sandbox, scenario)
 
 
-def test_slow_reader_bounds_client_buffering(ssm_sandbox: EndpointBox) -> None:
-    """A local client that stops reading must stall the agent (acks withheld), not grow memory."""
+def test_slow_reader_bounds_client_buffering(ssm_fast_sandbox: EndpointBox) -> None:
+    """A local client that stops reading must stall the agent (acks withheld), not grow memory.
+
+    Fast agent profile: at the real agent's ~1 MB/s the client never has more than a second's worth to
+    buffer, so the bound would hold whatever the client did; the agent has to outrun the reader."""
+    sandbox = ssm_fast_sandbox
     import socketserver
     import threading
 
@@ -283,12 +307,12 @@ def test_slow_reader_bounds_client_buffering(ssm_sandbox: EndpointBox) -> None:
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Source)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    ssm_sandbox.map_host("source.internal", 9000, ("127.0.0.1", int(server.server_address[1])))
-    started = ssm_sandbox.start_port_session(host="source.internal", port=9000)
+    sandbox.map_host("source.internal", 9000, ("127.0.0.1", int(server.server_address[1])))
+    started = sandbox.start_port_session(host="source.internal", port=9000)
 
     async def main() -> None:
         ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
-                         session_id=started["SessionId"])
+                         session_id=started["SessionId"], ca_file=sandbox.endpoint.ca_file)
         await ps.start()
         listener = await asyncio.start_server(ps.handle_connection, "127.0.0.1", 0)
         reader, writer = await asyncio.open_connection("127.0.0.1", listener.sockets[0].getsockname()[1],
@@ -349,7 +373,7 @@ def test_basic_mode_server_speaks_first(old_agent_sandbox: EndpointBox) -> None:
 
     async def main() -> None:
         ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
-                         session_id=started["SessionId"])
+                         session_id=started["SessionId"], ca_file=old_agent_sandbox.endpoint.ca_file)
         await ps.start()
         assert not ps.multiplexed
         await asyncio.sleep(0.3)  # the greeting reaches the client before anyone connects locally
@@ -367,3 +391,96 @@ def test_basic_mode_server_speaks_first(old_agent_sandbox: EndpointBox) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_data_channel_is_wss_and_the_client_verifies_it(ssm_sandbox: EndpointBox,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Difference 5. AWS answers StartSession with wss://ssmmessages.<region>.amazonaws.com/v1/data-channel/...
+    (session-manager-plugin src/communicator/websocketchannel.go dials it with TLS). The sandbox serves
+    the data channel over TLS too, signed by its own CA, so a client that skipped verification, or only
+    spoke ws://, fails here as it would against AWS."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    started = ssm_sandbox.start_port_session()
+    assert started["StreamUrl"].startswith("wss://127.0.0.1:")
+    assert "/v1/data-channel/" in started["StreamUrl"]
+
+    async def main() -> None:
+        untrusting = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
+                                 session_id=started["SessionId"])
+        with pytest.raises(ChannelClosed, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            await untrusting.start()
+        trusting = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
+                               session_id=started["SessionId"], ca_file=ssm_sandbox.endpoint.ca_file)
+        await trusting.start()
+        assert trusting.session_type == "Port"
+        await trusting.close()
+
+    asyncio.run(main())
+
+
+def test_maximum_session_duration_ends_the_session_with_channel_closed(moto_url: str, echo_server: tuple[str, int],
+                                                                         tmp_path: Path) -> None:
+    """Difference 7. The service ends a session at the preferences' maxSessionDuration even while it is in
+    use, and tells the client with channel_closed (not a dropped websocket), so a client can tell it from a
+    network failure. Scaled: 1 minute at time_scale 0.02 is 1.2 s."""
+    import boto3
+
+    region = "ap-southeast-2"  # its own preferences document, apart from the other tests' region
+    boto3.client("ssm", region_name=region, endpoint_url=moto_url, aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_document(
+        Name="SSM-SessionManagerRunShell", DocumentType="Session", DocumentFormat="JSON",
+        Content=json.dumps({"schemaVersion": "1.0", "sessionType": "Standard_Stream",
+                            "inputs": {"idleSessionTimeout": "60", "maxSessionDuration": "1"}}))
+    relay = create_relay(moto_url, region=region)
+    endpoint = EndpointThread(moto_url=moto_url, state_dir=tmp_path / "state", time_scale=0.02).start()
+    try:
+        box = EndpointBox(endpoint=endpoint, relay=relay, moto_url=moto_url)
+        box.map_host(DB_HOST, DB_PORT, echo_server)
+        started = boto3.client("ssm", region_name=region, endpoint_url=endpoint.url, aws_access_key_id="testing",
+                               aws_secret_access_key="testing").start_session(
+            Target=relay, DocumentName="AWS-StartPortForwardingSessionToRemoteHost",
+            Parameters={"host": [DB_HOST], "portNumber": [str(DB_PORT)]})
+
+        async def main() -> PortSession:
+            ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
+                             session_id=started["SessionId"], ca_file=endpoint.ca_file)
+            await ps.start()
+            server = await asyncio.start_server(ps.handle_connection, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+
+            async def busy() -> None:
+                while not ps.closed:  # in use all along: the maximum duration is not an idle timeout
+                    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                        await echo_roundtrip(port, b"still here")
+                    await asyncio.sleep(0.05)
+
+            user = asyncio.ensure_future(busy())
+            await asyncio.wait_for(ps.wait_closed(), 15)  # returns: an end, not a drop
+            user.cancel()
+            server.close()
+            return ps
+
+        ps = asyncio.run(main())
+        assert not ps.dropped
+        assert ps.close_output == "Your session has reached its maximum duration and has been terminated."
+    finally:
+        endpoint.stop()
+
+
+@pytest.mark.parametrize("host", ["169.254.169.254", "10.40.0.2"])
+def test_forwarding_to_imds_or_the_vpc_resolver_is_refused(ssm_sandbox: EndpointBox, host: str) -> None:
+    """Difference 6 end to end: the session to the instance metadata service, or to the relay VPC's DNS
+    resolver (10.40.0.0/16 + 2), ends after the handshake with the agent's error, which the client shows."""
+    started = ssm_sandbox.start_port_session(host=host, port=80)
+    events: list[str] = []
+
+    async def main() -> PortSession:
+        ps = PortSession(stream_url=started["StreamUrl"], token=started["TokenValue"],
+                         session_id=started["SessionId"], on_event=events.append, ca_file=ssm_sandbox.endpoint.ca_file)
+        await ps.start()
+        await asyncio.wait_for(ps.wait_closed(), 10)
+        return ps
+
+    ps = asyncio.run(main())
+    assert ps.close_output == f"Forwarding to IP address {host} is forbidden."
+    assert any("is forbidden" in e for e in events)

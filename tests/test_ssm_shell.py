@@ -46,7 +46,7 @@ def run_non_interactive(box: EndpointBox, command: str) -> tuple[int, bytes]:
 
     async def main() -> int:
         shell = ShellSession(stream_url=session["streamUrl"], token=session["tokenValue"],
-                             session_id=session["sessionId"])
+                             session_id=session["sessionId"], ca_file=box.endpoint.ca_file)
         await shell.start()
         return await asyncio.wait_for(shell.run(stdin_fd=None, stdout_fd=write_fd), 20)
 
@@ -109,7 +109,7 @@ def test_interactive_pty_window_size_and_ctrl_c(ecs_box: EndpointBox) -> None:
 
     async def main() -> int:
         shell = ShellSession(stream_url=session["streamUrl"], token=session["tokenValue"],
-                             session_id=session["sessionId"])
+                             session_id=session["sessionId"], ca_file=ecs_box.endpoint.ca_file)
         await shell.start()
         runner = asyncio.ensure_future(shell.run(stdin_fd=slave, stdout_fd=out_w))
         await asyncio.sleep(0.2)  # raw mode is set with TCSAFLUSH: type only after it

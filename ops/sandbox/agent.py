@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import shlex
 import signal
+import socket
 import struct
 import subprocess
 import termios
@@ -40,9 +42,34 @@ from ops.ssm.channel import Channel
 from ops.ssm.crypto import EncryptionError, SessionCipher, b64, encryption_context, unb64
 from ops.ssm.framing import AgentMessage, Flag, PayloadType
 
-# The real agent reads 1 KiB at a time; the sandbox default is larger so benchmarks measure our code,
-# `--agent-payload-size 1024` restores the agent's figure.
-DEFAULT_AGENT_PAYLOAD = 16 * 1024
+# Agents from this version on also refuse loopback and the ECS/EKS credential endpoints.
+LOOPBACK_DENIED_FROM_AGENT = "3.3.4851.0"
+# appconfig/constants.go DefaultDeniedPortForwardingRemoteIPs: IMDS, the Amazon DNS and time servers.
+DENIED_REMOTE_IPS = ("169.254.169.254", "fd00:ec2::254", "169.254.169.253", "fd00:ec2::253", "169.254.169.123",
+                     "fd00:ec2::123", "169.254.169.250", "169.254.169.251", "fd00:ec2::240")
+# The container credential endpoints of ECS (169.254.170.2) and EKS Pod Identity (169.254.170.23).
+DENIED_CREDENTIAL_IPS = ("169.254.170.2", "169.254.170.23", "fd00:ec2::23")
+
+
+@dataclass(frozen=True)
+class AgentProfile:
+    """How fast the sandbox agent moves bytes.
+
+    `faithful` (the default) is what amazon-ssm-agent does: its port and shell plugins read
+    StreamDataPayloadSize = 1024 bytes at a time and sleep 1 ms after each message they send
+    (agent/session/plugins/port/port_mux.go, port_basic.go, shell/shell.go), which caps one session
+    near 1 MB/s. `fast` (16 KiB, no pause) exists only for tests that move so much data that the real
+    pace would make them minutes long; each such test says so.
+    """
+
+    name: str
+    payload_size: int
+    pause: float
+
+
+PROFILES = {"faithful": AgentProfile("faithful", 1024, 0.001), "fast": AgentProfile("fast", 16 * 1024, 0.0)}
+DEFAULT_PROFILE = "faithful"
+DEFAULT_AGENT_PAYLOAD = PROFILES[DEFAULT_PROFILE].payload_size
 PORT_DOCUMENTS = {
     LOCAL_PORT_DOCUMENT: "LocalPortForwarding",
     PORT_DOCUMENT: "LocalPortForwarding",
@@ -88,6 +115,55 @@ class SessionSpec:
     cwd: str | None = None
     target: str = ""
     kms_key_id: str = ""
+    vpc_cidrs: tuple[str, ...] = ()  # the relay's VPC: its first four and last addresses are denied
+
+
+def vpc_reserved(cidrs: tuple[str, ...]) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """port.go calculateAddress: the first four addresses (network, router, DNS, reserved) and the last
+    (broadcast) of each VPC CIDR block the instance metadata names."""
+    out: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for cidr in cidrs:
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            continue
+        out |= {net.network_address + i for i in range(4)} | {net.broadcast_address}
+    return out
+
+
+def forbidden_host(state_dir: Path, host: str, agent_version: str, vpc_cidrs: tuple[str, ...] = ()) -> str:
+    """The agent's deny-list check (agent/session/plugins/port/port.go validateParameters): '' when allowed,
+    else the error the session ends with. Only a remote host is checked; no host means the relay itself.
+
+    The emulated remote network (relay_hosts.json) stands for VPC addresses, so its names are checked by
+    what they stand for, not by the loopback address the sandbox maps them to.
+    """
+    if not host or _mapped(state_dir, host):
+        return ""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except (OSError, UnicodeError):
+        return ""  # unresolvable: the agent lets the dial fail later
+    denied = {ipaddress.ip_address(a) for a in DENIED_REMOTE_IPS} | vpc_reserved(vpc_cidrs)
+    newer = not framing.version_greater(LOOPBACK_DENIED_FROM_AGENT, agent_version)
+    if newer:
+        denied |= {ipaddress.ip_address(a) for a in DENIED_CREDENTIAL_IPS}
+    for text in addresses:
+        try:
+            addr = ipaddress.ip_address(str(text).split("%", 1)[0])
+        except ValueError:
+            continue
+        if addr in denied or (newer and addr.is_loopback):
+            return f"Forwarding to IP address {host} is forbidden."
+    return ""
+
+
+def _mapped(state_dir: Path, host: str) -> bool:
+    try:
+        mapping = json.loads((state_dir / "relay_hosts.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    return isinstance(mapping, dict) and any(str(key).rpartition(":")[0] == host for key in mapping)
 
 
 def resolve_target(state_dir: Path, host: str, port: str) -> tuple[str, int]:
@@ -110,19 +186,22 @@ class AgentConnection:
     """One websocket's worth of agent: channel, handshake, then the port or shell plugin."""
 
     def __init__(self, *, spec: SessionSpec, send_raw: Callable[[bytes], Awaitable[None]], state_dir: Path,
-                 agent_version: str = SANDBOX_AGENT_VERSION, payload_size: int = DEFAULT_AGENT_PAYLOAD,
+                 agent_version: str = SANDBOX_AGENT_VERSION, profile: AgentProfile = PROFILES[DEFAULT_PROFILE],
                  loss: LossConfig | None = None,
                  on_finished: Callable[[str], Awaitable[None]] | None = None,
                  kms_decrypt: Callable[[bytes, dict[str, str]], bytes] | None = None) -> None:
         self.spec = spec
-        self._send_raw = send_raw
+        self._send_raw: Callable[[bytes], Awaitable[None]] | None = send_raw
         self.state_dir = state_dir
         self.agent_version = agent_version
-        self.payload_size = payload_size
+        self.profile = profile
+        self.payload_size = profile.payload_size
+        # One write pump per session, as in the agent: every stream shares the pace.
+        self._pump_lock = asyncio.Lock()
         self.loss = loss or LossConfig()
         self._on_finished = on_finished
         self.channel = Channel(send_frame=self._send_frame, outgoing_type=framing.OUTPUT_STREAM_DATA,
-                               on_message=self._on_message)
+                               on_message=self._on_message, decode=framing.decode_as_agent)
         self.client_version = ""
         self._handshake_ok = asyncio.Event()
         self._held: bytes | None = None
@@ -136,6 +215,23 @@ class AgentConnection:
         self._enc_challenge = b""
         self.cipher: SessionCipher | None = None
 
+    # ---- the client's websocket comes and goes; the agent's side of the session stays ----
+    def attach(self, send_raw: Callable[[bytes], Awaitable[None]]) -> None:
+        """A client (re)connected (ResumeSession): frames go to its websocket from now on."""
+        self._send_raw = send_raw
+
+    def detach(self) -> None:
+        """The client's websocket is gone. As with AWS, the agent's data channel, its sequence numbers and
+        its TCP connections stay; what it sends meanwhile is resent when the client resumes."""
+        self._send_raw = None
+
+    async def _emit(self, frame: bytes) -> None:
+        send = self._send_raw
+        if send is None:
+            return  # unacknowledged: the resend loop delivers it after a resume
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await send(frame)
+
     # ---- frames with fault injection ----
     async def _send_frame(self, frame: bytes) -> None:
         verdict = self.loss.decide(frame)
@@ -144,10 +240,10 @@ class AgentConnection:
         if verdict == "hold" and self._held is None:
             self._held = frame
             return
-        await self._send_raw(frame)
+        await self._emit(frame)
         held, self._held = self._held, None
         if held is not None:
-            await self._send_raw(held)
+            await self._emit(held)
 
     async def receive(self, frame: bytes) -> None:
         verdict = self.loss.decide(frame)
@@ -156,8 +252,24 @@ class AgentConnection:
         await self.channel.receive(frame)
 
     # ---- lifecycle ----
+    @property
+    def encryption_enabled(self) -> bool:
+        """sessionplugin.go isEncryptionEnabled: a KMS key is set and the plugin is not Port."""
+        return bool(self.spec.kms_key_id) and self.spec.kind != "port"
+
+    @property
+    def requires_handshake(self) -> bool:
+        """The port plugin always shakes hands; InteractiveCommands (ECS Exec) only to agree on encryption."""
+        return self.spec.kind == "port" or self.encryption_enabled
+
     async def start(self) -> None:
         self.channel.start()
+        if not self.requires_handshake:
+            # dataChannel.SkipHandshake: the shell starts at once; its first output tells the client.
+            self.plugin = self._make_plugin()
+            self._handshake_ok.set()
+            await self.plugin.start()
+            return
         if self.spec.kind == "port":
             stype = "Port"
             props = self.spec.properties
@@ -167,7 +279,7 @@ class AgentConnection:
         actions: list[dict[str, Any]] = [
             {"ActionType": "SessionType", "ActionParameters": {"SessionType": stype, "Properties": props}},
         ]
-        if self.spec.kms_key_id:
+        if self.encryption_enabled:
             actions.append({"ActionType": "KMSEncryption",
                             "ActionParameters": {"KMSKeyId": self.spec.kms_key_id, "Challenge": self._kms_challenge}})
         request = {"AgentVersion": self.agent_version, "RequestedClientActions": actions}
@@ -186,25 +298,28 @@ class AgentConnection:
         self.finished = True
         await self.channel.drain(timeout=3)
         with contextlib.suppress(Exception):
-            await self._send_raw(framing.encode(framing.channel_closed(session_id=self.spec.session_id,
+            await self._emit(framing.encode(framing.channel_closed(session_id=self.spec.session_id,
                                                                        output=output)))
         if self._on_finished is not None:
             await self._on_finished(output)
 
     async def send_output(self, data: bytes, payload_type: int = PayloadType.OUTPUT) -> None:
-        size = self.payload_size
-        for i in range(0, len(data), size):
-            chunk = data[i:i + size]
-            if self.cipher is not None:
-                chunk = self.cipher.encrypt(chunk)
-            await self.channel.send(payload_type, chunk)
+        size, pause = self.payload_size, self.profile.pause
+        async with self._pump_lock:
+            for i in range(0, len(data), size):
+                chunk = data[i:i + size]
+                if self.cipher is not None:
+                    chunk = self.cipher.encrypt(chunk)
+                await self.channel.send(payload_type, chunk)
+                if pause:
+                    await asyncio.sleep(pause)
 
     async def _on_message(self, msg: AgentMessage) -> None:
         self.received += len(msg.payload)
         if msg.payload_type == PayloadType.HANDSHAKE_RESPONSE:
             response = framing.parse_json(msg)
             self.client_version = str(response.get("ClientVersion", ""))
-            if self.spec.kms_key_id:
+            if self.encryption_enabled:
                 error = await self._finalize_kms(response)
                 if error:
                     self._finishing = asyncio.ensure_future(self.finish(error))
@@ -244,6 +359,14 @@ class AgentConnection:
         elapsed_ns = int((time.monotonic() - self._handshake_started) * 1e9)
         complete = {"HandshakeTimeToComplete": elapsed_ns, "CustomerMessage": customer_message}
         await self.channel.send(PayloadType.HANDSHAKE_COMPLETE, json.dumps(complete).encode())
+        if self.spec.kind == "port":
+            host = str(self.spec.properties.get("host", ""))
+            refused = await asyncio.to_thread(forbidden_host, self.state_dir, host, self.agent_version,
+                                              self.spec.vpc_cidrs)
+            if refused:
+                # The port plugin validates its parameters after the handshake and fails the session.
+                self._finishing = asyncio.ensure_future(self.finish(refused))
+                return
         self.plugin = self._make_plugin()
         await self.plugin.start()
         self._handshake_ok.set()

@@ -27,6 +27,7 @@ import os
 import re
 import secrets
 import shutil
+import string
 import sys
 import time
 import uuid
@@ -467,9 +468,18 @@ def master_credentials(cfg: EnvConfig, db: dict[str, Any]) -> tuple[str, str]:
     return username, password
 
 
+# What RDS puts in a managed master password: printable ASCII except '/', '"', '@' and space.
+RDS_PASSWORD_ALPHABET = "".join(c for c in map(chr, range(33, 127)) if c not in '/"@')
+
+
 def _generate_password() -> str:
-    # RDS generates 41 printable characters without '/', '"', '@' and spaces; urlsafe base64 is a subset.
-    return secrets.token_urlsafe(30)[:40]
+    # Punctuation included, as RDS does ('%', '#', '&', ':' ...): a URL or a .pgpass line built without
+    # quoting breaks here exactly as it would in prod. One of each class, so every password shows it.
+    pick = secrets.choice
+    chars = [pick(string.ascii_lowercase), pick(string.ascii_uppercase), pick(string.digits), "%", pick("#&:?=+;")]
+    chars += [pick(RDS_PASSWORD_ALPHABET) for _ in range(41 - len(chars))]
+    secrets.SystemRandom().shuffle(chars)
+    return "".join(chars)
 
 
 def _ecs_tasks(cfg: EnvConfig, *, out: TextIO) -> None:

@@ -52,7 +52,8 @@ from ops.facts import (
     SANDBOX_AGENT_VERSION_ENV,
 )
 from ops.sandbox import agent as agent_mod
-from ops.sandbox.agent import AgentConnection, LossConfig, SessionSpec
+from ops.sandbox import tls as sandbox_tls
+from ops.sandbox.agent import AgentConnection, AgentProfile, LossConfig, SessionSpec
 from ops.ssm import framing
 
 SESSIONS_FILE = "sessions.json"
@@ -68,6 +69,16 @@ HIDDEN = "Value hidden due to security reasons."
 _CRED_RE = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/]+)/")
 # moto does not verify signatures; the caller's access key is kept so STS says who the caller is.
 UNCHECKED_SECRET = "sandbox-signature-not-verified"  # noqa: S105
+# What the Session Manager service does on its own (times in seconds of AWS time, scaled by `time_scale`):
+# it closes every data-channel websocket after about an hour (clients resume), and ends a session idle
+# for the preferences' idleSessionTimeout (default 20 min; ECS Exec: fixed 20 min) or older than
+# maxSessionDuration, telling the client with channel_closed.
+WEBSOCKET_LIFETIME = 3600.0
+DEFAULT_IDLE_MINUTES = 20
+IDLE_ENDED = "Your session timed out due to inactivity and has been terminated."
+MAX_DURATION_ENDED = "Your session has reached its maximum duration and has been terminated."
+_INPUT = framing.INPUT_STREAM_DATA.encode()
+_OUTPUT = framing.OUTPUT_STREAM_DATA.encode()
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
 
 
@@ -96,9 +107,15 @@ class Session:
     details: str = ""
     region: str = "us-east-1"
     kms_key_id: str = ""
+    idle_timeout: float = DEFAULT_IDLE_MINUTES * 60.0  # AWS seconds
+    max_duration: float = 0.0  # AWS seconds; 0: no maximum
     # runtime only
     ws: web.WebSocketResponse | None = None
     agent: AgentConnection | None = None
+    ws_opened: float = 0.0
+    websockets: int = 0  # data-channel websockets accepted so far (1 + resumes)
+    last_activity: float = field(default_factory=time.monotonic)
+    started_mono: float = field(default_factory=time.monotonic)
 
     def record(self) -> dict[str, Any]:
         return {"id": self.session_id, "target": self.target, "owner": self.owner, "reason": self.reason,
@@ -129,14 +146,19 @@ class Session:
 
 
 class Endpoint:
-    def __init__(self, *, moto_url: str, state_dir: Path, agent_version: str, agent_payload_size: int) -> None:
+    def __init__(self, *, moto_url: str, state_dir: Path, agent_version: str, profile: AgentProfile,
+                 time_scale: float = 1.0) -> None:
         self.moto_url = moto_url.rstrip("/")
         self.state_dir = state_dir
         self.agent_version = agent_version
-        self.agent_payload_size = agent_payload_size
+        self.profile = profile
+        # Sandbox seconds per AWS second for the service's own timers (hourly close, idle, maximum).
+        self.time_scale = time_scale
+        self._timers: asyncio.Task[None] | None = None
         self.loss = LossConfig()
         self.sessions: dict[str, Session] = {}
         self.base_url = ""
+        self.stream_base = ""  # wss://host:port of the TLS listener: AWS hands out wss:// stream URLs
         self._http: ClientSession | None = None
         self._owners: dict[str, str] = {}
         self.events: list[dict[str, Any]] = []  # emulated CloudTrail records, oldest first
@@ -185,16 +207,36 @@ class Endpoint:
                 return f"arn:aws:iam::000000000000:user/{access_key}"
         return self._owners[access_key]
 
-    async def _session_kms_key(self, region: str) -> str:
-        """Session Manager preferences live in the SSM-SessionManagerRunShell document: inputs.kmsKeyId."""
-        def fetch() -> str:
+    async def _preferences(self, region: str) -> dict[str, Any]:
+        """Session Manager preferences live in the SSM-SessionManagerRunShell document's inputs."""
+        def fetch() -> dict[str, Any]:
             try:
                 doc = self._boto("ssm", region).get_document(Name=PREFERENCES_DOCUMENT)
                 inputs = json.loads(doc.get("Content") or "{}").get("inputs") or {}
             except (botocore.exceptions.ClientError, ValueError, AttributeError):
-                return ""
-            return str(inputs.get("kmsKeyId") or "")
+                return {}
+            return inputs if isinstance(inputs, dict) else {}
         return await asyncio.to_thread(fetch)
+
+    async def _exec_kms_key(self, region: str, cluster: str) -> str:
+        """ECS Exec encrypts with the cluster's executeCommandConfiguration.kmsKeyId, not the preferences."""
+        def fetch() -> str:
+            try:
+                found = self._boto("ecs", region).describe_clusters(clusters=[cluster], include=["CONFIGURATIONS"])
+            except botocore.exceptions.ClientError:
+                return ""
+            for item in found.get("clusters") or []:
+                config = (item.get("configuration") or {}).get("executeCommandConfiguration") or {}
+                return str(config.get("kmsKeyId") or "")
+            return ""
+        return await asyncio.to_thread(fetch)
+
+    @staticmethod
+    def _minutes(inputs: dict[str, Any], key: str, default: int) -> float:
+        try:
+            return float(int(str(inputs.get(key) or default))) * 60
+        except ValueError:
+            return float(default) * 60
 
     def _kms_decrypt(self, region: str) -> Any:
         def decrypt(blob: bytes, context: dict[str, str]) -> bytes:
@@ -203,19 +245,20 @@ class Endpoint:
             return plain
         return decrypt
 
+    def _relays_sync(self, region: str, instance_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        ec2 = self._boto("ec2", region)
+        filters = [{"Name": f"tag:{ROLE_TAG}", "Values": [RELAY_ROLE]}]
+        kwargs: dict[str, Any] = {"Filters": filters}
+        if instance_ids:
+            kwargs["InstanceIds"] = instance_ids
+        try:
+            pages = ec2.describe_instances(**kwargs)
+        except botocore.exceptions.ClientError:
+            return []
+        return [i for r in pages.get("Reservations", []) for i in r.get("Instances", [])]
+
     async def _relays(self, region: str, instance_ids: list[str] | None = None) -> list[dict[str, Any]]:
-        def fetch() -> list[dict[str, Any]]:
-            ec2 = self._boto("ec2", region)
-            filters = [{"Name": f"tag:{ROLE_TAG}", "Values": [RELAY_ROLE]}]
-            kwargs: dict[str, Any] = {"Filters": filters}
-            if instance_ids:
-                kwargs["InstanceIds"] = instance_ids
-            try:
-                pages = ec2.describe_instances(**kwargs)
-            except botocore.exceptions.ClientError:
-                return []
-            return [i for r in pages.get("Reservations", []) for i in r.get("Instances", [])]
-        return await asyncio.to_thread(fetch)
+        return await asyncio.to_thread(self._relays_sync, region, instance_ids)
 
     # ---- HTTP ----
     async def handle_root(self, request: web.Request) -> web.StreamResponse:
@@ -384,8 +427,7 @@ class Endpoint:
         return out
 
     def _stream_url(self, session_id: str) -> str:
-        ws_base = self.base_url.replace("http://", "ws://", 1)
-        return f"{ws_base}/v1/data-channel/{session_id}?role=publish_subscribe"
+        return f"{self.stream_base}/v1/data-channel/{session_id}?role=publish_subscribe"
 
     def _new_session_id(self, owner: str) -> str:
         name = owner.rsplit("/", 1)[-1].rsplit(":", 1)[-1] or "sandbox"
@@ -413,11 +455,14 @@ class Endpoint:
         if instances[0].get("State", {}).get("Name") != "running":
             raise ApiError("TargetNotConnected", f"{target} is not connected (instance is not running)")
         owner = await self._owner(access_key, region)
+        prefs = await self._preferences(region)
         sess = Session(session_id=self._new_session_id(owner), target=target, owner=owner,
                        reason=str(params.get("Reason") or ""), document=document,
                        parameters={k: [str(x) for x in v] if isinstance(v, list) else [str(v)]
                                    for k, v in raw_params.items()},
-                       kind="port", region=region, kms_key_id=await self._session_kms_key(region))
+                       kind="port", region=region, kms_key_id=str(prefs.get("kmsKeyId") or ""),
+                       idle_timeout=self._minutes(prefs, "idleSessionTimeout", DEFAULT_IDLE_MINUTES),
+                       max_duration=self._minutes(prefs, "maxSessionDuration", 0))
         self.sessions[sess.session_id] = sess
         self._save()
         return {"SessionId": sess.session_id, "TokenValue": sess.token, "StreamUrl": self._stream_url(sess.session_id)}
@@ -465,6 +510,11 @@ class Endpoint:
         sess = self._get_session(params)
         if sess.status in ("Terminated", "Failed", "Terminating"):
             raise ApiError("DoesNotExistException", f"session {sess.session_id} is {sess.status}")
+        if sess.kind == "port":
+            instances = await self._relays(region, [sess.target]) if sess.target.startswith("i-") else []
+            if not instances or instances[0].get("State", {}).get("Name") != "running":
+                # Its agent is gone with the instance: nothing to resume onto.
+                raise ApiError("TargetNotConnected", f"{sess.target} is not connected (instance is not running)")
         sess.token = secrets.token_urlsafe(32)
         return {"SessionId": sess.session_id, "TokenValue": sess.token, "StreamUrl": self._stream_url(sess.session_id)}
 
@@ -593,7 +643,7 @@ class Endpoint:
                        owner=owner, reason="", document=ECS_EXEC_DOCUMENT,
                        parameters={"command": [command]}, kind="shell",
                        command=agent_mod.shell_command(command), region=region,
-                       kms_key_id=await self._session_kms_key(region))
+                       kms_key_id=await self._exec_kms_key(region, str(cluster)))
         self.sessions[sess.session_id] = sess
         self._save()
         return {
@@ -619,14 +669,16 @@ class Endpoint:
         if opened.get("TokenValue") != sess.token:
             await ws.close(code=4001, message=b"invalid token")
             return ws
-        # A new websocket for a session replaces the old one (ResumeSession): fresh channel and plugin.
-        old_agent, old_ws = sess.agent, sess.ws
-        if old_agent is not None:
-            await old_agent.stop()
+        # A new websocket for a session replaces the old one (ResumeSession); the agent's side of the
+        # session (its data channel, sequence numbers, TCP connections) carries on, as on AWS.
+        old_ws = sess.ws
+        sess.ws = None
         if old_ws is not None and not old_ws.closed:
             await old_ws.close()
 
         async def send_raw(frame: bytes) -> None:
+            if frame[4:4 + len(_OUTPUT)] == _OUTPUT:
+                sess.last_activity = time.monotonic()
             await ws.send_bytes(frame)
 
         async def finished(output: str) -> None:
@@ -634,19 +686,34 @@ class Endpoint:
             if sess.agent is agent or sess.agent is None:
                 sess.agent = None
                 self._mark_terminated(sess)
-                await ws.close()
+                current = sess.ws
+                if current is not None:
+                    await current.close()
 
-        spec = SessionSpec(session_id=sid, kind=sess.kind, command=sess.command, cwd=str(self.state_dir),
-                           target=sess.target, kms_key_id=sess.kms_key_id,
-                           properties=self._session_properties(sess))
-        agent = AgentConnection(spec=spec, send_raw=send_raw, state_dir=self.state_dir,
-                                agent_version=self.agent_version, payload_size=self.agent_payload_size,
-                                loss=self.loss, on_finished=finished, kms_decrypt=self._kms_decrypt(sess.region))
+        resumed = sess.agent is not None and not sess.agent.finished
+        if resumed:
+            assert sess.agent is not None
+            agent = sess.agent
+            agent.attach(send_raw)
+        else:
+            spec = SessionSpec(session_id=sid, kind=sess.kind, command=sess.command, cwd=str(self.state_dir),
+                               target=sess.target, kms_key_id=sess.kms_key_id,
+                               properties=self._session_properties(sess),
+                               vpc_cidrs=await self._vpc_cidrs(sess) if sess.kind == "port" else ())
+            agent = AgentConnection(spec=spec, send_raw=send_raw, state_dir=self.state_dir,
+                                    agent_version=self.agent_version, profile=self.profile, loss=self.loss,
+                                    on_finished=finished, kms_decrypt=self._kms_decrypt(sess.region))
         sess.agent, sess.ws, sess.status = agent, ws, "Connected"
-        await agent.start()
+        sess.ws_opened = time.monotonic()
+        sess.websockets += 1
+        self._ensure_timers()
+        if not resumed:
+            await agent.start()
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.BINARY:
+                    if msg.data[4:4 + len(_INPUT)] == _INPUT:
+                        sess.last_activity = time.monotonic()
                     try:
                         await agent.receive(msg.data)
                     except framing.FramingError as exc:
@@ -656,16 +723,35 @@ class Endpoint:
                 elif msg.type == WSMsgType.ERROR:
                     break
         finally:
-            await agent.stop()
-            if sess.agent is agent:
-                sess.agent, sess.ws = None, None
+            if sess.ws is ws:
+                sess.ws = None
                 if agent.finished or agent.terminate_requested:
+                    await agent.stop()
+                    sess.agent = None
                     self._mark_terminated(sess)
-                elif sess.status == "Connected" and sess.kind == "port":
-                    # Websocket gone without a terminate: the session stays resumable, as with AWS.
+                elif sess.status == "Connected":
+                    # Websocket gone without a terminate: the session stays resumable, as with AWS, and
+                    # its agent side waits for the client (until the idle timeout ends it).
+                    agent.detach()
                     sess.status = "Disconnected"
                     self._save()
         return ws
+
+    async def _vpc_cidrs(self, sess: Session) -> tuple[str, ...]:
+        """The relay's VPC CIDR blocks, as the agent reads them from instance metadata."""
+        def fetch() -> tuple[str, ...]:
+            instances = [i for i in self._relays_sync(sess.region, [sess.target]) if i.get("VpcId")]
+            if not instances:
+                return ()
+            try:
+                vpcs = self._boto("ec2", sess.region).describe_vpcs(VpcIds=[instances[0]["VpcId"]])["Vpcs"]
+            except botocore.exceptions.ClientError:
+                return ()
+            blocks = [a["CidrBlock"] for v in vpcs for a in v.get("CidrBlockAssociationSet") or []]
+            return tuple(blocks or [v["CidrBlock"] for v in vpcs if v.get("CidrBlock")])
+        if not sess.target.startswith("i-"):
+            return ()
+        return await asyncio.to_thread(fetch)
 
     @staticmethod
     def _session_properties(sess: Session) -> dict[str, str]:
@@ -679,7 +765,45 @@ class Endpoint:
             props["host"] = (sess.parameters.get("host") or [""])[0]
         return props
 
+    # ---- what the service does by itself ----
+    def _ensure_timers(self) -> None:
+        if self._timers is None or self._timers.done():
+            self._timers = asyncio.ensure_future(self._service_timers())
+
+    async def _service_timers(self) -> None:
+        """The hourly websocket close, the idle timeout and the maximum session duration, scaled."""
+        while True:
+            scale = self.time_scale
+            await asyncio.sleep(min(1.0, max(0.01, 60 * scale / 20)))
+            now = time.monotonic()
+            for sess in list(self.sessions.values()):
+                if sess.status in ("Terminated", "Failed", "Terminating"):
+                    continue
+                if sess.max_duration and now - sess.started_mono >= sess.max_duration * scale:
+                    await self._terminate(sess, MAX_DURATION_ENDED)
+                elif now - sess.last_activity >= sess.idle_timeout * scale:
+                    await self._terminate(sess, IDLE_ENDED)
+                elif sess.ws is not None and now - sess.ws_opened >= WEBSOCKET_LIFETIME * scale:
+                    # No channel_closed: to the client this is a dropped connection, and it resumes.
+                    ws, sess.ws_opened = sess.ws, now
+                    with contextlib.suppress(Exception):
+                        await ws.close(code=1001, message=b"data channel lifetime reached")
+
     # ---- test hooks ----
+    async def hook_profile(self, request: web.Request) -> web.Response:
+        """The agent profile of sessions started from now on (tests that say why they need `fast`)."""
+        body = await request.json() if request.can_read_body else {}
+        name = str(body.get("profile", self.profile.name))
+        if name not in agent_mod.PROFILES:
+            raise web.HTTPBadRequest(text=f"profile must be one of {sorted(agent_mod.PROFILES)}")
+        self.profile = agent_mod.PROFILES[name]
+        return web.json_response({"profile": name})
+
+    async def hook_clock(self, request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else {}
+        self.time_scale = float(body.get("time_scale", self.time_scale))
+        return web.json_response({"time_scale": self.time_scale})
+
     async def hook_drop(self, request: web.Request) -> web.Response:
         sess = self.sessions.get(request.match_info["session_id"])
         if sess is None or sess.ws is None:
@@ -720,16 +844,18 @@ class Endpoint:
         sess = self.sessions.get(request.match_info["session_id"])
         if sess is None:
             raise web.HTTPNotFound()
-        out: dict[str, Any] = {"status": sess.status, **self._loss_view()}
+        out: dict[str, Any] = {"status": sess.status, "websockets": sess.websockets, **self._loss_view()}
         if sess.agent is not None:
             ch = sess.agent.channel
             plugin = type(sess.agent.plugin).__name__ if sess.agent.plugin else ""
             out.update({"plugin": plugin, "client_version": sess.agent.client_version, "resent": ch.resent,
-                        "duplicates": ch.duplicates, "received_bytes": sess.agent.received,
+                        "unacked": ch.unacked, "duplicates": ch.duplicates, "received_bytes": sess.agent.received,
                         "publishing": ch.publishing.is_set()})
         return web.json_response(out)
 
     async def shutdown(self, _app: web.Application) -> None:
+        if self._timers is not None:
+            self._timers.cancel()
         for sess in list(self.sessions.values()):
             if sess.agent is not None or sess.ws is not None:
                 await self._terminate(sess, "endpoint shutting down")
@@ -754,34 +880,85 @@ def make_app(endpoint: Endpoint) -> web.Application:
     app.router.add_get("/_sandbox/sessions/{session_id}", endpoint.hook_stats)
     app.router.add_post("/_sandbox/loss", endpoint.hook_loss)
     app.router.add_post("/_sandbox/agent-boot", endpoint.hook_agent_boot)
+    app.router.add_post("/_sandbox/clock", endpoint.hook_clock)
+    app.router.add_post("/_sandbox/profile", endpoint.hook_profile)
     app.router.add_route("*", "/{tail:.*}", endpoint.handle_root)
     app.on_shutdown.append(endpoint.shutdown)
     return app
 
 
 async def serve(*, host: str, port: int, moto_url: str, state_dir: Path, agent_version: str,
-                agent_payload_size: int, ready: asyncio.Future[str] | None = None,
-                stop: asyncio.Event | None = None) -> None:
+                profile: str = agent_mod.DEFAULT_PROFILE, time_scale: float = 1.0,
+                ready: asyncio.Future[str] | None = None, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (or forever). Sets `ready` to the base URL once listening."""
     if host not in ("127.0.0.1", "::1", "localhost"):
         raise SystemExit("the sandbox Session Manager endpoint listens on loopback only")
     state_dir.mkdir(parents=True, exist_ok=True)
     endpoint = Endpoint(moto_url=moto_url, state_dir=state_dir, agent_version=agent_version,
-                        agent_payload_size=agent_payload_size)
+                        profile=agent_mod.PROFILES[profile], time_scale=time_scale)
     runner = web.AppRunner(make_app(endpoint), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
-    assert server is not None
-    bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-    endpoint.base_url = f"http://{host}:{bound}"
+    # The same app over TLS, on its own port, for the data channel (the clients trust <state>/tls/ca.pem).
+    ca = sandbox_tls.SandboxCA(state_dir)
+    tls_site = web.TCPSite(runner, host, 0, ssl_context=ca.server_context(host))
+    await tls_site.start()
+    endpoint.base_url = f"http://{host}:{_bound_port(site)}"
+    endpoint.stream_base = f"wss://{host}:{_bound_port(tls_site)}"
+    proxy = await asyncio.start_server(lambda r, w: _aws_api_proxy(r, w, ca, endpoint.moto_url), host, 0)
+    proxy_port = proxy.sockets[0].getsockname()[1]
+    (state_dir / sandbox_tls.PROXY_FILE).write_text(f"http://{host}:{proxy_port}\n")
     if ready is not None:
         ready.set_result(endpoint.base_url)
     try:
         await (stop or asyncio.Event()).wait()
     finally:
+        proxy.close()
         await runner.cleanup()
+
+
+async def _aws_api_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ca: sandbox_tls.SandboxCA,
+                         moto_url: str) -> None:
+    """An HTTPS proxy for clients that call AWS APIs on their default hosts: the session-manager-plugin
+    asks KMS for the data key of an encrypted shell at kms.<region>.amazonaws.com, with no way to name
+    another endpoint. CONNECT to *.amazonaws.com:443 is answered here with a certificate from the sandbox
+    CA and the requests go to moto; nothing else is proxied."""
+    from urllib.parse import urlsplit
+
+    try:
+        request = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1")
+        method, target, _ = request.split("\r\n", 1)[0].split(" ", 2)
+        host, _, port = target.rpartition(":")
+        if method != "CONNECT" or port != "443" or not host.endswith(".amazonaws.com"):
+            writer.write(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+            await writer.drain()
+            return
+        writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        await writer.drain()
+        await writer.start_tls(ca.server_context(host))
+        moto = urlsplit(moto_url)
+        up_reader, up_writer = await asyncio.open_connection(moto.hostname, moto.port)
+    except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+        writer.close()
+        return
+
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        with contextlib.suppress(OSError):
+            dst.close()
+
+    await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server
+    assert server is not None
+    port: int = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    return port
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -793,8 +970,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--agent-version",
                         default=os.environ.get(SANDBOX_AGENT_VERSION_ENV, SANDBOX_AGENT_VERSION),
                         help="agent version to announce (e.g. 3.0.161.0 to emulate an agent without smux)")
-    parser.add_argument("--agent-payload-size", type=int, default=agent_mod.DEFAULT_AGENT_PAYLOAD,
-                        help="bytes per agent stream message (the real agent uses 1024)")
+    parser.add_argument("--profile", choices=sorted(agent_mod.PROFILES),
+                        default=os.environ.get("BASTIONLESS_SANDBOX_PROFILE", agent_mod.DEFAULT_PROFILE),
+                        help="agent pace: faithful (1 KiB messages, 1 ms apart, as amazon-ssm-agent) or fast")
+    parser.add_argument("--time-scale", type=float,
+                        default=float(os.environ.get("BASTIONLESS_SANDBOX_TIME_SCALE", "1")),
+                        help="sandbox seconds per AWS second for the service's hourly close, idle and "
+                             "maximum-duration timers")
     args = parser.parse_args(argv)
 
     async def run() -> None:
@@ -805,7 +987,7 @@ def main(argv: list[str] | None = None) -> None:
         ready: asyncio.Future[str] = loop.create_future()
         ready.add_done_callback(lambda f: print(f"READY {f.result()}", flush=True))
         await serve(host=args.host, port=args.port, moto_url=args.moto_url, state_dir=args.state_dir,
-                    agent_version=args.agent_version, agent_payload_size=args.agent_payload_size,
+                    agent_version=args.agent_version, profile=args.profile, time_scale=args.time_scale,
                     ready=ready, stop=stop)
 
     asyncio.run(run())

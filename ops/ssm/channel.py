@@ -58,10 +58,13 @@ class Channel:
     def __init__(self, *, send_frame: SendFrame, outgoing_type: str, on_message: OnMessage,
                  on_closed: Callable[[AgentMessage], None] | None = None,
                  on_failed: Callable[[ChannelError], None] | None = None, window: int = DEFAULT_WINDOW,
-                 resend_interval: float = RESEND_INTERVAL, max_attempts: int = RESEND_MAX_ATTEMPTS) -> None:
+                 resend_interval: float = RESEND_INTERVAL, max_attempts: int = RESEND_MAX_ATTEMPTS,
+                 decode: Callable[[bytes], AgentMessage] = framing.decode) -> None:
         if outgoing_type not in framing.STREAM_TYPES:
             raise ValueError(outgoing_type)
         self._send_frame = send_frame
+        # The plugin and the agent validate frames differently (framing.decode / decode_as_agent).
+        self._decode = decode
         self.outgoing_type = outgoing_type
         self.incoming_type = (framing.OUTPUT_STREAM_DATA if outgoing_type == framing.INPUT_STREAM_DATA
                               else framing.INPUT_STREAM_DATA)
@@ -147,6 +150,11 @@ class Channel:
         if len(self._unacked) < self._window:
             self._space.set()
 
+    def resend_now(self) -> None:
+        """After a new websocket (resume): everything unacknowledged is due at the next resend tick."""
+        for item in self._unacked.values():
+            item.sent_at = 0.0
+
     async def _resend_loop(self) -> None:
         while True:
             await asyncio.sleep(self._resend_interval)
@@ -174,7 +182,7 @@ class Channel:
     # ---- incoming ----
     async def receive(self, raw: bytes) -> None:
         """Handle one frame from the peer. Raises FramingError on a malformed frame."""
-        msg = framing.decode(raw)
+        msg = self._decode(raw)
         mtype = msg.message_type
         if mtype == framing.ACKNOWLEDGE:
             self._acked(framing.acked_sequence(msg))

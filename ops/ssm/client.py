@@ -2,7 +2,10 @@
 
 The websocket side lives here; the sequence/ack/resend machinery is `ops.ssm.channel`, the frame
 codec `ops.ssm.framing`, the multiplexer `ops.ssm.smux`. Reconnection (ResumeSession) is the
-caller's job: a dropped websocket ends the session with `ChannelClosed(dropped=True)`.
+caller's job: `wait_closed()` raises `ChannelClosed(dropped=True)` when the websocket drops, and the
+session then stays as it was (data channel state, smux streams, local connections) until the caller
+either `resume()`s it on the websocket ResumeSession returns, or `close()`s it. What is sent meanwhile
+waits in the data channel's window and is resent after the resume, as the plugin does.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ import json
 import os
 import re
 import signal
+import ssl
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
-from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -30,18 +33,13 @@ from ops.ssm.framing import AgentMessage, Flag, PayloadType
 
 # CLIENT_VERSION (ops.facts) is the plugin protocol level we implement; the agent picks smux for clients
 # >= 1.1.70 and disables the smux keep-alive for clients > 1.2.331.0, so announcing a recent version does both.
-# The plugin cuts stream payloads at 1 KiB. The frame format carries any size and the agent writes
-# whatever it gets, but whether the AWS service relays bigger frames is undocumented, so against AWS
-# we keep the plugin's size; against a loopback endpoint (the sandbox) we use 16 KiB, where per-message
-# cost, not bandwidth, is the limit (1 KiB: ~8 MB/s, 16 KiB: ~85 MB/s in bench/channel).
-AWS_PAYLOAD_SIZE = 1024
-LOOPBACK_PAYLOAD_SIZE = 16 * 1024
-
-
-def default_payload_size(stream_url: str) -> int:
-    host = urlsplit(stream_url).hostname or ""
-    return LOOPBACK_PAYLOAD_SIZE if host in ("127.0.0.1", "localhost", "::1") else AWS_PAYLOAD_SIZE
+# The plugin cuts stream payloads at 1 KiB (config.StreamDataPayloadSize). The frame format carries any
+# size, but whether the AWS service relays bigger frames is undocumented, so we keep the plugin's size
+# wherever the endpoint is: a size chosen by host name would make the sandbox measure another client.
+PAYLOAD_SIZE = 1024
 HANDSHAKE_TIMEOUT = 30.0
+_HANDSHAKE_TYPES = frozenset({PayloadType.HANDSHAKE_REQUEST, PayloadType.HANDSHAKE_COMPLETE,
+                              PayloadType.ENC_CHALLENGE_REQUEST})
 _ENCRYPTED_FROM_AGENT = frozenset({PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE})
 SESSION_TYPES_SHELL = frozenset({"Standard_Stream", "InteractiveCommands", "NonInteractiveCommands"})
 
@@ -51,8 +49,10 @@ class _Session:
 
     def __init__(self, *, stream_url: str, token: str, session_id: str, client_id: str | None = None,
                  on_event: Callable[[str], None] | None = None, payload_size: int | None = None,
-                 target: str = "", kms_client: Any = None) -> None:
+                 target: str = "", kms_client: Any = None, ca_file: str = "") -> None:
         self.stream_url = stream_url
+        # An extra CA to trust for the wss:// data channel (the sandbox's); AWS needs none.
+        self.ca_file = ca_file
         self.target = target
         self._kms = kms_client
         self.cipher: SessionCipher | None = None
@@ -60,7 +60,7 @@ class _Session:
         self._token = token
         self.client_id = client_id or str(uuid.uuid4())
         self._on_event = on_event or (lambda _msg: None)
-        self.payload_size = payload_size or default_payload_size(stream_url)
+        self.payload_size = payload_size or PAYLOAD_SIZE
         self.agent_version = ""
         self.session_type = ""
         self.session_properties: dict[str, Any] = {}
@@ -68,37 +68,58 @@ class _Session:
         self.channel: Channel | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._handshake_done = asyncio.Event()
+        self._handshake_seen = False
         self._closed = asyncio.Event()
+        self._link_lost = asyncio.Event()  # the websocket is gone; the session may still be resumed
         self._closing = False
         self.dropped = False
         self.close_output = ""
         self._handshake_error: SessionError | None = None
 
     # ---- lifecycle ----
-    async def start(self) -> None:
+    async def _connect(self) -> None:
+        """Open the websocket and authenticate to the stream (first connection and every resume)."""
         try:
-            self._ws = await connect(self.stream_url, max_size=None, compression=None, ping_interval=30,
-                                     ping_timeout=30, open_timeout=15, write_limit=1 << 20)
+            options: dict[str, Any] = {}
+            if self.ca_file and self.stream_url.startswith("wss://"):
+                tls = ssl.create_default_context()
+                tls.load_verify_locations(cafile=self.ca_file)
+                options["ssl"] = tls
+            ws = await connect(self.stream_url, max_size=None, compression=None, ping_interval=30,
+                               ping_timeout=30, open_timeout=15, write_limit=1 << 20, **options)
+            await ws.send(framing.open_data_channel(token=self._token, client_id=self.client_id,
+                                                    client_version=CLIENT_VERSION))
         except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as exc:
             raise ChannelClosed(f"cannot open the data channel websocket: {exc}", dropped=True) from None
+        self._ws = ws
+        self.dropped = False
+        self._link_lost.clear()
+        self._reader_task = asyncio.get_running_loop().create_task(self._reader(ws))
+
+    async def start(self) -> None:
         self.channel = Channel(send_frame=self._send_frame, outgoing_type=framing.INPUT_STREAM_DATA,
                                on_message=self._on_stream, on_closed=self._on_channel_closed,
                                on_failed=self._on_channel_failed)
-        await self._ws.send(framing.open_data_channel(token=self._token, client_id=self.client_id,
-                                                      client_version=CLIENT_VERSION))
+        await self._connect()
         self.channel.start()
-        self._reader_task = asyncio.get_running_loop().create_task(self._reader())
         waiter = asyncio.ensure_future(self._handshake_done.wait())
         closer = asyncio.ensure_future(self._closed.wait())
+        lost = asyncio.ensure_future(self._link_lost.wait())
         try:
-            await asyncio.wait({waiter, closer}, timeout=HANDSHAKE_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter, closer, lost}, timeout=self._start_timeout(),
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
             closer.cancel()
+            lost.cancel()
+        if self._link_lost.is_set() and not self._handshake_done.is_set():
+            self._mark_closed()
         if self._handshake_error is not None:
             await self._shutdown()
             raise self._handshake_error
         if not self._handshake_done.is_set():
+            if self._closed.is_set() and not self.dropped and self._may_end_before_start():
+                return  # a command that printed nothing: its exit code and channel_closed came first
             await self._shutdown()
             if self._closed.is_set():
                 raise ChannelClosed(f"data channel closed during the handshake: {self.close_output or 'no reason'}",
@@ -107,13 +128,48 @@ class _Session:
         self._on_event(f"session {self.session_id}: agent {self.agent_version}, {self.session_type}")
         await self._after_handshake()
 
+    def _start_timeout(self) -> float | None:
+        """How long start() waits for the agent to begin the session."""
+        return HANDSHAKE_TIMEOUT
+
+    def _may_end_before_start(self) -> bool:
+        return False
+
     async def _after_handshake(self) -> None:
         return None
 
     async def wait_closed(self) -> None:
-        await self._closed.wait()
+        """Returns when the session ended; raises ChannelClosed(dropped=True) when only its websocket did."""
+        closer = asyncio.ensure_future(self._closed.wait())
+        lost = asyncio.ensure_future(self._link_lost.wait())
+        try:
+            await asyncio.wait({closer, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closer.cancel()
+            lost.cancel()
         if self.dropped and not self._closing:
             raise ChannelClosed(f"data channel websocket of {self.session_id} dropped", dropped=True)
+
+    async def resume(self, *, stream_url: str, token: str) -> None:
+        """Carry on with the same session over a new websocket (the answer of ResumeSession): streams,
+        sequence numbers and unacknowledged messages are kept; raises ChannelClosed when it cannot."""
+        if self._closed.is_set() or self.channel is None:
+            raise ChannelClosed(f"session {self.session_id} is closed; it cannot be resumed", dropped=False)
+        await self._drop_websocket()
+        self.stream_url, self._token = stream_url, token
+        await self._connect()
+        self.channel.resend_now()
+
+    async def _drop_websocket(self) -> None:
+        ws, task = self._ws, self._reader_task
+        self._ws = self._reader_task = None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2)
 
     @property
     def closed(self) -> bool:
@@ -140,13 +196,7 @@ class _Session:
         self._closing = True
         if self.channel is not None:
             await self.channel.stop()
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), 2)
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader_task
+        await self._drop_websocket()
         self._mark_closed()
 
     def _mark_closed(self) -> None:
@@ -159,14 +209,18 @@ class _Session:
 
     # ---- transport ----
     async def _send_frame(self, frame: bytes) -> None:
-        if self._ws is None:
+        if self._closed.is_set():
             raise ChannelClosed("data channel not open", dropped=False)
-        await self._ws.send(frame)
+        ws = self._ws
+        if ws is None or self._link_lost.is_set():
+            return  # between websockets: the frame waits unacknowledged and is resent after the resume
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+            await ws.send(frame)
 
-    async def _reader(self) -> None:
-        assert self._ws is not None and self.channel is not None
+    async def _reader(self, ws: ClientConnection) -> None:
+        assert self.channel is not None
         try:
-            async for raw in self._ws:
+            async for raw in ws:
                 if isinstance(raw, str):
                     continue
                 try:
@@ -181,6 +235,8 @@ class _Session:
             self._on_event(f"data channel error: {exc!r}")
         if not self._closing and not self._closed.is_set():
             self.dropped = True
+            self._link_lost.set()
+            return
         self._mark_closed()
 
     def _on_channel_failed(self, exc: ChannelError) -> None:
@@ -199,7 +255,14 @@ class _Session:
     # ---- stream messages ----
     async def _on_stream(self, msg: AgentMessage) -> None:
         ptype = msg.payload_type
+        if not self._handshake_done.is_set() and not self._handshake_seen and ptype not in _HANDSHAKE_TYPES:
+            # The agent skipped the handshake (shell without KMS): as the plugin's ProcessFirstMessage,
+            # the first message starts the session, a shell one when it is output.
+            if ptype == PayloadType.OUTPUT:
+                self.session_type = "Standard_Stream"
+            self._handshake_done.set()
         if ptype == PayloadType.HANDSHAKE_REQUEST:
+            self._handshake_seen = True
             await self._handshake_request(msg)
         elif ptype == PayloadType.HANDSHAKE_COMPLETE:
             with contextlib.suppress(framing.FramingError):
@@ -307,9 +370,10 @@ class PortSession(_Session):
 
     def __init__(self, *, stream_url: str, token: str, session_id: str, client_id: str | None = None,
                  on_event: Callable[[str], None] | None = None, payload_size: int | None = None,
-                 target: str = "", kms_client: Any = None) -> None:
+                 target: str = "", kms_client: Any = None, ca_file: str = "") -> None:
         super().__init__(stream_url=stream_url, token=token, session_id=session_id, client_id=client_id,
-                         on_event=on_event, payload_size=payload_size, target=target, kms_client=kms_client)
+                         on_event=on_event, payload_size=payload_size, target=target, kms_client=kms_client,
+                         ca_file=ca_file)
         self.multiplexed = False
         self._mux: smux.SmuxSession | None = None
         self._basic_lock = asyncio.Lock()
@@ -421,28 +485,44 @@ class ShellSession(_Session):
     """An interactive (or command) shell session, as for ECS Exec (`Standard_Stream` / `InteractiveCommands`)."""
 
     def __init__(self, *, stream_url: str, token: str, session_id: str, client_id: str | None = None,
-                 on_event: Callable[[str], None] | None = None, target: str = "", kms_client: Any = None) -> None:
+                 on_event: Callable[[str], None] | None = None, target: str = "", kms_client: Any = None,
+                 ca_file: str = "") -> None:
         super().__init__(stream_url=stream_url, token=token, session_id=session_id, client_id=client_id,
-                         on_event=on_event, payload_size=None, target=target, kms_client=kms_client)
+                         on_event=on_event, payload_size=None, target=target, kms_client=kms_client, ca_file=ca_file)
         self.exit_code: int | None = None
-        self._stdout_fd = 1
+        self._stdout_fd: int | None = None
+        self._early: list[bytes] = []
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def _start_timeout(self) -> float | None:
+        # Without KMS the agent skips the handshake and the shell's first output is the start, which may
+        # come whenever the command prints. The plugin waits for it without a bound; so do we.
+        return None
+
+    def _may_end_before_start(self) -> bool:
+        return not self._handshake_seen
 
     async def _deliver(self, msg: AgentMessage) -> None:
         ptype = msg.payload_type
         if ptype in (PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.ERROR):
-            data = msg.payload
-            while data:
-                try:
-                    written = os.write(self._stdout_fd, data)
-                except BlockingIOError:
-                    await asyncio.sleep(0.01)
-                    continue
-                data = data[written:]
+            if self._stdout_fd is None:  # before run(): keep it for the terminal run() is given
+                self._early.append(msg.payload)
+                return
+            await self._write_out(msg.payload)
         elif ptype == PayloadType.EXIT_CODE:
             match = _EXIT_RE.search(msg.payload)
             if match:
                 self.exit_code = int(match.group(1))
+
+    async def _write_out(self, data: bytes) -> None:
+        assert self._stdout_fd is not None
+        while data:
+            try:
+                written = os.write(self._stdout_fd, data)
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+                continue
+            data = data[written:]
 
     async def send_size(self, *, cols: int, rows: int) -> None:
         if self.channel is not None:
@@ -464,6 +544,9 @@ class ShellSession(_Session):
         only, and SIGINT is forwarded as Ctrl-C.
         """
         self._stdout_fd = stdout_fd
+        early, self._early = self._early, []
+        for data in early:
+            await self._write_out(data)
         loop = asyncio.get_running_loop()
         interactive = stdin_fd is not None and os.isatty(stdin_fd)
         saved: Any = None
@@ -540,12 +623,13 @@ class ShellSession(_Session):
 
 
 def run_shell(*, stream_url: str, token: str, session_id: str, stdin_fd: int | None = 0, stdout_fd: int = 1,
-              on_event: Callable[[str], None] | None = None, target: str = "", kms_client: Any = None) -> int:
+              on_event: Callable[[str], None] | None = None, target: str = "", kms_client: Any = None,
+              ca_file: str = "") -> int:
     """Blocking helper for the CLI: open the shell session, relay it, return the remote exit status."""
 
     async def main() -> int:
         shell = ShellSession(stream_url=stream_url, token=token, session_id=session_id, on_event=on_event,
-                             target=target, kms_client=kms_client)
+                             target=target, kms_client=kms_client, ca_file=ca_file)
         await shell.start()
         return await shell.run(stdin_fd=stdin_fd, stdout_fd=stdout_fd)
 

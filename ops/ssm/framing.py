@@ -4,7 +4,8 @@ Layout learnt from aws/session-manager-plugin `src/message` (our own code): a 12
 network byte order, then the payload.
 
     offset size field
-         0    4 HeaderLength   (uint32, always 116: the header up to, not including, PayloadLength)
+         0    4 HeaderLength   (uint32, 116 as everyone sends it: the header up to, not including,
+                                   PayloadLength; the agent takes the payload from HeaderLength + 4)
          4   32 MessageType    (UTF-8, right-padded with spaces)
         36    4 SchemaVersion  (uint32)
         40    8 CreatedDate    (uint64, epoch milliseconds)
@@ -125,7 +126,7 @@ def encode(msg: AgentMessage) -> bytes:
 
 
 def decode(data: bytes, *, verify_digest: bool = True) -> AgentMessage:
-    """Parse and validate one frame. Raises FramingError, never anything else, on bad input."""
+    """Parse and validate one frame as the plugin does. Raises FramingError, never anything else, on bad input."""
     if len(data) < PAYLOAD_OFFSET:
         raise FramingError(f"truncated frame: {len(data)} bytes, the header alone is {PAYLOAD_OFFSET}")
     (hlen, mtype_raw, schema, created, seq, flags, mid, digest, ptype, plen) = _HEADER.unpack_from(data)
@@ -146,6 +147,32 @@ def decode(data: bytes, *, verify_digest: bool = True) -> AgentMessage:
         raise FramingError(f"payload digest mismatch on {mtype} seq {seq}")
     return AgentMessage(
         message_type=mtype, payload=bytes(payload), payload_type=ptype, sequence_number=seq, flags=flags,
+        schema_version=schema, created_date=created, message_id=uuid_from_wire(mid),
+    )
+
+
+def decode_as_agent(data: bytes) -> AgentMessage:
+    """Parse one frame as amazon-ssm-agent does (agent/session/contracts/agentmessage.go).
+
+    Its `Deserialize` reads the payload from HeaderLength + 4 on and its `Validate` checks only that
+    HeaderLength, MessageType and CreatedDate are set: no payload digest, no payload-length check, and
+    an unknown message type is left to the handler (which ignores it). Being stricter than that here
+    would let a client that the real agent accepts fail only in production, or the reverse.
+    """
+    if len(data) < PAYLOAD_OFFSET:
+        raise FramingError(f"truncated frame: {len(data)} bytes, the header alone is {PAYLOAD_OFFSET}")
+    (hlen, mtype_raw, schema, created, seq, flags, mid, _digest, ptype, _plen) = _HEADER.unpack_from(data)
+    mtype = mtype_raw.strip(b"\x00").decode(errors="replace").strip()
+    if hlen == 0:
+        raise FramingError("HeaderLength cannot be zero")
+    if not mtype:
+        raise FramingError("MessageType is missing")
+    if created == 0:
+        raise FramingError("CreatedDate is missing")
+    if hlen + 4 > len(data):
+        raise FramingError(f"header length {hlen} beyond the frame's {len(data)} bytes")
+    return AgentMessage(
+        message_type=mtype, payload=bytes(data[hlen + 4:]), payload_type=ptype, sequence_number=seq, flags=flags,
         schema_version=schema, created_date=created, message_id=uuid_from_wire(mid),
     )
 
