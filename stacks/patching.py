@@ -27,13 +27,15 @@ from cdktf_cdktf_provider_aws.ssm_maintenance_window_task import (
 )
 from constructs import Construct
 
+from ops.facts import ENV_TAG, RELAY_ROLE, ROLE_TAG
+
 PATCH_DOCUMENT = "AWS-RunPatchBaseline"
 AGENT_DOCUMENT = "AWS-UpdateSSMAgent"
 
 
 def relay_tags(env: str) -> dict[str, str]:
-    """The tags the relay carries (stacks/relay.py) and patching targets."""
-    return {"bastionless:role": "relay", "bastionless:env": env}
+    """The tags the relay carries (stacks/relay.py) that patching targets: its role and env (not its Name)."""
+    return {ROLE_TAG: RELAY_ROLE, ENV_TAG: env}
 
 
 class Patching(Construct):
