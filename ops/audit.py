@@ -26,6 +26,7 @@ from typing import Any, TextIO
 from ops import aws
 from ops.config import EnvConfig
 from ops.discovery import aws_call
+from ops.errors import CredentialsError
 from ops.relay import relay_instances
 from ops.sessions import cluster_target_prefix
 
@@ -64,8 +65,17 @@ def _lookup(cfg: EnvConfig, name: str, start: datetime, end: datetime) -> list[d
                                   "StartTime": start, "EndTime": end, "MaxResults": 50}
         if token:
             kwargs["NextToken"] = token
-        page = aws_call(cfg, f"cloudtrail:LookupEvents ({name})",
-                        lambda kw=kwargs: trail.lookup_events(**kw))  # type: ignore[misc]
+        try:
+            page = aws_call(cfg, f"cloudtrail:LookupEvents ({name})",
+                            lambda kw=kwargs: trail.lookup_events(**kw))  # type: ignore[misc]
+        except CredentialsError as exc:
+            if "denied" not in exc.message:
+                raise
+            # LookupEvents is account-wide, so developers do not have it: auditors do.
+            raise CredentialsError(f"cloudtrail:LookupEvents was denied: invoke audit needs the auditor role "
+                                   f"{aws.role_name(cfg, 'auditor')}",
+                                   next_step=f"assume arn:aws:iam::{cfg.account_id}:role/"
+                                             f"{aws.role_name(cfg, 'auditor')}, then retry") from None
         found += page.get("Events", [])
         token = page.get("NextToken", "")
         if not token:
@@ -107,6 +117,7 @@ def parse_event(raw: dict[str, Any]) -> AuditEvent:
                       error=str(detail.get("errorCode") or ""))
 
 
+@aws.runs_as("auditor")
 def audit(cfg: EnvConfig, *, since: datetime, until: datetime | None = None) -> list[AuditEvent]:
     """The env's session events between `since` and `until` (now), oldest first."""
     until = until or datetime.now(UTC)

@@ -77,6 +77,7 @@ def _plan_file(tf: terraform.Terraform, name: str) -> Path:
     return folder / name
 
 
+@aws.runs_as("deployer")
 def plan(cfg: EnvConfig, *, detailed_exitcode: bool = False, destroy: bool = False,
          out: TextIO = sys.stderr) -> int:
     """Account check, synth, `terraform plan`. Returns terraform's exit code (2 = changes with detailed_exitcode)."""
@@ -86,6 +87,7 @@ def plan(cfg: EnvConfig, *, detailed_exitcode: bool = False, destroy: bool = Fal
     return tf.plan(detailed_exitcode=detailed_exitcode, destroy=destroy)
 
 
+@aws.runs_as("deployer")
 def deploy(cfg: EnvConfig, *, yes: bool = False, ask: Ask = ask_terminal, out: TextIO = sys.stderr,
            fast_sandbox_rds: bool | None = None) -> DeployResult:
     """Plan, show, confirm (unless `yes`), apply the saved plan; for the sandbox, wire up the database.
@@ -152,6 +154,7 @@ def database_protection(cfg: EnvConfig) -> tuple[str, bool] | None:
     return str(found[0]["DBInstanceIdentifier"]), bool(found[0].get("DeletionProtection"))
 
 
+@aws.runs_as("deployer")
 def destroy(cfg: EnvConfig, *, yes: bool = False, force_deletion_protection: bool = False, ask: Ask = ask_terminal,
             out: TextIO = sys.stderr) -> None:
     """Destroy the environment. Refuses while the database has deletion protection, unless

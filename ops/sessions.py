@@ -175,6 +175,7 @@ def select_for_termination(sessions: Iterable[SessionInfo], *, session_id: str =
     return [s for s in active if owner_matches(s.owner, owner)]
 
 
+@aws.runs_as("deployer")
 def terminate(cfg: EnvConfig, *, session_id: str = "", owner: str = "", yes: bool = False,
               ask: Ask = deploy.ask_terminal, out: TextIO = sys.stderr) -> list[SessionInfo]:
     """Terminate one active session, or every active session of an owner, after the account check and a

@@ -41,6 +41,7 @@ from ops.discovery import (
     find_relay,
 )
 from ops.errors import OpsError, ToolMissingError
+from ops.iam_policies import port_document_name
 
 PORT_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"
 # PostgreSQL's SSLRequest (length 8, code 80877103): every server answers it with one byte, S or N,
@@ -323,10 +324,16 @@ class Supervisor:
 
     def _parameters(self) -> dict[str, Any]:
         assert self.relay is not None and self.db is not None
-        params: dict[str, Any] = {
-            "Target": self.relay.instance_id, "DocumentName": PORT_DOCUMENT,
-            "Parameters": {"host": [self.db.address], "portNumber": [str(self.db.port)],
-                           "localPortNumber": [str(self.local_port)]}}
+        if self.host:
+            # Any host: only the generic document can do that, and only admins are allowed it.
+            params: dict[str, Any] = {
+                "Target": self.relay.instance_id, "DocumentName": PORT_DOCUMENT,
+                "Parameters": {"host": [self.db.address], "portNumber": [str(self.db.port)],
+                               "localPortNumber": [str(self.local_port)]}}
+        else:
+            # The env's own document fixes host and port to the database; we choose the local port only.
+            params = {"Target": self.relay.instance_id, "DocumentName": port_document_name(self.cfg.stack_name),
+                      "Parameters": {"localPortNumber": [str(self.local_port)]}}
         if self.reason:
             params["Reason"] = self.reason
         return params
@@ -337,8 +344,21 @@ class Supervisor:
 
         def call() -> dict[str, Any]:
             try:
-                result: dict[str, Any] = aws_call(self.cfg, "ssm:StartSession", lambda: ssm.start_session(**params),
-                                                  passthrough=("TargetNotConnected",))
+                if self.host:
+                    # Checked before aws_call turns a denial into its generic line: --host has its own reason.
+                    try:
+                        result: dict[str, Any] = ssm.start_session(**params)
+                    except Exception as exc:
+                        if getattr(exc, "response", {}).get("Error", {}).get("Code", "") in ("AccessDeniedException",
+                                                                                                "AccessDenied"):
+                            raise OpsError(
+                                f"--host needs the generic {PORT_DOCUMENT} document, which only admin roles may use "
+                                f"(the developer role forwards to the database of {self.cfg.name} only); refused",
+                                next_step=f"invoke tunnel --env {self.cfg.name} (without --host)") from None
+                        raise
+                    return result
+                result = aws_call(self.cfg, "ssm:StartSession", lambda: ssm.start_session(**params),
+                                  passthrough=("TargetNotConnected",))
             except Exception as exc:
                 code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
                 if code == "TargetNotConnected":
@@ -411,8 +431,12 @@ class Supervisor:
         if self.cfg.sandbox:
             for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
                 env.pop(key, None)
-            env["AWS_ACCESS_KEY_ID"] = aws.SANDBOX_CREDENTIALS["aws_access_key_id"]
-            env["AWS_SECRET_ACCESS_KEY"] = aws.SANDBOX_CREDENTIALS["aws_secret_access_key"]
+            # The plugin calls KMS itself for encrypted sessions: as the same identity as the tunnel.
+            creds = aws.sandbox_credentials(self.cfg)
+            env["AWS_ACCESS_KEY_ID"] = creds["aws_access_key_id"]
+            env["AWS_SECRET_ACCESS_KEY"] = creds["aws_secret_access_key"]
+            if "aws_session_token" in creds:
+                env["AWS_SESSION_TOKEN"] = creds["aws_session_token"]
         env.setdefault("AWS_REGION", self.cfg.region)
         return env
 
