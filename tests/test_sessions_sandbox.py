@@ -50,6 +50,10 @@ def person(box: Sandbox, prefix: str = "alice") -> Person:
     name = f"{prefix}-{secrets.token_hex(3)}"
     iam = moto(box, "iam")
     arn = iam.create_user(UserName=name)["User"]["Arn"]
+    # IAM is enforced in the sandbox: these people are allowed sessions of their own (like admins).
+    iam.put_user_policy(UserName=name, PolicyName="sessions", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*", "Action": [
+            "ssm:StartSession", "ssm:TerminateSession", "ssm:ResumeSession", "ecs:ExecuteCommand"]}]}))
     key = iam.create_access_key(UserName=name)["AccessKey"]["AccessKeyId"]
     return Person(name=name, arn=arn, key=key)
 
