@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ops import aws, terraform
+from ops import confirm as confirm_mod
 from ops.config import EnvConfig
 from ops.console import say
 from ops.errors import AbortedError, GuardrailError
@@ -36,17 +37,8 @@ class DeployResult:
     changed: bool
 
 
-def ask_terminal(prompt: str) -> str:
-    """Read one answer from stdin; a closed stdin (CI without --yes) is a refusal, not a hang."""
-    sys.stderr.write(prompt)
-    sys.stderr.flush()
-    line = sys.stdin.readline()
-    if not line or not sys.stdin.isatty():
-        # A piped answer is not echoed: end the prompt's line ourselves.
-        sys.stderr.write("\n")
-    if not line:
-        raise AbortedError("no answer (stdin is closed); nothing was changed", next_step="pass --yes for automation")
-    return line.strip()
+# One confirmation mechanism for every changing task (ops.confirm); these names stay for the callers.
+ask_terminal = confirm_mod.terminal_answer
 
 
 def guard(cfg: EnvConfig, *, out: TextIO = sys.stderr) -> dict[str, str]:
@@ -57,16 +49,8 @@ def guard(cfg: EnvConfig, *, out: TextIO = sys.stderr) -> dict[str, str]:
 
 
 def confirm(cfg: EnvConfig, *, action: str, account: str, ask: Ask, what: str) -> None:
-    """prod: type the environment name; elsewhere y/N. AbortedError naming `what` on anything else."""
-    if cfg.is_prod:
-        answer = ask(f"\n{action} {cfg.name} in AWS account {account}? Type the environment name ({cfg.name}) "
-                     "to continue: ")
-        ok = answer == cfg.name
-    else:
-        answer = ask(f"\n{action} {cfg.name} in AWS account {account}? [y/N] ")
-        ok = answer.lower() in ("y", "yes")
-    if not ok:
-        raise AbortedError(f"{what} on {cfg.name} cancelled; nothing was changed")
+    """prod: type the environment name; elsewhere y/N (ops.confirm.confirm)."""
+    confirm_mod.confirm(cfg, action=action, account=account, what=what, ask=ask)
 
 
 def _plan_file(tf: terraform.Terraform, name: str) -> Path:

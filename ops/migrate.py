@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 from urllib.parse import quote
 
+from ops import aws
+from ops import confirm as confirm_mod
 from ops.config import PROJECT_ROOT, EnvConfig
 from ops.dburl import ConnectionParams, through_tunnel
 from ops.errors import AbortedError, CommandFailedError, ConfigError, OpsError
@@ -104,18 +106,18 @@ def child_env(database_url: str) -> dict[str, str]:
     return env
 
 
-def confirm_action(cfg: EnvConfig, action: str, *, yes: bool, needed: bool, ask: Confirm | None = None) -> None:
-    """Ask to type the environment name when `needed` (prod, downgrades) unless `yes`."""
+def confirm_action(cfg: EnvConfig, action: str, *, yes: bool, needed: bool, ask: Confirm | None = None,
+                   account: str = "") -> None:
+    """Type the environment name when `needed` (prod, downgrades) unless `yes` (ops.confirm: terminal only)."""
     if yes or not needed:
         return
-    if ask is None:
-        if not sys.stdin.isatty():
-            raise AbortedError(f"{action} on {cfg.name} needs confirmation and stdin is not a terminal; "
-                               f"nothing was changed", next_step="rerun with --yes (for automation)")
-        ask = input
-    answer = ask(f"{action} on {cfg.name} (account {cfg.account_id}). Type the environment name to go on: ")
-    if answer.strip() != cfg.name:
-        raise AbortedError(f"not confirmed; {action} on {cfg.name} was not run")
+    try:
+        confirm_mod.confirm(cfg, action=f"Run {action} on", account=account or cfg.account_id, what=action, ask=ask,
+                            type_name=True)
+    except AbortedError as exc:
+        if exc.next_step:
+            raise
+        raise AbortedError(f"not confirmed; {action} on {cfg.name} was not run") from None
 
 
 def migrate(cfg: EnvConfig, *, revision: str = "head", downgrade: bool = False, sql: bool = False,
@@ -132,7 +134,10 @@ def migrate(cfg: EnvConfig, *, revision: str = "head", downgrade: bool = False, 
         code = run_alembic(path, [command, revision, "--sql"], url="postgresql://offline@localhost/offline")
         _check(code, command, cfg)
         return
-    confirm_action(cfg, f"alembic {command} {revision}", yes=yes, needed=cfg.is_prod or downgrade, ask=ask)
+    needed = cfg.is_prod or downgrade
+    # A changing command checks the AWS account before it asks (and before it opens anything).
+    account = aws.check_account(cfg)["Account"]
+    confirm_action(cfg, f"alembic {command} {revision}", yes=yes, needed=needed, ask=ask, account=account)
     with through_tunnel(cfg, reason=reason or f"bastionless migrate: alembic {command} {revision}",
                         transport=transport, report=report) as conn:
         password = conn.credentials.password

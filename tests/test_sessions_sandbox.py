@@ -21,6 +21,7 @@ import pytest
 from ops.errors import AccountMismatchError
 from tests.conftest import PROJECT_ROOT
 from tests.sandbox_support import Sandbox, error_line
+from tests.tty_support import run_on_terminal
 
 pytest_plugins = ["tests.sandbox_fixtures"]
 pytestmark = pytest.mark.slow
@@ -89,6 +90,10 @@ def active_ids(box: Sandbox) -> set[str]:
 
 
 def run(box: Sandbox, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    if stdin:
+        # A confirmation: typed on a terminal, since a piped answer is refused (ops.confirm).
+        return run_on_terminal([sys.executable, "-m", "invoke", *args], answer=stdin, cwd=PROJECT_ROOT,
+                               env=box.subprocess_env(), timeout=300)
     return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=300, input=stdin, env=box.subprocess_env())
 

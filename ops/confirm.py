@@ -1,0 +1,52 @@
+"""One confirmation for every changing task: an answer typed on a terminal, or `--yes`.
+
+The caller checks the AWS account first (ops.aws.check_account) and passes the account it found, so the
+question names the account that will really change. A piped answer (`echo y | invoke deploy`) is refused:
+it confirms nothing anyone read, and used to apply on some tasks while others refused it. Automation
+says so explicitly with `--yes`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from ops.config import EnvConfig
+from ops.errors import AbortedError
+
+Ask = Callable[[str], str]
+
+
+def terminal_answer(prompt: str) -> str:
+    """One line typed on the terminal; anything else (a pipe, a file, a closed stdin) is a refusal."""
+    if not sys.stdin.isatty():
+        raise AbortedError("this change must be confirmed on a terminal and stdin is not one (a piped answer is "
+                           "not accepted); nothing was changed", next_step="rerun in a terminal, or pass --yes for "
+                                                                           "automation")
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise AbortedError("no answer (stdin is closed); nothing was changed", next_step="pass --yes for automation")
+    return line.strip()
+
+
+def confirm(cfg: EnvConfig, *, action: str, account: str, what: str, yes: bool = False, ask: Ask | None = None,
+            type_name: bool = False) -> None:
+    """Production (or `type_name`, e.g. a downgrade): type the environment name; elsewhere y/N.
+
+    `account` is the one the caller's credentials were checked against. AbortedError naming `what` on
+    anything but the expected answer.
+    """
+    if yes:
+        return
+    answer_with = ask or terminal_answer
+    if cfg.is_prod or type_name:
+        answer = answer_with(f"\n{action} {cfg.name} in AWS account {account}? Type the environment name "
+                             f"({cfg.name}) to continue: ")
+        ok = answer == cfg.name
+    else:
+        answer = answer_with(f"\n{action} {cfg.name} in AWS account {account}? [y/N] ")
+        ok = answer.lower() in ("y", "yes")
+    if not ok:
+        raise AbortedError(f"{what} on {cfg.name} cancelled; nothing was changed")
