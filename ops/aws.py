@@ -137,7 +137,11 @@ def session(cfg: EnvConfig) -> boto3.Session:
         return boto3.Session(region_name=cfg.region, aws_access_key_id=creds["aws_access_key_id"],
                              aws_secret_access_key=creds["aws_secret_access_key"],
                              aws_session_token=creds.get("aws_session_token"))
-    return boto3.Session(region_name=cfg.region)
+    try:
+        return boto3.Session(region_name=cfg.region)
+    except botocore.exceptions.ProfileNotFound as exc:
+        raise CredentialsError(f"AWS profile {exc.kwargs.get('profile', '')!r} (from AWS_PROFILE) does not exist",
+                               next_step="aws configure list-profiles, then export AWS_PROFILE=<one of them>") from None
 
 
 def endpoint_for(cfg: EnvConfig, service: str) -> str | None:
@@ -147,11 +151,18 @@ def endpoint_for(cfg: EnvConfig, service: str) -> str | None:
     return endpoints.get(service, endpoints["default"])
 
 
+# An AWS API that does not answer fails in seconds (2 attempts x (3 s connect, 10 s read)), not minutes.
+API_CONNECT_TIMEOUT = 3
+API_READ_TIMEOUT = 10
+API_ATTEMPTS = 2
+
+
 def client(cfg: EnvConfig, service: str, **config: Any) -> Any:
     return session(cfg).client(
         service,  # type: ignore[call-overload]
         endpoint_url=endpoint_for(cfg, service),
-        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30, **config),
+        config=Config(retries={"max_attempts": API_ATTEMPTS, "mode": "standard"}, connect_timeout=API_CONNECT_TIMEOUT,
+                      read_timeout=API_READ_TIMEOUT, **config),
     )
 
 
@@ -167,9 +178,13 @@ def caller_identity(cfg: EnvConfig) -> dict[str, str]:
                                next_step="aws sso login (or refresh your credentials)") from None
     except (botocore.exceptions.TokenRetrievalError, botocore.exceptions.SSOTokenLoadError):
         raise CredentialsError("the SSO session has expired", next_step="aws sso login") from None
-    except botocore.exceptions.EndpointConnectionError as exc:
+    except botocore.exceptions.ConnectionError as exc:  # no route, refused, or no answer to connect
         raise CredentialsError(f"cannot reach the AWS API ({exc.kwargs.get('endpoint_url', '')})",
                                next_step="check your network, or `invoke sandbox up` for the sandbox") from None
+    except botocore.exceptions.ReadTimeoutError as exc:
+        raise CredentialsError(f"the AWS API did not answer within {API_READ_TIMEOUT} s "
+                               f"({exc.kwargs.get('endpoint_url', '')})",
+                               next_step="check your network or proxy, then retry") from None
     return {"Account": ident["Account"], "Arn": ident["Arn"], "UserId": ident["UserId"]}
 
 

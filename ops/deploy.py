@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from ops import aws, terraform
 from ops import confirm as confirm_mod
-from ops.config import EnvConfig
+from ops.config import EnvConfig, overlapping_envs
 from ops.console import say
 from ops.errors import AbortedError, GuardrailError
 
@@ -45,6 +45,8 @@ def guard(cfg: EnvConfig, *, out: TextIO = sys.stderr) -> dict[str, str]:
     """The account check every plan/apply/destroy starts with."""
     ident = aws.check_account(cfg)
     say(out, f"AWS account {ident['Account']} ({ident['Arn']}) matches {cfg.source.name}")
+    for warning in overlapping_envs(cfg):
+        say(out, f"warning: {warning}")
     return ident
 
 

@@ -79,8 +79,8 @@ class BastionlessStack(TerraformStack):
             self._ignore_emulator_drift()
 
         self.guardrails = Guardrails(sandbox=cfg.sandbox)
-        if not db.deletion_protection and not cfg.sandbox:
-            # Config validation already refuses this for production environments.
+        if not db.deletion_protection and not cfg.sandbox and not cfg.is_prod:
+            # Only for `production = false`: config validation refuses it for production environments.
             self.guardrails.suppress(
                 self.database.instance, "BL-RDS-3",
                 reason=f"{cfg.source.name} sets [database] deletion_protection = false for a non-production "

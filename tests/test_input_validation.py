@@ -1,0 +1,130 @@
+"""Bad inputs end in one line naming the fix: env names, the production flag, CIDRs, the relay's architecture,
+AWS profiles and an AWS API that does not answer, writes through symlinks."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ops import aws
+from ops.config import ENVS_DIR, load_env, overlapping_envs, parse_env
+from ops.errors import ConfigError, CredentialsError
+from ops.fileio import atomic_write
+
+STAGING = (ENVS_DIR / "staging.toml").read_text()
+PROD = (ENVS_DIR / "prod.toml").read_text()
+
+
+def _parse(text: str, name: str = "x", folder: Path = Path("/tmp/envs")) -> object:
+    return parse_env(name, text.encode(), folder / f"{name}.toml")
+
+
+@pytest.mark.parametrize("name", ["prod\n", "prod\r", " prod", "prod ", "Prod", "-x", "a/b"])
+def test_env_name_with_trailing_newline_or_junk_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="is invalid: use lowercase letters"):
+        load_env(name)
+
+
+def test_production_follows_the_flag_not_the_name() -> None:
+    named_production = PROD.replace("deletion_protection = true", "deletion_protection = false")
+    with pytest.raises(ConfigError, match=r"database.deletion_protection is false for a production environment"):
+        _parse(named_production, name="production")
+    with pytest.raises(ConfigError, match=r"database.deletion_protection is false for a production environment"):
+        _parse(named_production, name="anything")
+    assert not load_env("staging").is_prod and load_env("prod").is_prod and not load_env("sandbox").is_prod
+    with pytest.raises(ConfigError, match=r"production must be true or false"):
+        _parse(STAGING.replace("production = false", 'production = "no"'))
+
+
+@pytest.mark.parametrize("cidr", ["169.254.0.0/16", "100.64.0.0/16", "198.18.0.0/16", "11.0.0.0/16"])
+def test_only_rfc1918_ranges_and_the_message_says_so(cidr: str) -> None:
+    with pytest.raises(ConfigError, match=r"network.vpc_cidr .* is not a private IPv4 range \(RFC 1918\); use a "
+                                          r"range inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16"):
+        _parse(STAGING.replace('vpc_cidr = "10.41.0.0/16"', f'vpc_cidr = "{cidr}"'))
+
+
+@pytest.mark.parametrize("itype", ["t3.micro", "m6i.large", "t2.nano", "c5.xlarge"])
+def test_x86_relay_type_is_refused_because_the_ami_is_arm64(itype: str) -> None:
+    with pytest.raises(ConfigError, match=r"relay.instance_type = .* is not an arm64 \(Graviton\) type"):
+        _parse(STAGING + f'\n[relay]\ninstance_type = "{itype}"\n')
+
+
+@pytest.mark.parametrize("itype", ["t4g.nano", "m6gd.large", "c7gn.xlarge", "im4gn.large", "a1.medium"])
+def test_graviton_relay_types_pass(itype: str) -> None:
+    _parse(STAGING + f'\n[relay]\ninstance_type = "{itype}"\n')
+
+
+def test_overlapping_vpc_cidr_gets_a_warning_naming_the_other_env(tmp_path: Path) -> None:
+    (tmp_path / "staging.toml").write_text(STAGING)
+    (tmp_path / "qa.toml").write_text(STAGING.replace('vpc_cidr = "10.41.0.0/16"', 'vpc_cidr = "10.41.0.0/18"'))
+    (tmp_path / "other.toml").write_text(STAGING.replace('vpc_cidr = "10.41.0.0/16"', 'vpc_cidr = "10.50.0.0/16"'))
+    warnings = overlapping_envs(load_env("qa", tmp_path), tmp_path)
+    assert len(warnings) == 1 and "overlaps staging's '10.41.0.0/16'" in warnings[0]
+    assert overlapping_envs(load_env("other", tmp_path), tmp_path) == []
+
+
+def test_unknown_aws_profile_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile-xyz")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    with pytest.raises(CredentialsError) as err:
+        aws.caller_identity(load_env("staging"))
+    assert "AWS profile 'no-such-profile-xyz' (from AWS_PROFILE) does not exist" in err.value.message
+    assert err.value.next_step.startswith("aws configure list-profiles")
+
+
+@pytest.fixture
+def silent_api() -> Iterator[str]:
+    """A TCP server that accepts and never answers: an AWS API that hangs."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+@pytest.mark.slow  # it waits out the real timeouts (about 20 s)
+def test_an_aws_api_that_does_not_answer_fails_in_seconds(silent_api: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", silent_api)
+    for key, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "y"), ("AWS_CONFIG_FILE", "/dev/null")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    started = time.monotonic()
+    with pytest.raises(CredentialsError, match="did not answer within"):
+        aws.caller_identity(load_env("staging"))
+    took = time.monotonic() - started
+    assert took < aws.API_ATTEMPTS * (aws.API_READ_TIMEOUT + aws.API_CONNECT_TIMEOUT) + 5, took
+
+
+def test_writes_through_a_symlink_update_the_target_and_keep_the_link(tmp_path: Path) -> None:
+    dotfiles = tmp_path / "dotfiles"
+    dotfiles.mkdir()
+    target = dotfiles / "pg_service.conf"
+    target.write_text("[old]\n")
+    link = tmp_path / ".pg_service.conf"
+    link.symlink_to(target)
+    atomic_write(link, "[new]\n", mode=0o600)
+    assert link.is_symlink() and link.resolve() == target
+    assert target.read_text() == "[new]\n" and (target.stat().st_mode & 0o777) == 0o600
+    assert sorted(p.name for p in dotfiles.iterdir()) == ["pg_service.conf"]  # no temp file left
