@@ -19,14 +19,15 @@ from cli._common import ENV_HELP, ops_errors
     "instance": "relay instance id to use instead of the one found by its tags",
     "host": "database HOST[:PORT] to forward to instead of the RDS endpoint of the env",
 })
-def tunnel(c: Context, env: str = "", local_port: int = -1, reason: str = "", background: bool = False,
+def tunnel(c: Context, env: str = "", local_port: str = "", reason: str = "", background: bool = False,
            transport: str = "auto", instance: str = "", host: str = "") -> None:
     """Open a tunnel to the env's database; ready once PostgreSQL answers through it. Ctrl-C stops it."""
     with ops_errors():
+        from ops import inputs
         from ops.tunnel import run_tunnel
 
         cfg = _common.env(env)
-        run_tunnel(cfg, local_port=None if local_port < 0 else local_port, reason=reason, transport=transport,
+        run_tunnel(cfg, local_port=inputs.local_port(local_port), reason=reason, transport=transport,
                    instance=instance, host=host, background=background)
 
 

@@ -27,6 +27,7 @@ from ops import aws
 from ops.config import EnvConfig
 from ops.discovery import aws_call
 from ops.errors import CredentialsError
+from ops.inputs import terminal_safe
 from ops.relay import relay_instances
 from ops.sessions import cluster_target_prefix
 
@@ -167,9 +168,11 @@ def format_table(events: Iterable[AuditEvent]) -> str:
                      ev.target or "-", ev.session_id or "-", ev.reason or "-"))
     if len(rows) == 1:
         return "no session events in that period"
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    # AWS data: no escape sequence or newline reaches the terminal.
+    safe = [[terminal_safe(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in safe) for i in range(len(safe[0]) - 1)]
     return "\n".join(("  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:-1])) + "  " + r[-1]).rstrip()
-                     for r in rows)
+                     for r in safe)
 
 
 def format_json(events: Iterable[AuditEvent], *, emulated: bool) -> str:

@@ -140,7 +140,7 @@ def session(cfg: EnvConfig) -> boto3.Session:
     try:
         return boto3.Session(region_name=cfg.region)
     except botocore.exceptions.ProfileNotFound as exc:
-        raise CredentialsError(f"AWS profile {exc.kwargs.get('profile', '')!r} (from AWS_PROFILE) does not exist",
+        raise CredentialsError(f"AWS profile {exc.kwargs.get('profile', '')!r} does not exist",
                                next_step="aws configure list-profiles, then export AWS_PROFILE=<one of them>") from None
 
 

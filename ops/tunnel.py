@@ -42,6 +42,7 @@ from ops.discovery import (
 )
 from ops.errors import OpsError, ToolMissingError
 from ops.iam_policies import port_document_name
+from ops.inputs import check_reason
 
 PORT_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"
 # PostgreSQL's SSLRequest (length 8, code 80877103): every server answers it with one byte, S or N,
@@ -195,9 +196,7 @@ class Supervisor:
                  on_ready: Callable[[TunnelInfo], None] | None = None,
                  on_change: Callable[[Supervisor], None] | None = None,
                  keepalive: float | None = None, ready_timeout: float = READY_TIMEOUT) -> None:
-        if len(reason) > 256:
-            raise OpsError("--reason is longer than 256 characters (the StartSession limit)",
-                           next_step="shorten it; put details in the ticket it names")
+        check_reason(reason)
         self.cfg = cfg
         self.local_host = local_host
         self.local_port = local_port
@@ -652,6 +651,7 @@ def run_tunnel(cfg: EnvConfig, *, local_port: int | None = None, reason: str = "
                instance: str = "", host: str = "", background: bool = False, out: TextIO | None = None,
                report: Report = stderr_report) -> None:
     """`invoke tunnel`: run until Ctrl-C / SIGTERM (returns normally), or detach with `background`."""
+    check_reason(reason)  # before anything starts, foreground or background
     port = cfg.tunnel.local_port if local_port is None else local_port
     out = out or sys.stdout
     if background:
@@ -739,7 +739,7 @@ def start_background(cfg: EnvConfig, *, local_port: int, reason: str = "", trans
             "--local-port", str(local_port), "--transport", transport, "--background"]
     for flag, value in (("--reason", reason), ("--instance", instance), ("--host", host)):
         if value:
-            argv += [flag, value]
+            argv.append(f"{flag}={value}")  # one argument: a value starting with "--" is not read as a flag
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -73,7 +73,7 @@ def test_unknown_aws_profile_is_one_line(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
     with pytest.raises(CredentialsError) as err:
         aws.caller_identity(load_env("staging"))
-    assert "AWS profile 'no-such-profile-xyz' (from AWS_PROFILE) does not exist" in err.value.message
+    assert "AWS profile 'no-such-profile-xyz' does not exist" in err.value.message
     assert err.value.next_step.startswith("aws configure list-profiles")
 
 
@@ -128,3 +128,49 @@ def test_writes_through_a_symlink_update_the_target_and_keep_the_link(tmp_path: 
     assert link.is_symlink() and link.resolve() == target
     assert target.read_text() == "[new]\n" and (target.stat().st_mode & 0o777) == 0o600
     assert sorted(p.name for p in dotfiles.iterdir()) == ["pg_service.conf"]  # no temp file left
+
+
+@pytest.mark.parametrize("reason", ["INC-1\n2026-12-01 00:00:00Z  StartSession  arn:aws:iam::1:user/ceo",
+                                    "ok\x1b[2K\x1b[1Afaked", "tab\there", "bell\x07", "c1\x9b31m"])
+def test_reason_with_control_characters_is_refused(reason: str) -> None:
+    from ops.inputs import InputError, check_reason
+
+    with pytest.raises(InputError, match=r"--reason contains a control character") as err:
+        check_reason(reason)
+    assert "plain text" in err.value.next_step
+
+
+def test_reason_plain_text_passes_even_starting_with_dashes() -> None:
+    from ops.inputs import check_reason
+
+    assert check_reason("--INC-1234: slow queries, ünïcode ok") == "--INC-1234: slow queries, ünïcode ok"
+
+
+@pytest.mark.parametrize(("text", "expected"), [("", None), ("0", 0), ("5433", 5433), ("65535", 65535)])
+def test_local_port_parses(text: str, expected: int | None) -> None:
+    from ops.inputs import local_port
+
+    assert local_port(text) == expected
+
+
+@pytest.mark.parametrize("text", ["-1", "-5433", "65536", "99999", "54x", "1e3"])
+def test_local_port_outside_the_range_is_one_error(text: str) -> None:
+    from ops.inputs import InputError, local_port
+
+    with pytest.raises(InputError, match=r"--local-port") as err:
+        local_port(text)
+    assert err.value.next_step == "use 0 (any free port) to 65535"
+
+
+def test_aws_data_printed_in_tables_cannot_forge_rows() -> None:
+    from datetime import UTC, datetime
+
+    from ops import sessions
+    from ops.sessions import SessionInfo
+
+    forged = "x\n2026-01-01  StartSession  arn:aws:iam::1:user/ceo\x1b[0m"
+    info = SessionInfo(session_id="s-1", target="i-1", owner="arn:aws:sts::1:assumed-role/dev/a",
+                       started=datetime.now(UTC), ended=None, reason=forged, status="Connected", kind="relay")
+    table = sessions.format_table([info])
+    assert len(table.splitlines()) == 2
+    assert "\x1b" not in table and "\\x1b[0m" in table and "\\n2026" in table
