@@ -10,6 +10,7 @@ from stacks.access import Access
 from stacks.backend import configure_backend, configure_provider
 from stacks.database import Database
 from stacks.ecs_exec import EcsExec
+from stacks.flow_logs import FlowLogs
 from stacks.guardrails import Guardrails
 from stacks.network import Network
 from stacks.outputs import add_outputs
@@ -35,6 +36,7 @@ class BastionlessStack(TerraformStack):
     relay: Relay
     database: Database
     ecs: EcsExec | None
+    flow_logs: FlowLogs | None
     access: Access
     guardrails: Guardrails
 
@@ -47,7 +49,7 @@ class BastionlessStack(TerraformStack):
 
         self.network = Network(self, "Network", name=name, region=cfg.region, cidr=cfg.network.vpc_cidr,
                                az_count=cfg.network.az_count, egress=cfg.network.egress,
-                               nat_per_az=cfg.network.nat_per_az)
+                               nat_per_az=cfg.network.nat_per_az, account_id=cfg.account_id)
         s = cfg.session
         self.session_logs = SessionLogs(self, "SessionLogs", name=name, env=cfg.name, account_id=cfg.account_id,
                                         region=cfg.region, retention_days=s.log_retention_days,
@@ -68,6 +70,12 @@ class BastionlessStack(TerraformStack):
         if cfg.ecs.enabled:
             self.ecs = EcsExec(self, "EcsExec", name=name, region=cfg.region, network=self.network,
                                session_logs=self.session_logs, sample_service=cfg.ecs.sample_service)
+        # Production (the `production` flag, not the name): the network record of what the relay reached.
+        self.flow_logs = None
+        if cfg.is_prod:
+            self.flow_logs = FlowLogs(self, "FlowLogs", name=name, env=cfg.name, region=cfg.region,
+                                      account_id=cfg.account_id, network=self.network,
+                                      retention_days=s.log_retention_days)
         self.access = Access(self, "Access", name=name, region=cfg.region, account_id=cfg.account_id,
                              principals=cfg.access.developer_principals, require_mfa=cfg.access.require_mfa,
                              relay=self.relay, database=self.database, session_logs=self.session_logs,

@@ -226,7 +226,13 @@ def _install() -> None:
             outcome = (iam_eval.trust_allows(trust, principal) if trust is not None
                        else iam_eval.Outcome(iam_eval.Decision.IMPLICIT_DENY, request._action, resources[0]))
         if not outcome.allowed:
-            sys.stderr.write(f"moto-iam: {iam_eval.denial_message(principal, outcome)} ({outcome.why})\n")
+            message = iam_eval.denial_message(principal, outcome)
+            sys.stderr.write(f"moto-iam: {message} ({outcome.why})\n")
+            if self.headers.get("X-Amz-Target"):
+                # JSON-protocol services (Secrets Manager, KMS, SSM, ECS...) answer AccessDeniedException in JSON.
+                from moto.core.exceptions import JsonRESTError
+
+                raise JsonRESTError("AccessDeniedException", message)
             request._raise_access_denied()
 
     ActionAuthenticatorMixin._authenticate_and_authorize_action = authenticate_and_authorize  # type: ignore[method-assign]
