@@ -26,6 +26,9 @@ def terminal_answer(prompt: str) -> str:
     sys.stderr.write(prompt)
     sys.stderr.flush()
     line = sys.stdin.readline()
+    if not sys.stderr.isatty():
+        # The answer was echoed on the terminal, not into our captured stderr: end the prompt's line there.
+        sys.stderr.write("\n")
     if not line:
         raise AbortedError("no answer (stdin is closed); nothing was changed", next_step="pass --yes for automation")
     return line.strip()

@@ -112,7 +112,8 @@ def test_the_env_port_document_cannot_be_pointed_elsewhere(sandbox: Sandbox) -> 
 
 
 def test_tunnel_host_is_refused_for_developers_with_its_reason(sandbox: Sandbox) -> None:
-    proc = invoke("tunnel", "--env", "sandbox", "--host", "10.40.8.9:22", state=sandbox.state_dir, timeout=120)
+    proc = invoke("tunnel", "--env", "sandbox", "--host", "10.40.8.9:22", "--local-port", "0", state=sandbox.state_dir,
+                  timeout=120)
     assert proc.returncode != 0
     line = error_line(proc)
     assert "--host needs the generic AWS-StartPortForwardingSessionToRemoteHost document" in line
