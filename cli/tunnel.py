@@ -38,6 +38,9 @@ def tunnels(c: Context) -> None:
         from ops import tunnels_state
 
         print(tunnels_state.format_table(tunnels_state.list_tunnels()))
+        for left in tunnels_state.list_orphans():
+            print(f"orphaned: the tunnel to {left.env} (pid {left.pid}) is gone but left session(s) "
+                  f"{', '.join(left.sessions)}; end them: invoke tunnel-close --env {left.env}")
 
 
 @task(name="tunnel-close", help={

@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from ops.sandbox.moto_iam import AUTHORIZE_PATH
+from ops.sandbox.moto_iam import AUTHORIZE_PATH, PROBE_PATH
 
 # X-Amz-Target -> IAM action.
 ACTIONS = {
@@ -89,6 +89,7 @@ class EndpointIam:
     def __init__(self, moto_url: str) -> None:
         self.moto_url = moto_url.rstrip("/")
         self.session_userids: dict[str, str] = {}
+        self._enforced: bool | None = None  # asked once: is moto ops.sandbox.moto_iam (IAM on)?
 
     async def authorize(self, target: str, params: Mapping[str, Any], *, access_key: str, session_token: str,
                         region: str) -> dict[str, Any]:
@@ -101,6 +102,10 @@ class EndpointIam:
             owner = self.session_userids.get(str(params.get("SessionId", "")))
             if owner:
                 context[SESSION_TAG] = [owner]
+        if self._enforced is None:
+            self._enforced = await asyncio.to_thread(self._probe)
+        if not self._enforced:
+            return {"enforced": False, "allowed": True}
         body = {"access_key": access_key, "session_token": session_token, "action": action, "region": region,
                 "params": dict(params), "context": context}
         reply = await asyncio.to_thread(self._post, body)
@@ -108,6 +113,16 @@ class EndpointIam:
             raise Refused(str(reply.get("code") or "AccessDeniedException"), str(reply.get("message") or "denied"),
                           principal=str(reply.get("principal") or ""))
         return reply
+
+    def _probe(self) -> bool:
+        """A plain moto_server (some tests start one) has no IAM to enforce; ours says so at PROBE_PATH."""
+        if not self.moto_url.startswith("http://"):
+            return False
+        try:
+            with urllib.request.urlopen(self.moto_url + PROBE_PATH, timeout=10) as resp:  # noqa: S310 - http://
+                return bool(json.loads(resp.read()).get("enforced"))
+        except (OSError, ValueError):
+            return False
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         if not self.moto_url.startswith("http://"):
@@ -118,9 +133,6 @@ class EndpointIam:
             with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - http:// checked above
                 reply: dict[str, Any] = json.loads(resp.read())
         except OSError as exc:
-            # A plain moto_server (some tests start one) has no such route: no IAM to enforce there.
-            if getattr(exc, "code", None) in (404, 405):
-                return {"enforced": False, "allowed": True}
             raise Refused("InternalServerError", f"the sandbox could not evaluate IAM: {exc}", 500) from None
         return reply
 

@@ -30,6 +30,7 @@ from ops.sandbox import iam_eval
 
 EMULATOR_ADMIN_KEY = "testing"
 AUTHORIZE_PATH = "/_bastionless/authorize"
+PROBE_PATH = "/_bastionless/iam"  # GET: {"enforced": true}; a plain moto_server does not have it
 _KEY_RE = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/]+)/([^/]+)/")
 
 
@@ -277,6 +278,10 @@ def _strings(value: Any) -> list[str]:
 
 def _with_authorize_route(app: Any) -> Callable[[dict[str, Any], Any], Iterable[bytes]]:
     def wsgi(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == PROBE_PATH:
+            probe = json.dumps({"enforced": True}).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(probe)))])
+            return [probe]
         if environ.get("PATH_INFO") != AUTHORIZE_PATH or environ.get("REQUEST_METHOD") != "POST":
             result: Iterable[bytes] = app(environ, start_response)
             return result
