@@ -25,7 +25,11 @@ from ops.errors import AccountMismatchError, CredentialsError, OpsError
 
 def state_dir() -> Path:
     """Where the sandbox keeps its pids, ports and data (and tunnels their state); tests point it elsewhere."""
-    return Path(os.environ.get("BASTIONLESS_STATE_DIR", PROJECT_ROOT / ".sandbox"))
+    path = Path(os.environ.get("BASTIONLESS_STATE_DIR", PROJECT_ROOT / ".sandbox"))
+    if path.exists() and not path.is_dir():
+        raise OpsError(f"the state directory {path} is a file, not a directory",
+                       next_step=f"move {path} away, or export BASTIONLESS_STATE_DIR=<a directory>")
+    return path
 
 
 ENDPOINTS_FILE = "endpoints.json"

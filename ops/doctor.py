@@ -33,6 +33,7 @@ from ops.ecs_exec import (
     task_id,
 )
 from ops.errors import OpsError
+from ops.iam_policies import port_document_name
 
 Status = Literal["pass", "warn", "fail"]
 
@@ -41,7 +42,6 @@ MIN_AGENT_REMOTE_HOST = (3, 1, 1374, 0)
 MIN_NODE = (18,)
 MIN_ECS_AGENT = (1, 50, 2)
 ENDPOINT_SERVICES = ("ssm", "ssmmessages", "ec2messages")
-PORT_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"
 PREFERENCES_DOCUMENT = "SSM-SessionManagerRunShell"
 SSMMESSAGES_ACTIONS = ("ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
                        "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel")
@@ -507,7 +507,8 @@ class _Doctor:
         checks: list[tuple[str, list[str], list[str], dict[str, str]]] = []
         if self.relay is not None:
             relay_arn = self.arn("ec2", f"instance/{self.relay['InstanceId']}")
-            doc_arn = self.arn("ssm", f"document/{PORT_DOCUMENT}", account="")
+            # The env's own document (host and port fixed to the database), not the generic one.
+            doc_arn = self.arn("ssm", f"document/{port_document_name(self.cfg.stack_name)}")
             checks.append(("ssm:StartSession", ["ssm:StartSession"], [relay_arn, doc_arn], {}))
         else:
             self.skip("iam", "ssm:StartSession", "no relay instance")

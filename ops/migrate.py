@@ -129,6 +129,10 @@ def migrate(cfg: EnvConfig, *, revision: str = "head", downgrade: bool = False, 
     command = "downgrade" if downgrade else "upgrade"
     if downgrade and not revision:
         raise OpsError("a downgrade needs a target revision", next_step="pass --revision -1 (one step) or an id")
+    if sql and downgrade and ":" not in revision:
+        # Offline, Alembic cannot read the current revision from the database: it needs both ends.
+        raise OpsError(f"--sql for a downgrade needs a range FROM:TO, not {revision!r}",
+                       next_step=f"invoke migrate-downgrade --env {cfg.name} --sql --revision 0003:0002")
     if sql:
         # Offline mode never connects: a URL naming only the dialect is enough for Alembic.
         code = run_alembic(path, [command, revision, "--sql"], url="postgresql://offline@localhost/offline")
@@ -154,8 +158,14 @@ def migration_status(cfg: EnvConfig, *, transport: str = "auto", ini: str = "",
     from alembic.script import ScriptDirectory
 
     path = alembic_ini(cfg, ini)
-    script = ScriptDirectory.from_config(Config(str(path)))
-    known = {r.revision for r in script.walk_revisions()}
+    try:
+        script = ScriptDirectory.from_config(Config(str(path)))
+        known = {r.revision for r in script.walk_revisions()}
+    except Exception as exc:
+        raise ConfigError(f"{_rel(path)} is not a usable Alembic project ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})",
+                          next_step=f"fix {_rel(path)} (it needs [alembic] script_location), or point "
+                                    f"[migrations] alembic_ini in {cfg.source.name} at a working one") from None
     with through_tunnel(cfg, reason="bastionless migrate-status", transport=transport, report=report) as conn:
         password = conn.credentials.password
         out: list[str] = []

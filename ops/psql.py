@@ -17,7 +17,11 @@ INSTALL_HINT = ("install the PostgreSQL client: apt-get install postgresql-clien
 
 
 def psql_binary() -> str:
-    path = os.environ.get("BASTIONLESS_PSQL") or shutil.which("psql")
+    override = os.environ.get("BASTIONLESS_PSQL")
+    if override and not (os.path.isfile(override) and os.access(override, os.X_OK)):
+        raise ToolMissingError(f"BASTIONLESS_PSQL={override} is not an executable file",
+                               next_step="point BASTIONLESS_PSQL at psql (e.g. /usr/bin/psql), or unset it")
+    path = override or shutil.which("psql")
     if not path:
         raise ToolMissingError("psql is not installed (not found on PATH)", next_step=INSTALL_HINT)
     return path

@@ -174,3 +174,66 @@ def test_aws_data_printed_in_tables_cannot_forge_rows() -> None:
     table = sessions.format_table([info])
     assert len(table.splitlines()) == 2
     assert "\x1b" not in table and "\\x1b[0m" in table and "\\n2026" in table
+
+
+def test_state_dir_that_is_a_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ops.errors import OpsError
+
+    blocker = tmp_path / "state"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("BASTIONLESS_STATE_DIR", str(blocker))
+    with pytest.raises(OpsError, match="is a file, not a directory") as err:
+        aws.state_dir()
+    assert "BASTIONLESS_STATE_DIR" in err.value.next_step
+
+
+def test_missing_psql_override_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ops.errors import ToolMissingError
+    from ops.psql import psql_binary
+
+    monkeypatch.setenv("BASTIONLESS_PSQL", str(tmp_path / "no-psql-here"))
+    with pytest.raises(ToolMissingError, match="is not an executable file") as err:
+        psql_binary()
+    assert "unset it" in err.value.next_step
+
+
+def test_downgrade_sql_without_a_range_is_one_line() -> None:
+    from ops.errors import OpsError
+    from ops.migrate import migrate
+
+    with pytest.raises(OpsError, match=r"--sql for a downgrade needs a range FROM:TO, not '-1'") as err:
+        migrate(load_env("sandbox"), revision="-1", downgrade=True, sql=True)
+    assert "--revision 0003:0002" in err.value.next_step
+
+
+def test_migrate_status_with_a_broken_ini_is_one_line(tmp_path: Path) -> None:
+    from ops.migrate import migration_status
+
+    ini = tmp_path / "alembic.ini"
+    ini.write_text("[alembic]\nthis is = not [ valid\n[[[\n")
+    with pytest.raises(ConfigError, match="is not a usable Alembic project") as err:
+        migration_status(load_env("sandbox"), ini=str(ini))
+    assert "script_location" in err.value.next_step
+
+
+def test_secret_deleted_before_deploy_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a sandbox deploy does after apply (ops.sandbox.manager.master_credentials), in moto's in-process mock."""
+    import boto3
+    from moto import mock_aws
+
+    from ops.errors import OpsError
+    from ops.sandbox.manager import master_credentials
+
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_CONFIG_FILE", "/dev/null")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    cfg = load_env("staging")
+    with mock_aws():
+        sm = boto3.client("secretsmanager", region_name=cfg.region)
+        arn = sm.create_secret(Name="rds!db-1", SecretString='{"username": "u", "password": "p"}')["ARN"]
+        sm.delete_secret(SecretId=arn)  # scheduled for deletion, as a console click leaves it
+        db = {"MasterUsername": "app_admin", "MasterUserSecret": {"SecretArn": arn}}
+        with pytest.raises(OpsError, match="is deleted or scheduled for deletion") as err:
+            master_credentials(cfg, db)
+    assert "restore-secret" in err.value.next_step

@@ -437,6 +437,7 @@ def master_credentials(cfg: EnvConfig, db: dict[str, Any]) -> tuple[str, str]:
     arn = (db.get("MasterUserSecret") or {}).get("SecretArn", "")
     current: dict[str, Any] = {}
     if arn:
+        _check_not_deleted(sm, arn)
         try:
             current = json.loads(sm.get_secret_value(SecretId=arn)["SecretString"])
         except (sm.exceptions.ResourceNotFoundException, ValueError, KeyError):
@@ -455,6 +456,18 @@ def master_credentials(cfg: EnvConfig, db: dict[str, Any]) -> tuple[str, str]:
             Tags=[{"Key": "aws:rds:primaryDBInstanceArn", "Value": str(db.get("DBInstanceArn", ""))},
                   {"Key": "aws:secretsmanager:owningService", "Value": "rds"}])
     return username, password
+
+
+def _check_not_deleted(sm: Any, arn: str) -> None:
+    """Deleted (or scheduled for deletion) behind RDS's back: say so and how to get it back, once."""
+    try:
+        deleted = bool(sm.describe_secret(SecretId=arn).get("DeletedDate"))
+    except sm.exceptions.ResourceNotFoundException:
+        deleted = True
+    if deleted:
+        raise OpsError(f"the database's master secret {arn} is deleted or scheduled for deletion; nothing was "
+                       f"changed", next_step=f"aws secretsmanager restore-secret --secret-id '{arn}', then rerun "
+                                             f"(in the sandbox: invoke sandbox down && invoke sandbox up)")
 
 
 def _generate_password() -> str:
