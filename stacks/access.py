@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from cdktf import Token
+from cdktf_cdktf_provider_aws.data_aws_iam_policy_document import DataAwsIamPolicyDocument
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from cdktf_cdktf_provider_aws.ssm_document import SsmDocument
@@ -16,6 +17,7 @@ from ops.iam_policies import port_document_name
 from stacks.backend import partition
 from stacks.database import Database
 from stacks.ecs_exec import EcsExec
+from stacks.policy_document import policy_document
 from stacks.relay import Relay
 from stacks.session_logs import SessionLogs
 
@@ -142,9 +144,21 @@ def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db
                 "Resource": [ecs_cluster_arn, f"arn:{part}:ecs:{region}:{account_id}:task/{ecs_cluster_name}/*"],
             },
             {
+                # Each read on the cluster's own tasks, services and container instances; ListServices has no
+                # resource type, so only the ecs:cluster condition holds it to the cluster.
                 "Sid": "EcsReadInTheClusterOnly",
                 "Effect": "Allow",
-                "Action": ["ecs:ListTasks", "ecs:DescribeTasks", "ecs:ListServices", "ecs:DescribeServices"],
+                "Action": ["ecs:ListTasks", "ecs:DescribeTasks", "ecs:DescribeServices",
+                           "ecs:DescribeContainerInstances"],
+                "Resource": [f"arn:{part}:ecs:{region}:{account_id}:task/{ecs_cluster_name}/*",
+                             f"arn:{part}:ecs:{region}:{account_id}:service/{ecs_cluster_name}/*",
+                             f"arn:{part}:ecs:{region}:{account_id}:container-instance/{ecs_cluster_name}/*"],
+                "Condition": {"ArnEquals": {"ecs:cluster": ecs_cluster_arn}},
+            },
+            {
+                "Sid": "EcsListServicesInTheClusterOnly",
+                "Effect": "Allow",
+                "Action": "ecs:ListServices",
                 "Resource": "*",
                 "Condition": {"ArnEquals": {"ecs:cluster": ecs_cluster_arn}},
             },
@@ -158,7 +172,7 @@ def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db
                 # doctor checks the task definition's exec prerequisites; no resource-level permissions.
                 "Sid": "EcsTaskDefinitions",
                 "Effect": "Allow",
-                "Action": ["ecs:DescribeTaskDefinition", "ecs:DescribeContainerInstances"],
+                "Action": ["ecs:DescribeTaskDefinition"],
                 "Resource": "*",
             },
         ]
@@ -209,6 +223,7 @@ class Access(Construct):
     role: IamRole
     policy: IamRolePolicy
     policy_json: str
+    policy_document: DataAwsIamPolicyDocument
     auditor_role: IamRole
     auditor_policy: IamRolePolicy
     port_document: SsmDocument
@@ -233,10 +248,14 @@ class Access(Construct):
             db_identifier=database.instance.identifier, port_document=self.port_document.name,
             session_key_arn=session_logs.key.arn,
             ecs_cluster_arn=ecs.cluster.arn if ecs else None, ecs_cluster_name=ecs.cluster.name if ecs else None))
+        # A parsed document, not a JSON string: checkov evaluates every statement (stacks/policy_document.py).
+        self.policy_document = policy_document(self, "PolicyDocument", json.loads(self.policy_json))
         self.policy = IamRolePolicy(self, "Policy", name="developer-access", role=self.role.id,
-                                    policy=self.policy_json)
+                                    policy=self.policy_document.json)
         self.auditor_role = IamRole(self, "AuditorRole", name=f"{name}-auditor", assume_role_policy=trust,
                                     description="Auditors: CloudTrail events of Session Manager (invoke audit)",
                                     max_session_duration=3600)
+        auditor_document = policy_document(self, "AuditorPolicyDocument",
+                                           auditor_policy(region=region, account_id=account_id))
         self.auditor_policy = IamRolePolicy(self, "AuditorPolicy", name="auditor-access", role=self.auditor_role.id,
-                                            policy=json.dumps(auditor_policy(region=region, account_id=account_id)))
+                                            policy=auditor_document.json)

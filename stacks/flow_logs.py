@@ -13,6 +13,7 @@ from constructs import Construct
 
 from stacks.backend import partition
 from stacks.network import Network
+from stacks.policy_document import policy_document
 
 
 def flow_log_group_name(env: str) -> str:
@@ -53,11 +54,11 @@ class FlowLogs(Construct):
                                 "Effect": "Allow", "Principal": {"Service": "vpc-flow-logs.amazonaws.com"},
                                 "Action": "sts:AssumeRole",
                                 "Condition": {"StringEquals": {"aws:SourceAccount": account_id}}}]}))
-        IamRolePolicy(self, "Policy", name="deliver-flow-logs", role=self.role.id, policy=json.dumps({
-            "Version": "2012-10-17", "Statement": [{
-                "Effect": "Allow",
-                "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-                "Resource": [group_arn, f"{group_arn}:*"]}]}))
+        document = policy_document(self, "PolicyDocument", {"Version": "2012-10-17", "Statement": [{
+            "Sid": "DeliverToTheFlowLogGroupOnly", "Effect": "Allow",
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+            "Resource": [group_arn, f"{group_arn}:*"]}]})
+        IamRolePolicy(self, "Policy", name="deliver-flow-logs", role=self.role.id, policy=document.json)
         self.flow_log = FlowLog(self, "FlowLog", vpc_id=network.vpc.id, traffic_type="ALL",
                                 log_destination_type="cloud-watch-logs", log_destination=self.log_group.arn,
                                 iam_role_arn=self.role.arn, max_aggregation_interval=60,

@@ -16,18 +16,20 @@ from cdktf_cdktf_provider_aws.security_group import SecurityGroup
 from cdktf_cdktf_provider_aws.security_group_rule import SecurityGroupRule
 from constructs import Construct
 
+from stacks.backend import partition
 from stacks.network import Network
+from stacks.policy_document import policy_document
 
 AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
 
 
-def relay_policy(*, session_key_arn: str) -> dict[str, Any]:
+def relay_policy(*, session_key_arn: str, region: str) -> dict[str, Any]:
     """The relay's agent, line by line: what Session Manager needs and nothing for Run Command, Parameter
     Store or patching (AWS docs, "Create a custom IAM role for Session Manager")."""
     return {"Version": "2012-10-17", "Statement": [
         # The agent registers and keeps its ping/inventory fresh (PingStatus Online).
         {"Sid": "RegisterWithSystemsManager", "Effect": "Allow", "Action": "ssm:UpdateInstanceInformation",
-         "Resource": "*"},
+         "Resource": f"arn:{partition(region)}:ec2:{region}:*:instance/*"},
         # The control channel (session start/stop) and the data channels (the tunnels themselves).
         {"Sid": "SessionChannels", "Effect": "Allow",
          "Action": ["ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
@@ -80,8 +82,10 @@ class Relay(Construct):
         # Instead of AmazonSSMManagedInstanceCore (which also grants ssm:GetParameter(s) on every parameter
         # of the account, Run Command's ec2messages and patching's ssm:*Association*): only what the agent
         # needs for Session Manager.
+        document = policy_document(self, "SessionManagerPolicyDocument",
+                                   relay_policy(session_key_arn=session_key.arn, region=region))
         IamRolePolicy(self, "SessionManagerPolicy", name="session-manager-agent", role=self.role.id,
-                      policy=json.dumps(relay_policy(session_key_arn=session_key.arn)))
+                      policy=document.json)
         self.instance_profile = IamInstanceProfile(self, "InstanceProfile", name=f"{name}-relay",
                                                    role=self.role.name)
 

@@ -14,9 +14,27 @@ from tests.stack_fixtures import (
 )
 
 
+def document(doc: dict[str, Any], policy_path: str) -> dict[str, Any]:
+    """A role policy's aws_iam_policy_document, back in IAM's JSON shape (one value: a string, as IAM writes it)."""
+    reference = one(doc, "aws_iam_role_policy", policy_path)["policy"]
+    assert reference.startswith("${data.aws_iam_policy_document.") and reference.endswith(".json}"), reference
+    data = doc["data"]["aws_iam_policy_document"][reference.split(".")[2]]
+
+    def value(items: list[str]) -> Any:
+        return items[0] if len(items) == 1 else items
+
+    statements = []
+    for block in data["statement"]:
+        stmt: dict[str, Any] = {"Sid": block["sid"], "Effect": block["effect"], "Action": value(block["actions"]),
+                                "Resource": value(block["resources"])}
+        for cond in block.get("condition", []):
+            stmt.setdefault("Condition", {}).setdefault(cond["test"], {})[cond["variable"]] = cond["values"]
+        statements.append(stmt)
+    return {"Version": data["version"], "Statement": statements}
+
+
 def _policy(doc: dict[str, Any]) -> dict[str, Any]:
-    policy: dict[str, Any] = json.loads(one(doc, "aws_iam_role_policy", "Access/Policy")["policy"])
-    return policy
+    return document(doc, "Access/Policy")
 
 
 def _stmt(policy: dict[str, Any], sid: str) -> dict[str, Any]:
@@ -68,7 +86,7 @@ def test_start_session_only_on_the_relay_and_the_envs_own_port_document(
             f"arn:aws:ec2:{cfg.region}:{cfg.account_id}:instance/{relay_id}",
             f"arn:aws:ssm:{cfg.region}:{cfg.account_id}:document/{document}",
         ]
-        assert "AWS-StartPortForwardingSession" not in one(doc, "aws_iam_role_policy", "Access/Policy")["policy"]
+        assert "AWS-StartPortForwardingSession" not in json.dumps(_policy(doc))
 
 
 def test_port_document_fixes_host_and_port_to_the_database(synthesized: dict[str, dict[str, Any]]) -> None:
@@ -84,8 +102,8 @@ def test_port_document_fixes_host_and_port_to_the_database(synthesized: dict[str
 
 def test_cloudtrail_is_the_auditors_not_the_developers(synthesized: dict[str, dict[str, Any]]) -> None:
     for doc in synthesized.values():
-        assert "cloudtrail:" not in one(doc, "aws_iam_role_policy", "Access/Policy")["policy"]
-        auditor = json.loads(one(doc, "aws_iam_role_policy", "Access/AuditorPolicy")["policy"])
+        assert "cloudtrail:" not in json.dumps(_policy(doc))
+        auditor = document(doc, "Access/AuditorPolicy")
         assert "cloudtrail:LookupEvents" in auditor["Statement"][0]["Action"]
         assert one(doc, "aws_iam_role", "Access/AuditorRole")["name"].endswith("-auditor")
 
@@ -101,8 +119,8 @@ def test_terminate_and_resume_only_own_sessions_by_user_id(synthesized: dict[str
     stmt = _stmt(_policy(synthesized["prod"]), "EndAndResumeOwnSessionsOnly")
     assert sorted(stmt["Action"]) == ["ssm:ResumeSession", "ssm:TerminateSession"]
     assert stmt["Resource"] == "arn:aws:ssm:*:*:session/*"
-    # `$$` is Terraform's escape: IAM receives the policy variable ${aws:userid}, which works for roles.
-    assert stmt["Condition"] == {"StringLike": {"ssm:resourceTag/aws:ssmmessages:session-id": ["$${aws:userid}"]}}
+    # `&{...}` is the policy document's escape: IAM receives the variable ${aws:userid}, which works for roles.
+    assert stmt["Condition"] == {"StringLike": {"ssm:resourceTag/aws:ssmmessages:session-id": ["&{aws:userid}"]}}
     assert "aws:username" not in json.dumps(_policy(synthesized["prod"]))
 
 
@@ -125,6 +143,9 @@ def test_ecs_exec_scoped_to_the_cluster_when_enabled(synthesized: dict[str, dict
     cluster_arn = ref(doc, "aws_ecs_cluster", "EcsExec/Cluster", "arn")
     cluster_name = ref(doc, "aws_ecs_cluster", "EcsExec/Cluster", "name")
     assert stmt["Resource"] == [cluster_arn, f"arn:aws:ecs:{cfg.region}:{cfg.account_id}:task/{cluster_name}/*"]
+    reads = _stmt(_policy(doc), "EcsReadInTheClusterOnly")
+    assert all(f"/{cluster_name}/" in r for r in reads["Resource"])
+    assert reads["Condition"] == {"ArnEquals": {"ecs:cluster": [cluster_arn]}}
 
 
 def test_policy_is_emitted_as_an_output(synthesized: dict[str, dict[str, Any]]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ops.config import load_env
@@ -13,6 +12,7 @@ from tests.stack_fixtures import (
     synth_dirs_fixture,  # noqa: F401
     synthesized_fixture,  # noqa: F401
 )
+from tests.test_stack_access import document
 
 
 def _rules_of(doc: dict[str, Any], sg_path: str) -> list[dict[str, Any]]:
@@ -52,7 +52,7 @@ def test_role_profile_and_session_manager_only_policy(synthesized: dict[str, dic
         attached = [a for a in doc["resource"].get("aws_iam_role_policy_attachment", {}).values()
                     if a["role"] == ref(doc, "aws_iam_role", "Relay/Role", "name")]
         assert attached == []
-        policy = json.loads(one(doc, "aws_iam_role_policy", "Relay/SessionManagerPolicy")["policy"])
+        policy = document(doc, "Relay/SessionManagerPolicy")
         actions = sorted(a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str)
                                                                   else s["Action"]))
         assert actions == ["kms:Decrypt", "ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel",

@@ -94,7 +94,7 @@ def request_scope(service: str, action: str, region: str, account: str,
         if action == "DescribeClusters":
             resources += [_ecs_cluster_arn(region, account, c) for c in param("clusters") or ["default"]]
         elif action in ("ListTasks", "DescribeTasks", "ListServices", "DescribeServices", "ExecuteCommand",
-                        "UpdateService", "RunTask", "StopTask"):
+                        "UpdateService", "RunTask", "StopTask", "DescribeContainerInstances"):
             cluster_arn = _ecs_cluster_arn(region, account, clusters[0] if clusters else "default")
             context["ecs:cluster"] = [cluster_arn]
             name = cluster_arn.rsplit("/", 1)[-1]
@@ -107,7 +107,10 @@ def request_scope(service: str, action: str, region: str, account: str,
             if action == "ExecuteCommand":
                 resources.append(cluster_arn)
                 context["ecs:container-name"] = param("container")
-            if action in ("ListTasks", "ListServices"):
+            for ci in param("containerInstances"):
+                resources.append(ci if ci.startswith("arn:")
+                                 else f"arn:aws:ecs:{region}:{account}:container-instance/{name}/{ci}")
+            if action == "ListTasks":
                 resources.append(f"arn:aws:ecs:{region}:{account}:container-instance/{name}/*")
     elif service == "iam":
         for role in param("RoleName"):
