@@ -58,6 +58,11 @@ def run_psql(cfg: EnvConfig, *, command: str = "", args: Sequence[str] = (), tra
         old = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
         try:
             out, err = proc.communicate()
+        except BaseException:
+            # SIGTERM (ops.dburl.sigterm_as_interrupt) or an error: psql goes too, then the tunnel closes.
+            proc.terminate()
+            proc.wait()
+            raise
         finally:
             if old is not None:
                 signal.signal(signal.SIGINT, old)
