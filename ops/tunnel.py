@@ -749,18 +749,35 @@ def start_background(cfg: EnvConfig, *, local_port: int, reason: str = "", trans
     finally:
         os.close(fd)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = tunnels_state.read(cfg.name)
-        if record is not None and record.pid == proc.pid and record.status == "ready":
-            return record
-        if proc.poll() is not None:
-            raise _error_from_log(log, proc.returncode)
-        time.sleep(0.02)
+    try:
+        while time.monotonic() < deadline:
+            record = tunnels_state.read(cfg.name)
+            if record is not None and record.pid == proc.pid and record.status == "ready":
+                return record
+            if proc.poll() is not None:
+                raise _error_from_log(log, proc.returncode)
+            time.sleep(0.02)
+    except BaseException:
+        # Ctrl-C while the detached child is still starting: it must not go on to open a tunnel. SIGTERM
+        # makes it terminate a session it may already have; SIGKILL only if it does not exit.
+        _stop_starting_child(proc)
+        raise
     proc.terminate()
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(CLEANUP_TIMEOUT)
     raise OpsError(f"the background tunnel to {cfg.name} was not ready within {timeout:g} s",
                    next_step=f"see {log}, or run it in the foreground: invoke tunnel --env {cfg.name}")
+
+
+def _stop_starting_child(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(CLEANUP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _error_from_log(log: Path, code: int) -> OpsError:

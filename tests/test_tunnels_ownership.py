@@ -77,3 +77,34 @@ def test_a_killed_tunnels_sessions_are_reported_and_a_failed_terminate_is_not_sw
         tunnels_state.close("staging")
     assert "could not be terminated (alice-0123456789abcdef0:" in err.value.message
     assert err.value.next_step.startswith("invoke sessions --env staging")
+
+
+def test_ctrl_c_while_a_background_tunnel_starts_stops_the_child(state_dir: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The detached child must not go on to open a tunnel after the user pressed Ctrl-C."""
+    from ops import tunnel
+    from ops.config import load_env
+
+    children: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def child(argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        # Stands in for `python -m ops.tunnel ... --background` still starting (no AWS here).
+        started = real_popen([sys.executable, "-c", "import time; time.sleep(60)", "tunnel"],
+                             start_new_session=True)
+        children.append(started)
+        return started
+
+    calls: list[str] = []
+
+    def ctrl_c(env: str) -> None:
+        calls.append(env)
+        if len(calls) > 1:  # the first read is "is one running already?"; then we wait for the child
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tunnel.subprocess, "Popen", child)
+    monkeypatch.setattr(tunnel.tunnels_state, "read", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        tunnel.start_background(load_env("staging"), local_port=0, transport="native", timeout=30)
+    (started,) = children
+    assert started.poll() is not None, "the starting child survived Ctrl-C"
