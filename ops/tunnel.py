@@ -858,7 +858,8 @@ def open_tunnel(cfg: EnvConfig, *, local_port: int = 0, reason: str = "", transp
 
 # ---- the detached process (`--background`) ---------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
+def child_parser() -> argparse.ArgumentParser:
+    """The background child's command line (start_background writes it)."""
     parser = argparse.ArgumentParser(prog="python -m ops.tunnel", description="run one tunnel (background child)")
     parser.add_argument("--env-file", required=True, type=Path, help="envs/<name>.toml of the environment")
     parser.add_argument("--env", default="", help="environment name (default: the file's stem)")
@@ -868,7 +869,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instance", default="", help="relay instance id override")
     parser.add_argument("--host", default="", help="database HOST[:PORT] override")
     parser.add_argument("--background", action="store_true", help="record the tunnel as a background one")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = child_parser().parse_args(argv)
     try:
         path: Path = args.env_file
         cfg = parse_env(args.env or path.stem, path.read_bytes(), path)

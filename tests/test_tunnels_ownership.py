@@ -108,3 +108,24 @@ def test_ctrl_c_while_a_background_tunnel_starts_stops_the_child(state_dir: Path
         tunnel.start_background(load_env("staging"), local_port=0, transport="native", timeout=30)
     (started,) = children
     assert started.poll() is not None, "the starting child survived Ctrl-C"
+
+
+def test_a_reason_starting_with_dashes_reaches_the_background_child(state_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from ops import tunnel
+    from ops.config import load_env
+
+    seen: list[list[str]] = []
+
+    def child(argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        seen.append(list(argv))
+        raise KeyboardInterrupt  # stop here: only the command line matters
+
+    monkeypatch.setattr(tunnel.subprocess, "Popen", child)
+    with pytest.raises(KeyboardInterrupt):
+        tunnel.start_background(load_env("staging"), local_port=0, transport="native", reason="--INC-7 -x",
+                                host="--odd")
+    (argv,) = seen
+    assert argv[1:3] == ["-m", "ops.tunnel"]
+    args = tunnel.child_parser().parse_args(argv[3:])
+    assert args.reason == "--INC-7 -x" and args.host == "--odd" and args.background
