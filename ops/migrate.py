@@ -161,7 +161,7 @@ def migration_status(cfg: EnvConfig, *, transport: str = "auto", ini: str = "",
     try:
         script = ScriptDirectory.from_config(Config(str(path)))
         known = {r.revision for r in script.walk_revisions()}
-    except Exception as exc:
+    except Exception as exc:  # configparser, Alembic's CommandError, a broken revision file: one line
         raise ConfigError(f"{_rel(path)} is not a usable Alembic project ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})",
                           next_step=f"fix {_rel(path)} (it needs [alembic] script_location), or point "

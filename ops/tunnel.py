@@ -388,8 +388,13 @@ class Supervisor:
 
     async def _terminate_api(self, session_id: str, *, track: bool = True) -> None:
         ssm = self.ssm()
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.to_thread(ssm.terminate_session, SessionId=session_id)
+        except Exception as exc:
+            # The session may still be open in AWS: say which, and how to end it.
+            self.report(f"warning: could not terminate session {session_id} ({exc}); end it: invoke "
+                        f"sessions-terminate --env {self.cfg.name} --session {session_id}")
+            return
         if track and session_id in self.open_sessions:
             self.open_sessions.remove(session_id)
 

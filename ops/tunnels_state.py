@@ -279,7 +279,7 @@ def _terminate_sessions(record: TunnelRecord) -> list[str]:
     for sid in record.sessions:
         try:
             ssm.terminate_session(SessionId=sid)
-        except Exception as exc:
+        except Exception as exc:  # every failure is reported to the caller, never swallowed
             failures.append(f"{sid}: {exc}")
     return failures
 

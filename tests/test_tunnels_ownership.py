@@ -129,3 +129,23 @@ def test_a_reason_starting_with_dashes_reaches_the_background_child(state_dir: P
     assert argv[1:3] == ["-m", "ops.tunnel"]
     args = tunnel.child_parser().parse_args(argv[3:])
     assert args.reason == "--INC-7 -x" and args.host == "--odd" and args.background
+
+
+def test_a_failed_terminate_session_is_reported_with_the_fix() -> None:
+    import asyncio
+
+    from ops import tunnel
+    from ops.config import load_env
+
+    class RefusingSsm:
+        def terminate_session(self, **_kwargs: object) -> None:
+            raise RuntimeError("AccessDeniedException: not yours")
+
+    lines: list[str] = []
+    sup = tunnel.Supervisor(load_env("staging"), report=lines.append)
+    sup._ssm = RefusingSsm()
+    sup.open_sessions.append("s-1")
+    asyncio.run(sup._terminate_api("s-1"))
+    assert lines == ["warning: could not terminate session s-1 (AccessDeniedException: not yours); end it: invoke "
+                     "sessions-terminate --env staging --session s-1"]
+    assert sup.open_sessions == ["s-1"], "still ours to end"

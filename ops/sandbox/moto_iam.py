@@ -142,7 +142,7 @@ def _secret_arn(sid: str, region: str, account: str, backends: Any) -> str:
     try:
         secret = backends.secretsmanager[account][region].describe_secret(sid)
         return str(secret.arn)
-    except Exception:
+    except Exception:  # an unknown secret: AWS evaluates the name-based ARN
         return f"arn:aws:secretsmanager:{region}:{account}:secret:{sid}"
 
 
@@ -151,7 +151,7 @@ def _key_arn(kid: str, region: str, account: str, backends: Any) -> str:
         return kid
     try:
         return str(backends.kms[account][region].describe_key(kid).arn)
-    except Exception:
+    except Exception:  # an unknown key or alias: evaluated as the ARN AWS would use
         return f"arn:aws:kms:{region}:{account}:{kid if kid.startswith('alias/') else 'key/' + kid}"
 
 
@@ -187,7 +187,7 @@ def principal_of(access_key: Any, account: str) -> iam_eval.Principal:
 def _trust_policy(backend: Any, role_arn: str) -> dict[str, Any] | None:
     try:
         role = backend.get_role_by_arn(role_arn)
-    except Exception:
+    except Exception:  # no such role: AssumeRole is refused, as on AWS
         return None
     doc = role.assume_role_policy_document
     parsed: dict[str, Any] = json.loads(doc) if isinstance(doc, str) else doc
