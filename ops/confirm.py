@@ -17,12 +17,17 @@ from ops.errors import AbortedError
 Ask = Callable[[str], str]
 
 
+def require_terminal(what: str = "this change") -> None:
+    """Refuse at once (before any AWS call) when no terminal can answer the confirmation."""
+    if not sys.stdin.isatty():
+        raise AbortedError(f"{what} needs confirmation and stdin is not a terminal (a piped answer is not "
+                           "accepted); nothing was changed",
+                           next_step="rerun in a terminal, or pass --yes for automation")
+
+
 def terminal_answer(prompt: str) -> str:
     """One line typed on the terminal; anything else (a pipe, a file, a closed stdin) is a refusal."""
-    if not sys.stdin.isatty():
-        raise AbortedError("this change must be confirmed on a terminal and stdin is not one (a piped answer is "
-                           "not accepted); nothing was changed", next_step="rerun in a terminal, or pass --yes for "
-                                                                           "automation")
+    require_terminal()
     sys.stderr.write(prompt)
     sys.stderr.flush()
     line = sys.stdin.readline()

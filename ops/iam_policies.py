@@ -16,6 +16,27 @@ def port_document_name(stack_name: str) -> str:
     return f"{stack_name}-database"
 
 
+def port_document_content(*, host: str, port: str) -> dict[str, Any]:
+    """A Session document of type Port whose host and port are fixed: the caller chooses only its local port.
+
+    Session Manager rejects parameters a document does not declare, so StartSession with this document
+    cannot be pointed anywhere else (169.254.169.254, another host in the VPC, the internet through NAT).
+    """
+    return {
+        "schemaVersion": "1.0",
+        "description": "Port forwarding to this environment's database only (bastionless)",
+        "sessionType": "Port",
+        "parameters": {
+            "localPortNumber": {"type": "String", "description": "Port on the client (0: any free port)",
+                                "allowedPattern": "^([0-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
+                                                  "|655[0-2][0-9]|6553[0-5])$",
+                                "default": "0"},
+        },
+        "properties": {"type": "LocalPortForwarding", "host": host, "portNumber": port,
+                       "localPortNumber": "{{ localPortNumber }}"},
+    }
+
+
 # Everything the stack creates is named bastionless-<env>...; the deployer may touch IAM only there.
 STACK_PREFIX = "bastionless-"
 

@@ -139,6 +139,9 @@ def migrate(cfg: EnvConfig, *, revision: str = "head", downgrade: bool = False, 
         _check(code, command, cfg)
         return
     needed = cfg.is_prod or downgrade
+    if needed and not yes and ask is None:
+        # Nobody could answer: refuse before touching AWS.
+        confirm_mod.require_terminal(f"alembic {command} {revision} on {cfg.name}")
     # A changing command checks the AWS account before it asks (and before it opens anything).
     account = aws.check_account(cfg)["Account"]
     confirm_action(cfg, f"alembic {command} {revision}", yes=yes, needed=needed, ask=ask, account=account)

@@ -13,7 +13,7 @@ from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from cdktf_cdktf_provider_aws.ssm_document import SsmDocument
 from constructs import Construct
 
-from ops.iam_policies import port_document_name
+from ops.iam_policies import port_document_content, port_document_name
 from stacks.backend import partition
 from stacks.database import Database
 from stacks.ecs_exec import EcsExec
@@ -26,27 +26,6 @@ PORT_FORWARD_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"
 PREFERENCES_DOCUMENT = "SSM-SessionManagerRunShell"
 # A literal IAM policy variable; `$$` stops Terraform from reading `${...}` as its own interpolation.
 AWS_USERID = "$${aws:userid}"
-
-
-def port_document_content(*, host: str, port: str) -> dict[str, Any]:
-    """A Session document of type Port whose host and port are fixed: the caller chooses only its local port.
-
-    Session Manager rejects parameters a document does not declare, so StartSession with this document
-    cannot be pointed anywhere else (169.254.169.254, another host in the VPC, the internet through NAT).
-    """
-    return {
-        "schemaVersion": "1.0",
-        "description": "Port forwarding to this environment's database only (bastionless)",
-        "sessionType": "Port",
-        "parameters": {
-            "localPortNumber": {"type": "String", "description": "Port on the client (0: any free port)",
-                                "allowedPattern": "^([0-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
-                                                  "|655[0-2][0-9]|6553[0-5])$",
-                                "default": "0"},
-        },
-        "properties": {"type": "LocalPortForwarding", "host": host, "portNumber": port,
-                       "localPortNumber": "{{ localPortNumber }}"},
-    }
 
 
 def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db_secret_arn: str,

@@ -47,3 +47,29 @@ def test_sigterm_to_psql_mid_query_terminates_its_session_and_psql(sandbox: Sand
     assert active_sessions(sandbox) == [], "the session outlived SIGTERM"
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)  # psql (same process group) is gone too
+
+
+def test_sigkill_of_a_background_tunnel_leaves_an_orphan_that_tunnels_reports_and_close_ends(
+        sandbox: Sandbox) -> None:
+    from ops import tunnels_state
+    from tests.sandbox_support import invoke
+
+    started = invoke("tunnel", "--env", "sandbox", "--background", "--local-port", "0", state=sandbox.state_dir,
+                     timeout=120)
+    assert started.returncode == 0, started.stderr
+    record = tunnels_state.read("sandbox")
+    assert record is not None and record.session_id
+    os.kill(record.pid, signal.SIGKILL)  # no chance to terminate its session
+    deadline = time.monotonic() + 30
+    while tunnels_state.is_ours(record):  # the event: the process is gone
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert [s["SessionId"] for s in active_sessions(sandbox)] == [record.session_id]
+    listed = invoke("tunnels", state=sandbox.state_dir)
+    assert f"orphaned: the tunnel to sandbox (pid {record.pid}) is gone but left session(s) {record.session_id}" \
+        in listed.stdout
+    assert "invoke tunnel-close --env sandbox" in listed.stdout
+    closed = invoke("tunnel-close", "--env", "sandbox", state=sandbox.state_dir)
+    assert closed.returncode == 0, closed.stderr
+    assert active_sessions(sandbox) == []
+    assert tunnels_state.list_orphans() == [] and not tunnels_state.state_path("sandbox").exists()

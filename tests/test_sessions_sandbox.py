@@ -170,7 +170,7 @@ def test_a_declined_confirmation_terminates_nothing(sandbox: Sandbox) -> None:
         assert error_line(proc) == "error: terminating sessions on sandbox cancelled; nothing was changed"
         assert sid in active_ids(sandbox)
         closed = run(sandbox, "sessions-terminate", "--env", "sandbox", "--owner", alice.arn)  # stdin closed
-        assert closed.returncode == 1 and "must be confirmed on a terminal" in error_line(closed)
+        assert closed.returncode == 1 and "needs confirmation and stdin is not a terminal" in error_line(closed)
         # A piped "y" is refused too: one mechanism, a terminal answer or --yes.
         piped = subprocess.run([sys.executable, "-m", "invoke", "sessions-terminate", "--env", "sandbox", "--owner",
                                 alice.arn], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
