@@ -40,7 +40,8 @@ def start(*, state: Path, port: int) -> ProcRecord:
     moto_server_binary()  # the moto package is installed (same check, same hint)
     log = state / "moto.log"
     env = dict(os.environ)
-    # AmazonSSMManagedInstanceCore (attached to the relay role) exists in moto only with this.
+    # AWS managed policies (the ECS execution role attaches AmazonECSTaskExecutionRolePolicy) exist in moto only
+    # with this.
     env["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
     # Whatever account the user's shell points at must not leak into the emulator.
     for var in ("MOTO_ACCOUNT_ID", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
