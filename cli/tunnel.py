@@ -22,14 +22,15 @@ from cli._common import ENV_HELP, EnvFlagTask, local_port_help, ops_errors
            "as your own DB user with no password",
     "unix_socket": "auth proxy on a Unix socket in this directory (made 0700) instead of a TCP port",
 })
-def tunnel(c: Context, env: str = "", local_port: int = -1, reason: str = "", background: bool = False,
+def tunnel(c: Context, env: str = "", local_port: str = "", reason: str = "", background: bool = False,
            transport: str = "auto", instance: str = "", host: str = "", raw: bool = False,
            unix_socket: str = "") -> None:
     """Open a tunnel to the env's database; ready once PostgreSQL answers through it. Ctrl-C stops it."""
     with ops_errors():
+        from ops import inputs
         from ops.identity_tunnel import run
 
-        run(_common.env(env), raw=raw, local_port=None if local_port < 0 else local_port, unix_socket=unix_socket,
+        run(_common.env(env), raw=raw, local_port=inputs.local_port(local_port), unix_socket=unix_socket,
             reason=reason, transport=transport, instance=instance, host=host, background=background)
 
 
@@ -40,6 +41,9 @@ def tunnels(c: Context) -> None:
         from ops import tunnels_state
 
         print(tunnels_state.format_table(tunnels_state.list_tunnels()))
+        for left in tunnels_state.list_orphans():
+            print(f"orphaned: the tunnel to {left.env} (pid {left.pid}) is gone but left session(s) "
+                  f"{', '.join(left.sessions)}; end them: invoke tunnel-close --env {left.env}")
 
 
 @task(name="tunnel-close", help={

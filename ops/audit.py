@@ -28,6 +28,8 @@ import botocore.exceptions
 from ops import aws
 from ops.config import EnvConfig
 from ops.discovery import aws_call
+from ops.errors import CredentialsError
+from ops.inputs import terminal_safe
 from ops.relay import relay_instances
 from ops.sessions import cluster_target_prefix
 
@@ -66,8 +68,17 @@ def _lookup(cfg: EnvConfig, name: str, start: datetime, end: datetime) -> list[d
                                   "StartTime": start, "EndTime": end, "MaxResults": 50}
         if token:
             kwargs["NextToken"] = token
-        page = aws_call(cfg, f"cloudtrail:LookupEvents ({name})",
-                        lambda kw=kwargs: trail.lookup_events(**kw))  # type: ignore[misc]
+        try:
+            page = aws_call(cfg, f"cloudtrail:LookupEvents ({name})",
+                            lambda kw=kwargs: trail.lookup_events(**kw))  # type: ignore[misc]
+        except CredentialsError as exc:
+            if "denied" not in exc.message:
+                raise
+            # LookupEvents is account-wide, so developers do not have it: auditors do.
+            raise CredentialsError(f"cloudtrail:LookupEvents was denied: invoke audit needs the auditor role "
+                                   f"{aws.role_name(cfg, 'auditor')}",
+                                   next_step=f"assume arn:aws:iam::{cfg.account_id}:role/"
+                                             f"{aws.role_name(cfg, 'auditor')}, then retry") from None
         found += page.get("Events", [])
         token = page.get("NextToken", "")
         if not token:
@@ -109,6 +120,7 @@ def parse_event(raw: dict[str, Any]) -> AuditEvent:
                       error=str(detail.get("errorCode") or ""))
 
 
+@aws.runs_as("auditor")
 def audit(cfg: EnvConfig, *, since: datetime, until: datetime | None = None) -> list[AuditEvent]:
     """The env's session events between `since` and `until` (now), oldest first."""
     until = until or datetime.now(UTC)
@@ -158,9 +170,11 @@ def format_table(events: Iterable[AuditEvent]) -> str:
                      ev.target or "-", ev.session_id or "-", ev.reason or "-"))
     if len(rows) == 1:
         return "no session events in that period"
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    # AWS data: no escape sequence or newline reaches the terminal.
+    safe = [[terminal_safe(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in safe) for i in range(len(safe[0]) - 1)]
     return "\n".join(("  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:-1])) + "  " + r[-1]).rstrip()
-                     for r in rows)
+                     for r in safe)
 
 
 def format_json(events: Iterable[AuditEvent], *, emulated: bool) -> str:

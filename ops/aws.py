@@ -6,10 +6,14 @@ the endpoint URLs and the (fake) credentials differ, and only for an env with `s
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import boto3
 import botocore.exceptions
@@ -22,11 +26,98 @@ from ops.facts import STATE_DIR_ENV
 
 def state_dir() -> Path:
     """Where the sandbox keeps its pids, ports and data (and tunnels their state); tests point it elsewhere."""
-    return Path(os.environ.get(STATE_DIR_ENV, PROJECT_ROOT / ".sandbox"))
+    path = Path(os.environ.get(STATE_DIR_ENV, PROJECT_ROOT / ".sandbox"))
+    if path.exists() and not path.is_dir():
+        raise OpsError(f"the state directory {path} is a file, not a directory",
+                       next_step=f"move {path} away, or export BASTIONLESS_STATE_DIR=<a directory>")
+    return path
 
 
 ENDPOINTS_FILE = "endpoints.json"
+# The emulator's own key (ops.sandbox.moto_iam): what the sandbox uses where AWS itself would act.
 SANDBOX_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+# Written by `sandbox up` (0600): the access keys of the sandbox's engineer and deployer IAM users.
+IDENTITIES_FILE = "iam.json"
+
+# Who a task acts as. On AWS that is whatever the caller's credentials are; in the sandbox, where IAM is
+# enforced, each task runs as the identity it would have on AWS: developers' tasks assume the developer
+# role, `audit` the auditor role, deploy/plan and the relay's on-call tasks use the deployer identity,
+# and "emulator" is the sandbox acting as an AWS service (the RDS-managed secret, ECS tasks).
+Identity = Literal["developer", "auditor", "deployer", "emulator"]
+P = ParamSpec("P")
+T = TypeVar("T")
+_acting: ContextVar[Identity] = ContextVar("bastionless_acting_as", default="developer")
+_assumed: dict[tuple[str, str, str], dict[str, str]] = {}
+
+
+@contextlib.contextmanager
+def acting_as(identity: Identity) -> Iterator[None]:
+    """Run the block as `identity` (only the sandbox distinguishes; on AWS the caller's credentials decide)."""
+    token = _acting.set(identity)
+    try:
+        yield
+    finally:
+        _acting.reset(token)
+
+
+def runs_as(identity: Identity) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Decorator form of acting_as, for a task's ops entry point."""
+    def wrap(func: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(func)
+        def inner(*args: P.args, **kwargs: P.kwargs) -> T:
+            with acting_as(identity):
+                return func(*args, **kwargs)
+        return inner
+    return wrap
+
+
+def role_name(cfg: EnvConfig, identity: Identity) -> str:
+    """The stack's role for a developer/auditor identity (stacks/access.py names them so)."""
+    return f"{cfg.stack_name}-{identity}"
+
+
+def sandbox_credentials(cfg: EnvConfig, identity: Identity | None = None) -> dict[str, str]:
+    """boto3 keyword credentials of `identity` (default: the current one) in the sandbox.
+
+    A state dir without identities (a bare emulator some tests start) has no IAM to enforce: the
+    emulator's own key then."""
+    who = identity or _acting.get()
+    path = state_dir() / IDENTITIES_FILE
+    try:
+        keys = json.loads(path.read_text())
+    except FileNotFoundError:
+        return dict(SANDBOX_CREDENTIALS)
+    except ValueError:
+        raise SandboxNotRunningError(f"{path} is damaged",
+                                     next_step="invoke sandbox down && invoke sandbox up") from None
+    if who == "emulator":
+        return dict(SANDBOX_CREDENTIALS)
+    if who == "deployer":
+        return {"aws_access_key_id": keys["deployer"]["key"], "aws_secret_access_key": keys["deployer"]["secret"]}
+    engineer = keys["engineer"]
+    role_arn = f"arn:aws:iam::{cfg.account_id}:role/{role_name(cfg, who)}"
+    cache_key = (str(path), role_arn, engineer["key"])
+    if cache_key not in _assumed:
+        sts = boto3.client("sts", region_name=cfg.region, endpoint_url=endpoint_for(cfg, "sts"),
+                           aws_access_key_id=engineer["key"], aws_secret_access_key=engineer["secret"],
+                           config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5,
+                                         read_timeout=15))
+        try:
+            creds = sts.assume_role(RoleArn=role_arn,
+                                    RoleSessionName=engineer.get("session", "engineer"))["Credentials"]
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            raise CredentialsError(f"cannot assume the {who} role {role_arn} in the sandbox ({code})",
+                                   next_step=f"invoke deploy --env {cfg.name} --yes") from None
+        _assumed[cache_key] = {"aws_access_key_id": creds["AccessKeyId"],
+                               "aws_secret_access_key": creds["SecretAccessKey"],
+                               "aws_session_token": creds["SessionToken"]}
+    return dict(_assumed[cache_key])
+
+
+def forget_assumed_roles() -> None:
+    """Drop cached role credentials (the sandbox was rebuilt, or a test changed a role's policy)."""
+    _assumed.clear()
 
 
 class SandboxNotRunningError(OpsError):
@@ -47,12 +138,15 @@ def sandbox_endpoints() -> dict[str, str]:
 
 def session(cfg: EnvConfig) -> boto3.Session:
     if cfg.sandbox:
-        return boto3.Session(
-            region_name=cfg.region,
-            aws_access_key_id=SANDBOX_CREDENTIALS["aws_access_key_id"],
-            aws_secret_access_key=SANDBOX_CREDENTIALS["aws_secret_access_key"],
-        )
-    return boto3.Session(region_name=cfg.region)
+        creds = sandbox_credentials(cfg)
+        return boto3.Session(region_name=cfg.region, aws_access_key_id=creds["aws_access_key_id"],
+                             aws_secret_access_key=creds["aws_secret_access_key"],
+                             aws_session_token=creds.get("aws_session_token"))
+    try:
+        return boto3.Session(region_name=cfg.region)
+    except botocore.exceptions.ProfileNotFound as exc:
+        raise CredentialsError(f"AWS profile {exc.kwargs.get('profile', '')!r} does not exist",
+                               next_step="aws configure list-profiles, then export AWS_PROFILE=<one of them>") from None
 
 
 def endpoint_for(cfg: EnvConfig, service: str) -> str | None:
@@ -62,11 +156,18 @@ def endpoint_for(cfg: EnvConfig, service: str) -> str | None:
     return endpoints.get(service, endpoints["default"])
 
 
+# An AWS API that does not answer fails in seconds (2 attempts x (3 s connect, 10 s read)), not minutes.
+API_CONNECT_TIMEOUT = 3
+API_READ_TIMEOUT = 10
+API_ATTEMPTS = 2
+
+
 def client(cfg: EnvConfig, service: str, **config: Any) -> Any:
     return session(cfg).client(
         service,  # type: ignore[call-overload]
         endpoint_url=endpoint_for(cfg, service),
-        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30, **config),
+        config=Config(retries={"max_attempts": API_ATTEMPTS, "mode": "standard"}, connect_timeout=API_CONNECT_TIMEOUT,
+                      read_timeout=API_READ_TIMEOUT, **config),
     )
 
 
@@ -82,9 +183,13 @@ def caller_identity(cfg: EnvConfig) -> dict[str, str]:
                                next_step="aws sso login (or refresh your credentials)") from None
     except (botocore.exceptions.TokenRetrievalError, botocore.exceptions.SSOTokenLoadError):
         raise CredentialsError("the SSO session has expired", next_step="aws sso login") from None
-    except botocore.exceptions.EndpointConnectionError as exc:
+    except botocore.exceptions.ConnectionError as exc:  # no route, refused, or no answer to connect
         raise CredentialsError(f"cannot reach the AWS API ({exc.kwargs.get('endpoint_url', '')})",
                                next_step="check your network, or `invoke sandbox up` for the sandbox") from None
+    except botocore.exceptions.ReadTimeoutError as exc:
+        raise CredentialsError(f"the AWS API did not answer within {API_READ_TIMEOUT} s "
+                               f"({exc.kwargs.get('endpoint_url', '')})",
+                               next_step="check your network or proxy, then retry") from None
     return {"Account": ident["Account"], "Arn": ident["Arn"], "UserId": ident["UserId"]}
 
 

@@ -26,9 +26,12 @@ SslMode = Literal["disable", "require", "verify-ca", "verify-full"]
 
 _REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
 _ACCOUNT_RE = re.compile(r"^\d{12}$")
-_ENV_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_ENV_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}")
 _PRINCIPAL_RE = re.compile(r"^arn:aws[a-z-]*:(iam|sts)::\d{12}:.+$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_RFC1918 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+# Graviton (arm64) instance families: a generation digit then "g" (t4g, m6gd, c7gn, im4gn), and a1.
+_ARM64_TYPE_RE = re.compile(r"(a1|[a-z]+[0-9]+g[a-z]*)\.[a-z0-9]+")
 _IDENT_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]{0,62}$")
 
 
@@ -166,6 +169,8 @@ class EnvConfig:
     account_id: str
     region: str
     sandbox: bool = False
+    # Production guardrails follow this flag, not the env's name; None: true unless `sandbox = true`.
+    production: bool | None = None
     network: NetworkConfig = field(default_factory=NetworkConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -188,7 +193,8 @@ class EnvConfig:
 
     @property
     def is_prod(self) -> bool:
-        return self.name == "prod" or self.name.startswith("prod-")
+        """`production = true|false` in the env file; by default every env that is not the sandbox."""
+        return self.production if self.production is not None else not self.sandbox
 
     def subnet_cidrs(self) -> dict[str, list[str]]:
         """The /24s carved from the VPC: public, private (with egress), isolated, per AZ."""
@@ -217,7 +223,7 @@ _SECTIONS: dict[str, type] = {
     "patching": PatchingConfig,
     "escalation": EscalationConfig,
 }
-_TOP_LEVEL = {"account_id": str, "region": str, "sandbox": bool}
+_TOP_LEVEL = {"account_id": str, "region": str, "sandbox": bool, "production": bool}
 
 
 def env_path(name: str, envs_dir: Path = ENVS_DIR) -> Path:
@@ -229,7 +235,8 @@ def available_envs(envs_dir: Path = ENVS_DIR) -> list[str]:
 
 
 def load_env(name: str, envs_dir: Path = ENVS_DIR) -> EnvConfig:
-    if not _ENV_NAME_RE.match(name):
+    # fullmatch: `$` would also match before a trailing newline ("prod\n").
+    if not _ENV_NAME_RE.fullmatch(name):
         raise ConfigError(f"environment name {name!r} is invalid: use lowercase letters, digits and '-'")
     path = env_path(name, envs_dir)
     if not path.is_file():
@@ -327,8 +334,10 @@ def _validate(where: str, cfg: EnvConfig) -> None:
         fail("network.vpc_cidr", f"= {net.vpc_cidr!r} is not a valid network ({exc})",
              "use a network address such as \"10.40.0.0/16\"")
         raise  # unreachable, for type checkers
-    if not isinstance(vpc, ipaddress.IPv4Network) or not vpc.is_private:
-        fail("network.vpc_cidr", f"= {net.vpc_cidr!r} is not a private IPv4 range",
+    # The rule and its message agree: RFC 1918 only (is_private would also pass 169.254/16, 198.18/15...).
+    if not isinstance(vpc, ipaddress.IPv4Network) or not any(vpc.subnet_of(ipaddress.IPv4Network(n))
+                                                             for n in _RFC1918):
+        fail("network.vpc_cidr", f"= {net.vpc_cidr!r} is not a private IPv4 range (RFC 1918)",
              "use a range inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16")
     if not 16 <= vpc.prefixlen <= 20:
         fail("network.vpc_cidr", f"has prefix /{vpc.prefixlen}",
@@ -344,6 +353,10 @@ def _validate(where: str, cfg: EnvConfig) -> None:
     if "." not in cfg.relay.instance_type:
         fail("relay.instance_type", f"= {cfg.relay.instance_type!r} is not an instance type",
              "e.g. \"t4g.nano\"")
+    if not _ARM64_TYPE_RE.fullmatch(cfg.relay.instance_type):
+        # The relay's AMI is the arm64 Amazon Linux 2023 image: an x86 type fails only at apply time.
+        fail("relay.instance_type", f"= {cfg.relay.instance_type!r} is not an arm64 (Graviton) type, but the "
+             "relay's AMI is arm64", "use a Graviton type such as \"t4g.nano\" or \"t4g.micro\"")
 
     db = cfg.database
     _port(fail, "database.port", db.port)
@@ -526,6 +539,23 @@ def _validate_alarms(fail: Any, cfg: EnvConfig) -> None:
     if cfg.is_prod and not cfg.sandbox and not cfg.escalation.contacts:
         fail("escalation.contacts", "is empty for a production environment",
              "list who to call and how, e.g. [\"Platform on-call: PagerDuty service bastionless-prod\"]")
+
+
+def overlapping_envs(cfg: EnvConfig, envs_dir: Path = ENVS_DIR) -> list[str]:
+    """Warnings (not errors: separate accounts may reuse ranges) for other envs whose VPC overlaps this one's."""
+    mine = ipaddress.ip_network(cfg.network.vpc_cidr)
+    found: list[str] = []
+    for other in available_envs(envs_dir):
+        if other == cfg.name:
+            continue
+        try:
+            theirs = load_env(other, envs_dir).network.vpc_cidr
+        except ConfigError:
+            continue  # a broken env file is reported when that env is used
+        if mine.overlaps(ipaddress.ip_network(theirs)):
+            found.append(f"{_rel(cfg.source)}: network.vpc_cidr = {cfg.network.vpc_cidr!r} overlaps {other}'s "
+                         f"{theirs!r}; peering or a VPN between them would not route, so pick a free range")
+    return found
 
 
 def _port(fail: Any, dotted: str, value: int, allow_zero: bool = False) -> None:

@@ -6,6 +6,8 @@ ready text, so the module that opens tunnels must not be imported by it (that wa
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,7 +36,30 @@ def through_tunnel(cfg: EnvConfig, *, reason: str = "", transport: str = "auto",
     The tunnel (and its Session Manager session) is closed when the block ends, however it ends."""
     check_account(cfg)
     creds = database_credentials(cfg)
-    with open_tunnel(cfg, local_port=0, reason=reason, transport=transport, report=report) as info:
+    with sigterm_as_interrupt(), open_tunnel(cfg, local_port=0, reason=reason, transport=transport,
+                                             report=report) as info:
         params = for_tunnel(cfg, local_port=info.local_port, db_host=info.db_host, db_name=info.db_name,
                             user=creds.username, local_host=info.local_host)
         yield Connection(tunnel=info, params=params, credentials=creds)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the Ctrl-C path so the tunnel's session is terminated before the process exits."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While a session is open: SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C instead of killing us with
+    the session still open in AWS. Main thread only (signal handlers live there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise Terminated
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ops import aws, terraform
-from ops.config import EnvConfig
+from ops import confirm as confirm_mod
+from ops.config import EnvConfig, overlapping_envs
 from ops.console import say
 from ops.errors import AbortedError, GuardrailError
 
@@ -51,37 +52,22 @@ class DeployResult:
     changed: bool
 
 
-def ask_terminal(prompt: str) -> str:
-    """Read one answer from stdin; a closed stdin (CI without --yes) is a refusal, not a hang."""
-    sys.stderr.write(prompt)
-    sys.stderr.flush()
-    line = sys.stdin.readline()
-    if not line or not sys.stdin.isatty():
-        # A piped answer is not echoed: end the prompt's line ourselves.
-        sys.stderr.write("\n")
-    if not line:
-        raise AbortedError("no answer (stdin is closed); nothing was changed", next_step="pass --yes for automation")
-    return line.strip()
+# One confirmation mechanism for every changing task (ops.confirm); these names stay for the callers.
+ask_terminal = confirm_mod.terminal_answer
 
 
 def guard(cfg: EnvConfig, *, out: TextIO = sys.stderr) -> dict[str, str]:
     """The account check every plan/apply/destroy starts with."""
     ident = aws.check_account(cfg)
     say(out, f"AWS account {ident['Account']} ({ident['Arn']}) matches {cfg.source.name}")
+    for warning in overlapping_envs(cfg):
+        say(out, f"warning: {warning}")
     return ident
 
 
 def confirm(cfg: EnvConfig, *, action: str, account: str, ask: Ask, what: str) -> None:
-    """prod: type the environment name; elsewhere y/N. AbortedError naming `what` on anything else."""
-    if cfg.is_prod:
-        answer = ask(f"\n{action} {cfg.name} in AWS account {account}? Type the environment name ({cfg.name}) "
-                     "to continue: ")
-        ok = answer == cfg.name
-    else:
-        answer = ask(f"\n{action} {cfg.name} in AWS account {account}? [y/N] ")
-        ok = answer.lower() in ("y", "yes")
-    if not ok:
-        raise AbortedError(f"{what} on {cfg.name} cancelled; nothing was changed")
+    """prod: type the environment name; elsewhere y/N (ops.confirm.confirm)."""
+    confirm_mod.confirm(cfg, action=action, account=account, what=what, ask=ask)
 
 
 def _plan_file(tf: terraform.Terraform, name: str) -> Path:
@@ -92,6 +78,7 @@ def _plan_file(tf: terraform.Terraform, name: str) -> Path:
     return folder / name
 
 
+@aws.runs_as("deployer")
 def plan(cfg: EnvConfig, *, detailed_exitcode: bool = False, destroy: bool = False,
          out: TextIO = sys.stderr, verbose: bool = False) -> int:
     """Account check, synth, `terraform plan`. Returns terraform's exit code (2 = changes with detailed_exitcode)."""
@@ -104,6 +91,7 @@ def plan(cfg: EnvConfig, *, detailed_exitcode: bool = False, destroy: bool = Fal
     return code
 
 
+@aws.runs_as("deployer")
 def deploy(cfg: EnvConfig, *, yes: bool = False, ask: Ask = ask_terminal, out: TextIO = sys.stderr,
            hooks: Hooks = NO_HOOKS, verbose: bool = False) -> DeployResult:
     """Plan, show, confirm (unless `yes`), apply the saved plan, then `hooks.after_apply`."""
@@ -152,6 +140,7 @@ def database_protection(cfg: EnvConfig) -> tuple[str, bool] | None:
     return str(found[0]["DBInstanceIdentifier"]), bool(found[0].get("DeletionProtection"))
 
 
+@aws.runs_as("deployer")
 def destroy(cfg: EnvConfig, *, yes: bool = False, force_deletion_protection: bool = False, ask: Ask = ask_terminal,
             out: TextIO = sys.stderr, hooks: Hooks = NO_HOOKS, verbose: bool = False) -> None:
     """Destroy the environment. Refuses while the database has deletion protection, unless

@@ -75,7 +75,8 @@ def aws_call(cfg: EnvConfig, what: str, call: Callable[[], T], *, passthrough: t
     except (botocore.exceptions.TokenRetrievalError, botocore.exceptions.SSOTokenLoadError,
             botocore.exceptions.UnauthorizedSSOTokenError):
         raise CredentialsError("the AWS SSO session has expired", next_step="aws sso login") from None
-    except botocore.exceptions.EndpointConnectionError as exc:
+    except (botocore.exceptions.ConnectionError, botocore.exceptions.ReadTimeoutError) as exc:
+        # Connect refused/timed out, or no answer within aws.API_READ_TIMEOUT: seconds, not minutes.
         raise OpsError(f"cannot reach the AWS API for {what} ({exc.kwargs.get('endpoint_url', '')})",
                        next_step="check your network" if not cfg.sandbox else "invoke sandbox up") from None
     except botocore.exceptions.ClientError as exc:

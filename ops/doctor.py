@@ -33,7 +33,8 @@ from ops.ecs_exec import (
     task_id,
 )
 from ops.errors import OpsError
-from ops.facts import PORT_DOCUMENT, PREFERENCES_DOCUMENT, partition
+from ops.facts import PREFERENCES_DOCUMENT, partition
+from ops.iam_policies import port_document_name
 
 Status = Literal["pass", "warn", "fail"]
 
@@ -656,7 +657,8 @@ class _Doctor:
         checks: list[tuple[str, list[str], list[str], dict[str, str]]] = []
         if self.relay is not None:
             relay_arn = self.arn("ec2", f"instance/{self.relay['InstanceId']}")
-            doc_arn = self.arn("ssm", f"document/{PORT_DOCUMENT}", account="")
+            # The env's own document (host and port fixed to the database), not the generic one.
+            doc_arn = self.arn("ssm", f"document/{port_document_name(self.cfg.stack_name)}")
             checks.append(("ssm:StartSession", ["ssm:StartSession"], [relay_arn, doc_arn], {}))
         else:
             self.skip("iam", "ssm:StartSession", "no relay instance")

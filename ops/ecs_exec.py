@@ -25,6 +25,7 @@ from ops import aws
 from ops import transport as transport_mod
 from ops.config import EnvConfig
 from ops.errors import AbortedError, OpsError
+from ops.inputs import check_reason
 
 Transport = Literal["auto", "native", "plugin"]
 # (title, options) -> index of the chosen option; raises AbortedError when the user gives up.
@@ -419,7 +420,7 @@ def ecs_shell(cfg: EnvConfig, *, service: str = "", task: str = "", container: s
     stdin_fd = _pollable(stdin_fd)
     if interactive is None:
         interactive = stdin_fd is not None and os.isatty(stdin_fd)
-    agent = reason_user_agent(reason)
+    agent = reason_user_agent(check_reason(reason))
     ecs = aws.client(cfg, "ecs", user_agent_extra=agent) if agent else aws.client(cfg, "ecs")
     target = resolve_target(cfg, ecs=ecs, service=service, task=task, container=container,
                             interactive=interactive, chooser=chooser)

@@ -15,6 +15,9 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o644, durable: b
     so that no program globbing for the real name (DBeaver's data-sources*.json) picks it up.
     `durable`: fsync the file and its folder, for user files a crash must not lose.
     """
+    if path.is_symlink():
+        # A dotfile manager's link (pg_service.conf, .pgpass, data-sources.json): update its target, keep the link.
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

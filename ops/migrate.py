@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 from urllib.parse import quote
 
+from ops import aws
+from ops import confirm as confirm_mod
 from ops.config import PROJECT_ROOT, EnvConfig
-from ops.dbtunnel import through_tunnel
+from ops.dbtunnel import sigterm_as_interrupt, through_tunnel
 from ops.dburl import ConnectionParams
 from ops.errors import AbortedError, CommandFailedError, ConfigError, OpsError, ToolMissingError
 
@@ -259,18 +261,18 @@ def child_env(cfg: EnvConfig | None, params: ConnectionParams | None, password: 
     return env
 
 
-def confirm_action(cfg: EnvConfig, action: str, *, yes: bool, needed: bool, ask: Confirm | None = None) -> None:
-    """Ask to type the environment name when `needed` (prod, downgrades) unless `yes`."""
+def confirm_action(cfg: EnvConfig, action: str, *, yes: bool, needed: bool, ask: Confirm | None = None,
+                   account: str = "") -> None:
+    """Type the environment name when `needed` (prod, downgrades) unless `yes` (ops.confirm: terminal only)."""
     if yes or not needed:
         return
-    if ask is None:
-        if not sys.stdin.isatty():
-            raise AbortedError(f"{action} on {cfg.name} needs confirmation and stdin is not a terminal; "
-                               f"nothing was changed", next_step="rerun with --yes (for automation)")
-        ask = input
-    answer = ask(f"{action} on {cfg.name} (account {cfg.account_id}). Type the environment name to go on: ")
-    if answer.strip() != cfg.name:
-        raise AbortedError(f"not confirmed; {action} on {cfg.name} was not run")
+    try:
+        confirm_mod.confirm(cfg, action=f"Run {action} on", account=account or cfg.account_id, what=action, ask=ask,
+                            type_name=True)
+    except AbortedError as exc:
+        if exc.next_step:
+            raise
+        raise AbortedError(f"not confirmed; {action} on {cfg.name} was not run") from None
 
 
 def migrate(cfg: EnvConfig, *, revision: str = "head", downgrade: bool = False, sql: bool = False,
@@ -288,6 +290,10 @@ def migrate(cfg: EnvConfig, *, revision: str = "head", downgrade: bool = False, 
     command = "downgrade" if downgrade else "upgrade"
     if downgrade and not revision:
         raise OpsError("a downgrade needs a target revision", next_step="pass --revision -1 (one step) or an id")
+    if sql and downgrade and ":" not in revision:
+        # Offline, Alembic cannot read the current revision from the database: it needs both ends.
+        raise OpsError(f"--sql for a downgrade needs a range FROM:TO, not {revision!r}",
+                       next_step=f"invoke migrate-downgrade --env {cfg.name} --sql --revision 0003:0002")
     interp = project_python(cfg, project, python)
     say(f"alembic runs with {interp.describe()}")
     x_args = cfg.migrations.x_args
@@ -305,7 +311,13 @@ def migrate(cfg: EnvConfig, *, revision: str = "head", downgrade: bool = False, 
                                                 "without creating an engine (see invoke --help migrate)")
         _check(code, command, cfg, project, run, before=None, after=None)
         return ""  # stdout is the SQL alone (`--sql > upgrade.sql`)
-    confirm_action(cfg, f"alembic {command} {revision}", yes=yes, needed=cfg.is_prod or downgrade, ask=ask)
+    needed = cfg.is_prod or downgrade
+    if needed and not yes and ask is None:
+        # Nobody could answer: refuse before touching AWS.
+        confirm_mod.require_terminal(f"alembic {command} {revision} on {cfg.name}")
+    # A changing command checks the AWS account before it asks (and before it opens anything).
+    account = aws.check_account(cfg)["Account"]
+    confirm_action(cfg, f"alembic {command} {revision}", yes=yes, needed=needed, ask=ask, account=account)
     with _database(cfg, reason=reason or f"bastionless migrate: alembic {command} {revision}", transport=transport,
                    report=report, break_glass=break_glass, what=f"alembic {command}") as (params, password):
         values = connection_values(params, password)
@@ -357,7 +369,8 @@ def _database(cfg: EnvConfig, *, reason: str, transport: str, report: Report | N
     from ops.identity_tunnel import break_glass_notice, choose_target, open_auth_tunnel, proxy_params
 
     if choose_target(cfg, raw=break_glass) == "postgres-auth":
-        with open_auth_tunnel(cfg, reason=reason, transport=transport, report=report) as info:
+        with sigterm_as_interrupt(), open_auth_tunnel(cfg, reason=reason, transport=transport,
+                                                      report=report) as info:
             yield proxy_params(info), ""
         return
     if break_glass:

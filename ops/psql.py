@@ -18,7 +18,11 @@ INSTALL_HINT = ("install the PostgreSQL client: apt-get install postgresql-clien
 
 
 def psql_binary() -> str:
-    path = os.environ.get(PSQL_ENV) or shutil.which("psql")
+    override = os.environ.get(PSQL_ENV)
+    if override and not (os.path.isfile(override) and os.access(override, os.X_OK)):
+        raise ToolMissingError(f"BASTIONLESS_PSQL={override} is not an executable file",
+                               next_step="point BASTIONLESS_PSQL at psql (e.g. /usr/bin/psql), or unset it")
+    path = override or shutil.which("psql")
     if not path:
         raise ToolMissingError("psql is not installed (not found on PATH)", next_step=INSTALL_HINT)
     return path
@@ -73,6 +77,11 @@ def _run(binary: str, *, command: str, args: Sequence[str], env: dict[str, str],
     old = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
     try:
         out, err = proc.communicate()
+    except BaseException:
+        # SIGTERM (ops.dbtunnel.sigterm_as_interrupt) or an error: psql goes too, then the tunnel closes.
+        proc.terminate()
+        proc.wait()
+        raise
     finally:
         if old is not None:
             signal.signal(signal.SIGINT, old)

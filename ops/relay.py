@@ -154,6 +154,7 @@ def wait_state(cfg: EnvConfig, instance_id: str, state: str, *, timeout: float =
                     fix=f"invoke relay-replace --env {cfg.name}")
 
 
+@aws.runs_as("deployer")
 def restart(cfg: EnvConfig, *, yes: bool = False, reboot: bool = False, ask: Ask = deploy.ask_terminal,
             timeout: float = ONLINE_TIMEOUT, interval: float = POLL_SECONDS, out: TextIO = sys.stderr) -> RestartResult:
     """Stop and start (or reboot) the relay, then wait until it runs and is Online in Session Manager."""
@@ -207,6 +208,7 @@ def relay_address(workdir: Path) -> str:
     return found[0]
 
 
+@aws.runs_as("deployer")
 def replace(cfg: EnvConfig, *, yes: bool = False, ask: Ask = deploy.ask_terminal, timeout: float = ONLINE_TIMEOUT,
             interval: float = POLL_SECONDS, out: TextIO = sys.stderr, verbose: bool = False) -> ReplaceResult:
     """Replace the relay through Terraform (plan shown, confirmed, applied), then wait until the new one is Online.

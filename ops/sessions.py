@@ -23,6 +23,7 @@ from ops import aws, deploy
 from ops.config import EnvConfig
 from ops.discovery import aws_call
 from ops.errors import OpsError
+from ops.inputs import terminal_safe
 from ops.relay import relay_instances
 
 Ask = Callable[[str], str]
@@ -159,9 +160,11 @@ def format_table(sessions: Iterable[SessionInfo]) -> str:
                      s.target if s.kind == "relay" else f"{s.target} (ECS Exec)", s.reason or "-"))
     if len(rows) == 1:
         return "no sessions"
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    # AWS data: no escape sequence or newline reaches the terminal.
+    safe = [[terminal_safe(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in safe) for i in range(len(safe[0]) - 1)]
     return "\n".join(("  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:-1])) + "  " + r[-1]).rstrip()
-                     for r in rows)
+                     for r in safe)
 
 
 def select_for_termination(sessions: Iterable[SessionInfo], *, session_id: str = "",
@@ -175,6 +178,7 @@ def select_for_termination(sessions: Iterable[SessionInfo], *, session_id: str =
     return [s for s in active if owner_matches(s.owner, owner)]
 
 
+@aws.runs_as("deployer")
 def terminate(cfg: EnvConfig, *, session_id: str = "", owner: str = "", yes: bool = False,
               ask: Ask = deploy.ask_terminal, out: TextIO = sys.stderr) -> list[SessionInfo]:
     """Terminate one active session, or every active session of an owner, after the account check and a

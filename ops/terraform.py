@@ -414,10 +414,12 @@ def apply_sandbox_env(env: dict[str, str], cfg: EnvConfig) -> None:
                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
         env.pop(var, None)
+    # Terraform runs as the sandbox's deployer identity: IAM is enforced there as on AWS.
+    deployer = aws.sandbox_credentials(cfg, "deployer")
     env.update({
         "AWS_ENDPOINT_URL": endpoints["default"],
-        "AWS_ACCESS_KEY_ID": aws.SANDBOX_CREDENTIALS["aws_access_key_id"],
-        "AWS_SECRET_ACCESS_KEY": aws.SANDBOX_CREDENTIALS["aws_secret_access_key"],
+        "AWS_ACCESS_KEY_ID": deployer["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": deployer["aws_secret_access_key"],
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         "AWS_EC2_METADATA_DISABLED": "true",

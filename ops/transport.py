@@ -122,8 +122,12 @@ def plugin_env(cfg: EnvConfig, base: Mapping[str, str]) -> dict[str, str]:
     if cfg.sandbox:
         for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
             env.pop(key, None)
-        env["AWS_ACCESS_KEY_ID"] = aws.SANDBOX_CREDENTIALS["aws_access_key_id"]
-        env["AWS_SECRET_ACCESS_KEY"] = aws.SANDBOX_CREDENTIALS["aws_secret_access_key"]
+        # The plugin calls KMS itself for encrypted sessions: as the same identity as the tunnel.
+        creds = aws.sandbox_credentials(cfg)
+        env["AWS_ACCESS_KEY_ID"] = creds["aws_access_key_id"]
+        env["AWS_SECRET_ACCESS_KEY"] = creds["aws_secret_access_key"]
+        if "aws_session_token" in creds:
+            env["AWS_SESSION_TOKEN"] = creds["aws_session_token"]
     env.setdefault("AWS_REGION", cfg.region)
     return trust_env(cfg, env)
 

@@ -42,6 +42,8 @@ from ops.discovery import (
 )
 from ops.errors import OpsError, ToolMissingError
 from ops.facts import PORT_DOCUMENT
+from ops.iam_policies import port_document_name
+from ops.inputs import check_reason
 from ops.ssm.errors import SessionError
 
 # PostgreSQL's SSLRequest (length 8, code 80877103): every server answers it with one byte, S or N,
@@ -204,9 +206,7 @@ class Supervisor:
                  on_ready: Callable[[TunnelInfo], None] | None = None,
                  on_change: Callable[[Supervisor], None] | None = None,
                  keepalive: float | None = None, ready_timeout: float = READY_TIMEOUT) -> None:
-        if len(reason) > 256:
-            raise OpsError("--reason is longer than 256 characters (the StartSession limit)",
-                           next_step="shorten it; put details in the ticket it names")
+        check_reason(reason)
         self.cfg = cfg
         self.local_host = local_host
         self.local_port = local_port
@@ -335,10 +335,16 @@ class Supervisor:
 
     def _parameters(self) -> dict[str, Any]:
         assert self.relay is not None and self.db is not None
-        params: dict[str, Any] = {
-            "Target": self.relay.instance_id, "DocumentName": PORT_DOCUMENT,
-            "Parameters": {"host": [self.db.address], "portNumber": [str(self.db.port)],
-                           "localPortNumber": [str(self.local_port)]}}
+        if self.host:
+            # Any host: only the generic document can do that, and only admins are allowed it.
+            params: dict[str, Any] = {
+                "Target": self.relay.instance_id, "DocumentName": PORT_DOCUMENT,
+                "Parameters": {"host": [self.db.address], "portNumber": [str(self.db.port)],
+                               "localPortNumber": [str(self.local_port)]}}
+        else:
+            # The env's own document fixes host and port to the database; we choose the local port only.
+            params = {"Target": self.relay.instance_id, "DocumentName": port_document_name(self.cfg.stack_name),
+                      "Parameters": {"localPortNumber": [str(self.local_port)]}}
         if self.reason:
             params["Reason"] = self.reason
         return params
@@ -349,8 +355,21 @@ class Supervisor:
 
         def call() -> dict[str, Any]:
             try:
-                result: dict[str, Any] = aws_call(self.cfg, "ssm:StartSession", lambda: ssm.start_session(**params),
-                                                  passthrough=("TargetNotConnected",))
+                if self.host:
+                    # Checked before aws_call turns a denial into its generic line: --host has its own reason.
+                    try:
+                        result: dict[str, Any] = ssm.start_session(**params)
+                    except Exception as exc:
+                        if getattr(exc, "response", {}).get("Error", {}).get("Code", "") in ("AccessDeniedException",
+                                                                                                "AccessDenied"):
+                            raise OpsError(
+                                f"--host needs the generic {PORT_DOCUMENT} document, which only admin roles may use "
+                                f"(the developer role forwards to the database of {self.cfg.name} only); refused",
+                                next_step=f"invoke tunnel --env {self.cfg.name} (without --host)") from None
+                        raise
+                    return result
+                result = aws_call(self.cfg, "ssm:StartSession", lambda: ssm.start_session(**params),
+                                  passthrough=("TargetNotConnected",))
             except Exception as exc:
                 code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
                 if code == "TargetNotConnected":
@@ -407,8 +426,13 @@ class Supervisor:
 
     async def _terminate_api(self, session_id: str, *, track: bool = True) -> None:
         ssm = self.ssm()
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.to_thread(ssm.terminate_session, SessionId=session_id)
+        except Exception as exc:
+            # The session may still be open in AWS: say which, and how to end it.
+            self.report(f"warning: could not terminate session {session_id} ({exc}); end it: invoke "
+                        f"sessions-terminate --env {self.cfg.name} --session {session_id}")
+            return
         if track and session_id in self.open_sessions:
             self.open_sessions.remove(session_id)
 
@@ -677,6 +701,7 @@ def run_tunnel(cfg: EnvConfig, *, local_port: int | None = None, reason: str = "
                instance: str = "", host: str = "", background: bool = False, out: TextIO | None = None,
                report: Report = stderr_report) -> None:
     """`invoke tunnel`: run until Ctrl-C / SIGTERM (returns normally), or detach with `background`."""
+    check_reason(reason)  # before anything starts, foreground or background
     port = cfg.tunnel.local_port if local_port is None else local_port
     out = out or sys.stdout
     if background:
@@ -764,7 +789,7 @@ def start_background(cfg: EnvConfig, *, local_port: int, reason: str = "", trans
             "--local-port", str(local_port), "--transport", transport, "--background"]
     for flag, value in (("--reason", reason), ("--instance", instance), ("--host", host)):
         if value:
-            argv += [flag, value]
+            argv.append(f"{flag}={value}")  # one argument: a value starting with "--" is not read as a flag
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -774,18 +799,35 @@ def start_background(cfg: EnvConfig, *, local_port: int, reason: str = "", trans
     finally:
         os.close(fd)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = tunnels_state.read(cfg.name)
-        if record is not None and record.pid == proc.pid and record.status == "ready":
-            return record
-        if proc.poll() is not None:
-            raise _error_from_log(log, proc.returncode)
-        time.sleep(0.02)
+    try:
+        while time.monotonic() < deadline:
+            record = tunnels_state.read(cfg.name)
+            if record is not None and record.pid == proc.pid and record.status == "ready":
+                return record
+            if proc.poll() is not None:
+                raise _error_from_log(log, proc.returncode)
+            time.sleep(0.02)
+    except BaseException:
+        # Ctrl-C while the detached child is still starting: it must not go on to open a tunnel. SIGTERM
+        # makes it terminate a session it may already have; SIGKILL only if it does not exit.
+        _stop_starting_child(proc)
+        raise
     proc.terminate()
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(CLEANUP_TIMEOUT)
     raise OpsError(f"the background tunnel to {cfg.name} was not ready within {timeout:g} s",
                    next_step=f"see {log}, or run it in the foreground: invoke tunnel --env {cfg.name}")
+
+
+def _stop_starting_child(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(CLEANUP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _error_from_log(log: Path, code: int) -> OpsError:
@@ -866,7 +908,8 @@ def open_tunnel(cfg: EnvConfig, *, local_port: int = 0, reason: str = "", transp
 
 # ---- the detached process (`--background`) ---------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
+def child_parser() -> argparse.ArgumentParser:
+    """The background child's command line (start_background writes it)."""
     parser = argparse.ArgumentParser(prog="python -m ops.tunnel", description="run one tunnel (background child)")
     parser.add_argument("--env-file", required=True, type=Path, help="envs/<name>.toml of the environment")
     parser.add_argument("--env", default="", help="environment name (default: the file's stem)")
@@ -876,7 +919,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instance", default="", help="relay instance id override")
     parser.add_argument("--host", default="", help="database HOST[:PORT] override")
     parser.add_argument("--background", action="store_true", help="record the tunnel as a background one")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = child_parser().parse_args(argv)
     try:
         path: Path = args.env_file
         cfg = parse_env(args.env or path.stem, path.read_bytes(), path)

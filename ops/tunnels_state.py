@@ -19,6 +19,7 @@ from typing import Any
 from ops import aws
 from ops.errors import OpsError
 from ops.fileio import atomic_write
+from ops.sandbox.procs import process_start_time
 
 CLOSE_TIMEOUT = 15.0
 
@@ -49,6 +50,8 @@ class TunnelRecord:
     sessions: tuple[str, ...] = ()
     region: str = ""
     env_file: str = ""
+    # The process's own start time: a recycled pid is never mistaken for our tunnel (nor signalled).
+    pid_started: float = 0.0
 
     def uptime(self, now: float | None = None) -> float:
         return max(0.0, (now or time.time()) - self.started)
@@ -117,23 +120,57 @@ def _read_file(path: Path) -> TunnelRecord | None:
         return None
 
 
+def is_ours(record: TunnelRecord) -> bool:
+    """The recorded process still runs and is the one that wrote the record (pid AND start time)."""
+    if not pid_alive(record.pid):
+        return False
+    if not record.pid_started:
+        return True  # a record from before start times were kept: the command-line check only
+    started = process_start_time(record.pid)
+    return started is not None and abs(started - record.pid_started) < 2.0
+
+
 def read(env: str) -> TunnelRecord | None:
-    """The live tunnel of `env`, or None (a stale file is removed)."""
+    """The live tunnel of `env`, or None. A stale file is removed, unless its process died holding sessions
+    (SIGKILL, a crash): that orphan stays for `invoke tunnels` to report and `tunnel-close` to end."""
     path = state_path(env)
     record = _read_file(path)
     if record is None:
         return None
-    if not pid_alive(record.pid):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    if not is_ours(record):
+        if not record.sessions:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         return None
     return record
+
+
+def orphan(env: str) -> TunnelRecord | None:
+    """A dead tunnel's record that still names sessions it opened (they may still be open in AWS)."""
+    record = _read_file(state_path(env))
+    if record is None or not record.sessions or is_ours(record):
+        return None
+    return record
+
+
+def list_orphans() -> list[TunnelRecord]:
+    if not tunnels_dir().is_dir():
+        return []
+    found = [orphan(p.stem) for p in sorted(tunnels_dir().glob("*.json"))]
+    return [r for r in found if r is not None]
 
 
 def claim(record: TunnelRecord) -> TunnelRecord:
     """Take the environment's slot before starting a session; refuse when a live tunnel holds it."""
     tunnels_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not record.pid_started:
+        record = replace(record, pid_started=process_start_time(record.pid) or 0.0)
     path = state_path(record.env)
+    left = orphan(record.env)
+    if left is not None:
+        # A killed tunnel's sessions: end them before the slot is reused, and say so if that fails.
+        _raise_failures(left, _terminate_sessions(left))
+        release(left)
     for _ in range(3):
         try:
             _write(path, record, exclusive=True)
@@ -177,10 +214,17 @@ def list_tunnels() -> list[TunnelRecord]:
 
 
 def close(env: str, *, timeout: float = CLOSE_TIMEOUT) -> TunnelRecord:
-    """Stop the tunnel of `env` like Ctrl-C does (SIGTERM: it terminates its session and exits)."""
+    """Stop the tunnel of `env` like Ctrl-C does (SIGTERM: it terminates its session and exits); for an
+    orphan (its process was killed), end its sessions through the API."""
     record = read(env)
     if record is None:
-        raise OpsError(f"no tunnel to {env} is running on this machine", next_step="invoke tunnels")
+        left = orphan(env)
+        if left is None:
+            raise OpsError(f"no tunnel to {env} is running on this machine", next_step="invoke tunnels")
+        failures = _terminate_sessions(left)
+        release(left)
+        _raise_failures(left, failures)
+        return left
     _stop([record], timeout=timeout)
     return record
 
@@ -188,38 +232,64 @@ def close(env: str, *, timeout: float = CLOSE_TIMEOUT) -> TunnelRecord:
 def close_all(*, timeout: float = CLOSE_TIMEOUT) -> list[TunnelRecord]:
     records = list_tunnels()
     _stop(records, timeout=timeout)
+    for left in list_orphans():
+        failures = _terminate_sessions(left)
+        release(left)
+        _raise_failures(left, failures)
+        records.append(left)
     return records
 
 
 def _stop(records: list[TunnelRecord], *, timeout: float) -> None:
+    # Only processes that are still ours are signalled: a recycled pid belongs to someone else.
+    records = [r for r in records if is_ours(r)]
     # Signal all first so several tunnels shut down in parallel.
     for record in records:
         with contextlib.suppress(ProcessLookupError):
             os.kill(record.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(pid_alive(r.pid) for r in records):
+    while time.monotonic() < deadline and any(is_ours(r) for r in records):
         time.sleep(0.05)
+    failed: list[tuple[TunnelRecord, list[str]]] = []
     for record in records:
-        if pid_alive(record.pid):
+        if is_ours(record):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(record.pid, signal.SIGKILL)
-            _terminate_sessions(record)
+            failed.append((record, _terminate_sessions(record)))
         release(record)
+    for record, failures in failed:
+        _raise_failures(record, failures)
 
 
-def _terminate_sessions(record: TunnelRecord) -> None:
-    """The process did not stop in time: end its sessions through the API so none stays open."""
-    if not record.sessions or not record.env_file:
-        return
+def _terminate_sessions(record: TunnelRecord) -> list[str]:
+    """End the record's sessions through the API so none stays open; returns what could not be ended."""
+    if not record.sessions:
+        return []
+    if not record.env_file:
+        return [f"{sid}: the record names no env file to reach AWS with" for sid in record.sessions]
     from ops.config import parse_env
 
-    with contextlib.suppress(Exception):
+    try:
         path = Path(record.env_file)
         cfg = parse_env(record.env, path.read_bytes(), path)
         ssm = aws.client(cfg, "ssm")
-        for sid in record.sessions:
-            with contextlib.suppress(Exception):
-                ssm.terminate_session(SessionId=sid)
+    except (OSError, OpsError) as exc:
+        return [f"{sid}: {exc}" for sid in record.sessions]
+    failures: list[str] = []
+    for sid in record.sessions:
+        try:
+            ssm.terminate_session(SessionId=sid)
+        except Exception as exc:  # every failure is reported to the caller, never swallowed
+            failures.append(f"{sid}: {exc}")
+    return failures
+
+
+def _raise_failures(record: TunnelRecord, failures: list[str]) -> None:
+    if failures:
+        raise OpsError(f"the tunnel to {record.env} left session(s) that could not be terminated ("
+                       f"{'; '.join(failures)})",
+                       next_step=f"invoke sessions --env {record.env}, then "
+                                 f"invoke sessions-terminate --env {record.env} --session ID")
 
 
 def format_duration(seconds: float) -> str:

@@ -1,36 +1,51 @@
-"""The developer role: open port-forwarding sessions to the relay, read the database secret, nothing more."""
+"""Who may do what: the developer and auditor roles, and the Session Manager document that fixes where a
+developer's port forwarding goes (the env's database, nothing else)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from cdktf import Token
+from cdktf_cdktf_provider_aws.data_aws_iam_policy_document import DataAwsIamPolicyDocument
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
+from cdktf_cdktf_provider_aws.ssm_document import SsmDocument
 from constructs import Construct
 
-from ops.facts import PORT_DOCUMENT, partition
+from ops.facts import PORT_DOCUMENT, PREFERENCES_DOCUMENT, partition
+from ops.iam_policies import port_document_content, port_document_name
 from stacks.database import Database
 from stacks.ecs_exec import EcsExec
+from stacks.policy_document import policy_document
 from stacks.relay import Relay
 from stacks.session_logs import SessionLogs
 
+# AWS's generic document forwards to any host and port the caller names: admins only, never developers.
+PORT_FORWARD_DOCUMENT = PORT_DOCUMENT
 # A literal IAM policy variable; `$$` stops Terraform from reading `${...}` as its own interpolation.
 AWS_USERID = "$${aws:userid}"
 
 
 def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db_secret_arn: str,
-                     session_key_arn: str, ecs_cluster_arn: str | None, ecs_cluster_name: str | None) -> dict[str, Any]:
+                     db_identifier: str, port_document: str, session_key_arn: str, ecs_cluster_arn: str | None,
+                     ecs_cluster_name: str | None) -> dict[str, Any]:
+    """Every developer task (tunnel, psql, migrate, dbeaver, ecs-shell, doctor, sessions) and nothing more.
+
+    The sandbox runs those tasks as this role with the policy enforced (ops.sandbox.moto_iam), so a
+    missing permission fails a test, and tests/test_iam_sandbox.py shows a task failing without one.
+    """
     part = partition(region)
+    relay_arn = f"arn:{part}:ec2:{region}:{account_id}:instance/{relay_instance_id}"
+    document_arn = f"arn:{part}:ssm:{region}:{account_id}:document/{port_document}"
     statements: list[dict[str, Any]] = [
         {
-            "Sid": "StartPortForwardingToTheRelayOnly",
+            # Only the env's own document: its host and port are fixed to the database. The generic
+            # AWS-StartPortForwardingSessionToRemoteHost would make the relay an open proxy.
+            "Sid": "StartPortForwardingToTheDatabaseOnly",
             "Effect": "Allow",
             "Action": "ssm:StartSession",
-            "Resource": [
-                f"arn:{part}:ec2:{region}:{account_id}:instance/{relay_instance_id}",
-                f"arn:{part}:ssm:{region}::document/{PORT_DOCUMENT}",
-            ],
+            "Resource": [relay_arn, document_arn],
             # Makes IAM check the document too, so the default shell document is not usable on the relay.
             "Condition": {"BoolIfExists": {"ssm:SessionDocumentAccessCheck": "true"}},
         },
@@ -48,19 +63,49 @@ def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db
         # No master-secret read: developers log in as themselves (rds-db:connect, stacks/db_identity.py);
         # only the break-glass role reads the master secret.
         {
-            # Encrypted sessions: the client asks KMS for the session data key.
+            # Encrypted sessions: the client asks KMS for the session data key (the agent decrypts it, so
+            # no kms:Decrypt here); doctor reads the key's metadata.
             "Sid": "SessionEncryptionKey",
             "Effect": "Allow",
-            "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
+            "Action": ["kms:GenerateDataKey", "kms:DescribeKey"],
             "Resource": session_key_arn,
         },
         {
-            # Read-only calls the tasks make (discovery, doctor, audit); none supports resource scoping.
+            # Discovery and doctor, scoped where the action supports it.
+            "Sid": "ScopedReads",
+            "Effect": "Allow",
+            "Action": ["rds:DescribeDBInstances"],
+            "Resource": f"arn:{part}:rds:{region}:{account_id}:db:{db_identifier}",
+        },
+        {
+            "Sid": "RelayConnectionStatus",
+            "Effect": "Allow",
+            "Action": ["ssm:GetConnectionStatus"],
+            "Resource": relay_arn,
+        },
+        {
+            # doctor: the session preferences (log group, KMS key) and the env's port document.
+            "Sid": "SessionDocuments",
+            "Effect": "Allow",
+            "Action": ["ssm:GetDocument"],
+            "Resource": [f"arn:{part}:ssm:{region}:{account_id}:document/{PREFERENCES_DOCUMENT}", document_arn],
+        },
+        {
+            # doctor simulates this role and reads the stack's roles (relay, ECS task) to check them.
+            "Sid": "ReadTheStacksRoles",
+            "Effect": "Allow",
+            "Action": ["iam:SimulatePrincipalPolicy", "iam:GetRole", "iam:ListRolePolicies", "iam:GetRolePolicy",
+                       "iam:ListAttachedRolePolicies", "iam:GetInstanceProfile"],
+            "Resource": [f"arn:{part}:iam::{account_id}:role/bastionless-*",
+                         f"arn:{part}:iam::{account_id}:instance-profile/bastionless-*"],
+        },
+        {
+            # These actions support no resource-level permissions (AWS service authorization reference).
             "Sid": "ReadOnlyDescribes",
             "Effect": "Allow",
-            "Action": ["ec2:DescribeInstances", "ssm:DescribeInstanceInformation", "ssm:DescribeSessions",
-                       "ssm:GetConnectionStatus", "rds:DescribeDBInstances", "cloudtrail:LookupEvents",
-                       "sts:GetCallerIdentity"],
+            "Action": ["ec2:DescribeInstances", "ec2:DescribeInstanceStatus", "ec2:DescribeVpcEndpoints",
+                       "ec2:DescribeSecurityGroups", "ec2:DescribeRouteTables", "ec2:DescribeSubnets",
+                       "ssm:DescribeInstanceInformation", "ssm:DescribeSessions", "sts:GetCallerIdentity"],
             "Resource": "*",
         },
     ]
@@ -73,9 +118,21 @@ def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db
                 "Resource": [ecs_cluster_arn, f"arn:{part}:ecs:{region}:{account_id}:task/{ecs_cluster_name}/*"],
             },
             {
+                # Each read on the cluster's own tasks, services and container instances; ListServices has no
+                # resource type, so only the ecs:cluster condition holds it to the cluster.
                 "Sid": "EcsReadInTheClusterOnly",
                 "Effect": "Allow",
-                "Action": ["ecs:ListTasks", "ecs:DescribeTasks", "ecs:ListServices", "ecs:DescribeServices"],
+                "Action": ["ecs:ListTasks", "ecs:DescribeTasks", "ecs:DescribeServices",
+                           "ecs:DescribeContainerInstances"],
+                "Resource": [f"arn:{part}:ecs:{region}:{account_id}:task/{ecs_cluster_name}/*",
+                             f"arn:{part}:ecs:{region}:{account_id}:service/{ecs_cluster_name}/*",
+                             f"arn:{part}:ecs:{region}:{account_id}:container-instance/{ecs_cluster_name}/*"],
+                "Condition": {"ArnEquals": {"ecs:cluster": ecs_cluster_arn}},
+            },
+            {
+                "Sid": "EcsListServicesInTheClusterOnly",
+                "Effect": "Allow",
+                "Action": "ecs:ListServices",
                 "Resource": "*",
                 "Condition": {"ArnEquals": {"ecs:cluster": ecs_cluster_arn}},
             },
@@ -85,36 +142,94 @@ def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db
                 "Action": "ecs:DescribeClusters",
                 "Resource": ecs_cluster_arn,
             },
+            {
+                # doctor checks the task definition's exec prerequisites; no resource-level permissions.
+                "Sid": "EcsTaskDefinitions",
+                "Effect": "Allow",
+                "Action": ["ecs:DescribeTaskDefinition"],
+                "Resource": "*",
+            },
         ]
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+def auditor_policy(*, region: str, account_id: str) -> dict[str, Any]:
+    """`invoke audit`: CloudTrail's LookupEvents is account-wide (no resource scoping), so it lives here and
+    not with the developers; plus the session history it joins the events with."""
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "ReadTheTrail", "Effect": "Allow",
+         "Action": ["cloudtrail:LookupEvents", "ssm:DescribeSessions", "ec2:DescribeInstances",
+                    "sts:GetCallerIdentity"],
+         "Resource": "*"},
+    ]}
+
+
+def trust_policy(*, principals: tuple[str, ...], require_mfa: bool, region: str, account_id: str) -> dict[str, Any]:
+    """Who may assume a role. MFA is checked where the identity comes from:
+
+    - IAM users (and the account root principal, which stands for them too) carry
+      aws:MultiFactorAuthPresent: required with `Bool` (absent for long-term keys = refused);
+    - roles (IAM Identity Center permission sets, SAML/OIDC federation) do not carry that key: their MFA
+      is enforced by the identity provider at sign-in (Identity Center: "MFA required"), so their
+      statement has no MFA condition, which would otherwise lock every SSO user out.
+    """
+    if not principals:
+        # Nobody configured: a trust policy must name someone, so only the account itself.
+        principals = (f"arn:{partition(region)}:iam::{account_id}:root",)
+    users = [p for p in principals if ":role/" not in p]
+    roles = [p for p in principals if ":role/" in p]
+    statements: list[dict[str, Any]] = []
+    if users:
+        stmt: dict[str, Any] = {"Sid": "IamPrincipals", "Effect": "Allow", "Principal": {"AWS": users},
+                                "Action": "sts:AssumeRole"}
+        if require_mfa:
+            stmt["Condition"] = {"Bool": {"aws:MultiFactorAuthPresent": "true"}}
+        statements.append(stmt)
+    if roles:
+        statements.append({"Sid": "FederatedRoles", "Effect": "Allow", "Principal": {"AWS": roles},
+                           "Action": "sts:AssumeRole"})
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
 class Access(Construct):
-    """A developer role assumable by the configured principals (optionally with MFA), with an inline policy."""
+    """The developer role, the auditor role, and the env's port-forwarding document."""
 
     role: IamRole
     policy: IamRolePolicy
     policy_json: str
+    policy_document: DataAwsIamPolicyDocument
+    auditor_role: IamRole
+    auditor_policy: IamRolePolicy
+    port_document: SsmDocument
 
     def __init__(self, scope: Construct, construct_id: str, *, name: str, region: str, account_id: str,
                  principals: tuple[str, ...], require_mfa: bool, relay: Relay, database: Database,
                  session_logs: SessionLogs, ecs: EcsExec | None = None) -> None:
         super().__init__(scope, construct_id)
-        trust: dict[str, Any] = {"Effect": "Allow", "Principal": {"AWS": list(principals)},
-                                 "Action": "sts:AssumeRole"}
-        if require_mfa:
-            trust["Condition"] = {"Bool": {"aws:MultiFactorAuthPresent": "true"}}
-        if not principals:
-            # Nobody configured: a trust policy must name someone, so only the account itself.
-            trust["Principal"] = {"AWS": f"arn:{partition(region)}:iam::{account_id}:root"}
-        self.role = IamRole(self, "Role", name=f"{name}-developer",
-                            assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [trust]}),
+        trust = json.dumps(trust_policy(principals=principals, require_mfa=require_mfa, region=region,
+                                        account_id=account_id))
+        self.port_document = SsmDocument(
+            self, "DatabasePortDocument", name=port_document_name(name), document_type="Session",
+            document_format="JSON",
+            content=json.dumps(port_document_content(host=database.instance.address,
+                                                     port=Token.as_string(database.instance.port))))
+        self.role = IamRole(self, "Role", name=f"{name}-developer", assume_role_policy=trust,
                             description="Developers: port forwarding to the database through the relay",
                             max_session_duration=3600 * 4)
         self.policy_json = json.dumps(developer_policy(
             region=region, account_id=account_id, relay_instance_id=relay.instance.id,
             db_secret_arn=database.instance.master_user_secret.get(0).secret_arn,
+            db_identifier=database.instance.identifier, port_document=self.port_document.name,
             session_key_arn=session_logs.key.arn,
             ecs_cluster_arn=ecs.cluster.arn if ecs else None, ecs_cluster_name=ecs.cluster.name if ecs else None))
+        # A parsed document, not a JSON string: checkov evaluates every statement (stacks/policy_document.py).
+        self.policy_document = policy_document(self, "PolicyDocument", json.loads(self.policy_json))
         self.policy = IamRolePolicy(self, "Policy", name="developer-access", role=self.role.id,
-                                    policy=self.policy_json)
+                                    policy=self.policy_document.json)
+        self.auditor_role = IamRole(self, "AuditorRole", name=f"{name}-auditor", assume_role_policy=trust,
+                                    description="Auditors: CloudTrail events of Session Manager (invoke audit)",
+                                    max_session_duration=3600)
+        auditor_document = policy_document(self, "AuditorPolicyDocument",
+                                           auditor_policy(region=region, account_id=account_id))
+        self.auditor_policy = IamRolePolicy(self, "AuditorPolicy", name="auditor-access", role=self.auditor_role.id,
+                                            policy=auditor_document.json)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsii
-from cdktf import IAspect, TerraformResource
+from cdktf import IAspect, TerraformDataSource, TerraformResource
 from constructs import IConstruct, IValidation
 
 MIN_REASON_CHARS = 20
@@ -158,7 +158,17 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+def _document_statements(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """An aws_iam_policy_document's statement blocks in IAM's own shape (Effect, Action, Resource)."""
+    return [{"Sid": b.get("sid", "(no Sid)"), "Effect": b.get("effect", "Allow"), "Action": b.get("actions", []),
+             "Resource": b.get("resources", []), **({"NotResource": b["not_resources"]} if b.get("not_resources")
+                                                    else {})}
+            for b in _as_list(cfg.get("statement", [])) if isinstance(b, dict)]
+
+
 def _start_session_on_star(cfg: dict[str, Any], sandbox: bool) -> list[str]:
+    if "statement" in cfg:
+        return _start_session_statements(_document_statements(cfg))
     raw = cfg.get("policy")
     if not isinstance(raw, str):
         return []
@@ -167,8 +177,12 @@ def _start_session_on_star(cfg: dict[str, Any], sandbox: bool) -> list[str]:
     except ValueError:
         # A policy that is a single unresolved token cannot be read here; say so rather than pass it.
         return ["policy is not literal JSON, so it cannot be checked"] if "StartSession" in raw else []
+    return _start_session_statements(_as_list(doc.get("Statement", [])))
+
+
+def _start_session_statements(statements: list[Any]) -> list[str]:
     problems = []
-    for stmt in _as_list(doc.get("Statement", [])):
+    for stmt in statements:
         if not isinstance(stmt, dict) or stmt.get("Effect") != "Allow":
             continue
         actions = [str(a).lower() for a in _as_list(stmt.get("Action", []))]
@@ -247,6 +261,9 @@ class Guardrails:
         self.suppressions[(construct.node.path, rule_id)] = reason.strip()
 
     def visit(self, node: IConstruct) -> None:
+        if isinstance(node, TerraformDataSource) and node.terraform_resource_type == "aws_iam_policy_document":
+            self._visit_document(node)
+            return
         if not isinstance(node, TerraformResource):
             return
         path = node.node.path
@@ -261,6 +278,20 @@ class Guardrails:
                 continue
             for problem in _check(rule, resource_type, cfg, self.sandbox):
                 self.violations.append(Violation(rule, path, resource_type, problem))
+
+    def _visit_document(self, node: TerraformDataSource) -> None:
+        """Role policies are parsed documents (stacks/policy_document.py): BL-IAM-1 reads their statements."""
+        path = node.node.path
+        if path in self._seen:
+            return
+        self._seen.add(path)
+        blocks: dict[str, Any] = node.to_terraform().get("data", {})
+        cfg = next((dict(c) for by_name in blocks.values() for c in by_name.values()), {})
+        rule = RULES_BY_ID["BL-IAM-1"]
+        if (path, rule.id) in self.suppressions:
+            return
+        for problem in _start_session_on_star(cfg, self.sandbox):
+            self.violations.append(Violation(rule, path, "aws_iam_policy_document", problem))
 
     def validate(self) -> list[str]:
         if not self.violations:

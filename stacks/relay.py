@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from cdktf import TerraformResourceLifecycle
 from cdktf_cdktf_provider_aws.data_aws_ssm_parameter import DataAwsSsmParameter
 from cdktf_cdktf_provider_aws.iam_instance_profile import IamInstanceProfile
 from cdktf_cdktf_provider_aws.iam_role import IamRole
 from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
-from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from cdktf_cdktf_provider_aws.instance import Instance, InstanceMetadataOptions, InstanceRootBlockDevice
 from cdktf_cdktf_provider_aws.kms_key import KmsKey
 from cdktf_cdktf_provider_aws.security_group import SecurityGroup
@@ -18,8 +18,37 @@ from constructs import Construct
 
 from ops.facts import partition, relay_tags
 from stacks.network import Network
+from stacks.policy_document import policy_document
 
 AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
+
+
+def relay_policy(*, session_key_arn: str, region: str) -> dict[str, Any]:
+    """The relay's agent, line by line: what Session Manager needs and nothing for Run Command, Parameter
+    Store or patching (AWS docs, "Create a custom IAM role for Session Manager")."""
+    return {"Version": "2012-10-17", "Statement": [
+        # The agent registers and keeps its ping/inventory fresh (PingStatus Online).
+        {"Sid": "RegisterWithSystemsManager", "Effect": "Allow", "Action": "ssm:UpdateInstanceInformation",
+         "Resource": f"arn:{partition(region)}:ec2:{region}:*:instance/*"},
+        # The control channel (session start/stop) and the data channels (the tunnels themselves).
+        {"Sid": "SessionChannels", "Effect": "Allow",
+         "Action": ["ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+                    "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel"],
+         "Resource": "*"},
+        # Encrypted sessions: the agent decrypts the session data key with the preferences' KMS key.
+        {"Sid": "SessionEncryption", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": session_key_arn},
+        # Patching (stacks/patching.py: AWS-RunPatchBaseline in a maintenance window, the daily scan and the
+        # agent-update association) reaches the agent as Run Command: the message channel, association and
+        # patch-state reporting. Without these the relay is never patched.
+        {"Sid": "PatchingThroughRunCommand", "Effect": "Allow",
+         "Action": ["ec2messages:GetMessages", "ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage",
+                    "ec2messages:FailMessage", "ec2messages:GetEndpoint", "ec2messages:SendReply",
+                    "ssm:ListAssociations", "ssm:ListInstanceAssociations", "ssm:DescribeAssociation",
+                    "ssm:UpdateAssociationStatus", "ssm:UpdateInstanceAssociationStatus",
+                    "ssm:GetDeployablePatchSnapshotForInstance", "ssm:PutInventory", "ssm:PutComplianceItems",
+                    "ssm:GetDocument", "ssm:DescribeDocument"],
+         "Resource": "*"},
+    ]}
 
 
 class Relay(Construct):
@@ -34,7 +63,6 @@ class Relay(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, name: str, env: str, region: str,
                  network: Network, session_key: KmsKey, instance_type: str, root_volume_gb: int) -> None:
         super().__init__(scope, construct_id)
-        part = partition(region)
         # No ingress at all: Session Manager connections are outbound from the agent.
         self.security_group = SecurityGroup(
             self, "SecurityGroup", name=f"{name}-relay", vpc_id=network.vpc.id,
@@ -62,12 +90,13 @@ class Relay(Construct):
             "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
         self.role = IamRole(self, "Role", name=f"{name}-relay", assume_role_policy=json.dumps(assume),
                             description="SSM relay instance")
-        IamRolePolicyAttachment(self, "SsmCore", role=self.role.name,
-                                policy_arn=f"arn:{part}:iam::aws:policy/AmazonSSMManagedInstanceCore")
-        # Encrypted sessions: the agent decrypts the session data key with the preferences' KMS key.
-        IamRolePolicy(self, "SessionKeyPolicy", name="session-encryption", role=self.role.id,
-                      policy=json.dumps({"Version": "2012-10-17", "Statement": [{
-                          "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": session_key.arn}]}))
+        # Instead of AmazonSSMManagedInstanceCore (which also grants ssm:GetParameter(s) on every parameter
+        # of the account, Run Command's ec2messages and patching's ssm:*Association*): only what the agent
+        # needs for Session Manager.
+        document = policy_document(self, "SessionManagerPolicyDocument",
+                                   relay_policy(session_key_arn=session_key.arn, region=region))
+        IamRolePolicy(self, "SessionManagerPolicy", name="session-manager-agent", role=self.role.id,
+                      policy=document.json)
         self.instance_profile = IamInstanceProfile(self, "InstanceProfile", name=f"{name}-relay",
                                                    role=self.role.name)
 

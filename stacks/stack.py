@@ -12,6 +12,7 @@ from stacks.backend import configure_backend, configure_provider
 from stacks.database import Database
 from stacks.db_identity import BreakGlass, DbConnect
 from stacks.ecs_exec import EcsExec
+from stacks.flow_logs import FlowLogs
 from stacks.guardrails import Guardrails
 from stacks.network import Network
 from stacks.outputs import add_outputs
@@ -40,6 +41,7 @@ class BastionlessStack(TerraformStack):
     relay: Relay
     database: Database
     ecs: EcsExec | None
+    flow_logs: FlowLogs | None
     access: Access
     db_connect: DbConnect
     break_glass: BreakGlass
@@ -56,7 +58,7 @@ class BastionlessStack(TerraformStack):
 
         self.network = Network(self, "Network", name=name, region=cfg.region, cidr=cfg.network.vpc_cidr,
                                az_count=cfg.network.az_count, egress=cfg.network.egress,
-                               nat_per_az=cfg.network.nat_per_az)
+                               nat_per_az=cfg.network.nat_per_az, account_id=cfg.account_id)
         s = cfg.session
         self.session_logs = SessionLogs(self, "SessionLogs", name=name, env=cfg.name, account_id=cfg.account_id,
                                         region=cfg.region, retention_days=s.log_retention_days,
@@ -82,6 +84,12 @@ class BastionlessStack(TerraformStack):
         if cfg.ecs.enabled:
             self.ecs = EcsExec(self, "EcsExec", name=name, region=cfg.region, network=self.network,
                                session_logs=self.session_logs, sample_service=cfg.ecs.sample_service)
+        # Production (the `production` flag, not the name): the network record of what the relay reached.
+        self.flow_logs = None
+        if cfg.is_prod:
+            self.flow_logs = FlowLogs(self, "FlowLogs", name=name, env=cfg.name, region=cfg.region,
+                                      account_id=cfg.account_id, network=self.network,
+                                      retention_days=s.log_retention_days)
         self.access = Access(self, "Access", name=name, region=cfg.region, account_id=cfg.account_id,
                              principals=cfg.access.developer_principals, require_mfa=cfg.access.require_mfa,
                              relay=self.relay, database=self.database, session_logs=self.session_logs,
@@ -114,8 +122,8 @@ class BastionlessStack(TerraformStack):
             self._ignore_emulator_drift()
 
         self.guardrails = Guardrails(sandbox=cfg.sandbox)
-        if not db.deletion_protection and not cfg.sandbox:
-            # Config validation already refuses this for production environments.
+        if not db.deletion_protection and not cfg.sandbox and not cfg.is_prod:
+            # Only for `production = false`: config validation refuses it for production environments.
             self.guardrails.suppress(
                 self.database.instance, "BL-RDS-3",
                 reason=f"{cfg.source.name} sets [database] deletion_protection = false for a non-production "

@@ -11,11 +11,16 @@ from pathlib import Path
 from ops.config import EnvConfig
 from ops.sandbox import manager, procs
 from tests.conftest import PROJECT_ROOT
+from tests.tty_support import run_on_terminal
 
 
 def invoke(*args: str, state: Path, stdin: str | None = None, timeout: float = 600,
            **env: str) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "BASTIONLESS_STATE_DIR": str(state), "PYTHONUNBUFFERED": "1", **env}
+    if stdin:
+        # A confirmation: typed on a terminal, since a piped answer is refused (ops.confirm).
+        return run_on_terminal([sys.executable, "-m", "invoke", *args], answer=stdin, cwd=PROJECT_ROOT, env=full,
+                               timeout=timeout)
     return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=PROJECT_ROOT, env=full, capture_output=True,
                           text=True, input=stdin if stdin is not None else "", timeout=timeout, check=False)
 

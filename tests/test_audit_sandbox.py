@@ -62,7 +62,8 @@ def test_ecs_shell_reason_reaches_the_audit(sandbox: Sandbox) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "audited" in proc.stdout
     execs = [e for e in events(sandbox, "10m") if e["event"] == "ExecuteCommand" and e["reason"] == "INC-22 env check"]
-    assert len(execs) == 1 and execs[0]["caller"].endswith(":user/moto")
+    # IAM is enforced in the sandbox: ecs-shell runs as the developer role, as on AWS.
+    assert len(execs) == 1 and execs[0]["caller"].endswith(":assumed-role/bastionless-sandbox-developer/engineer")
 
 
 def test_a_refused_start_is_recorded_with_its_error(sandbox: Sandbox) -> None:

@@ -92,8 +92,11 @@ def test_prod_requires_deletion_protection_and_remote_state() -> None:
     prod = (ENVS_DIR / "prod.toml").read_text()
     with pytest.raises(ConfigError, match="deletion_protection"):
         _parse(prod.replace("deletion_protection = true", "deletion_protection = false"), name="prod")
-    # The same file under a non-prod name is allowed to drop deletion protection.
-    _parse(prod.replace("deletion_protection = true", "deletion_protection = false"), name="qa")
+    # The flag decides, not the name: any env is production unless it says `production = false`.
+    with pytest.raises(ConfigError, match="deletion_protection"):
+        _parse(prod.replace("deletion_protection = true", "deletion_protection = false"), name="qa")
+    _parse(prod.replace("deletion_protection = true", "deletion_protection = false")
+           .replace('region = "eu-west-1"', 'region = "eu-west-1"\nproduction = false', 1), name="qa")
 
 
 def test_s3_backend_needs_bucket_and_key() -> None:

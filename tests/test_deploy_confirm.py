@@ -52,9 +52,15 @@ def test_closed_stdin_is_a_refusal_not_a_hang(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     with pytest.raises(AbortedError) as exc:
         deploy.ask_terminal("? ")
-    assert exc.value.next_step == "pass --yes for automation"
+    assert "--yes" in exc.value.next_step
+
+
+def test_a_piped_answer_is_refused_even_the_right_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `echo y | invoke deploy` used to apply; one mechanism now: a terminal answer or --yes.
     monkeypatch.setattr(sys, "stdin", io.StringIO("prod\n"))
-    assert deploy.ask_terminal("? ") == "prod"
+    with pytest.raises(AbortedError, match="a piped answer is not accepted") as exc:
+        deploy.ask_terminal("? ")
+    assert exc.value.next_step == "rerun in a terminal, or pass --yes for automation"
 
 
 def test_outputs_table_and_json() -> None:

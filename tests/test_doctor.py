@@ -177,8 +177,9 @@ def test_iam_simulation_outside_the_sandbox() -> None:
     start, execute = IamSimulatorDouble.requests
     assert start["PolicySourceArn"] == [role]
     assert start["ResourceArns.member.1"] == ["arn:aws:ec2:eu-west-1:111111111111:instance/i-0123456789abcdef0"]
+    # The env's own port document (host and port fixed to the database), not the generic one.
     assert start["ResourceArns.member.2"] == [
-        "arn:aws:ssm:eu-west-1::document/AWS-StartPortForwardingSessionToRemoteHost"]
+        "arn:aws:ssm:eu-west-1:111111111111:document/bastionless-staging-database"]
     assert execute["ContextEntries.member.1.ContextKeyName"] == ["ecs:cluster"]
     assert execute["ContextEntries.member.1.ContextKeyValues.member.1"] == [
         "arn:aws:ecs:eu-west-1:111111111111:cluster/bastionless-staging"]

@@ -191,3 +191,19 @@ def test_violation_fails_invoke_synth_with_a_guardrail_error(tmp_path: Path) -> 
     assert "Fix: set publicly_accessible = false" in message
     # cdktf's own advice (skipValidation) would switch the guardrails off: it must not reach the user.
     assert "skipValidation" not in message
+
+
+def _document_policy(action: Any, resource: Any) -> Build:
+    from stacks.policy_document import policy_document
+
+    doc = {"Version": "2012-10-17", "Statement": [{"Sid": "S", "Effect": "Allow", "Action": action,
+                                                   "Resource": resource}]}
+    return lambda s: IamRolePolicy(s, "Policy", role="r", policy=policy_document(s, "Doc", doc).json)
+
+
+def test_start_session_on_star_is_caught_in_a_parsed_policy_document(tmp_path: Path) -> None:
+    # Role policies are aws_iam_policy_document data sources (for checkov): BL-IAM-1 reads those too.
+    assert synth_with(tmp_path / "good", _document_policy("ssm:StartSession",
+                                                          "arn:aws:ec2:us-east-1:1:instance/i-1")) is None
+    error = synth_with(tmp_path / "bad", _document_policy(["ssm:StartSession"], "*"))
+    assert error is not None and "[BL-IAM-1]" in error and "statement S allows ssm:StartSession" in error

@@ -24,6 +24,7 @@ from ops import runbooks as rb
 from tests.conftest import PROJECT_ROOT
 from tests.sandbox_support import Sandbox
 from tests.test_sessions_sandbox import Person, active_ids, moto, open_exec_session, open_relay_session, person
+from tests.tty_support import run_on_terminal
 
 pytest_plugins = ["tests.sandbox_fixtures"]
 pytestmark = pytest.mark.slow
@@ -67,8 +68,12 @@ def follow(box: Sandbox, book: rb.Runbook, home: Path, **extra: str) -> Run:
                 assert name in variables, f"{book.path.name}:{line_no}: the test does not set ${name}"
                 continue
             command = f"{text} {extra_args}".strip()
-            proc = subprocess.run(["bash", "-c", command], cwd=PROJECT_ROOT, env=env, capture_output=True,
-                                  text=True, input=stdin, timeout=600, check=False)
+            if stdin:
+                # Confirmations are typed on a terminal (ops.confirm refuses a piped answer).
+                proc = run_on_terminal(["bash", "-c", command], answer=stdin, cwd=PROJECT_ROOT, env=env, timeout=600)
+            else:
+                proc = subprocess.run(["bash", "-c", command], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                                      text=True, input=stdin, timeout=600, check=False)
             output += proc.stdout + proc.stderr
             result.ran.append(f"{book.path.name}:{line_no}: {command}")
             assert proc.returncode == expected_exit, (

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def test_every_component_is_healthy_and_the_stack_applied(sandbox: Sandbox) -> None:
     rows = {r.name: r for r in manager.status()}
     assert all(rows[n].health == "healthy" for n in ("moto", "ssm-endpoint", "postgres")), rows
-    assert rows["stack"].health == "applied" and "56 resources" in rows["stack"].detail
+    assert rows["stack"].health == "applied" and "51 resources" in rows["stack"].detail
     assert "importing it" in sandbox.log, "the RDS instance was created through the API and imported"
 
 

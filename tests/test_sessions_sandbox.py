@@ -21,6 +21,7 @@ import pytest
 from ops.errors import AccountMismatchError
 from tests.conftest import PROJECT_ROOT
 from tests.sandbox_support import Sandbox, error_line
+from tests.tty_support import run_on_terminal
 
 pytest_plugins = ["tests.sandbox_fixtures"]
 pytestmark = pytest.mark.slow
@@ -50,6 +51,10 @@ def person(box: Sandbox, prefix: str = "alice") -> Person:
     name = f"{prefix}-{secrets.token_hex(3)}"
     iam = moto(box, "iam")
     arn = iam.create_user(UserName=name)["User"]["Arn"]
+    # IAM is enforced in the sandbox: these people are allowed sessions of their own (like admins).
+    iam.put_user_policy(UserName=name, PolicyName="sessions", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*", "Action": [
+            "ssm:StartSession", "ssm:TerminateSession", "ssm:ResumeSession", "ecs:ExecuteCommand"]}]}))
     key = iam.create_access_key(UserName=name)["AccessKey"]["AccessKeyId"]
     return Person(name=name, arn=arn, key=key)
 
@@ -85,6 +90,10 @@ def active_ids(box: Sandbox) -> set[str]:
 
 
 def run(box: Sandbox, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    if stdin:
+        # A confirmation: typed on a terminal, since a piped answer is refused (ops.confirm).
+        return run_on_terminal([sys.executable, "-m", "invoke", *args], answer=stdin, cwd=PROJECT_ROOT,
+                               env=box.subprocess_env(), timeout=300)
     return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=300, input=stdin, env=box.subprocess_env())
 
@@ -161,7 +170,12 @@ def test_a_declined_confirmation_terminates_nothing(sandbox: Sandbox) -> None:
         assert error_line(proc) == "error: terminating sessions on sandbox cancelled; nothing was changed"
         assert sid in active_ids(sandbox)
         closed = run(sandbox, "sessions-terminate", "--env", "sandbox", "--owner", alice.arn)  # stdin closed
-        assert closed.returncode == 1 and "stdin is closed" in error_line(closed)
+        assert closed.returncode == 1 and "needs confirmation and stdin is not a terminal" in error_line(closed)
+        # A piped "y" is refused too: one mechanism, a terminal answer or --yes.
+        piped = subprocess.run([sys.executable, "-m", "invoke", "sessions-terminate", "--env", "sandbox", "--owner",
+                                alice.arn], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+                               input="y\n", env=sandbox.subprocess_env())
+        assert piped.returncode == 1 and "a piped answer is not accepted" in error_line(piped)
         assert sid in active_ids(sandbox)
     finally:
         moto_ssm(sandbox).terminate_session(SessionId=sid)

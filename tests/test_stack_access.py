@@ -12,9 +12,27 @@ from tests.stack_fixtures import (
 )
 
 
+def document(doc: dict[str, Any], policy_path: str) -> dict[str, Any]:
+    """A role policy's aws_iam_policy_document, back in IAM's JSON shape (one value: a string, as IAM writes it)."""
+    reference = one(doc, "aws_iam_role_policy", policy_path)["policy"]
+    assert reference.startswith("${data.aws_iam_policy_document.") and reference.endswith(".json}"), reference
+    data = doc["data"]["aws_iam_policy_document"][reference.split(".")[2]]
+
+    def value(items: list[str]) -> Any:
+        return items[0] if len(items) == 1 else items
+
+    statements = []
+    for block in data["statement"]:
+        stmt: dict[str, Any] = {"Sid": block["sid"], "Effect": block["effect"], "Action": value(block["actions"]),
+                                "Resource": value(block["resources"])}
+        for cond in block.get("condition", []):
+            stmt.setdefault("Condition", {}).setdefault(cond["test"], {})[cond["variable"]] = cond["values"]
+        statements.append(stmt)
+    return {"Version": data["version"], "Statement": statements}
+
+
 def _policy(doc: dict[str, Any]) -> dict[str, Any]:
-    policy: dict[str, Any] = json.loads(one(doc, "aws_iam_role_policy", "Access/Policy")["policy"])
-    return policy
+    return document(doc, "Access/Policy")
 
 
 def _stmt(policy: dict[str, Any], sid: str) -> dict[str, Any]:
@@ -28,16 +46,32 @@ def test_trust_policy_principals_and_mfa(synthesized: dict[str, dict[str, Any]])
         cfg = load_env(name)
         role = one(doc, "aws_iam_role", "Access/Role")
         assert role["name"] == f"bastionless-{name}-developer"
-        (trust,) = json.loads(role["assume_role_policy"])["Statement"]
-        assert trust["Principal"]["AWS"] == list(cfg.access.developer_principals)
-        if cfg.access.require_mfa:
-            assert trust["Condition"] == {"Bool": {"aws:MultiFactorAuthPresent": "true"}}
-        else:
-            assert "Condition" not in trust
+        statements = json.loads(role["assume_role_policy"])["Statement"]
+        named = [p for s in statements for p in s["Principal"]["AWS"]]
+        assert sorted(named) == sorted(cfg.access.developer_principals)
+        for stmt in statements:
+            roles_only = all(":role/" in p for p in stmt["Principal"]["AWS"])
+            if cfg.access.require_mfa and not roles_only:
+                assert stmt["Condition"] == {"Bool": {"aws:MultiFactorAuthPresent": "true"}}
+            else:
+                # SSO / federated roles never carry aws:MultiFactorAuthPresent: MFA is the IdP's.
+                assert "Condition" not in stmt
     assert load_env("prod").access.require_mfa and not load_env("sandbox").access.require_mfa
 
 
-def test_start_session_only_on_the_relay_and_the_port_forwarding_document(
+def test_trust_policy_mfa_holds_for_users_and_lets_sso_roles_in() -> None:
+    from stacks.access import trust_policy
+
+    doc = trust_policy(principals=("arn:aws:iam::222222222222:user/alice",
+                                   "arn:aws:iam::222222222222:role/aws-reserved/sso.amazonaws.com/AWSReservedSSO_Dev_1"),
+                       require_mfa=True, region="eu-west-1", account_id="222222222222")
+    users, roles = doc["Statement"]
+    assert users["Principal"]["AWS"] == ["arn:aws:iam::222222222222:user/alice"]
+    assert users["Condition"] == {"Bool": {"aws:MultiFactorAuthPresent": "true"}}
+    assert roles["Principal"]["AWS"][0].endswith("AWSReservedSSO_Dev_1") and "Condition" not in roles
+
+
+def test_start_session_only_on_the_relay_and_the_envs_own_port_document(
         synthesized: dict[str, dict[str, Any]]) -> None:
     for name, doc in synthesized.items():
         cfg = load_env(name)
@@ -45,18 +79,46 @@ def test_start_session_only_on_the_relay_and_the_port_forwarding_document(
         starts = [s for s in policy["Statement"] if "ssm:StartSession" in json.dumps(s.get("Action"))]
         assert len(starts) == 1
         relay_id = ref(doc, "aws_instance", "Relay/Instance")
+        document = ref(doc, "aws_ssm_document", "Access/DatabasePortDocument", "name")
         assert starts[0]["Resource"] == [
             f"arn:aws:ec2:{cfg.region}:{cfg.account_id}:instance/{relay_id}",
-            f"arn:aws:ssm:{cfg.region}::document/AWS-StartPortForwardingSessionToRemoteHost",
+            f"arn:aws:ssm:{cfg.region}:{cfg.account_id}:document/{document}",
         ]
+        assert "AWS-StartPortForwardingSession" not in json.dumps(_policy(doc))
+
+
+def test_port_document_fixes_host_and_port_to_the_database(synthesized: dict[str, dict[str, Any]]) -> None:
+    for name, doc in synthesized.items():
+        res = one(doc, "aws_ssm_document", "Access/DatabasePortDocument")
+        assert res["name"] == f"bastionless-{name}-database" and res["document_type"] == "Session"
+        content = json.loads(res["content"])
+        assert content["sessionType"] == "Port"
+        assert set(content["parameters"]) == {"localPortNumber"}
+        assert content["properties"]["host"] == ref(doc, "aws_db_instance", "Database/Instance", "address")
+        assert content["properties"]["portNumber"] == ref(doc, "aws_db_instance", "Database/Instance", "port")
+
+
+def test_cloudtrail_is_the_auditors_not_the_developers(synthesized: dict[str, dict[str, Any]]) -> None:
+    for doc in synthesized.values():
+        assert "cloudtrail:" not in json.dumps(_policy(doc))
+        auditor = document(doc, "Access/AuditorPolicy")
+        assert "cloudtrail:LookupEvents" in auditor["Statement"][0]["Action"]
+        assert one(doc, "aws_iam_role", "Access/AuditorRole")["name"].endswith("-auditor")
+
+
+def test_scoped_reads_and_no_unused_decrypt(synthesized: dict[str, dict[str, Any]]) -> None:
+    policy = _policy(synthesized["prod"])
+    assert _stmt(policy, "ScopedReads")["Resource"].startswith("arn:aws:rds:eu-west-1:222222222222:db:")
+    assert _stmt(policy, "RelayConnectionStatus")["Resource"].startswith("arn:aws:ec2:")
+    assert "kms:Decrypt" not in _stmt(policy, "SessionEncryptionKey")["Action"]
 
 
 def test_terminate_and_resume_only_own_sessions_by_user_id(synthesized: dict[str, dict[str, Any]]) -> None:
     stmt = _stmt(_policy(synthesized["prod"]), "EndAndResumeOwnSessionsOnly")
     assert sorted(stmt["Action"]) == ["ssm:ResumeSession", "ssm:TerminateSession"]
     assert stmt["Resource"] == "arn:aws:ssm:*:*:session/*"
-    # `$$` is Terraform's escape: IAM receives the policy variable ${aws:userid}, which works for roles.
-    assert stmt["Condition"] == {"StringLike": {"ssm:resourceTag/aws:ssmmessages:session-id": ["$${aws:userid}"]}}
+    # `&{...}` is the policy document's escape: IAM receives the variable ${aws:userid}, which works for roles.
+    assert stmt["Condition"] == {"StringLike": {"ssm:resourceTag/aws:ssmmessages:session-id": ["&{aws:userid}"]}}
     assert "aws:username" not in json.dumps(_policy(synthesized["prod"]))
 
 
@@ -78,6 +140,9 @@ def test_ecs_exec_scoped_to_the_cluster_when_enabled(synthesized: dict[str, dict
     cluster_arn = ref(doc, "aws_ecs_cluster", "EcsExec/Cluster", "arn")
     cluster_name = ref(doc, "aws_ecs_cluster", "EcsExec/Cluster", "name")
     assert stmt["Resource"] == [cluster_arn, f"arn:aws:ecs:{cfg.region}:{cfg.account_id}:task/{cluster_name}/*"]
+    reads = _stmt(_policy(doc), "EcsReadInTheClusterOnly")
+    assert all(f"/{cluster_name}/" in r for r in reads["Resource"])
+    assert reads["Condition"] == {"ArnEquals": {"ecs:cluster": [cluster_arn]}}
 
 
 def test_policy_is_emitted_as_an_output(synthesized: dict[str, dict[str, Any]]) -> None:

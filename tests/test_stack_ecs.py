@@ -11,6 +11,7 @@ from tests.stack_fixtures import (
     ref,
     resources,
 )
+from tests.test_stack_access import document
 
 
 def test_cluster_exec_logging_to_the_session_log_group(synthesized: dict[str, dict[str, Any]]) -> None:
@@ -31,7 +32,7 @@ def test_cluster_exec_logging_to_the_session_log_group(synthesized: dict[str, di
 def test_task_role_has_the_ssmmessages_channels(synthesized: dict[str, dict[str, Any]]) -> None:
     doc = synthesized["prod"]
     assert one(doc, "aws_iam_role", "EcsExec/TaskRole")["name"] == "bastionless-prod-ecs-task"
-    policy = json.loads(one(doc, "aws_iam_role_policy", "EcsExec/TaskExecPolicy")["policy"])
+    policy = document(doc, "EcsExec/TaskExecPolicy")  # a parsed policy document (stacks/policy_document.py)
     actions: set[str] = set()
     for st in policy["Statement"]:
         actions.update([st["Action"]] if isinstance(st["Action"], str) else st["Action"])

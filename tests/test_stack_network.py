@@ -24,8 +24,11 @@ def test_three_tiers_per_az_with_the_planned_cidrs(synthesized: dict[str, dict[s
         cfg = load_env(name)
         plan = cfg.subnet_cidrs()
         subnets = resources(doc, "aws_subnet")
-        assert len(subnets) == 3 * cfg.network.az_count
-        for tier, prefix in (("public", "Public"), ("private", "Private"), ("isolated", "Isolated")):
+        tiers = (("public", "Public"), ("private", "Private"), ("isolated", "Isolated"))
+        if cfg.network.egress == "endpoints":
+            tiers = tiers[1:]  # no public tier without NAT
+        assert len(subnets) == len(tiers) * cfg.network.az_count
+        for tier, prefix in tiers:
             got = [subnets[f"Network/{prefix}Subnet{i + 1}"]["cidr_block"] for i in range(cfg.network.az_count)]
             assert got == plan[tier]
             assert all(c.endswith("/24") for c in got)
@@ -34,11 +37,12 @@ def test_three_tiers_per_az_with_the_planned_cidrs(synthesized: dict[str, dict[s
 
 
 def test_public_route_to_igw_isolated_has_no_route_out(synthesized: dict[str, dict[str, Any]]) -> None:
-    for doc in synthesized.values():
+    for name, doc in synthesized.items():
         routes = resources(doc, "aws_route")
-        public = routes["Network/PublicDefaultRoute"]
-        assert public["destination_cidr_block"] == "0.0.0.0/0"
-        assert public["gateway_id"] == ref(doc, "aws_internet_gateway", "Network/InternetGateway")
+        if load_env(name).network.egress == "nat":
+            public = routes["Network/PublicDefaultRoute"]
+            assert public["destination_cidr_block"] == "0.0.0.0/0"
+            assert public["gateway_id"] == ref(doc, "aws_internet_gateway", "Network/InternetGateway")
         isolated_rt = ref(doc, "aws_route_table", "Network/IsolatedRouteTable")
         assert not [r for r in routes.values() if r["route_table_id"] == isolated_rt]
         assert "route" not in one(doc, "aws_route_table", "Network/IsolatedRouteTable")
@@ -93,3 +97,44 @@ def test_default_security_group_is_emptied(synthesized: dict[str, dict[str, Any]
     for doc in synthesized.values():
         default = one(doc, "aws_default_security_group", "Network/DefaultSecurityGroup")
         assert "ingress" not in default and "egress" not in default
+
+
+def test_endpoints_mode_has_no_way_to_the_internet(synthesized: dict[str, dict[str, Any]]) -> None:
+    for name in ("prod", "sandbox"):
+        doc = synthesized[name]
+        assert load_env(name).network.egress == "endpoints"
+        assert not resources(doc, "aws_internet_gateway")
+        assert not [p for p in resources(doc, "aws_subnet") if "Public" in p]
+        assert not [r for r in resources(doc, "aws_route").values() if r.get("destination_cidr_block") == "0.0.0.0/0"]
+        for table in resources(doc, "aws_route_table").values():
+            assert "route" not in table
+
+
+def test_endpoint_policies_allow_only_what_the_relay_needs(synthesized: dict[str, dict[str, Any]]) -> None:
+    import json
+
+    doc = synthesized["prod"]
+    cfg = load_env("prod")
+    eps = resources(doc, "aws_vpc_endpoint")
+    for service in ("ssm", "ssmmessages", "ec2messages"):
+        (stmt,) = json.loads(eps[f"Network/{service.capitalize()}Endpoint"]["policy"])["Statement"]
+        assert stmt["Condition"] == {"StringEquals": {"aws:PrincipalAccount": cfg.account_id}}
+        assert all(a.startswith(f"{service}:") and "*" not in a for a in stmt["Action"])
+    (s3,) = json.loads(eps["Network/S3Endpoint"]["policy"])["Statement"]
+    assert s3["Action"] == "s3:GetObject"
+    assert s3["Resource"][0] == f"arn:aws:s3:::al2023-repos-{cfg.region}-de612dc2/*"
+    assert all(r.startswith("arn:aws:s3:::") and r.endswith("/*") and "*" not in r[:-2] for r in s3["Resource"])
+
+
+def test_flow_logs_on_for_production_envs_only(synthesized: dict[str, dict[str, Any]]) -> None:
+    for name, doc in synthesized.items():
+        logs = resources(doc, "aws_flow_log")
+        if not load_env(name).is_prod:
+            assert logs == {}
+            continue
+        flow = logs["FlowLogs/FlowLog"]
+        assert flow["traffic_type"] == "ALL" and flow["vpc_id"] == ref(doc, "aws_vpc", "Network/Vpc")
+        assert flow["log_destination"] == ref(doc, "aws_cloudwatch_log_group", "FlowLogs/LogGroup", "arn")
+        group = one(doc, "aws_cloudwatch_log_group", "FlowLogs/LogGroup")
+        assert group["kms_key_id"] == ref(doc, "aws_kms_key", "FlowLogs/Key", "arn")
+        assert group["retention_in_days"] == load_env(name).session.log_retention_days

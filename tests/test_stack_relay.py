@@ -10,6 +10,7 @@ from tests.stack_fixtures import (
     ref,
     resources,
 )
+from tests.test_stack_access import document
 
 
 def _rules_of(doc: dict[str, Any], sg_path: str) -> list[dict[str, Any]]:
@@ -40,13 +41,21 @@ def test_https_egress_to_endpoints_or_anywhere_by_mode(synthesized: dict[str, di
     assert [r["cidr_blocks"] for r in staging] == [["0.0.0.0/0"]]
 
 
-def test_role_profile_and_managed_policy(synthesized: dict[str, dict[str, Any]]) -> None:
+def test_role_profile_and_session_manager_only_policy(synthesized: dict[str, dict[str, Any]]) -> None:
     for name, doc in synthesized.items():
         role = one(doc, "aws_iam_role", "Relay/Role")
         assert role["name"] == f"bastionless-{name}-relay"
         assert '"ec2.amazonaws.com"' in role["assume_role_policy"]
-        att = one(doc, "aws_iam_role_policy_attachment", "Relay/SsmCore")
-        assert att["policy_arn"] == "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+        # No AmazonSSMManagedInstanceCore: it grants every parameter of the account, Run Command, patching.
+        attached = [a for a in doc["resource"].get("aws_iam_role_policy_attachment", {}).values()
+                    if a["role"] == ref(doc, "aws_iam_role", "Relay/Role", "name")]
+        assert attached == []
+        policy = document(doc, "Relay/SessionManagerPolicy")
+        actions = sorted(a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str)
+                                                                  else s["Action"]))
+        assert actions == ["kms:Decrypt", "ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel",
+                           "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel",
+                           "ssmmessages:OpenDataChannel"]
         profile = one(doc, "aws_iam_instance_profile", "Relay/InstanceProfile")
         assert profile["role"] == ref(doc, "aws_iam_role", "Relay/Role", "name")
 

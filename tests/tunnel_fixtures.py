@@ -24,6 +24,7 @@ import pytest
 
 from ops.config import ENVS_DIR, EnvConfig, load_env
 from ops.facts import relay_tags
+from ops.iam_policies import port_document_content, port_document_name
 from tests.conftest import PROJECT_ROOT
 from tests.pg_support import start_cluster
 from tests.ssm_support import EndpointThread, moto_process, tag_list
@@ -70,6 +71,11 @@ class TunnelWorld:
             ManageMasterUserPassword=True, Port=5432)["DBInstance"]
         if self.pg_port:
             self.map_host(db["Endpoint"]["Address"], int(db["Endpoint"]["Port"]), self.pg_port)
+        # What the stack creates (stacks/access.py): the env's port document, fixed to its database.
+        self.client("ssm", region).create_document(
+            Name=port_document_name(cfg.stack_name), DocumentType="Session", DocumentFormat="JSON",
+            Content=json.dumps(port_document_content(host=db["Endpoint"]["Address"],
+                                                     port=str(db["Endpoint"]["Port"]))))
         return cfg
 
     def map_host(self, host: str, port: int, pg_port: int) -> None:

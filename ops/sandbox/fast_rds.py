@@ -124,9 +124,12 @@ def _addresses(config: dict[str, Any]) -> list[str]:
 
 
 def _dependents(config: dict[str, Any], address: str) -> set[str]:
-    """`address` and every resource that refers to it, directly or through others."""
+    """`address` and every resource that refers to it, directly or through others (data sources included:
+    a role policy refers to the instance through its aws_iam_policy_document)."""
     bodies = {f"{rtype}.{name}": json.dumps(body) for rtype, items in (config.get("resource") or {}).items()
               for name, body in items.items()}
+    bodies.update({f"data.{rtype}.{name}": json.dumps(body) for rtype, items in (config.get("data") or {}).items()
+                   for name, body in items.items()})
     found = {address}
     grew = True
     while grew:

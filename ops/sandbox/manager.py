@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import boto3
+
 from ops import aws, facts
 from ops import deploy as ops_deploy
 from ops.config import PROJECT_ROOT, EnvConfig, load_env
@@ -192,9 +194,33 @@ def _ensure_moto(state: dict[str, Any], *, port: int, out: TextIO) -> tuple[Proc
     started = time.monotonic()
     with Status(out, "starting moto server", quiet_plain=True) as status:
         record = moto.start(state=_state(), port=chosen)
-        status.done(f"moto server: {record.url} (pid {record.pid}, {time.monotonic() - started:.1f} s)")
+        _create_identities(record.url)
+        status.done(f"moto server: {record.url} with IAM enforced (pid {record.pid}, "
+                    f"{time.monotonic() - started:.1f} s)")
     state["moto"] = record.to_json()
     return record, True
+
+
+def _create_identities(moto_url: str) -> None:
+    """The people and pipelines of an AWS account, in the emulator: an engineer who can only assume the
+    stacks' roles, and a deployer (ops/iam_policies.py). Their keys go to iam.json, 0600."""
+    from ops import iam_policies
+
+    cfg_account = load_env(DEFAULT_ENV).account_id
+    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto_url,  # type: ignore[call-overload]
+                       **aws.SANDBOX_CREDENTIALS)
+    keys: dict[str, dict[str, str]] = {}
+    for user, policy in (("engineer", iam_policies.engineer_policy(account_id=cfg_account)),
+                         ("deployer", iam_policies.deployer_policy(account_id=cfg_account))):
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName=f"{user}-access", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        keys[user] = {"key": key["AccessKeyId"], "secret": key["SecretAccessKey"], "session": user}
+    path = _state() / aws.IDENTITIES_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(keys, fh)
+    aws.forget_assumed_roles()
 
 
 def endpoint_available() -> bool:
@@ -388,6 +414,12 @@ def after_apply(cfg: EnvConfig, *, out: TextIO = sys.stderr) -> None:
     """After terraform apply on the sandbox: credentials as RDS keeps them, the relay's network, ECS tasks."""
     if not cfg.sandbox:
         raise ValueError(f"after_apply is for sandbox environments, not {cfg.name}")
+    # What RDS and ECS would do themselves: the emulator acts, not the deployer.
+    with aws.acting_as("emulator"):
+        _after_apply(cfg, out=out)
+
+
+def _after_apply(cfg: EnvConfig, *, out: TextIO) -> None:
     state = _read_state()
     server = _pg_server(state)
     if server is None or not procs.is_alive(_record(state, "postgres") or _dead()):
@@ -448,6 +480,7 @@ def master_credentials(cfg: EnvConfig, db: dict[str, Any]) -> tuple[str, str]:
     arn = (db.get("MasterUserSecret") or {}).get("SecretArn", "")
     current: dict[str, Any] = {}
     if arn:
+        _check_not_deleted(sm, arn)
         try:
             current = json.loads(sm.get_secret_value(SecretId=arn)["SecretString"])
         except (sm.exceptions.ResourceNotFoundException, ValueError, KeyError):
@@ -470,6 +503,18 @@ def master_credentials(cfg: EnvConfig, db: dict[str, Any]) -> tuple[str, str]:
 
 # What RDS puts in a managed master password: printable ASCII except '/', '"', '@' and space.
 RDS_PASSWORD_ALPHABET = "".join(c for c in map(chr, range(33, 127)) if c not in '/"@')
+
+
+def _check_not_deleted(sm: Any, arn: str) -> None:
+    """Deleted (or scheduled for deletion) behind RDS's back: say so and how to get it back, once."""
+    try:
+        deleted = bool(sm.describe_secret(SecretId=arn).get("DeletedDate"))
+    except sm.exceptions.ResourceNotFoundException:
+        deleted = True
+    if deleted:
+        raise OpsError(f"the database's master secret {arn} is deleted or scheduled for deletion; nothing was "
+                       f"changed", next_step=f"aws secretsmanager restore-secret --secret-id '{arn}', then rerun "
+                                             f"(in the sandbox: invoke sandbox down && invoke sandbox up)")
 
 
 def _generate_password() -> str:
@@ -638,7 +683,7 @@ def _close_tunnels(out: TextIO) -> None:
 def _remove_state_files() -> None:
     state = _state()
     for name in (STATE_FILE, aws.ENDPOINTS_FILE, RELAY_HOSTS_FILE, ECS_TASKS_FILE, SESSIONS_FILE,
-                 "moto.log", "ssm_endpoint.log"):
+                 aws.IDENTITIES_FILE, "moto.log", "ssm_endpoint.log"):
         (state / name).unlink(missing_ok=True)
     shutil.rmtree(state / "postgres", ignore_errors=True)
     # terraform state of the stack moto held; terraform's data dir (providers) stays as a cache.

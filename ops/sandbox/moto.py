@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from ops.config import PROJECT_ROOT
 from ops.errors import ToolMissingError
 from ops.sandbox import procs
 from ops.sandbox.procs import ProcRecord, StartError
@@ -36,15 +37,18 @@ def healthy(url: str) -> bool:
 
 def start(*, state: Path, port: int) -> ProcRecord:
     """Start moto_server on 127.0.0.1:port and wait until it answers."""
-    binary = moto_server_binary()
+    moto_server_binary()  # the moto package is installed (same check, same hint)
     log = state / "moto.log"
     env = dict(os.environ)
-    # AmazonSSMManagedInstanceCore (attached to the relay role) exists in moto only with this.
+    # AWS managed policies (the ECS execution role attaches AmazonECSTaskExecutionRolePolicy) exist in moto only
+    # with this.
     env["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
     # Whatever account the user's shell points at must not leak into the emulator.
     for var in ("MOTO_ACCOUNT_ID", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
         env.pop(var, None)
-    proc = procs.start_detached([binary, "-H", procs.LOOPBACK, "-p", str(port)], log=log, env=env)
+    # moto_server itself, with IAM enforced on every request (ops.sandbox.moto_iam explains how).
+    proc = procs.start_detached([sys.executable, "-m", "ops.sandbox.moto_iam", "-H", procs.LOOPBACK, "-p", str(port)],
+                                log=log, env=env, cwd=PROJECT_ROOT)
     url = f"http://{procs.LOOPBACK}:{port}"
     record = procs.record_for(proc, port=port, log=log, url=url)
     if not procs.wait_until(lambda: healthy(url), timeout=START_TIMEOUT, alive=lambda: proc.poll() is None):

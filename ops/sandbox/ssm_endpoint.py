@@ -52,6 +52,7 @@ from ops.facts import (
     SANDBOX_AGENT_VERSION_ENV,
 )
 from ops.sandbox import agent as agent_mod
+from ops.sandbox import endpoint_iam
 from ops.sandbox import tls as sandbox_tls
 from ops.sandbox.agent import AgentConnection, AgentProfile, LossConfig, SessionSpec
 from ops.ssm import framing
@@ -161,6 +162,7 @@ class Endpoint:
         self.stream_base = ""  # wss://host:port of the TLS listener: AWS hands out wss:// stream URLs
         self._http: ClientSession | None = None
         self._owners: dict[str, str] = {}
+        self.iam = endpoint_iam.EndpointIam(moto_url)  # the caller's policies, evaluated by moto
         self.events: list[dict[str, Any]] = []  # emulated CloudTrail records, oldest first
         # An agent needs a while after its instance starts before it is Online again: the sandbox waits
         # `agent_boot_seconds` after it saw a relay come back to running (0 unless a test sets it).
@@ -283,7 +285,19 @@ class Endpoint:
             match = _CRED_RE.search(auth)
             access_key, region = (match.group(1), match.group(2)) if match else ("testing", "us-east-1")
             try:
+                try:
+                    verdict = await self.iam.authorize(target, params, access_key=access_key, region=region,
+                                                       session_token=request.headers.get("X-Amz-Security-Token", ""))
+                except endpoint_iam.Refused as refused:
+                    if refused.principal:
+                        self._owners[access_key] = refused.principal
+                    raise ApiError(refused.code, refused.message, refused.status) from None
+                if verdict.get("principal"):
+                    self._owners[access_key] = str(verdict["principal"])
                 result = await handler(params, access_key=access_key, region=region)
+                sid = result.get("SessionId") or (result.get("session") or {}).get("sessionId")
+                if sid and target in ("AmazonSSM.StartSession", "AmazonEC2ContainerServiceV20141113.ExecuteCommand"):
+                    self.iam.started(str(sid), verdict)
             except ApiError as exc:
                 if target in AUDITED:
                     await self._audit(request, target, params, {}, access_key=access_key, region=region, error=exc)
@@ -302,6 +316,9 @@ class Endpoint:
         if self._http is None:
             self._http = ClientSession(timeout=ClientTimeout(total=300), auto_decompress=False)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        # The signature covers Host: keep the caller's, so moto (IAM enforced) can verify it.
+        if "Host" in request.headers:
+            headers["Host"] = request.headers["Host"]
         body = await request.read()
         async with self._http.request(request.method, self.moto_url + request.path_qs, headers=headers,
                                       data=body, allow_redirects=False) as resp:
@@ -440,11 +457,10 @@ class Endpoint:
         if not isinstance(target, str) or not target:
             raise ApiError("ValidationException", "Target is required")
         document = params.get("DocumentName") or PREFERENCES_DOCUMENT
-        if document not in agent_mod.PORT_DOCUMENTS:
-            raise ApiError("InvalidDocument",
-                           f"document {document} is not allowed here: the sandbox serves port-forwarding sessions "
-                           f"({', '.join(sorted(agent_mod.PORT_DOCUMENTS))})")
         raw_params = params.get("Parameters") or {}
+        if document not in agent_mod.PORT_DOCUMENTS:
+            # A custom Session document from the emulator: its fixed host/port win (ops.sandbox.endpoint_iam).
+            raw_params = await self._custom_port_parameters(document, raw_params, region)
         if not isinstance(raw_params, dict) or not raw_params.get("portNumber"):
             raise ApiError("InvalidParameters", "portNumber is required for a port-forwarding document")
         if document.endswith("ToRemoteHost") and not raw_params.get("host"):
@@ -466,6 +482,19 @@ class Endpoint:
         self.sessions[sess.session_id] = sess
         self._save()
         return {"SessionId": sess.session_id, "TokenValue": sess.token, "StreamUrl": self._stream_url(sess.session_id)}
+
+    async def _custom_port_parameters(self, document: str, given: Any, region: str) -> dict[str, list[str]]:
+        def fetch() -> dict[str, Any]:
+            try:
+                content: dict[str, Any] = json.loads(self._boto("ssm", region).get_document(Name=document)["Content"])
+            except (botocore.exceptions.ClientError, ValueError, KeyError):
+                raise ApiError("InvalidDocument", f"document {document} does not exist") from None
+            return content
+        try:
+            return endpoint_iam.port_document_parameters(document, await asyncio.to_thread(fetch),
+                                                         given if isinstance(given, dict) else {})
+        except endpoint_iam.Refused as refused:
+            raise ApiError(refused.code, refused.message, refused.status) from None
 
     def _get_session(self, params: dict[str, Any]) -> Session:
         sid = params.get("SessionId")
@@ -759,9 +788,9 @@ class Endpoint:
         if sess.kind != "port":
             return {}
         props = {"portNumber": (sess.parameters.get("portNumber") or [""])[0],
-                 "type": agent_mod.PORT_DOCUMENTS.get(sess.document, ""),
+                 "type": agent_mod.PORT_DOCUMENTS.get(sess.document, "LocalPortForwarding"),
                  "localPortNumber": (sess.parameters.get("localPortNumber") or [""])[0]}
-        if sess.document.endswith("ToRemoteHost"):
+        if sess.document.endswith("ToRemoteHost") or "host" in sess.parameters:
             props["host"] = (sess.parameters.get("host") or [""])[0]
         return props
 
