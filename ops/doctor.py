@@ -44,9 +44,8 @@ MIN_NODE = (18,)
 MIN_ECS_AGENT = (1, 50, 2)
 # kms and logs too: our sessions are KMS-encrypted and shell sessions stream to CloudWatch Logs (stacks/network.py).
 ENDPOINT_SERVICES = ("ssm", "ssmmessages", "ec2messages", "kms", "logs")
-# The relay's agent must be at least this new for its security fixes: 3.3.1957.0 fixed a path traversal in
-# the agent's plugin-id handling (AWS security bulletin, 2025). Older agents still work: a warn, not a fail.
-MIN_AGENT_SECURITY = (3, 3, 1957, 0)
+# Older agents still work: a warn, not a fail (ops.facts says which fixes the floor brings).
+MIN_AGENT_SECURITY = tuple(int(p) for p in facts.MIN_AGENT_SECURITY.split("."))
 # What the relay's role must allow for the agent to register and carry sessions (AmazonSSMManagedInstanceCore).
 RELAY_AGENT_ACTIONS = ("ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel",
                        "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel", "ec2messages:GetMessages")

@@ -41,6 +41,10 @@ OUTPUT_NAMES = ("relay_instance_id", "relay_security_group_id", "db_identifier",
 # ---- SSM agent and session-manager-plugin versions (read from their sources; dotted, compared numerically)
 # Remote-host port forwarding (PORT_DOCUMENT) exists in agents from this version on.
 MIN_AGENT_REMOTE_HOST = "3.1.1374.0"
+# The relay's agent should be at least this new for its security fixes (doctor warns below it): 3.3.1957.0
+# fixed the April 2025 path traversal in plugin-id handling, 3.3.2299.0 CVE-2025-22869, 3.3.3050.0
+# CVE-2025-22871 and CVE-2025-22872 (the versions the ECS-optimized AMIs moved to for those fixes).
+MIN_AGENT_SECURITY = "3.3.3050.0"
 # Agents newer than this multiplex port sessions with smux (for clients >= MUX_CLIENT_VERSION).
 MUX_AFTER_AGENT = "3.0.196.0"
 MUX_CLIENT_VERSION = "1.1.70"

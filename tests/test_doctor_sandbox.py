@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from ops import facts
 from ops.doctor import CheckResult, format_json, format_table, run_checks
 from tests.ecs_support import TASK_IDS, EcsWorld, sandbox_task
 
@@ -52,7 +53,7 @@ def test_healthy_environment_has_no_fail_and_only_honest_warns(world: EcsWorld,
     by_name = {r.name: r for r in results}
     assert "reports no certificate expiry" in by_name["database CA"].detail
     assert "rds-ca-rsa2048-g1" in by_name["database CA"].detail
-    assert "older than 3.3.1957.0" in by_name["relay agent security fixes"].detail
+    assert f"older than {facts.MIN_AGENT_SECURITY}" in by_name["relay agent security fixes"].detail
     names = {r.name for r in results if r.status == "pass"}
     for expected in ("credentials", "account", "relay SSM ping", "endpoint ssmmessages", "database secret",
                      "session key", "you may use the session key", "cluster exec logging", "relay SG egress",
