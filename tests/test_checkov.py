@@ -34,17 +34,22 @@ def test_every_skip_has_a_reason_and_known_envs() -> None:
         assert set(skip.get("envs", [])) <= envs, f"{skip['id']}: unknown environment"
 
 
+
+def scannable(synth_dir: Path, tmp_path: Path) -> Path:
+    """checkov 3.2's terraform_json parser expects every entry of the `terraform` block to be an object and
+    crashes on `required_version` (a string): a copy of the synthesized file without that one line."""
+    doc = json.loads((synth_dir / "cdk.tf.json").read_text())
+    doc.get("terraform", {}).pop("required_version", None)
+    scanned = tmp_path / "cdk.tf.json"
+    scanned.write_text(json.dumps(doc))
+    return scanned
+
 @pytest.mark.slow
 @pytest.mark.parametrize("env", available_envs())
 def test_checkov_passes(env: str, synth_dirs: dict[str, Path], tmp_path: Path) -> None:
     if not CHECKOV.is_file():
         missing_tool("checkov is not installed in .venv (./dev test installs it)")
-    # checkov 3.2's terraform_json parser expects every entry of the `terraform` block to be an object and
-    # crashes on `required_version` (a string): give it a copy without that one line.
-    doc = json.loads((synth_dirs[env] / "cdk.tf.json").read_text())
-    doc.get("terraform", {}).pop("required_version", None)
-    scanned = tmp_path / "cdk.tf.json"
-    scanned.write_text(json.dumps(doc))
+    scanned = scannable(synth_dirs[env], tmp_path)
     argv = [str(CHECKOV), "-f", str(scanned), "--framework", "terraform_json",
             "--output", "json", "--quiet", "--compact", "--skip-download"]
     skips = skips_for(env)
@@ -67,10 +72,11 @@ IAM_DOCUMENT_CHECKS = ("CKV_AWS_107", "CKV_AWS_108", "CKV_AWS_109", "CKV_AWS_110
 
 @pytest.mark.slow
 @pytest.mark.parametrize("env", available_envs())
-def test_checkov_evaluates_every_iam_policy_none_unknown(env: str, synth_dirs: dict[str, Path]) -> None:
+def test_checkov_evaluates_every_iam_policy_none_unknown(env: str, synth_dirs: dict[str, Path],
+                                                        tmp_path: Path) -> None:
     if not CHECKOV.is_file():
-        pytest.skip("checkov is not installed in .venv (pip install -e '.[dev]')")
-    path = synth_dirs[env] / "cdk.tf.json"
+        missing_tool("checkov is not installed in .venv (./dev test installs it)")
+    path = scannable(synth_dirs[env], tmp_path)
     doc = json.loads(path.read_text())
     role_policies = doc["resource"].get("aws_iam_role_policy", {})
     assert role_policies

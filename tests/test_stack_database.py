@@ -11,6 +11,7 @@ from tests.stack_fixtures import (
     ref,
     resources,
 )
+from tests.test_stack_access import document
 
 
 def test_subnet_group_on_isolated_subnets(synthesized: dict[str, dict[str, Any]]) -> None:
@@ -125,8 +126,9 @@ def test_developers_may_decrypt_the_secret_only_through_secrets_manager(synthesi
     for name, doc in synthesized.items():
         policy = one(doc, "aws_iam_role_policy", "Database/DeveloperSecretKey")
         assert policy["role"] == ref(doc, "aws_iam_role", "Access/Role")
-        (statement,) = json.loads(policy["policy"])["Statement"]
+        (statement,) = document(doc, "Database/DeveloperSecretKey")["Statement"]
         assert statement["Action"] == "kms:Decrypt"
         assert statement["Resource"] == ref(doc, "aws_kms_key", "Database/Key", "arn")
         region = load_env(name).region
-        assert statement["Condition"] == {"StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}}
+        via = f"secretsmanager.{region}.amazonaws.com"
+        assert statement["Condition"] == {"StringEquals": {"kms:ViaService": [via]}}

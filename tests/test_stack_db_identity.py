@@ -14,6 +14,7 @@ from tests.stack_fixtures import (
     synth_dirs_fixture,  # noqa: F401
     synthesized_fixture,  # noqa: F401
 )
+from tests.test_stack_access import document
 
 
 def test_developers_connect_only_as_the_db_user_in_their_own_principal_tag(
@@ -37,8 +38,8 @@ def test_only_break_glass_reads_the_master_secret_and_it_needs_fresh_mfa(
         synthesized: dict[str, dict[str, Any]]) -> None:
     for name, doc in synthesized.items():
         secret = ref(doc, "aws_db_instance", "Database/Instance", "master_user_secret[0].secret_arn")
-        readers = [path for path, res in doc["resource"].get("aws_iam_role_policy", {}).items()
-                   if "secretsmanager:GetSecretValue" in res["policy"]]
+        readers = [path for path, data in doc["data"].get("aws_iam_policy_document", {}).items()
+                   if "secretsmanager:GetSecretValue" in json.dumps(data)]
         assert len(readers) == 1, readers
         role = one(doc, "aws_iam_role", "BreakGlass/Role")
         assert role["name"] == f"bastionless-{name}-break-glass"
@@ -46,7 +47,7 @@ def test_only_break_glass_reads_the_master_secret_and_it_needs_fresh_mfa(
         (trust,) = json.loads(role["assume_role_policy"])["Statement"]
         assert trust["Condition"] == {"Bool": {"aws:MultiFactorAuthPresent": "true"},
                                       "NumericLessThan": {"aws:MultiFactorAuthAge": "3600"}}
-        policy = json.loads(one(doc, "aws_iam_role_policy", "BreakGlass/Policy")["policy"])
+        policy = document(doc, "BreakGlass/Policy")
         (read,) = [s for s in policy["Statement"] if s["Sid"] == "MasterSecretBreakGlassOnly"]
         assert read["Resource"] == secret
         # It can open the tunnel too (the developer's session permissions), but no rds-db:connect wildcard.
