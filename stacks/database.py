@@ -19,6 +19,7 @@ from constructs import Construct
 
 from ops.facts import partition
 from stacks.network import Network
+from stacks.policy_document import policy_document
 
 # What RDS PostgreSQL exports to CloudWatch Logs; the stack creates these groups first (retention, KMS).
 LOG_EXPORTS = ("postgresql", "upgrade")
@@ -143,12 +144,11 @@ class Database(Construct):
 
     def allow_secret_reads(self, construct_id: str, *, role: IamRole, region: str) -> IamRolePolicy:
         """Let `role` decrypt the master secret, which our key encrypts: only through Secrets Manager."""
-        return IamRolePolicy(self, construct_id, name="database-secret-key", role=role.id,
-                             policy=json.dumps({"Version": "2012-10-17", "Statement": [{
-                                 "Sid": "DecryptTheDatabaseSecretViaSecretsManager", "Effect": "Allow",
-                                 "Action": "kms:Decrypt", "Resource": self.key.arn,
-                                 "Condition": {"StringEquals": {
-                                     "kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}}}]}))
+        document = policy_document(self, f"{construct_id}Document", {"Version": "2012-10-17", "Statement": [{
+            "Sid": "DecryptTheDatabaseSecretViaSecretsManager", "Effect": "Allow",
+            "Action": "kms:Decrypt", "Resource": self.key.arn,
+            "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}}}]})
+        return IamRolePolicy(self, construct_id, name="database-secret-key", role=role.id, policy=document.json)
 
 
 def final_snapshot_name(name: str) -> str:

@@ -23,6 +23,7 @@ from constructs import Construct
 from ops.facts import partition
 from stacks.access import Access
 from stacks.database import Database
+from stacks.policy_document import policy_document
 
 DB_USER_TAG = "db_user"
 # A literal IAM policy variable; `$$` stops Terraform from reading `${...}` as its own interpolation.
@@ -94,5 +95,6 @@ class BreakGlass(Construct):
         # What a developer may do (open the tunnel), plus the master secret.
         developer = json.loads(access.policy_json)["Statement"]
         secret = database.instance.master_user_secret.get(0).secret_arn
-        self.policy = IamRolePolicy(self, "Policy", name="break-glass", role=self.role.id, policy=json.dumps(
-            {"Version": "2012-10-17", "Statement": [*developer, *break_glass_statements(db_secret_arn=secret)]}))
+        document = policy_document(self, "PolicyDocument", {
+            "Version": "2012-10-17", "Statement": [*developer, *break_glass_statements(db_secret_arn=secret)]})
+        self.policy = IamRolePolicy(self, "Policy", name="break-glass", role=self.role.id, policy=document.json)

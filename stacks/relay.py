@@ -38,16 +38,22 @@ def relay_policy(*, session_key_arn: str, region: str) -> dict[str, Any]:
         # Encrypted sessions: the agent decrypts the session data key with the preferences' KMS key.
         {"Sid": "SessionEncryption", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": session_key_arn},
         # Patching (stacks/patching.py: AWS-RunPatchBaseline in a maintenance window, the daily scan and the
-        # agent-update association) reaches the agent as Run Command: the message channel, association and
-        # patch-state reporting. Without these the relay is never patched.
-        {"Sid": "PatchingThroughRunCommand", "Effect": "Allow",
+        # agent-update association) reaches the agent as Run Command: its message channel, then association
+        # and patch-state reporting about this instance, and reading the AWS-owned documents it runs.
+        # Without these the relay is never patched.
+        {"Sid": "RunCommandChannel", "Effect": "Allow",
          "Action": ["ec2messages:GetMessages", "ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage",
-                    "ec2messages:FailMessage", "ec2messages:GetEndpoint", "ec2messages:SendReply",
-                    "ssm:ListAssociations", "ssm:ListInstanceAssociations", "ssm:DescribeAssociation",
-                    "ssm:UpdateAssociationStatus", "ssm:UpdateInstanceAssociationStatus",
-                    "ssm:GetDeployablePatchSnapshotForInstance", "ssm:PutInventory", "ssm:PutComplianceItems",
-                    "ssm:GetDocument", "ssm:DescribeDocument"],
+                    "ec2messages:FailMessage", "ec2messages:GetEndpoint", "ec2messages:SendReply"],
          "Resource": "*"},
+        {"Sid": "PatchStateOfThisInstance", "Effect": "Allow",
+         "Action": ["ssm:UpdateInstanceAssociationStatus", "ssm:ListInstanceAssociations", "ssm:PutInventory",
+                    "ssm:PutComplianceItems"],
+         "Resource": f"arn:{partition(region)}:ec2:{region}:*:instance/*"},
+        {"Sid": "ListWhatToRun", "Effect": "Allow",
+         "Action": ["ssm:ListAssociations", "ssm:GetDeployablePatchSnapshotForInstance"],
+         "Resource": "*"},
+        {"Sid": "ReadAwsDocuments", "Effect": "Allow", "Action": ["ssm:GetDocument", "ssm:DescribeDocument"],
+         "Resource": f"arn:{partition(region)}:ssm:{region}::document/AWS-*"},
     ]}
 
 
