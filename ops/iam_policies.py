@@ -52,7 +52,9 @@ def deployer_policy(*, account_id: str, partition: str = "aws") -> dict[str, Any
     return {"Version": "2012-10-17", "Statement": [
         {"Sid": "StackServices", "Effect": "Allow",
          "Action": ["ec2:*", "rds:*", "kms:*", "logs:*", "ssm:*", "ecs:*", "secretsmanager:*",
-                    "cloudwatch:*", "sns:*", "sts:GetCallerIdentity"],
+                    "cloudwatch:*", "sns:*", "sts:GetCallerIdentity",
+                    # moto's access control names CloudWatch's actions by its endpoint prefix, not "cloudwatch:".
+                    "monitoring:*"],
          "Resource": "*"},
         {"Sid": "StackRolesOnly", "Effect": "Allow", "Action": "iam:*",
          "Resource": [f"{iam}:role/{STACK_PREFIX}*", f"{iam}:instance-profile/{STACK_PREFIX}*",
