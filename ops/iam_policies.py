@@ -59,6 +59,9 @@ def deployer_policy(*, account_id: str, partition: str = "aws") -> dict[str, Any
         {"Sid": "StackRolesOnly", "Effect": "Allow", "Action": "iam:*",
          "Resource": [f"{iam}:role/{STACK_PREFIX}*", f"{iam}:instance-profile/{STACK_PREFIX}*",
                       f"{iam}:policy/{STACK_PREFIX}*"]},
+        # CreatePolicy names no ARN in the request (only PolicyName): the sandbox's evaluator sees "*" for it.
+        {"Sid": "CreateManagedPolicies", "Effect": "Allow", "Action": ["iam:CreatePolicy", "iam:TagPolicy"],
+         "Resource": "*"},
         {"Sid": "ReadAwsManagedPolicies", "Effect": "Allow",
          "Action": ["iam:GetPolicy", "iam:GetPolicyVersion", "iam:ListPolicyVersions"],
          "Resource": f"arn:{partition}:iam::aws:policy/*"},
