@@ -142,6 +142,14 @@ class Database(Construct):
             self.instance.lifecycle = TerraformResourceLifecycle(ignore_changes=["final_snapshot_identifier"])
 
 
+    def allow_secret_value(self, construct_id: str, *, role: IamRole) -> IamRolePolicy:
+        """Let `role` read the master secret's value (envs that list no people: no per-person identities)."""
+        document = policy_document(self, f"{construct_id}Document", {"Version": "2012-10-17", "Statement": [{
+            "Sid": "DatabaseSecretOnly", "Effect": "Allow",
+            "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+            "Resource": self.instance.master_user_secret.get(0).secret_arn}]})
+        return IamRolePolicy(self, construct_id, name="database-secret", role=role.id, policy=document.json)
+
     def allow_secret_reads(self, construct_id: str, *, role: IamRole, region: str) -> IamRolePolicy:
         """Let `role` decrypt the master secret, which our key encrypts: only through Secrets Manager."""
         document = policy_document(self, f"{construct_id}Document", {"Version": "2012-10-17", "Statement": [{

@@ -105,6 +105,7 @@ class BastionlessStack(TerraformStack):
         self.database.allow_secret_reads("BreakGlassSecretKey", role=self.break_glass.role, region=cfg.region)
         if not cfg.people:
             self.database.allow_secret_reads("DeveloperSecretKey", role=self.access.role, region=cfg.region)
+            self.database.allow_secret_value("DeveloperSecret", role=self.access.role)
         self.alarms = Alarms(self, "Alarms", name=name, region=cfg.region, account_id=cfg.account_id,
                              relay=self.relay, database=self.database, instance_class=db.instance_class,
                              email=cfg.alarms.email, https_endpoint_parameters=cfg.alarms.https_endpoint_parameters,
