@@ -95,9 +95,11 @@ def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db
             "Sid": "ReadTheStacksRoles",
             "Effect": "Allow",
             "Action": ["iam:SimulatePrincipalPolicy", "iam:GetRole", "iam:ListRolePolicies", "iam:GetRolePolicy",
-                       "iam:ListAttachedRolePolicies", "iam:GetInstanceProfile"],
+                       "iam:ListAttachedRolePolicies", "iam:GetInstanceProfile", "iam:GetPolicy",
+                       "iam:GetPolicyVersion"],
             "Resource": [f"arn:{part}:iam::{account_id}:role/bastionless-*",
-                         f"arn:{part}:iam::{account_id}:instance-profile/bastionless-*"],
+                         f"arn:{part}:iam::{account_id}:instance-profile/bastionless-*",
+                         f"arn:{part}:iam::{account_id}:policy/bastionless-*"],
         },
         {
             # These actions support no resource-level permissions (AWS service authorization reference).
@@ -105,7 +107,8 @@ def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db
             "Effect": "Allow",
             "Action": ["ec2:DescribeInstances", "ec2:DescribeInstanceStatus", "ec2:DescribeVpcEndpoints",
                        "ec2:DescribeSecurityGroups", "ec2:DescribeRouteTables", "ec2:DescribeSubnets",
-                       "ssm:DescribeInstanceInformation", "ssm:DescribeSessions", "sts:GetCallerIdentity"],
+                       "ec2:DescribeVpcAttribute", "rds:DescribeCertificates", "ssm:DescribeInstanceInformation",
+                       "ssm:DescribeInstancePatchStates", "ssm:DescribeSessions", "sts:GetCallerIdentity"],
             "Resource": "*",
         },
     ]

@@ -78,7 +78,7 @@ def test_developer_tasks_run_as_the_developer_role_with_iam_enforced(sandbox: Sa
 
 
 def test_a_task_fails_when_one_permission_it_needs_is_removed(sandbox: Sandbox, without_permission: Any) -> None:
-    without_permission("secretsmanager:GetSecretValue")
+    without_permission("ssm:StartSession")
     proc = invoke("psql", "--env", "sandbox", "-c", "select 1", state=sandbox.state_dir)
     assert proc.returncode != 0
     line = error_line(proc)

@@ -484,3 +484,30 @@ def test_forwarding_to_imds_or_the_vpc_resolver_is_refused(ssm_sandbox: Endpoint
     ps = asyncio.run(main())
     assert ps.close_output == f"Forwarding to IP address {host} is forbidden."
     assert any("is forbidden" in e for e in events)
+
+
+def test_a_session_terminated_while_its_channel_opens_stays_terminated(ssm_sandbox: EndpointBox) -> None:
+    """A client stopped right after StartSession (SIGTERM to `invoke psql`) terminates the session while the
+    plugin is still opening its data channel. The service keeps it Terminated and closes that channel; the
+    sandbox used to mark it Connected again, then Disconnected: a session left open by nobody."""
+    import ssl
+
+    import aiohttp
+
+    started = ssm_sandbox.start_port_session()
+    sid = started["SessionId"]
+
+    async def main() -> None:
+        tls = ssl.create_default_context(cafile=ssm_sandbox.endpoint.ca_file)
+        async with aiohttp.ClientSession() as http, http.ws_connect(started["StreamUrl"], ssl=tls) as ws:
+            await asyncio.to_thread(ssm_sandbox.endpoint.ssm().terminate_session, SessionId=sid)
+            await ws.send_str(json.dumps({"MessageSchemaVersion": "1.0", "RequestId": "r-1",
+                                          "TokenValue": started["TokenValue"]}))
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+
+    asyncio.run(main())
+    ssm = ssm_sandbox.endpoint.ssm()
+    assert [s["Status"] for s in ssm.describe_sessions(State="History")["Sessions"] if s["SessionId"] == sid] == [
+        "Terminated"]
+    assert sid not in [s["SessionId"] for s in ssm.describe_sessions(State="Active")["Sessions"]]

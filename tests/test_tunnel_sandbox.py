@@ -88,7 +88,7 @@ def test_open_tunnel_terminates_on_exception(pg_world: TunnelWorld) -> None:
     assert pg_world.active_sessions() == []
 
 
-def test_plugin_transport_end_to_end(pg_world: TunnelWorld, session_manager_plugin: str,
+def test_plugin_transport_end_to_end(pg_world: TunnelWorld, plugin: str,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", plugin)
     cfg = pg_world.add_env("sandbox")

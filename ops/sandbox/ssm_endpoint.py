@@ -698,6 +698,11 @@ class Endpoint:
         if opened.get("TokenValue") != sess.token:
             await ws.close(code=4001, message=b"invalid token")
             return ws
+        if sess.status in ("Terminated", "Failed", "Terminating"):
+            # Terminated while this channel was opening (a client stopping right after StartSession): the
+            # service does not bring it back to Connected; the channel just closes.
+            await ws.close(code=1000, message=b"session terminated")
+            return ws
         # A new websocket for a session replaces the old one (ResumeSession); the agent's side of the
         # session (its data channel, sequence numbers, TCP connections) carries on, as on AWS.
         old_ws = sess.ws
