@@ -32,6 +32,8 @@ from ops.sandbox import iam_eval
 EMULATOR_ADMIN_KEY = "testing"
 AUTHORIZE_PATH = "/_bastionless/authorize"
 PROBE_PATH = "/_bastionless/iam"  # GET: {"enforced": true}; a plain moto_server does not have it
+# moto names a request's action by the service's signing name; IAM by its service prefix, where they differ.
+IAM_PREFIX = {"monitoring": "cloudwatch"}
 _KEY_RE = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/]+)/([^/]+)/")
 
 
@@ -120,6 +122,10 @@ def request_scope(service: str, action: str, region: str, account: str,
             resources.append(f"arn:aws:iam::{account}:instance-profile/{profile}")
         for user in param("UserName"):
             resources.append(f"arn:aws:iam::{account}:user/{user}")
+        if action == "CreatePolicy":  # the request names the policy, not its ARN; IAM checks the ARN to be
+            for name in param("PolicyName"):
+                path = (param("Path") or ["/"])[0]
+                resources.append(f"arn:aws:iam::{account}:policy{path}{name}")
         for arn in param("PolicyArn"):
             if action.startswith(("Attach", "Detach")):
                 context["iam:PolicyARN"] = [arn]  # the resource is the role/user/group; the policy a condition
@@ -216,8 +222,10 @@ def _install() -> None:
         request = iam_request_cls(account_id=self.current_account, method=self.method, path=path, data=self.data,
                                   body=self.raw_body, headers=self.headers, action=self._get_action())
         request.check_signature()
-        service, action = request._action.split(":", 1)
-        if request._action == "sts:GetCallerIdentity":
+        signing_name, action = request._action.split(":", 1)
+        service = IAM_PREFIX.get(signing_name, signing_name)
+        iam_action = f"{service}:{action}"
+        if iam_action == "sts:GetCallerIdentity":
             return
         principal = principal_of(request._access_key, self.current_account)
         region = match.group(2)
@@ -225,11 +233,11 @@ def _install() -> None:
                                            lambda name: _values(self, name), backends)
         if not resources:
             resources = [resource]
-        outcome = iam_eval.authorize(principal, iam_eval.Request(request._action, tuple(resources), context))
-        if outcome.allowed and request._action == "sts:AssumeRole":
+        outcome = iam_eval.authorize(principal, iam_eval.Request(iam_action, tuple(resources), context))
+        if outcome.allowed and iam_action == "sts:AssumeRole":
             trust = _trust_policy(request.backend, resources[0])
             outcome = (iam_eval.trust_allows(trust, principal) if trust is not None
-                       else iam_eval.Outcome(iam_eval.Decision.IMPLICIT_DENY, request._action, resources[0]))
+                       else iam_eval.Outcome(iam_eval.Decision.IMPLICIT_DENY, iam_action, resources[0]))
         if not outcome.allowed:
             message = iam_eval.denial_message(principal, outcome)
             sys.stderr.write(f"moto-iam: {message} ({outcome.why})\n")
