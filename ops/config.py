@@ -113,6 +113,9 @@ class AlarmsConfig:
 
 @dataclass(frozen=True)
 class PatchingConfig:
+    # false: no maintenance window or agent updates, and the relay's role loses Run Command's channel (a
+    # Session-Manager-only relay that someone else patches, e.g. by replacing it onto new AMIs).
+    enabled: bool = True
     # Patch Manager installs security updates on the relay in this window (UTC); the agent is kept current.
     window_schedule: str = "cron(0 3 ? * WED *)"
     window_hours: int = 2

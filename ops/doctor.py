@@ -335,6 +335,11 @@ class _Doctor:
 
     def _patch_state(self, rid: str) -> None:
         name = "relay patches"
+        if not self.cfg.patching.enabled:
+            self.add("relay", name, "warn", f"not checked: patching is off in {self.cfg.source.name} "
+                     "([patching] enabled = false)", "set enabled = true and invoke deploy, unless the relay is "
+                     "kept current another way (replaced onto new AMIs)")
+            return
         try:
             states = self.client("ssm").describe_instance_patch_states(InstanceIds=[rid]).get(
                 "InstancePatchStates", [])

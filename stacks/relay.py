@@ -23,10 +23,11 @@ from stacks.policy_document import policy_document
 AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
 
 
-def relay_policy(*, session_key_arn: str, region: str) -> dict[str, Any]:
-    """The relay's agent, line by line: what Session Manager needs and nothing for Run Command, Parameter
-    Store or patching (AWS docs, "Create a custom IAM role for Session Manager")."""
-    return {"Version": "2012-10-17", "Statement": [
+def relay_policy(*, session_key_arn: str, region: str, patching: bool) -> dict[str, Any]:
+    """The relay's agent, line by line: what Session Manager needs; Run Command and patching only when the
+    env patches the relay (`[patching] enabled`, on by default); never Parameter Store (AWS docs, "Create a
+    custom IAM role for Session Manager")."""
+    session_manager = [
         # The agent registers and keeps its ping/inventory fresh (PingStatus Online).
         {"Sid": "RegisterWithSystemsManager", "Effect": "Allow", "Action": "ssm:UpdateInstanceInformation",
          "Resource": f"arn:{partition(region)}:ec2:{region}:*:instance/*"},
@@ -37,6 +38,8 @@ def relay_policy(*, session_key_arn: str, region: str) -> dict[str, Any]:
          "Resource": "*"},
         # Encrypted sessions: the agent decrypts the session data key with the preferences' KMS key.
         {"Sid": "SessionEncryption", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": session_key_arn},
+    ]
+    patches = [
         # Patching (stacks/patching.py: AWS-RunPatchBaseline in a maintenance window, the daily scan and the
         # agent-update association) reaches the agent as Run Command: its message channel, then association
         # and patch-state reporting about this instance, and reading the AWS-owned documents it runs.
@@ -54,8 +57,8 @@ def relay_policy(*, session_key_arn: str, region: str) -> dict[str, Any]:
          "Resource": "*"},
         {"Sid": "ReadAwsDocuments", "Effect": "Allow", "Action": ["ssm:GetDocument", "ssm:DescribeDocument"],
          "Resource": f"arn:{partition(region)}:ssm:{region}::document/AWS-*"},
-    ]}
-
+    ]
+    return {"Version": "2012-10-17", "Statement": session_manager + (patches if patching else [])}
 
 class Relay(Construct):
     """Security group with no ingress, SSM-managed role, IMDSv2-only instance in a private subnet."""
@@ -67,7 +70,8 @@ class Relay(Construct):
     instance: Instance
 
     def __init__(self, scope: Construct, construct_id: str, *, name: str, env: str, region: str,
-                 network: Network, session_key: KmsKey, instance_type: str, root_volume_gb: int) -> None:
+                 network: Network, session_key: KmsKey, instance_type: str, root_volume_gb: int,
+                 patching: bool) -> None:
         super().__init__(scope, construct_id)
         # No ingress at all: Session Manager connections are outbound from the agent.
         self.security_group = SecurityGroup(
@@ -100,7 +104,8 @@ class Relay(Construct):
         # of the account, Run Command's ec2messages and patching's ssm:*Association*): only what the agent
         # needs for Session Manager.
         document = policy_document(self, "SessionManagerPolicyDocument",
-                                   relay_policy(session_key_arn=session_key.arn, region=region))
+                                   relay_policy(session_key_arn=session_key.arn, region=region,
+                                                patching=patching))
         IamRolePolicy(self, "SessionManagerPolicy", name="session-manager-agent", role=self.role.id,
                       policy=document.json)
         self.instance_profile = IamInstanceProfile(self, "InstanceProfile", name=f"{name}-relay",

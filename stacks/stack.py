@@ -46,7 +46,7 @@ class BastionlessStack(TerraformStack):
     db_connect: DbConnect
     break_glass: BreakGlass
     alarms: Alarms
-    patching: Patching
+    patching: Patching | None
     guardrails: Guardrails
 
     def __init__(self, scope: Construct, stack_id: str, *, config: EnvConfig) -> None:
@@ -67,7 +67,7 @@ class BastionlessStack(TerraformStack):
                                         adopt_existing=s.adopt_existing_preferences, sandbox=cfg.sandbox)
         self.relay = Relay(self, "Relay", name=name, env=cfg.name, region=cfg.region, network=self.network,
                            session_key=self.session_logs.key, instance_type=cfg.relay.instance_type,
-                           root_volume_gb=cfg.relay.root_volume_gb)
+                           root_volume_gb=cfg.relay.root_volume_gb, patching=cfg.patching.enabled)
         db = cfg.database
         self.database = Database(self, "Database", name=name, network=self.network,
                                  clients=self.relay.security_group, engine_version=db.engine_version,
@@ -115,7 +115,7 @@ class BastionlessStack(TerraformStack):
         p = cfg.patching
         self.patching = Patching(self, "Patching", name=name, env=cfg.name, window_schedule=p.window_schedule,
                                  window_hours=p.window_hours, agent_update_schedule=p.agent_update_schedule,
-                                 emulator=cfg.sandbox)
+                                 emulator=cfg.sandbox) if p.enabled else None
         add_outputs(self, network=self.network, relay=self.relay, database=self.database,
                     session_logs=self.session_logs, access=self.access, ecs=self.ecs)
 

@@ -352,3 +352,9 @@ def test_database_ca_not_the_pinned_one(world: EcsWorld) -> None:
         found = fails(run_checks(world.cfg))
     assert set(found) == {"database CA"}
     assert "uses CA rds-ca-2019; sandbox.toml pins rds-ca-rsa2048-g1" in found["database CA"].detail
+
+
+def test_relay_patches_with_patching_turned_off(world: EcsWorld) -> None:
+    cfg = dataclasses.replace(world.cfg, patching=dataclasses.replace(world.cfg.patching, enabled=False))
+    found = {r.name: r for r in run_checks(cfg)}["relay patches"]
+    assert found.status == "warn" and "patching is off" in found.detail and "enabled = true" in found.fix
