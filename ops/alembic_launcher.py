@@ -190,6 +190,12 @@ def main(argv: list[str]) -> int:
     except SystemExit as exc:
         emit(event="exit", phase=_state["phase"], code=exc.code if isinstance(exc.code, int) else 1)
         raise
+    except KeyboardInterrupt:
+        # invoke migrate passes on Ctrl-C or its own SIGTERM as SIGINT: one line, no traceback (the caller's
+        # report says what the database holds now; PostgreSQL rolls back the unfinished transaction).
+        emit(event="exit", phase=_state["phase"], code=130, error="KeyboardInterrupt")
+        print("alembic: interrupted", file=sys.stderr)
+        return 130
     except BaseException as exc:
         emit(event="exit", phase=_state["phase"], code=1, error=type(exc).__name__)
         raise
@@ -198,4 +204,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:  # before Alembic started (importing it takes a moment)
+        print("alembic: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,4 +1,5 @@
-"""Aborts leave nothing behind: SIGTERM to `invoke psql` mid-query ends its Session Manager session and psql."""
+"""Aborts leave nothing behind: SIGTERM to `invoke psql` mid-query or to `invoke migrate` mid-migration ends its
+Session Manager session and its child (psql, Alembic)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -47,6 +49,59 @@ def test_sigterm_to_psql_mid_query_terminates_its_session_and_psql(sandbox: Sand
     assert active_sessions(sandbox) == [], "the session outlived SIGTERM"
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)  # psql (same process group) is gone too
+
+
+def test_sigterm_to_migrate_mid_migration_terminates_its_session_and_alembic(sandbox: Sandbox,
+                                                                              tmp_path: Path) -> None:
+    """The migration sleeps in the database; SIGTERM reaches `invoke migrate` while Alembic runs it."""
+    import threading
+
+    from tests.db_fixtures import copy_migrations, revision_file
+
+    ini = copy_migrations(tmp_path, extra={"0004_slow.py": revision_file(
+        "0004", "0003", "    op.execute('SELECT pg_sleep(60)')", doc="sleeps so SIGTERM lands mid-migration")})
+    assert not active_sessions(sandbox)
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "migrate", "--env", "sandbox", "--ini", str(ini), "--yes"],
+                            cwd=PROJECT_ROOT, env=sandbox.subprocess_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        # The event: Alembic says it is running the revision that sleeps.
+        while not any("Running upgrade 0003 -> 0004" in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        reader.join(10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    err = "".join(lines)
+    assert proc.returncode != 0
+    assert "Traceback" not in err, err
+    assert active_sessions(sandbox) == [], "the session outlived SIGTERM"
+    assert _group(proc.pid) == [], "Alembic (same process group) outlived SIGTERM"
+
+
+def _group(pgid: int) -> list[str]:
+    """The live (not zombie) processes of a process group, with their command lines."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+                found.append(f"{entry.name} {fields[0]} {cmd!r}")
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
 def test_sigkill_of_a_background_tunnel_leaves_an_orphan_that_tunnels_reports_and_close_ends(
