@@ -78,10 +78,18 @@ def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db
             "Resource": f"arn:{part}:rds:{region}:{account_id}:db:{db_identifier}",
         },
         {
+            # doctor: whether the relay is connected and patched.
             "Sid": "RelayConnectionStatus",
             "Effect": "Allow",
-            "Action": ["ssm:GetConnectionStatus"],
+            "Action": ["ssm:GetConnectionStatus", "ssm:DescribeInstancePatchStates"],
             "Resource": relay_arn,
+        },
+        {
+            # doctor: the VPCs' DNS attributes (the interface endpoints' private DNS needs them on).
+            "Sid": "VpcDnsAttributes",
+            "Effect": "Allow",
+            "Action": ["ec2:DescribeVpcAttribute"],
+            "Resource": f"arn:{part}:ec2:{region}:{account_id}:vpc/*",
         },
         {
             # doctor: the session preferences (log group, KMS key) and the env's port document.
@@ -107,8 +115,8 @@ def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db
             "Effect": "Allow",
             "Action": ["ec2:DescribeInstances", "ec2:DescribeInstanceStatus", "ec2:DescribeVpcEndpoints",
                        "ec2:DescribeSecurityGroups", "ec2:DescribeRouteTables", "ec2:DescribeSubnets",
-                       "ec2:DescribeVpcAttribute", "rds:DescribeCertificates", "ssm:DescribeInstanceInformation",
-                       "ssm:DescribeInstancePatchStates", "ssm:DescribeSessions", "sts:GetCallerIdentity"],
+                       "rds:DescribeCertificates", "ssm:DescribeInstanceInformation", "ssm:DescribeSessions",
+                       "sts:GetCallerIdentity"],
             "Resource": "*",
         },
     ]

@@ -124,6 +124,9 @@ def test_request_scope_names_resources_the_way_aws_does() -> None:
     assert resources == [f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/i-1",
                          f"arn:aws:ssm:us-east-1:{ACCOUNT}:document/bastionless-sandbox-database"]
     assert _scope("ec2", "DescribeInstances") == ([], {})  # no resource-level permissions: "*"
+    assert _scope("ec2", "DescribeVpcAttribute", VpcId="vpc-1")[0] == [f"arn:aws:ec2:us-east-1:{ACCOUNT}:vpc/vpc-1"]
+    assert _scope("ssm", "DescribeInstancePatchStates", InstanceIds="i-1")[0] == [
+        f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/i-1"]
     # CreatePolicy's request carries a name and a path; IAM authorizes the ARN they make.
     assert _scope("iam", "CreatePolicy", PolicyName="bastionless-sandbox-db", Path="/x/")[0] == [
         f"arn:aws:iam::{ACCOUNT}:policy/x/bastionless-sandbox-db"]

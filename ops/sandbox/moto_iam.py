@@ -78,7 +78,7 @@ def request_scope(service: str, action: str, region: str, account: str,
         for db in param("DBInstanceIdentifier"):
             resources.append(db if db.startswith("arn:") else f"arn:aws:rds:{region}:{account}:db:{db}")
     elif service == "ssm":
-        for target in param("Target") + param("InstanceId"):
+        for target in param("Target") + param("InstanceId") + param("InstanceIds"):
             resources.append(f"arn:aws:ec2:{region}:{account}:instance/{target}" if target.startswith("i-")
                              else f"arn:aws:ssm:{region}:{account}:managed-instance/{target}")
         if action == "StartSession":
@@ -92,6 +92,8 @@ def request_scope(service: str, action: str, region: str, account: str,
                 resources.append(document_arn(name, region, account))
             elif name.startswith("/") or action.startswith(("GetParameter", "PutParameter", "DeleteParameter")):
                 resources.append(f"arn:aws:ssm:{region}:{account}:parameter/{name.lstrip('/')}")
+    elif service == "ec2" and action == "DescribeVpcAttribute":
+        resources += [f"arn:aws:ec2:{region}:{account}:vpc/{vpc}" for vpc in param("VpcId")]
     elif service == "ecs":
         clusters = param("cluster")
         if action == "DescribeClusters":
