@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,12 +56,14 @@ def echo_once(port: int, blob: bytes) -> bytes:
         return got
 
 
-def run_plugin(box: EndpointBox, tmp_path: Path, plugin: str) -> None:
+def start_plugin(box: EndpointBox, tmp_path: Path, plugin: str
+                 ) -> tuple[subprocess.Popen[str], dict[str, Any], int, list[str]]:
+    """StartSession to the database host, then the plugin as the AWS CLI runs it; returns the process, the
+    StartSession answer, the local port and the plugin's output lines (collected as they come)."""
     local_port = free_port()
     params = {"Target": box.relay, "DocumentName": "AWS-StartPortForwardingSessionToRemoteHost",
               "Parameters": {"host": [DB_HOST], "portNumber": [str(DB_PORT)], "localPortNumber": [str(local_port)]}}
-    ssm = box.endpoint.ssm()
-    response = ssm.start_session(**params)
+    response = box.endpoint.ssm().start_session(**params)
     response.pop("ResponseMetadata")
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path),
            "SSL_CERT_FILE": box.endpoint.ca_file}
@@ -72,6 +75,12 @@ def run_plugin(box: EndpointBox, tmp_path: Path, plugin: str) -> None:
     assert proc.stdout is not None
     stdout = proc.stdout
     threading.Thread(target=lambda: lines.extend(line.rstrip() for line in stdout), daemon=True).start()
+    return proc, response, local_port, lines
+
+
+def run_plugin(box: EndpointBox, tmp_path: Path, plugin: str) -> None:
+    proc, response, local_port, lines = start_plugin(box, tmp_path, plugin)
+    ssm = box.endpoint.ssm()
     try:
         deadline = time.monotonic() + 20
         while not any("opened for sessionId" in line for line in lines):
@@ -152,21 +161,7 @@ def test_real_plugin_shell_without_kms(sandbox: EndpointBox, tmp_path: Path, plu
 @pytest.mark.slow
 def test_real_plugin_resumes_after_a_drop(sandbox: EndpointBox, tmp_path: Path, plugin: str) -> None:
     """A dropped data channel: the plugin calls ResumeSession itself and carries on with the same session."""
-    local_port = free_port()
-    params = {"Target": sandbox.relay, "DocumentName": "AWS-StartPortForwardingSessionToRemoteHost",
-              "Parameters": {"host": [DB_HOST], "portNumber": [str(DB_PORT)], "localPortNumber": [str(local_port)]}}
-    ssm = sandbox.endpoint.ssm()
-    response = ssm.start_session(**params)
-    response.pop("ResponseMetadata")
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path),
-           "SSL_CERT_FILE": sandbox.endpoint.ca_file}
-    proc = subprocess.Popen([plugin, json.dumps(response), REGION, "StartSession", "", json.dumps(params),
-                             sandbox.endpoint.url], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    lines: list[str] = []
-    assert proc.stdout is not None
-    stdout = proc.stdout
-    threading.Thread(target=lambda: lines.extend(line.rstrip() for line in stdout), daemon=True).start()
+    proc, response, local_port, lines = start_plugin(sandbox, tmp_path, plugin)
     try:
         deadline = time.monotonic() + 20
         while not any("opened for sessionId" in line for line in lines):
