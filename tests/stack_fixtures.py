@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ops.config import available_envs, load_env
+from ops.config import EnvConfig, available_envs, load_env
 from ops.synth import SYNTH_FILE, synth_many
 
 ENVS = available_envs()
@@ -50,3 +50,16 @@ def ref(doc: dict[str, Any], resource_type: str, path: str, attr: str = "id") ->
         if cfg["//"]["metadata"]["path"].split("/", 1)[1] == path:
             return f"${{{resource_type}.{name}.{attr}}}"
     raise AssertionError(f"no {resource_type} at {path}")
+
+
+def synth_one(cfg: EnvConfig, outdir: Path) -> dict[str, Any]:
+    """One stack from a config a test changed (needs the `cdktf_runtime` fixture); its cdk.tf.json."""
+    from cdktf import App
+
+    from stacks.stack import BastionlessStack
+
+    app = App(outdir=str(outdir))
+    BastionlessStack(app, cfg.stack_name, config=cfg)
+    app.synth()
+    doc: dict[str, Any] = json.loads((outdir / "stacks" / cfg.stack_name / "cdk.tf.json").read_text())
+    return doc

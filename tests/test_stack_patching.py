@@ -15,6 +15,7 @@ from tests.stack_fixtures import (
     ref,
     resources,
     synth_dirs_fixture,  # noqa: F401
+    synth_one,
     synthesized_fixture,  # noqa: F401
 )
 from tests.test_stack_access import document
@@ -74,16 +75,8 @@ def test_sandbox_leaves_out_only_what_moto_cannot_read_back(synthesized: dict[st
 def test_patching_off_leaves_a_session_manager_only_relay(tmp_path: Path) -> None:
     """`[patching] enabled = false`: no window, scan or agent association, and the relay's role has nothing
     for Run Command (issue: "nothing for Run Command, Parameter Store or patching unless an env turns it on")."""
-    from cdktf import App
-
-    from stacks.stack import BastionlessStack
-
     cfg = load_env("prod")
-    cfg = dataclasses.replace(cfg, patching=dataclasses.replace(cfg.patching, enabled=False))
-    app = App(outdir=str(tmp_path))
-    BastionlessStack(app, cfg.stack_name, config=cfg)
-    app.synth()
-    doc = json.loads((tmp_path / "stacks" / cfg.stack_name / "cdk.tf.json").read_text())
+    doc = synth_one(dataclasses.replace(cfg, patching=dataclasses.replace(cfg.patching, enabled=False)), tmp_path)
     assert not [t for t in doc["resource"] if t.startswith(("aws_ssm_maintenance_window", "aws_ssm_association"))]
     policy = document(doc, "Relay/SessionManagerPolicy")
     actions = {a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}

@@ -13,6 +13,7 @@ from ops.config import load_env
 from tests.stack_fixtures import (
     one,
     ref,
+    synth_one,
 )
 from tests.tiers import require_tool
 
@@ -61,16 +62,9 @@ def test_preferences_document(synthesized: dict[str, dict[str, Any]]) -> None:
 
 @pytest.mark.usefixtures("cdktf_runtime")
 def test_adopt_existing_generates_an_import_block(tmp_path: Path) -> None:
-    from cdktf import App
-
-    from stacks.stack import BastionlessStack
-
     cfg = load_env("sandbox")
-    cfg = dataclasses.replace(cfg, session=dataclasses.replace(cfg.session, adopt_existing_preferences=True))
-    app = App(outdir=str(tmp_path))
-    BastionlessStack(app, cfg.stack_name, config=cfg)
-    app.synth()
-    doc = json.loads((tmp_path / "stacks" / cfg.stack_name / "cdk.tf.json").read_text())
+    doc = synth_one(dataclasses.replace(cfg, session=dataclasses.replace(cfg.session, adopt_existing_preferences=True)),
+                    tmp_path)
     target = ref(doc, "aws_ssm_document", "SessionLogs/Preferences").removeprefix("${").removesuffix(".id}")
     assert doc["import"] == [{"id": "SSM-SessionManagerRunShell", "to": target}]
 
