@@ -698,11 +698,6 @@ class Endpoint:
         if opened.get("TokenValue") != sess.token:
             await ws.close(code=4001, message=b"invalid token")
             return ws
-        if sess.status in ("Terminated", "Failed", "Terminating"):
-            # Terminated while this channel was opening (a client stopping right after StartSession): the
-            # service does not bring it back to Connected; the channel just closes.
-            await ws.close(code=1000, message=b"session terminated")
-            return ws
         # A new websocket for a session replaces the old one (ResumeSession); the agent's side of the
         # session (its data channel, sequence numbers, TCP connections) carries on, as on AWS.
         old_ws = sess.ws
@@ -737,6 +732,12 @@ class Endpoint:
             agent = AgentConnection(spec=spec, send_raw=send_raw, state_dir=self.state_dir,
                                     agent_version=self.agent_version, profile=self.profile, loss=self.loss,
                                     on_finished=finished, kms_decrypt=self._kms_decrypt(sess.region))
+        if sess.status in ("Terminated", "Failed", "Terminating"):
+            # Terminated while this channel was opening (a client stopping right after StartSession; the
+            # awaits above give TerminateSession its chance): the service does not bring it back to
+            # Connected; the channel just closes (a new agent side was never started).
+            await ws.close(code=1000, message=b"session terminated")
+            return ws
         sess.agent, sess.ws, sess.status = agent, ws, "Connected"
         sess.ws_opened = time.monotonic()
         sess.websockets += 1
