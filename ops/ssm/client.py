@@ -75,6 +75,9 @@ class _Session:
         self.dropped = False
         self.close_output = ""
         self._handshake_error: SessionError | None = None
+        # Stream payload bytes each way (smux framing included): what `invoke tunnels` and progress show.
+        self.bytes_sent = 0
+        self.bytes_received = 0
 
     # ---- lifecycle ----
     async def _connect(self) -> None:
@@ -287,8 +290,10 @@ class _Session:
 
     async def _send_data(self, payload_type: int, data: bytes) -> None:
         assert self.channel is not None
-        if self.cipher is not None and payload_type == PayloadType.OUTPUT:
-            data = self.cipher.encrypt(data)
+        if payload_type == PayloadType.OUTPUT:
+            self.bytes_sent += len(data)
+            if self.cipher is not None:
+                data = self.cipher.encrypt(data)
         await self.channel.send(payload_type, data)
 
     async def _kms_action(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -399,6 +404,7 @@ class PortSession(_Session):
 
     async def _deliver(self, msg: AgentMessage) -> None:
         if msg.payload_type == PayloadType.OUTPUT:
+            self.bytes_received += len(msg.payload)
             if self._mux is not None:
                 try:
                     await self._mux.feed(msg.payload)
