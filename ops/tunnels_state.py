@@ -316,6 +316,6 @@ def format_table(records: list[TunnelRecord], *, now: float | None = None) -> st
     out = lines[:1]
     for record, line in zip(records, lines[1:], strict=True):
         out.append(line)
-        out += [f"  {record.env} session {sid}: {size / 1e6:.1f} MB, {rate:.2f} MB/s now, {conns} connection(s)"
+        out += [f"  session {sid}: {size / 1e6:.1f} MB, {rate:.2f} MB/s now, {conns} connection(s)"
                 for sid, size, rate, conns in record.lanes]
     return "\n".join(out)
