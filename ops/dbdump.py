@@ -97,6 +97,9 @@ class Progress:
 
     def summary(self, *, verb: str, sessions: int, now: float) -> str:
         elapsed = max(now - self.started, 1e-6)
+        if not self.total:
+            # --sessions 1 with the plugin: it listens on the port itself, so no byte passes our counters.
+            return f"{verb} through {sessions} session(s) in {elapsed:.1f} s (no byte counts for this transport)"
         line = (f"{verb} {self.total / 1e6:.1f} MB through {sessions} session(s) in {elapsed:.1f} s "
                 f"({self.total / 1e6 / elapsed:.2f} MB/s)")
         single = self.one_session_rate()
@@ -184,13 +187,14 @@ def dumped_tables(directory: Path) -> list[str]:
 
 
 def dump(cfg: EnvConfig, directory: Path, *, jobs: int, schema_only: bool = False, tables: Sequence[str] = (),
-         transport: str = "auto", reason: str = "", report: Report = print) -> str:
-    """pg_dump -Fd -j `jobs` of the env's database into `directory` (new, 0700); returns the summary."""
+         transport: str = "auto", reason: str = "", report: Report = print, sessions: int | None = None) -> str:
+    """pg_dump -Fd -j `jobs` of the env's database into `directory` (new, 0700); returns the summary.
+    `sessions`: how many carry it (default one per job; bench/pool compares with one)."""
     check_sessions(jobs)
     binary = pg_tool("pg_dump")
     target = _prepare_dump_dir(directory)
-    with _pooled(cfg, jobs=jobs, reason=reason or f"bastionless db-dump ({jobs} jobs)", transport=transport,
-                 report=report) as (info, libpq):
+    with _pooled(cfg, jobs=check_sessions(sessions or jobs), reason=reason or f"bastionless db-dump ({jobs} jobs)",
+                 transport=transport, report=report) as (info, libpq):
         argv = dump_argv(binary, directory=target, jobs=jobs, schema_only=schema_only, tables=tables)
         report(f"dumping {info.db_name} of {cfg.name} with {jobs} job(s) through {len(info.sessions)} session(s) "
                f"into {target}")

@@ -97,3 +97,10 @@ def test_dump_refuses_a_directory_that_holds_files(tmp_path: Path) -> None:
     (tmp_path / "old.dat").write_text("x")
     with pytest.raises(dbdump.DumpError, match="not an empty directory"):
         dbdump.dump(load_env("sandbox"), tmp_path, jobs=2)
+
+
+def test_summary_without_byte_counts_says_so() -> None:
+    progress = dbdump.Progress(started=0.0)
+    progress.sample([LaneStats("a", 0, 0, 1)], 5.0)
+    assert progress.summary(verb="dumped", sessions=1, now=5.0) == (
+        "dumped through 1 session(s) in 5.0 s (no byte counts for this transport)")
