@@ -182,8 +182,15 @@ def describe_ready(cfg: EnvConfig, info: Any, *, caller: str, background: bool =
         f"  psql       psql {where} -d {info.db_name}",
         f"  DATABASE_URL={url(info)}",
         "  only your OS user can use this port; --raw gives plain forwarding",
+        f"  carried by {_carried(info)}",
         f"stop: {stop}",
     ])
+
+
+def _carried(info: Any) -> str:
+    sessions = getattr(info, "sessions", ()) or (info.session_id,)
+    return (f"1 Session Manager session ({sessions[0]})" if len(sessions) == 1
+            else f"a pool of {len(sessions)} Session Manager sessions")
 
 
 def run(cfg: EnvConfig, *, raw: bool = False, local_port: int | None = None, unix_socket: str = "",
