@@ -884,7 +884,7 @@ class Pool:
                     raise error
                 self.report(f"{error.message}; the pool goes on with {len(self.lanes)} session(s)")
                 self.info = self._info()
-                self._changed()
+                self._lane_changed(lane)
 
     def _lane_report(self, n: int) -> Report:
         def report(line: str) -> None:
@@ -893,6 +893,9 @@ class Pool:
         return report
 
     def _lane_changed(self, _lane: Supervisor) -> None:
+        if self.phase in ("ready", "reconnecting"):
+            # `invoke tunnels` says reconnecting while any session is; new connections go to the others.
+            self.phase = "reconnecting" if any(lane.phase == "reconnecting" for lane in self.lanes) else "ready"
         self._changed()
 
     def _lane_error(self, task: asyncio.Future[None]) -> BaseException:
@@ -917,7 +920,7 @@ class Pool:
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         lane = self.pick()
-        if lane is None or self.phase not in ("ready", "starting", "discovering"):
+        if lane is None or self.phase in ("init", "stopping"):
             writer.close()
             return
         self._given[id(lane)] = self._given.get(id(lane), 0) + 1

@@ -104,3 +104,16 @@ def test_summary_without_byte_counts_says_so() -> None:
     progress.sample([LaneStats("a", 0, 0, 1)], 5.0)
     assert progress.summary(verb="dumped", sessions=1, now=5.0) == (
         "dumped through 1 session(s) in 5.0 s (no byte counts for this transport)")
+
+
+def test_the_pool_says_reconnecting_while_any_of_its_sessions_is() -> None:
+    cfg = load_env("sandbox")
+    phases: list[str] = []
+    pool = Pool(cfg, sessions=2, report=lambda _line: None, on_change=lambda p: phases.append(p.phase))
+    pool.lanes = [Supervisor(cfg, report=lambda _line: None) for _ in range(2)]
+    pool.phase = "ready"
+    pool.lanes[0].phase, pool.lanes[1].phase = "reconnecting", "ready"
+    pool._lane_changed(pool.lanes[0])
+    pool.lanes[0].phase = "ready"
+    pool._lane_changed(pool.lanes[0])
+    assert phases == ["reconnecting", "ready"]

@@ -148,3 +148,35 @@ def test_plugin_pool_runs_one_plugin_per_session(pg_world: TunnelWorld, monkeypa
                 conn.close()
     assert pg_world.active_sessions() == []
     wait_for(lambda: not plugin_processes(), timeout=5, what="the plugins to exit")
+
+
+def test_invoke_tunnels_shows_bytes_and_rate_per_session_of_a_background_pool(pg_world: TunnelWorld) -> None:
+    from ops import tunnels_state
+    from ops.tunnel import start_background
+    from tests.tunnel_fixtures import run_cli
+
+    cfg = pg_world.add_env("sandbox")
+    record = start_background(cfg, local_port=0, transport="native", sessions=2)
+    try:
+        assert record.transport == "native" and len(record.session_id.split(",")) == 2
+        got, want = _copy_sha(record.local_port, 30_000)  # ~1 MB through one of the two sessions
+        assert got == want
+
+        def metered() -> bool:
+            current = tunnels_state.read("sandbox")
+            return current is not None and len(current.lanes) == 2 and max(size for _s, size, _r, _c in
+                                                                                current.lanes) > 900_000
+
+        wait_for(metered, timeout=10, what="the per-session byte counts in the state file")
+        listed = run_cli(pg_world, "tunnels")
+        assert listed.returncode == 0, listed.stderr
+        lines = listed.stdout.splitlines()
+        assert lines[1].split()[:4] == ["sandbox", f"127.0.0.1:{record.local_port}", "pool", "of"]
+        sessions = [line.strip() for line in lines[2:4]]
+        assert {line.split()[1].rstrip(":") for line in sessions} == set(record.session_id.split(","))
+        assert all(" MB, " in line and " MB/s now, " in line for line in sessions)
+        assert max(float(line.split()[2]) for line in sessions) >= 0.9
+    finally:
+        closed = run_cli(pg_world, "tunnel-close", "--env", "sandbox")
+        assert closed.returncode == 0, closed.stderr
+    assert pg_world.active_sessions() == []
