@@ -245,13 +245,30 @@ def serve(cfg: EnvConfig, *, local_port: int, unix_socket: str = "", reason: str
                                           db_host=info.db_host, db_port=info.db_port, db_name=info.db_name,
                                           db_user=info.db_user)
             print(describe_ready(cfg, info, caller=caller.identity), file=out, flush=True)
-            stop.wait()
+            record = _meter_until(stop, record, info)
             say("stopping: terminating the session")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         tunnels_state.release(record)
     say("stopped; session terminated")
+
+
+def _meter_until(stop: threading.Event, record: tunnels_state.TunnelRecord,
+                 info: Any) -> tunnels_state.TunnelRecord:
+    """Bytes and MB/s per session into the state file (`invoke tunnels`) until `stop`; written on change."""
+    import time
+
+    from ops.tunnel import METER_INTERVAL, Meter
+
+    meter = Meter()
+    while not stop.wait(METER_INTERVAL):
+        if info.stats is None:
+            continue
+        lanes = tuple(meter.sample(info.stats(), time.monotonic()))
+        if lanes != record.lanes:
+            record = tunnels_state.update(record, lanes=lanes)
+    return record
 
 
 def start_background(cfg: EnvConfig, *, local_port: int, unix_socket: str = "", reason: str = "",
