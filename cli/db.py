@@ -168,3 +168,45 @@ def db_url(c: Context, env: str = "", port: int = -1, pgservice: bool = False, p
         print(dburl.describe(cfg, params))
         if pgservice or pgpass:
             print(pgs.configure(cfg, params, pgpass=pgpass))
+
+
+JOBS_HELP = "parallel jobs, each through a Session Manager session of its own (one carries ~1 MB/s)"
+
+
+@task(name="db-dump", help={
+    "dir": "directory to write the dump into: new or empty; made 0700",
+    "env": ENV_HELP,
+    "jobs": JOBS_HELP,
+    "schema_only": "dump the schema only, no data",
+    "table": "dump only this table (pg_dump --table pattern); repeat for more",
+    "transport": TRANSPORT_HELP,
+    "reason": "why you dump; sent as the StartSession reason",
+}, positional=["dir"], iterable=["table"])
+def db_dump(c: Context, dir: str, env: str = "", jobs: int = 4, schema_only: bool = False,
+            table: list[str] | None = None, transport: str = "auto", reason: str = "") -> None:
+    """pg_dump -Fd -j N of the env's database into DIR (new, 0700) through a pool of N sessions."""
+    with ops_errors():
+        from ops.dbdump import dump
+
+        print(dump(_common.env(env), Path(dir), jobs=jobs, schema_only=schema_only, tables=table or [],
+                   transport=transport, reason=reason, report=_log))
+
+
+@task(name="db-restore", help={
+    "dir": "a directory written by invoke db-dump (pg_dump -Fd)",
+    "env": ENV_HELP + " (never a production env)",
+    "jobs": JOBS_HELP,
+    "schema_only": "restore the schema only, no data",
+    "table": "restore only this table; repeat for more",
+    "transport": TRANSPORT_HELP,
+    "reason": "why you restore; sent as the StartSession reason",
+    "yes": YES_HELP,
+}, positional=["dir"], iterable=["table"])
+def db_restore(c: Context, dir: str, env: str = "", jobs: int = 4, schema_only: bool = False,
+               table: list[str] | None = None, transport: str = "auto", reason: str = "", yes: bool = False) -> None:
+    """pg_restore -j N of a db-dump directory into a non-production env's database (asks first)."""
+    with ops_errors():
+        from ops.dbdump import restore
+
+        print(restore(_common.env(env), Path(dir), jobs=jobs, schema_only=schema_only, tables=table or [],
+                      transport=transport, reason=reason, yes=yes, report=_log))

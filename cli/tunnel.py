@@ -21,22 +21,25 @@ from cli._common import ENV_HELP, EnvFlagTask, local_port_help, ops_errors
     "raw": "plain TCP forwarding (your client does TLS and auth) instead of the auth proxy, which logs you in "
            "as your own DB user with no password",
     "unix_socket": "auth proxy on a Unix socket in this directory (made 0700) instead of a TCP port",
+    "sessions": "Session Manager sessions behind the port, each new connection to the least loaded (one carries "
+                "~1 MB/s; default: the env's [tunnel] sessions, else 1)",
 })
 def tunnel(c: Context, env: str = "", local_port: str = "", reason: str = "", background: bool = False,
            transport: str = "auto", instance: str = "", host: str = "", raw: bool = False,
-           unix_socket: str = "") -> None:
+           unix_socket: str = "", sessions: int = 0) -> None:
     """Open a tunnel to the env's database; ready once PostgreSQL answers through it. Ctrl-C stops it."""
     with ops_errors():
         from ops import inputs
         from ops.identity_tunnel import run
 
         run(_common.env(env), raw=raw, local_port=inputs.local_port(local_port), unix_socket=unix_socket,
-            reason=reason, transport=transport, instance=instance, host=host, background=background)
+            reason=reason, transport=transport, instance=instance, host=host, background=background,
+            sessions=sessions or None)
 
 
 @task(name="tunnels", help={})
 def tunnels(c: Context) -> None:
-    """List the tunnels running on this machine (env, local port, session, transport, uptime, reconnects)."""
+    """List the tunnels running on this machine (env, port, sessions with bytes and MB/s now, uptime, reconnects)."""
     with ops_errors():
         from ops import tunnels_state
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from ops.errors import ConfigError
+from ops.facts import MAX_TUNNEL_SESSIONS
 from ops.people import Person, parse_people
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -139,6 +140,9 @@ class StateConfig:
 @dataclass(frozen=True)
 class TunnelConfig:
     local_port: int = 5433
+    # Session Manager sessions behind the local port (`invoke tunnel --sessions N` overrides it): each
+    # carries ~1 MB/s on AWS, so parallel dumps and restores want one per job.
+    sessions: int = 1
 
 
 @dataclass(frozen=True)
@@ -421,6 +425,9 @@ def _validate(where: str, cfg: EnvConfig) -> None:
         fail("state.backend", "= \"local\" for a production environment", "use backend = \"s3\" with a bucket")
 
     _port(fail, "tunnel.local_port", cfg.tunnel.local_port, allow_zero=True)
+    if not 1 <= cfg.tunnel.sessions <= MAX_TUNNEL_SESSIONS:
+        fail("tunnel.sessions", f"= {cfg.tunnel.sessions} is out of range",
+             f"use 1 (one session, the default) to {MAX_TUNNEL_SESSIONS}")
     _validate_migrations(fail, cfg.migrations)
 
 

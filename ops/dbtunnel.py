@@ -30,14 +30,15 @@ class Connection:
 
 @contextmanager
 def through_tunnel(cfg: EnvConfig, *, reason: str = "", transport: str = "auto",
-                   report: Callable[[str], None] | None = None) -> Iterator[Connection]:
-    """Account guard, credentials from Secrets Manager, an ephemeral tunnel on a free port.
+                   report: Callable[[str], None] | None = None, sessions: int = 1) -> Iterator[Connection]:
+    """Account guard, credentials from Secrets Manager, an ephemeral tunnel on a free port (carried by
+    `sessions` Session Manager sessions).
 
-    The tunnel (and its Session Manager session) is closed when the block ends, however it ends."""
+    The tunnel (and its Session Manager sessions) is closed when the block ends, however it ends."""
     check_account(cfg)
     creds = database_credentials(cfg)
     with sigterm_as_interrupt(), open_tunnel(cfg, local_port=0, reason=reason, transport=transport,
-                                             report=report) as info:
+                                             report=report, sessions=sessions) as info:
         params = for_tunnel(cfg, local_port=info.local_port, db_host=info.db_host, db_name=info.db_name,
                             user=creds.username, local_host=info.local_host)
         yield Connection(tunnel=info, params=params, credentials=creds)

@@ -84,3 +84,6 @@ RDS_SHORTCUT_ENV = "BASTIONLESS_SANDBOX_RDS_SHORTCUT"
 SANDBOX_SECRET_ENV = "BASTIONLESS_SANDBOX_SECRET"  # noqa: S105 - the name of a variable, not a secret
 SANDBOX_AGENT_VERSION_ENV = "BASTIONLESS_SANDBOX_AGENT_VERSION"
 TUNNEL_PHASE_DELAY_ENV = "BASTIONLESS_TUNNEL_PHASE_DELAY"
+# A pool of Session Manager sessions behind one tunnel port (`--sessions`, [tunnel] sessions): more than
+# this many is more load on the relay's agent than any dump needs.
+MAX_TUNNEL_SESSIONS = 16

@@ -122,7 +122,8 @@ class ProxyThread:
 @contextmanager
 def open_auth_tunnel(cfg: EnvConfig, *, local_port: int = 0, unix_socket: str = "", reason: str = "",
                      transport: str = "auto", report: Callable[[str], None] | None = None,
-                     caller: Caller | None = None, instance: str = "", host: str = "") -> Iterator[Any]:
+                     caller: Caller | None = None, instance: str = "", host: str = "",
+                     sessions: int = 1) -> Iterator[Any]:
     """A tunnel whose local end needs no password: yields the raw tunnel's TunnelInfo with the proxy's
     port and the caller's DB user. Everything stops when the block ends."""
     from ops.tunnel import open_tunnel, stderr_report
@@ -131,7 +132,7 @@ def open_auth_tunnel(cfg: EnvConfig, *, local_port: int = 0, unix_socket: str = 
     who = caller or resolve_caller(cfg)
     tls = authproxy.verify_full_context(ca_bundle(cfg))
     with open_tunnel(cfg, local_port=0, reason=reason, transport=transport, report=report, instance=instance,
-                     host=host) as raw:
+                     host=host, sessions=sessions) as raw:
         async def through_tunnel() -> authproxy.Stream:
             return await asyncio.open_connection(raw.local_host, raw.local_port)
 
@@ -181,38 +182,47 @@ def describe_ready(cfg: EnvConfig, info: Any, *, caller: str, background: bool =
         f"  psql       psql {where} -d {info.db_name}",
         f"  DATABASE_URL={url(info)}",
         "  only your OS user can use this port; --raw gives plain forwarding",
+        f"  carried by {_carried(info)}",
         f"stop: {stop}",
     ])
 
 
+def _carried(info: Any) -> str:
+    sessions = getattr(info, "sessions", ()) or (info.session_id,)
+    return (f"1 Session Manager session ({sessions[0]})" if len(sessions) == 1
+            else f"a pool of {len(sessions)} Session Manager sessions")
+
+
 def run(cfg: EnvConfig, *, raw: bool = False, local_port: int | None = None, unix_socket: str = "",
         reason: str = "", transport: str = "auto", instance: str = "", host: str = "", background: bool = False,
-        out: TextIO | None = None, report: Callable[[str], None] | None = None) -> None:
-    """`invoke tunnel`: the auth proxy when the env has people (and not --raw), else plain forwarding."""
-    from ops.tunnel import run_tunnel
+        out: TextIO | None = None, report: Callable[[str], None] | None = None, sessions: int | None = None) -> None:
+    """`invoke tunnel`: the auth proxy when the env has people (and not --raw), else plain forwarding.
+    `sessions`: Session Manager sessions behind the port (default: the env's [tunnel] sessions)."""
+    from ops.tunnel import check_sessions, run_tunnel
 
     out = out or sys.stdout
     port = cfg.tunnel.local_port if local_port is None else local_port
+    count = check_sessions(cfg.tunnel.sessions if sessions is None else sessions)
     if choose_target(cfg, raw=raw) == "raw":
         if unix_socket:
             raise OpsError("--unix-socket needs the auth proxy, which --raw turns off",
                            next_step="drop --raw, or drop --unix-socket")
         run_tunnel(cfg, local_port=port, reason=reason, transport=transport, instance=instance, host=host,
-                   background=background, out=out)
+                   background=background, out=out, sessions=count)
         return
     if background:
         record = start_background(cfg, local_port=port, unix_socket=unix_socket, reason=reason, transport=transport,
-                                  instance=instance, host=host)
+                                  instance=instance, host=host, sessions=count)
         print(describe_ready(cfg, record, caller=record.db_user, background=True), file=out, flush=True)
         print(f"log: {record.log}", file=out, flush=True)
         return
     serve(cfg, local_port=port, unix_socket=unix_socket, reason=reason, transport=transport, instance=instance,
-          host=host, out=out, report=report)
+          host=host, out=out, report=report, sessions=count)
 
 
 def serve(cfg: EnvConfig, *, local_port: int, unix_socket: str = "", reason: str = "", transport: str = "auto",
           instance: str = "", host: str = "", out: TextIO, report: Callable[[str], None] | None = None,
-          detached: bool = False) -> None:
+          detached: bool = False, sessions: int = 1) -> None:
     """Run the auth tunnel until SIGINT/SIGTERM, recorded for `invoke tunnels` / `tunnel-close`."""
     from ops import transport as transport_mod
     from ops.tunnel import stderr_report
@@ -228,14 +238,14 @@ def serve(cfg: EnvConfig, *, local_port: int, unix_socket: str = "", reason: str
                                                             region=cfg.region, env_file=str(cfg.source), log=log))
     try:
         with open_auth_tunnel(cfg, local_port=port, unix_socket=unix_socket, reason=reason, transport=transport,
-                              report=say, caller=caller, instance=instance, host=host) as info:
+                              report=say, caller=caller, instance=instance, host=host, sessions=sessions) as info:
             record = tunnels_state.update(record, status="ready", local_host=info.local_host,
                                           local_port=info.local_port, session_id=info.session_id,
                                           transport=info.transport, instance_id=info.instance_id,
                                           db_host=info.db_host, db_port=info.db_port, db_name=info.db_name,
                                           db_user=info.db_user)
             print(describe_ready(cfg, info, caller=caller.identity), file=out, flush=True)
-            stop.wait()
+            record = _meter_until(stop, record, info)
             say("stopping: terminating the session")
     finally:
         for sig, handler in previous.items():
@@ -244,9 +254,26 @@ def serve(cfg: EnvConfig, *, local_port: int, unix_socket: str = "", reason: str
     say("stopped; session terminated")
 
 
+def _meter_until(stop: threading.Event, record: tunnels_state.TunnelRecord,
+                 info: Any) -> tunnels_state.TunnelRecord:
+    """Bytes and MB/s per session into the state file (`invoke tunnels`) until `stop`; written on change."""
+    import time
+
+    from ops.tunnel import METER_INTERVAL, Meter
+
+    meter = Meter()
+    while not stop.wait(METER_INTERVAL):
+        if info.stats is None:
+            continue
+        lanes = tuple(meter.sample(info.stats(), time.monotonic()))
+        if lanes != record.lanes:
+            record = tunnels_state.update(record, lanes=lanes)
+    return record
+
+
 def start_background(cfg: EnvConfig, *, local_port: int, unix_socket: str = "", reason: str = "",
                      transport: str = "auto", instance: str = "", host: str = "",
-                     timeout: float = 60.0) -> tunnels_state.TunnelRecord:
+                     timeout: float = 60.0, sessions: int = 1) -> tunnels_state.TunnelRecord:
     """A detached auth tunnel (`python -m ops.identity_tunnel`); its record once ready, or its error."""
     import subprocess
     import time
@@ -264,7 +291,7 @@ def start_background(cfg: EnvConfig, *, local_port: int, unix_socket: str = "", 
     tunnels_state.tunnels_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
     log = tunnels_state.log_path(cfg.name)
     argv = [sys.executable, "-m", "ops.identity_tunnel", "--env-file", str(cfg.source), "--env", cfg.name,
-            "--local-port", str(local_port), "--transport", transport]
+            "--local-port", str(local_port), "--transport", transport, "--sessions", str(sessions)]
     for flag, value in (("--unix-socket", unix_socket), ("--reason", reason), ("--instance", instance),
                         ("--host", host)):
         if value:
@@ -305,13 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transport", default="auto")
     parser.add_argument("--instance", default="")
     parser.add_argument("--host", default="")
+    parser.add_argument("--sessions", type=int, default=None)
     args = parser.parse_args(argv)
     try:
         path: Path = args.env_file
         cfg = parse_env(args.env or path.stem, path.read_bytes(), path)
         port = cfg.tunnel.local_port if args.local_port is None else args.local_port
+        sessions = cfg.tunnel.sessions if args.sessions is None else args.sessions
         serve(cfg, local_port=port, unix_socket=args.unix_socket, reason=args.reason, transport=args.transport,
-              instance=args.instance, host=args.host, out=sys.stdout, detached=True)
+              instance=args.instance, host=args.host, out=sys.stdout, detached=True, sessions=sessions)
     except OpsError as exc:
         print(f"error: {exc.message}" + (f"; next: {exc.next_step}" if exc.next_step else ""), file=sys.stderr,
               flush=True)

@@ -36,11 +36,12 @@ def psql_argv(binary: str, *, command: str = "", args: Sequence[str] = ()) -> li
     return [*argv, *args]
 
 
-def _child_env(extra: dict[str, str]) -> dict[str, str]:
+def child_env(extra: dict[str, str], *, app: str = "bastionless-psql") -> dict[str, str]:
+    """The environment of a libpq tool (psql, pg_dump, pg_restore) run through a tunnel."""
     # A PGSERVICE or PGHOSTADDR from the caller's shell must not redirect our connection.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(extra)
-    env["PGAPPNAME"] = "bastionless-psql"
+    env["PGAPPNAME"] = app
     env["PGCONNECT_TIMEOUT"] = "15"
     return env
 
@@ -58,13 +59,13 @@ def run_psql(cfg: EnvConfig, *, command: str = "", args: Sequence[str] = (), tra
     binary = psql_binary()
     if choose_target(cfg, raw=break_glass) == "postgres-auth":
         with open_auth_tunnel(cfg, reason=reason or "bastionless psql", transport=transport, report=report) as info:
-            env = _child_env({"PGHOST": info.local_host, "PGPORT": str(info.local_port),
+            env = child_env({"PGHOST": info.local_host, "PGPORT": str(info.local_port),
                               "PGDATABASE": info.db_name, "PGUSER": info.db_user})
             return _run(binary, command=command, args=args, env=env, capture=capture)
     if break_glass:
         (report or print)(break_glass_notice(cfg, "psql"))
     with through_tunnel(cfg, reason=reason or "bastionless psql", transport=transport, report=report) as conn:
-        env = _child_env(conn.params.libpq_env(password=conn.credentials.password))
+        env = child_env(conn.params.libpq_env(password=conn.credentials.password))
         return _run(binary, command=command, args=args, env=env, capture=capture)
 
 

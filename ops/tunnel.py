@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -81,6 +81,20 @@ ENDED_STATUSES = frozenset({"Terminated", "Terminating", "Failed"})
 
 
 @dataclass(frozen=True)
+class LaneStats:
+    """One session's traffic on its current data channel: what `invoke tunnels` and dump progress show."""
+
+    session_id: str
+    sent: int
+    received: int
+    connections: int
+
+    @property
+    def total(self) -> int:
+        return self.sent + self.received
+
+
+@dataclass(frozen=True)
 class TunnelInfo:
     env: str
     local_host: str
@@ -92,6 +106,10 @@ class TunnelInfo:
     db_name: str
     db_user: str
     instance_id: str
+    # Every session carrying the tunnel (a pool has several; session_id is the first).
+    sessions: tuple[str, ...] = ()
+    # Live byte counters of the running tunnel (None for a record read from another process).
+    stats: Callable[[], list[LaneStats]] | None = field(default=None, compare=False, repr=False)
 
 
 def database_url(cfg: EnvConfig, info: TunnelInfo) -> str:
@@ -103,10 +121,13 @@ def database_url(cfg: EnvConfig, info: TunnelInfo) -> str:
 def describe_ready(cfg: EnvConfig, info: TunnelInfo, *, background: bool, secret_arn: str = "") -> str:
     stop = (f"invoke tunnel-close --env {info.env}" if background
             else f"Ctrl-C (or invoke tunnel-close --env {info.env} from another terminal)")
+    sessions = info.sessions or (info.session_id,)
+    carried = (f"1 session: {sessions[0]}" if len(sessions) == 1
+               else f"a pool of {len(sessions)} sessions: {', '.join(sessions)}")
     lines = [
         f"tunnel to {info.env} ready: {info.local_host}:{info.local_port} -> relay {info.instance_id} -> "
         f"{info.db_host}:{info.db_port}",
-        f"  transport  {info.transport} (session {info.session_id})",
+        f"  transport  {info.transport} ({carried})",
         f"  host       {info.local_host}",
         f"  port       {info.local_port}",
         f"  database   {info.db_name}",
@@ -184,6 +205,20 @@ def _phase_delays() -> dict[str, float]:
     return delays
 
 
+async def discover(cfg: EnvConfig, *, instance: str = "", host: str = "") -> tuple[RelayInfo, DatabaseInfo]:
+    """The relay and the database, through the AWS APIs (once per tunnel, however many sessions)."""
+    relay_f = asyncio.to_thread(find_relay, cfg, instance_id=instance)
+    if host:
+        return await relay_f, database_override(cfg, host)
+    relay, db = await asyncio.gather(relay_f, asyncio.to_thread(find_database, cfg))
+    return relay, db
+
+
+def describe_found(relay: RelayInfo, db: DatabaseInfo) -> str:
+    return (f"relay {relay.instance_id} (SSM agent {relay.agent_version or 'unknown'}, {relay.ping_status}); "
+            f"database {db.address}:{db.port}")
+
+
 class _LazyClient:
     """A boto3 client built on first use: KMS is needed only when session encryption is on."""
 
@@ -205,9 +240,12 @@ class Supervisor:
                  transport: str = "auto", instance: str = "", host: str = "", report: Report = stderr_report,
                  on_ready: Callable[[TunnelInfo], None] | None = None,
                  on_change: Callable[[Supervisor], None] | None = None,
-                 keepalive: float | None = None, ready_timeout: float = READY_TIMEOUT) -> None:
+                 keepalive: float | None = None, ready_timeout: float = READY_TIMEOUT,
+                 discovered: tuple[RelayInfo, DatabaseInfo] | None = None) -> None:
         check_reason(reason)
         self.cfg = cfg
+        # Given by a Pool, which discovers once for all its sessions.
+        self._discovered = discovered
         self.local_host = local_host
         self.local_port = local_port
         self.reason = reason.strip()
@@ -240,6 +278,9 @@ class Supervisor:
         self._keepalive_task: asyncio.Task[None] | None = None
         self._active = 0
         self._last_activity = time.monotonic()
+        # Bytes a Pool forwarded to this session's plugin (the native client counts its own).
+        self.bytes_sent = 0
+        self.bytes_received = 0
         self._delays = _phase_delays()
         # monotonic timestamps of the first start: run, discovered, session_answer, ready (bench/tunnel)
         self.timings: dict[str, float] = {}
@@ -265,11 +306,14 @@ class Supervisor:
         if self.requested_transport == "auto":
             self.report(f"transport: {self.mode}" + (" (session-manager-plugin found)" if self.mode == "plugin"
                                                      else " (built-in client; no session-manager-plugin)"))
-        await self._enter("discovering", f"finding the relay and the database of {self.cfg.name}")
-        self.relay, self.db = await self._discover()
-        self.timings["discovered"] = time.monotonic()
-        self.report(f"relay {self.relay.instance_id} (SSM agent {self.relay.agent_version or 'unknown'}, "
-                    f"{self.relay.ping_status}); database {self.db.address}:{self.db.port}")
+        if self._discovered is None:
+            await self._enter("discovering", f"finding the relay and the database of {self.cfg.name}")
+            self.relay, self.db = await self._discover()
+            self.timings["discovered"] = time.monotonic()
+            self.report(describe_found(self.relay, self.db))
+        else:
+            self.relay, self.db = self._discovered
+            self.timings["discovered"] = time.monotonic()
         await self._enter("starting", "starting a Session Manager session")
         await self._open()
         await self._wait_ready()
@@ -314,18 +358,25 @@ class Supervisor:
         return TunnelInfo(env=self.cfg.name, local_host=self.local_host, local_port=self.local_port,
                           session_id=self.session_id, transport=self.mode, db_host=self.db.address,
                           db_port=self.db.port, db_name=self.db.name, db_user=self.db.username,
-                          instance_id=self.relay.instance_id)
+                          instance_id=self.relay.instance_id, sessions=(self.session_id,), stats=self.lane_stats)
+
+    @property
+    def connections(self) -> int:
+        """Local connections this session carries now."""
+        return self._active
+
+    def lane_stats(self) -> list[LaneStats]:
+        session = self._ps
+        if session is not None:
+            sent, received = session.bytes_sent, session.bytes_received
+        else:
+            sent, received = self.bytes_sent, self.bytes_received
+        return [LaneStats(session_id=self.session_id, sent=sent, received=received, connections=self._active)]
 
     async def _discover(self) -> tuple[RelayInfo, DatabaseInfo]:
-        cfg = self.cfg
-        relay_f = asyncio.to_thread(find_relay, cfg, instance_id=self.instance)
-        if self.host:
-            relay = await relay_f
-            db = database_override(cfg, self.host)
-        else:
-            relay, db = await asyncio.gather(relay_f, asyncio.to_thread(find_database, cfg))
+        found = await discover(self.cfg, instance=self.instance, host=self.host)
         await self._hold("discovering")
-        return relay, db
+        return found
 
     # ---- sessions ----
     def ssm(self) -> Any:
@@ -695,28 +746,291 @@ async def _stop_process(proc: asyncio.subprocess.Process) -> None:
             await asyncio.wait_for(proc.wait(), 3.0)
 
 
+# ---- a pool of sessions behind one port ------------------------------------------------------
+
+class Pool:
+    """N sessions behind one local port (`--sessions N`): one Session Manager session carries ~1 MB/s on
+    AWS (the agent reads 1 KiB and sleeps ~1 ms), so parallel work needs parallel sessions.
+
+    Each session is a Supervisor of its own on a private loopback port (its readiness probe and
+    keep-alive go there, so they test that session and no other): opened ahead, resumed or replaced on
+    its own. Each new connection on the shared port goes to the least-loaded ready session, handed to
+    the native client directly or, with the plugin (one process per session), copied to its port. A
+    session Session Manager ended on purpose leaves the pool for good; closing the pool ends them all."""
+
+    def __init__(self, cfg: EnvConfig, *, sessions: int, local_host: str = LOCAL_HOST, local_port: int = 0,
+                 reason: str = "", transport: str = "auto", instance: str = "", host: str = "",
+                 report: Report = stderr_report, on_ready: Callable[[TunnelInfo], None] | None = None,
+                 on_change: Callable[[Pool], None] | None = None, keepalive: float | None = None,
+                 ready_timeout: float = READY_TIMEOUT) -> None:
+        check_reason(reason)
+        self.cfg = cfg
+        self.size = sessions
+        self.local_host = local_host
+        self.local_port = local_port
+        self.requested_transport = transport
+        self.instance = instance
+        self.host = host
+        self.report = report
+        self.on_ready = on_ready
+        self.on_change = on_change
+        self._lane_args: dict[str, Any] = {"reason": reason, "instance": instance, "host": host,
+                                           "keepalive": keepalive, "ready_timeout": ready_timeout}
+        self.phase = "init"
+        self.mode = ""
+        self.relay: RelayInfo | None = None
+        self.db: DatabaseInfo | None = None
+        self.info: TunnelInfo | None = None
+        self.lanes: list[Supervisor] = []
+        self.ended: list[Supervisor] = []  # ended on purpose: never used or reopened again
+        # Connections ever given to each lane: among equally loaded lanes the least used one gets the next.
+        self._given: dict[int, int] = {}
+        self._sock: socket.socket | None = None
+        self._server: asyncio.Server | None = None
+        self.timings: dict[str, float] = {}
+
+    # What the state file records, named as a Supervisor names it.
+    @property
+    def session_id(self) -> str:
+        return ",".join(lane.session_id for lane in self.lanes if lane.session_id)
+
+    @property
+    def reconnects(self) -> int:
+        return sum(lane.reconnects for lane in (*self.lanes, *self.ended))
+
+    @property
+    def open_sessions(self) -> list[str]:
+        return [sid for lane in (*self.lanes, *self.ended) for sid in lane.open_sessions]
+
+    def lane_stats(self) -> list[LaneStats]:
+        return [stat for lane in self.lanes for stat in lane.lane_stats()]
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
+
+    async def run(self) -> None:
+        tasks: dict[asyncio.Future[None], Supervisor] = {}
+        try:
+            await self._run(tasks)
+        finally:
+            self.phase = "stopping"
+            if self._server is not None:
+                self._server.close()
+            for task in tasks:
+                task.cancel()
+            # Each session's own run() terminates it on the way out; they end side by side.
+            if tasks:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(asyncio.wait(tasks, timeout=CLEANUP_TIMEOUT + 5))
+            if self._sock is not None:
+                self._sock.close()
+
+    async def _run(self, tasks: dict[asyncio.Future[None], Supervisor]) -> None:
+        self.timings["run"] = time.monotonic()
+        self.mode = transport_mod.choose(self.requested_transport)
+        self._sock = bind_listener(self.local_host, self.local_port)
+        self.local_port = self._sock.getsockname()[1]
+        self._server = await asyncio.start_server(self._on_connection, sock=self._sock)
+        if self.requested_transport == "auto":
+            self.report(f"transport: {self.mode}" + (" (session-manager-plugin found; one process per session)"
+                                                     if self.mode == "plugin" else " (built-in client)"))
+        self.phase = "discovering"
+        self.report(f"finding the relay and the database of {self.cfg.name}...")
+        self._changed()
+        self.relay, self.db = await discover(self.cfg, instance=self.instance, host=self.host)
+        self.report(describe_found(self.relay, self.db))
+        self.phase = "starting"
+        self.report(f"starting a pool of {self.size} Session Manager sessions...")
+        self._changed()
+        ready = [asyncio.Event() for _ in range(self.size)]
+        for n, event in enumerate(ready, 1):
+            lane = Supervisor(self.cfg, local_host=self.local_host, local_port=0, transport=self.mode,
+                              report=self._lane_report(n), on_ready=_setter(event),
+                              on_change=self._lane_changed, discovered=(self.relay, self.db), **self._lane_args)
+            self.lanes.append(lane)
+            tasks[asyncio.ensure_future(lane.run())] = lane
+
+        async def every_one_ready() -> None:
+            for event in ready:
+                await event.wait()
+
+        all_ready: asyncio.Future[None] = asyncio.ensure_future(every_one_ready())
+        try:
+            done, _ = await asyncio.wait({all_ready, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            all_ready.cancel()
+        for task in done:
+            if task is not all_ready:
+                raise self._lane_error(task)  # one session could not start: the pool does not start either
+        self.timings["ready"] = time.monotonic()
+        self.info = self._info()
+        self.phase = "ready"
+        self.report(f"ready: {self.size} sessions carry the tunnel "
+                    f"({self.timings['ready'] - self.timings['run']:.2f} s since start)")
+        if self.on_ready is not None:
+            self.on_ready(self.info)
+        self._changed()
+        while tasks:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                lane = tasks.pop(task)
+                error = self._lane_error(task)
+                if not isinstance(error, SessionEndedError):
+                    raise error
+                self.lanes.remove(lane)
+                self.ended.append(lane)
+                if not self.lanes:
+                    raise error
+                self.report(f"{error.message}; the pool goes on with {len(self.lanes)} session(s)")
+                self.info = self._info()
+                self._lane_changed(lane)
+
+    def _lane_report(self, n: int) -> Report:
+        def report(line: str) -> None:
+            self.report(f"session {n}/{self.size}: {line}")
+
+        return report
+
+    def _lane_changed(self, _lane: Supervisor) -> None:
+        if self.phase in ("ready", "reconnecting"):
+            # `invoke tunnels` says reconnecting while any session is; new connections go to the others.
+            self.phase = "reconnecting" if any(lane.phase == "reconnecting" for lane in self.lanes) else "ready"
+        self._changed()
+
+    def _lane_error(self, task: asyncio.Future[None]) -> BaseException:
+        error = None if task.cancelled() else task.exception()
+        return error or OpsError("a session of the pool stopped without an error", next_step="run it again")
+
+    def _info(self) -> TunnelInfo:
+        assert self.relay is not None and self.db is not None
+        ids = tuple(lane.session_id for lane in self.lanes)
+        return TunnelInfo(env=self.cfg.name, local_host=self.local_host, local_port=self.local_port,
+                          session_id=ids[0] if ids else "", transport=self.mode, db_host=self.db.address,
+                          db_port=self.db.port, db_name=self.db.name, db_user=self.db.username,
+                          instance_id=self.relay.instance_id, sessions=ids, stats=self.lane_stats)
+
+    def pick(self) -> Supervisor | None:
+        """The least-loaded ready session (fewest open connections, then fewest given so far); while none
+        is ready (all reconnecting), the least-loaded of them, whose connection waits for it."""
+        candidates = [lane for lane in self.lanes if lane.phase == "ready"] or list(self.lanes)
+        if not candidates:
+            return None
+        return min(candidates, key=lambda lane: (lane.connections, self._given.get(id(lane), 0)))
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        lane = self.pick()
+        if lane is None or self.phase in ("init", "stopping"):
+            writer.close()
+            return
+        self._given[id(lane)] = self._given.get(id(lane), 0) + 1
+        if lane.mode == "native":
+            await lane._on_connection(reader, writer)
+        else:
+            await self._forward(lane, reader, writer)
+
+    async def _forward(self, lane: Supervisor, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Plugin sessions: copy the connection to the plugin's own port, counting bytes for the session."""
+        lane._active += 1
+        try:
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(lane.local_host, lane.local_port), CONNECTION_WAIT)
+        except (OSError, TimeoutError) as exc:
+            lane._active -= 1
+            self.report(f"connection refused by session {lane.session_id}'s plugin: {exc}")
+            writer.close()
+            return
+
+        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter, outbound: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if outbound:
+                        lane.bytes_sent += len(data)
+                    else:
+                        lane.bytes_received += len(data)
+                    dst.write(data)
+                    await dst.drain()
+                if dst.can_write_eof():
+                    dst.write_eof()
+            except (ConnectionError, OSError):
+                dst.close()
+
+        try:
+            await asyncio.gather(copy(reader, up_writer, True), copy(up_reader, writer, False))
+        finally:
+            lane._active -= 1
+            lane._last_activity = time.monotonic()
+            for w in (up_writer, writer):
+                w.close()
+
+
+Runner = Supervisor | Pool
+
+
+def _setter(event: asyncio.Event) -> Callable[[TunnelInfo], None]:
+    def on_ready(_info: TunnelInfo) -> None:
+        event.set()
+
+    return on_ready
+
+
+def make_runner(cfg: EnvConfig, *, sessions: int = 1, **kwargs: Any) -> Runner:
+    """One session: today's Supervisor on the port itself; more: a Pool of them behind it."""
+    if sessions == 1:
+        return Supervisor(cfg, **kwargs)
+    return Pool(cfg, sessions=sessions, **kwargs)
+
+
+def check_sessions(sessions: int) -> int:
+    if not 1 <= sessions <= facts.MAX_TUNNEL_SESSIONS:
+        raise OpsError(f"--sessions {sessions} is out of range", next_step=f"use 1 to {facts.MAX_TUNNEL_SESSIONS}")
+    return sessions
+
+
 # ---- foreground / background / context manager -----------------------------------------------
 
 def run_tunnel(cfg: EnvConfig, *, local_port: int | None = None, reason: str = "", transport: str = "auto",
                instance: str = "", host: str = "", background: bool = False, out: TextIO | None = None,
-               report: Report = stderr_report) -> None:
-    """`invoke tunnel`: run until Ctrl-C / SIGTERM (returns normally), or detach with `background`."""
+               report: Report = stderr_report, sessions: int | None = None) -> None:
+    """`invoke tunnel`: run until Ctrl-C / SIGTERM (returns normally), or detach with `background`.
+    `sessions`: how many Session Manager sessions carry it (default: the env's [tunnel] sessions)."""
     check_reason(reason)  # before anything starts, foreground or background
     port = cfg.tunnel.local_port if local_port is None else local_port
+    count = check_sessions(cfg.tunnel.sessions if sessions is None else sessions)
     out = out or sys.stdout
     if background:
         record = start_background(cfg, local_port=port, reason=reason, transport=transport, instance=instance,
-                                  host=host)
+                                  host=host, sessions=count)
         print(describe_ready(cfg, _record_info(record), background=True), file=out, flush=True)
         print(f"log: {record.log}", file=out, flush=True)
         return
     transport_mod.choose(transport)  # plugin missing / unknown transport: fail before anything else
     asyncio.run(_run_foreground(cfg, local_port=port, reason=reason, transport=transport, instance=instance,
-                                host=host, out=out, report=report, background=False))
+                                host=host, out=out, report=report, background=False, sessions=count))
+
+
+class Meter:
+    """Bytes and current MB/s per session from successive LaneStats samples (`invoke tunnels`, progress)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def sample(self, stats: list[LaneStats], now: float) -> list[tuple[str, int, float, int]]:
+        """(session id, bytes, MB/s since the previous sample, connections) for each session."""
+        rows = []
+        for stat in stats:
+            before, before_bytes = self._last.get(stat.session_id, (now, stat.total))
+            rate = (stat.total - before_bytes) / (now - before) / 1e6 if now > before else 0.0
+            self._last[stat.session_id] = (now, stat.total)
+            rows.append((stat.session_id, stat.total, round(max(rate, 0.0), 2), stat.connections))
+        return rows
+
+
+METER_INTERVAL = 1.0
 
 
 async def _run_foreground(cfg: EnvConfig, *, local_port: int, reason: str, transport: str, instance: str,
-                          host: str, out: TextIO, report: Report, background: bool) -> None:
+                          host: str, out: TextIO, report: Report, background: bool, sessions: int = 1) -> None:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -740,7 +1054,7 @@ async def _run_foreground(cfg: EnvConfig, *, local_port: int, reason: str, trans
     def on_ready(info: TunnelInfo) -> None:
         print(describe_ready(cfg, info, background=background, secret_arn=secret_arn), file=out, flush=True)
 
-    def on_change(sup: Supervisor) -> None:
+    def on_change(sup: Runner) -> None:
         nonlocal record, secret_arn
         if sup.db is not None:
             secret_arn = sup.db.secret_arn
@@ -752,15 +1066,28 @@ async def _run_foreground(cfg: EnvConfig, *, local_port: int, reason: str, trans
             db_port=sup.db.port if sup.db else 0, db_name=sup.db.name if sup.db else "",
             db_user=sup.db.username if sup.db else "")
 
-    supervisor = Supervisor(cfg, local_port=local_port, reason=reason, transport=transport, instance=instance,
-                            host=host, report=report, on_ready=on_ready, on_change=on_change)
+    runner = make_runner(cfg, sessions=sessions, local_port=local_port, reason=reason, transport=transport,
+                         instance=instance, host=host, report=report, on_ready=on_ready, on_change=on_change)
+
+    async def meter() -> None:
+        # Bytes and MB/s per session for `invoke tunnels`; the file is written only when they change.
+        nonlocal record
+        sampler = Meter()
+        while True:
+            await asyncio.sleep(METER_INTERVAL)
+            lanes = tuple(sampler.sample(runner.lane_stats(), time.monotonic()))
+            if lanes != record.lanes:
+                record = tunnels_state.update(record, lanes=lanes)
+
+    metering = asyncio.ensure_future(meter())
     try:
-        await supervisor.run()
+        await runner.run()
     except asyncio.CancelledError:
         if not stopping:
             raise
-        report("stopped; session terminated")
+        report("stopped; session terminated" if sessions == 1 else f"stopped; {sessions} sessions terminated")
     finally:
+        metering.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         tunnels_state.release(record)
@@ -774,8 +1101,8 @@ def _record_info(record: tunnels_state.TunnelRecord) -> TunnelInfo:
 
 
 def start_background(cfg: EnvConfig, *, local_port: int, reason: str = "", transport: str = "auto",
-                     instance: str = "", host: str = "", timeout: float = BACKGROUND_START_TIMEOUT
-                     ) -> tunnels_state.TunnelRecord:
+                     instance: str = "", host: str = "", timeout: float = BACKGROUND_START_TIMEOUT,
+                     sessions: int = 1) -> tunnels_state.TunnelRecord:
     """Start a detached tunnel process and return its record once it is ready (or raise its error)."""
     transport_mod.choose(transport)
     existing = tunnels_state.read(cfg.name)
@@ -786,7 +1113,7 @@ def start_background(cfg: EnvConfig, *, local_port: int, reason: str = "", trans
     tunnels_state.tunnels_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
     log = tunnels_state.log_path(cfg.name)
     argv = [sys.executable, "-m", "ops.tunnel", "--env-file", str(cfg.source), "--env", cfg.name,
-            "--local-port", str(local_port), "--transport", transport, "--background"]
+            "--local-port", str(local_port), "--transport", transport, "--sessions", str(sessions), "--background"]
     for flag, value in (("--reason", reason), ("--instance", instance), ("--host", host)):
         if value:
             argv.append(f"{flag}={value}")  # one argument: a value starting with "--" is not read as a flag
@@ -843,7 +1170,7 @@ class _TunnelThread:
     """A supervisor on its own event loop in a thread, for synchronous callers."""
 
     def __init__(self, cfg: EnvConfig, **kwargs: Any) -> None:
-        self._supervisor_args = kwargs
+        self._supervisor_args = kwargs  # make_runner's: sessions=1 is a plain Supervisor
         self._cfg = cfg
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -862,7 +1189,7 @@ class _TunnelThread:
                 self._ready.set()
 
             try:
-                await Supervisor(self._cfg, on_ready=on_ready, **self._supervisor_args).run()
+                await make_runner(self._cfg, on_ready=on_ready, **self._supervisor_args).run()
             except asyncio.CancelledError:
                 pass
             except BaseException as exc:  # handed to the caller's thread
@@ -895,11 +1222,13 @@ class _TunnelThread:
 @contextmanager
 def open_tunnel(cfg: EnvConfig, *, local_port: int = 0, reason: str = "", transport: str = "auto",
                 instance: str = "", host: str = "", report: Report | None = None,
-                keepalive: float | None = None) -> Iterator[TunnelInfo]:
+                keepalive: float | None = None, sessions: int = 1) -> Iterator[TunnelInfo]:
     """A ready tunnel for the `with` body (free port by default); the session is terminated on exit,
-    including on exceptions and Ctrl-C. The supervisor (with reconnects) runs in a background thread."""
+    including on exceptions and Ctrl-C. The supervisor (with reconnects) runs in a background thread.
+    `sessions` > 1: a pool of that many sessions behind the port, all terminated on exit."""
     runner = _TunnelThread(cfg, local_port=local_port, reason=reason, transport=transport, instance=instance,
-                           host=host, report=report or stderr_report, keepalive=keepalive)
+                           host=host, report=report or stderr_report, keepalive=keepalive,
+                           sessions=check_sessions(sessions))
     try:
         yield runner.start()
     finally:
@@ -918,6 +1247,7 @@ def child_parser() -> argparse.ArgumentParser:
     parser.add_argument("--transport", default="auto", choices=transport_mod.TRANSPORTS, help="transport")
     parser.add_argument("--instance", default="", help="relay instance id override")
     parser.add_argument("--host", default="", help="database HOST[:PORT] override")
+    parser.add_argument("--sessions", type=int, default=None, help="sessions behind the port (default: the env's)")
     parser.add_argument("--background", action="store_true", help="record the tunnel as a background one")
     return parser
 
@@ -928,10 +1258,11 @@ def main(argv: list[str] | None = None) -> int:
         path: Path = args.env_file
         cfg = parse_env(args.env or path.stem, path.read_bytes(), path)
         port = cfg.tunnel.local_port if args.local_port is None else args.local_port
+        sessions = check_sessions(cfg.tunnel.sessions if args.sessions is None else args.sessions)
         transport_mod.choose(args.transport)
         asyncio.run(_run_foreground(cfg, local_port=port, reason=args.reason, transport=args.transport,
                                     instance=args.instance, host=args.host, out=sys.stdout, report=stderr_report,
-                                    background=args.background))
+                                    background=args.background, sessions=sessions))
     except OpsError as exc:
         print(f"error: {exc.message}" + (f"; next: {exc.next_step}" if exc.next_step else ""), file=sys.stderr,
               flush=True)

@@ -52,6 +52,8 @@ class TunnelRecord:
     env_file: str = ""
     # The process's own start time: a recycled pid is never mistaken for our tunnel (nor signalled).
     pid_started: float = 0.0
+    # Per session carrying the tunnel: (session id, bytes, current MB/s, open connections).
+    lanes: tuple[tuple[str, int, float, int], ...] = ()
 
     def uptime(self, now: float | None = None) -> float:
         return max(0.0, (now or time.time()) - self.started)
@@ -61,6 +63,8 @@ class TunnelRecord:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["sessions"] = tuple(values.get("sessions") or ())
+        values["lanes"] = tuple((str(sid), int(size), float(rate), int(conns))
+                                for sid, size, rate, conns in values.get("lanes") or ())
         return cls(**values)
 
 
@@ -303,8 +307,15 @@ def format_table(records: list[TunnelRecord], *, now: float | None = None) -> st
     if not records:
         return "no tunnels running (start one: invoke tunnel --env NAME --background)"
     header = ("ENV", "LOCAL", "SESSION", "TRANSPORT", "UPTIME", "RECONNECTS", "STATUS", "PID")
-    rows = [header] + [(r.env, f"{r.local_host}:{r.local_port}", r.session_id or "-", r.transport or "-",
+    rows = [header] + [(r.env, f"{r.local_host}:{r.local_port}",
+                        (f"pool of {len(r.lanes)}" if len(r.lanes) > 1 else r.session_id) or "-", r.transport or "-",
                         format_duration(r.uptime(now)), str(r.reconnects), r.status,
                         str(r.pid) + ("" if r.background else " (fg)")) for r in records]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    out = lines[:1]
+    for record, line in zip(records, lines[1:], strict=True):
+        out.append(line)
+        out += [f"  session {sid}: {size / 1e6:.1f} MB, {rate:.2f} MB/s now, {conns} connection(s)"
+                for sid, size, rate, conns in record.lanes]
+    return "\n".join(out)

@@ -63,6 +63,9 @@ def test_invalid_environment_name_rejected() -> None:
         (lambda t: t.replace("az_count = 2", "az_count = 4"), "network.az_count = 4 is out of range"),
         (lambda t: t.replace("local_port = 5433", "local_port = 70000"), "tunnel.local_port = 70000"),
         (lambda t: t.replace("local_port = 5433", "local_port = true"), "whole number"),
+        (lambda t: t.replace("local_port = 5433", "local_port = 5433\nsessions = 0"), "tunnel.sessions = 0 is out"),
+        (lambda t: t.replace("local_port = 5433", "local_port = 5433\nsessions = 17"), "use 1 (one session"),
+        (lambda t: t.replace("local_port = 5433", "local_port = 5433\nsessions = \"4\""), "whole number"),
         (lambda t: t.replace('name = "app"', 'name = "1app"'), "database.name"),
         (lambda t: t.replace("log_retention_days = 7", "log_retention_days = 8"), "retention value"),
         (lambda t: t.replace('["arn:aws:iam::123456789012:root"]', '["alice"]'), "not an IAM principal ARN"),
@@ -128,3 +131,9 @@ def test_subnet_plan_is_stable_when_adding_an_az() -> None:
         "private": ["10.0.4.0/24", "10.0.5.0/24"],
         "isolated": ["10.0.8.0/24", "10.0.9.0/24"],
     }
+
+
+def test_tunnel_sessions_per_env() -> None:
+    cfg = _parse(SANDBOX.replace("local_port = 5433", "local_port = 5433\nsessions = 4"))
+    assert cfg.tunnel.sessions == 4  # type: ignore[attr-defined]
+    assert load_env("sandbox").tunnel.sessions == 1

@@ -37,7 +37,7 @@ from ops.facts import (
     SANDBOX_AGENT_VERSION,
     SANDBOX_SECRET_ENV,
 )
-from ops.ssm import framing, smux
+from ops.ssm import framing, handshake, smux
 from ops.ssm.channel import Channel
 from ops.ssm.crypto import EncryptionError, SessionCipher, b64, encryption_context, unb64
 from ops.ssm.framing import AgentMessage, Flag, PayloadType
@@ -276,15 +276,13 @@ class AgentConnection:
         else:
             stype = "InteractiveCommands"
             props = {}
-        actions: list[dict[str, Any]] = [
-            {"ActionType": "SessionType", "ActionParameters": {"SessionType": stype, "Properties": props}},
-        ]
+        actions = [handshake.Action(handshake.SESSION_TYPE, {"SessionType": stype, "Properties": props})]
         if self.encryption_enabled:
-            actions.append({"ActionType": "KMSEncryption",
-                            "ActionParameters": {"KMSKeyId": self.spec.kms_key_id, "Challenge": self._kms_challenge}})
-        request = {"AgentVersion": self.agent_version, "RequestedClientActions": actions}
+            actions.append(handshake.Action(handshake.KMS_ENCRYPTION, {"KMSKeyId": self.spec.kms_key_id,
+                                                                       "Challenge": self._kms_challenge}))
         self._handshake_started = time.monotonic()
-        await self.channel.send(PayloadType.HANDSHAKE_REQUEST, json.dumps(request).encode())
+        await self.channel.send(PayloadType.HANDSHAKE_REQUEST,
+                                handshake.Request(self.agent_version, tuple(actions)).payload())
 
     async def stop(self) -> None:
         await self.channel.stop()
@@ -317,8 +315,8 @@ class AgentConnection:
     async def _on_message(self, msg: AgentMessage) -> None:
         self.received += len(msg.payload)
         if msg.payload_type == PayloadType.HANDSHAKE_RESPONSE:
-            response = framing.parse_json(msg)
-            self.client_version = str(response.get("ClientVersion", ""))
+            response = handshake.Response.parse(msg.payload)
+            self.client_version = response.client_version
             if self.encryption_enabled:
                 error = await self._finalize_kms(response)
                 if error:
@@ -357,8 +355,8 @@ class AgentConnection:
 
     async def _complete_handshake(self, customer_message: str = "") -> None:
         elapsed_ns = int((time.monotonic() - self._handshake_started) * 1e9)
-        complete = {"HandshakeTimeToComplete": elapsed_ns, "CustomerMessage": customer_message}
-        await self.channel.send(PayloadType.HANDSHAKE_COMPLETE, json.dumps(complete).encode())
+        await self.channel.send(PayloadType.HANDSHAKE_COMPLETE,
+                                handshake.Complete(elapsed_ns, customer_message).payload())
         if self.spec.kind == "port":
             host = str(self.spec.properties.get("host", ""))
             refused = await asyncio.to_thread(forbidden_host, self.state_dir, host, self.agent_version,
@@ -371,13 +369,12 @@ class AgentConnection:
         await self.plugin.start()
         self._handshake_ok.set()
 
-    async def _finalize_kms(self, response: dict[str, Any]) -> str:
+    async def _finalize_kms(self, response: handshake.Response) -> str:
         """Set up the cipher from the client's KMSEncryption result; an error text ends the session."""
-        action = next((a for a in response.get("ProcessedClientActions") or []
-                       if a.get("ActionType") == "KMSEncryption"), None)
-        if action is None or action.get("ActionStatus") != 1:
-            return f"KMSEncryption failed on client: {(action or {}).get('Error', 'not processed')}"
-        result = action.get("ActionResult") or {}
+        action = response.find(handshake.KMS_ENCRYPTION)
+        if action is None or action.status != handshake.ActionStatus.SUCCESS:
+            return f"KMSEncryption failed on client: {action.error if action else 'not processed'}"
+        result = action.result if isinstance(action.result, dict) else {}
         if self._kms_decrypt is None:
             return "sandbox agent has no KMS access"
         context = encryption_context(session_id=self.spec.session_id, target_id=self.spec.target,

@@ -25,7 +25,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from ops.facts import CLIENT_VERSION, MUX_AFTER_AGENT, NO_KEEPALIVE_AFTER_AGENT, TERMINATE_FLAG_AFTER_AGENT
-from ops.ssm import framing, smux
+from ops.ssm import framing, handshake, smux
 from ops.ssm.channel import Channel, ChannelError
 from ops.ssm.crypto import EncryptionError, SessionCipher, b64, encryption_context, unb64
 from ops.ssm.errors import ChannelClosed, EncryptionRequired, KmsRefused, SessionError, WrongSessionType
@@ -75,6 +75,9 @@ class _Session:
         self.dropped = False
         self.close_output = ""
         self._handshake_error: SessionError | None = None
+        # Stream payload bytes each way (smux framing included): what `invoke tunnels` and progress show.
+        self.bytes_sent = 0
+        self.bytes_received = 0
 
     # ---- lifecycle ----
     async def _connect(self) -> None:
@@ -266,9 +269,9 @@ class _Session:
             await self._handshake_request(msg)
         elif ptype == PayloadType.HANDSHAKE_COMPLETE:
             with contextlib.suppress(framing.FramingError):
-                customer = framing.parse_json(msg).get("CustomerMessage")
+                customer = handshake.Complete.parse(msg.payload).customer_message
                 if customer:
-                    self._on_event(str(customer))
+                    self._on_event(customer)
             self._handshake_done.set()
         elif ptype == PayloadType.ENC_CHALLENGE_REQUEST:
             await self._encryption_challenge(msg)
@@ -287,8 +290,10 @@ class _Session:
 
     async def _send_data(self, payload_type: int, data: bytes) -> None:
         assert self.channel is not None
-        if self.cipher is not None and payload_type == PayloadType.OUTPUT:
-            data = self.cipher.encrypt(data)
+        if payload_type == PayloadType.OUTPUT:
+            self.bytes_sent += len(data)
+            if self.cipher is not None:
+                data = self.cipher.encrypt(data)
         await self.channel.send(payload_type, data)
 
     async def _kms_action(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -320,35 +325,32 @@ class _Session:
 
     async def _handshake_request(self, msg: AgentMessage) -> None:
         assert self.channel is not None
-        request = framing.parse_json(msg)
-        self.agent_version = str(request.get("AgentVersion", ""))
-        processed: list[dict[str, Any]] = []
+        request = handshake.Request.parse(msg.payload)
+        self.agent_version = request.agent_version
+        processed: list[handshake.Processed] = []
         errors: list[str] = []
-        for action in request.get("RequestedClientActions") or []:
-            atype = action.get("ActionType")
-            params = action.get("ActionParameters") or {}
-            if atype == "SessionType":
-                stype = str(params.get("SessionType", ""))
-                self.session_type = stype
-                self.session_properties = params.get("Properties") or {}
-                processed.append({"ActionType": atype, "ActionStatus": 1, "ActionResult": None, "Error": ""})
-            elif atype == "KMSEncryption":
+        for action in request.actions:
+            atype, params = action.action_type, action.parameters
+            if atype == handshake.SESSION_TYPE:
+                self.session_type = str(params.get("SessionType", ""))
+                properties = params.get("Properties")
+                self.session_properties = properties if isinstance(properties, dict) else {}
+                processed.append(handshake.Processed(atype, handshake.ActionStatus.SUCCESS))
+            elif atype == handshake.KMS_ENCRYPTION:
                 try:
                     result = await self._kms_action(params)
                 except SessionError as exc:
                     self._handshake_error = exc
                     errors.append(exc.message)
-                    processed.append({"ActionType": atype, "ActionStatus": 2, "ActionResult": None,
-                                      "Error": exc.message})
+                    processed.append(handshake.Processed(atype, handshake.ActionStatus.FAILED, error=exc.message))
                 else:
-                    processed.append({"ActionType": atype, "ActionStatus": 1, "ActionResult": result, "Error": ""})
+                    processed.append(handshake.Processed(atype, handshake.ActionStatus.SUCCESS, result=result))
             else:
                 error = f"Unsupported action {atype}"
                 errors.append(error)
-                processed.append({"ActionType": atype, "ActionStatus": 3, "ActionResult": None, "Error": error})
-        response = {"ClientVersion": CLIENT_VERSION, "ProcessedClientActions": processed,
-                    "Errors": errors or None}
-        await self.channel.send(PayloadType.HANDSHAKE_RESPONSE, json.dumps(response).encode())
+                processed.append(handshake.Processed(atype, handshake.ActionStatus.UNSUPPORTED, error=error))
+        response = handshake.Response(CLIENT_VERSION, tuple(processed), tuple(errors))
+        await self.channel.send(PayloadType.HANDSHAKE_RESPONSE, response.payload())
         if self._handshake_error is not None:
             self._mark_closed()
 
@@ -399,6 +401,7 @@ class PortSession(_Session):
 
     async def _deliver(self, msg: AgentMessage) -> None:
         if msg.payload_type == PayloadType.OUTPUT:
+            self.bytes_received += len(msg.payload)
             if self._mux is not None:
                 try:
                     await self._mux.feed(msg.payload)
