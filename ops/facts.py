@@ -33,6 +33,10 @@ PREFERENCES_DOCUMENT = "SSM-SessionManagerRunShell"
 # What ECS Exec sessions run (the service starts it for ecs:ExecuteCommand).
 ECS_EXEC_DOCUMENT = "AWS-StartInteractiveCommand"
 
+# ---- per-person database identities (stacks/db_identity.py, ops/sandbox/identities.py, ops/sandbox/rds_front.py)
+# The principal tag that names a person's DB user: the ABAC key of rds-db:connect and of sts:TagSession trust.
+DB_USER_TAG = "db_user"
+
 # ---- stack outputs: the Terraform output names (stacks/outputs.py creates exactly these, in order)
 OUTPUT_NAMES = ("relay_instance_id", "relay_security_group_id", "db_identifier", "db_address", "db_port", "db_name",
                 "db_username", "db_secret_arn", "session_log_group", "session_kms_key_arn", "developer_role_arn",

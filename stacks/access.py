@@ -13,7 +13,7 @@ from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from cdktf_cdktf_provider_aws.ssm_document import SsmDocument
 from constructs import Construct
 
-from ops.facts import PORT_DOCUMENT, PREFERENCES_DOCUMENT, partition
+from ops.facts import DB_USER_TAG, PORT_DOCUMENT, PREFERENCES_DOCUMENT, partition
 from ops.iam_policies import port_document_content, port_document_name
 from stacks.database import Database
 from stacks.ecs_exec import EcsExec
@@ -25,6 +25,18 @@ from stacks.session_logs import SessionLogs
 PORT_FORWARD_DOCUMENT = PORT_DOCUMENT
 # A literal IAM policy variable; `$$` stops Terraform from reading `${...}` as its own interpolation.
 AWS_USERID = "$${aws:userid}"
+# The caller's own DB user (stacks/db_identity.py: rds-db:connect; here: the session tag they may pass on).
+DB_USER_VARIABLE = f"$${{aws:PrincipalTag/{DB_USER_TAG}}}"
+
+
+def tag_session_trust_statement(principals: list[str] | str) -> dict[str, Any]:
+    """For a role people assume (role chaining from Identity Center or from IAM users): it may receive the
+    `db_user` session tag only with the value the caller itself carries, so nobody can tag themselves
+    as someone else. Add it to that role's trust policy next to its sts:AssumeRole statement."""
+    return {"Sid": "CarryYourOwnDbUserTagOnly", "Effect": "Allow", "Principal": {"AWS": principals},
+            "Action": "sts:TagSession",
+            "Condition": {"StringEquals": {f"aws:RequestTag/{DB_USER_TAG}": DB_USER_VARIABLE},
+                          "ForAllValues:StringEquals": {"aws:TagKeys": [DB_USER_TAG]}}}
 
 
 def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db_secret_arn: str,
@@ -175,7 +187,8 @@ def auditor_policy(*, region: str, account_id: str) -> dict[str, Any]:
     ]}
 
 
-def trust_policy(*, principals: tuple[str, ...], require_mfa: bool, region: str, account_id: str) -> dict[str, Any]:
+def trust_policy(*, principals: tuple[str, ...], require_mfa: bool, region: str, account_id: str,
+                 tag_session: bool = False) -> dict[str, Any]:
     """Who may assume a role. MFA is checked where the identity comes from:
 
     - IAM users (and the account root principal, which stands for them too) carry
@@ -183,6 +196,9 @@ def trust_policy(*, principals: tuple[str, ...], require_mfa: bool, region: str,
     - roles (IAM Identity Center permission sets, SAML/OIDC federation) do not carry that key: their MFA
       is enforced by the identity provider at sign-in (Identity Center: "MFA required"), so their
       statement has no MFA condition, which would otherwise lock every SSO user out.
+
+    `tag_session`: the same principals may pass the `db_user` session tag, but only with the value they carry
+    themselves (stacks/db_identity.py), so an SSO user's DB user survives role chaining into this role.
     """
     if not principals:
         # Nobody configured: a trust policy must name someone, so only the account itself.
@@ -199,6 +215,10 @@ def trust_policy(*, principals: tuple[str, ...], require_mfa: bool, region: str,
     if roles:
         statements.append({"Sid": "FederatedRoles", "Effect": "Allow", "Principal": {"AWS": roles},
                            "Action": "sts:AssumeRole"})
+    if tag_session:
+        # AssumeRole with Tags needs sts:TagSession allowed too; the AssumeRole statements above still decide
+        # who gets in (and with which MFA), this one only which tag they may bring.
+        statements.append(tag_session_trust_statement([*users, *roles]))
     return {"Version": "2012-10-17", "Statement": statements}
 
 
@@ -219,12 +239,15 @@ class Access(Construct):
         super().__init__(scope, construct_id)
         trust = json.dumps(trust_policy(principals=principals, require_mfa=require_mfa, region=region,
                                         account_id=account_id))
+        # Developers connect to the database as the DB user of their own db_user tag (DbConnect).
+        developer_trust = json.dumps(trust_policy(principals=principals, require_mfa=require_mfa, region=region,
+                                                  account_id=account_id, tag_session=True))
         self.port_document = SsmDocument(
             self, "DatabasePortDocument", name=port_document_name(name), document_type="Session",
             document_format="JSON",
             content=json.dumps(port_document_content(host=database.instance.address,
                                                      port=Token.as_string(database.instance.port))))
-        self.role = IamRole(self, "Role", name=f"{name}-developer", assume_role_policy=trust,
+        self.role = IamRole(self, "Role", name=f"{name}-developer", assume_role_policy=developer_trust,
                             description="Developers: port forwarding to the database through the relay",
                             max_session_duration=3600 * 4)
         self.policy_json = json.dumps(developer_policy(

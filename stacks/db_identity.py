@@ -20,14 +20,14 @@ from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
 from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAttachment
 from constructs import Construct
 
-from ops.facts import partition
-from stacks.access import Access
+from ops.facts import DB_USER_TAG, partition
+from stacks.access import DB_USER_VARIABLE, Access, tag_session_trust_statement
 from stacks.database import Database
 from stacks.policy_document import policy_document
 
-DB_USER_TAG = "db_user"
-# A literal IAM policy variable; `$$` stops Terraform from reading `${...}` as its own interpolation.
-DB_USER_VARIABLE = f"$${{aws:PrincipalTag/{DB_USER_TAG}}}"
+# The developer role's trust takes tag_session_trust_statement (stacks/access.py, where it lives to avoid a cycle).
+__all__ = ["DB_USER_TAG", "DB_USER_VARIABLE", "BreakGlass", "DbConnect", "connect_policy",
+           "tag_session_trust_statement"]
 MFA_MAX_AGE_SECONDS = 3600
 
 
@@ -40,16 +40,6 @@ def connect_policy(*, region: str, account_id: str, db_resource_id: str) -> dict
         "Action": "rds-db:connect",
         "Resource": f"arn:{part}:rds-db:{region}:{account_id}:dbuser:{db_resource_id}/{DB_USER_VARIABLE}",
     }]}
-
-
-def tag_session_trust_statement(principals: list[str] | str) -> dict[str, Any]:
-    """For a role people assume (role chaining from Identity Center or from IAM users): it may receive the
-    `db_user` session tag only with the value the caller itself carries, so nobody can tag themselves
-    as someone else. Add it to that role's trust policy next to its sts:AssumeRole statement."""
-    return {"Sid": "CarryYourOwnDbUserTagOnly", "Effect": "Allow", "Principal": {"AWS": principals},
-            "Action": "sts:TagSession",
-            "Condition": {"StringEquals": {f"aws:RequestTag/{DB_USER_TAG}": DB_USER_VARIABLE},
-                          "ForAllValues:StringEquals": {"aws:TagKeys": [DB_USER_TAG]}}}
 
 
 def break_glass_statements(*, db_secret_arn: str) -> list[dict[str, Any]]:

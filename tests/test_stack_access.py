@@ -46,7 +46,7 @@ def test_trust_policy_principals_and_mfa(synthesized: dict[str, dict[str, Any]])
         cfg = load_env(name)
         role = one(doc, "aws_iam_role", "Access/Role")
         assert role["name"] == f"bastionless-{name}-developer"
-        statements = json.loads(role["assume_role_policy"])["Statement"]
+        statements = [s for s in json.loads(role["assume_role_policy"])["Statement"] if s["Action"] == "sts:AssumeRole"]
         named = [p for s in statements for p in s["Principal"]["AWS"]]
         assert sorted(named) == sorted(cfg.access.developer_principals)
         for stmt in statements:
@@ -57,6 +57,20 @@ def test_trust_policy_principals_and_mfa(synthesized: dict[str, dict[str, Any]])
                 # SSO / federated roles never carry aws:MultiFactorAuthPresent: MFA is the IdP's.
                 assert "Condition" not in stmt
     assert load_env("prod").access.require_mfa and not load_env("sandbox").access.require_mfa
+
+
+def test_developers_may_bring_only_their_own_db_user_session_tag(synthesized: dict[str, dict[str, Any]]) -> None:
+    """SSO users chain into the developer role: the db_user tag they pass (the ABAC key of rds-db:connect)
+    must be allowed, and only with the value they carry; the auditor role takes no tags at all."""
+    for name, doc in synthesized.items():
+        cfg = load_env(name)
+        statements = json.loads(one(doc, "aws_iam_role", "Access/Role")["assume_role_policy"])["Statement"]
+        (tag,) = [s for s in statements if s["Action"] == "sts:TagSession"]
+        assert sorted(tag["Principal"]["AWS"]) == sorted(cfg.access.developer_principals)
+        assert tag["Condition"] == {"StringEquals": {"aws:RequestTag/db_user": "$${aws:PrincipalTag/db_user}"},
+                                    "ForAllValues:StringEquals": {"aws:TagKeys": ["db_user"]}}
+        auditor = json.loads(one(doc, "aws_iam_role", "Access/AuditorRole")["assume_role_policy"])["Statement"]
+        assert all(s["Action"] == "sts:AssumeRole" for s in auditor)
 
 
 def test_trust_policy_mfa_holds_for_users_and_lets_sso_roles_in() -> None:
