@@ -21,7 +21,7 @@ from botocore.config import Config
 
 from ops.config import PROJECT_ROOT, EnvConfig
 from ops.errors import AccountMismatchError, CredentialsError, OpsError
-from ops.facts import STATE_DIR_ENV
+from ops.facts import STATE_DIR_ENV, partition
 
 
 def state_dir() -> Path:
@@ -42,8 +42,12 @@ IDENTITIES_FILE = "iam.json"
 # Who a task acts as. On AWS that is whatever the caller's credentials are; in the sandbox, where IAM is
 # enforced, each task runs as the identity it would have on AWS: developers' tasks assume the developer
 # role, `audit` the auditor role, deploy/plan and the relay's on-call tasks use the deployer identity,
-# and "emulator" is the sandbox acting as an AWS service (the RDS-managed secret, ECS tasks).
-Identity = Literal["developer", "auditor", "deployer", "emulator"]
+# "emulator" is the sandbox acting as an AWS service (the RDS-managed secret, ECS tasks), and "break-glass"
+# is the stack's break-glass role (MFA), assumed on AWS too: the only reader of the master secret.
+Identity = Literal["developer", "auditor", "deployer", "emulator", "break-glass"]
+BREAK_GLASS: Identity = "break-glass"
+# For IAM users: the MFA device to present when assuming the break-glass role (else the profile's mfa_serial).
+MFA_SERIAL_ENV = "BASTIONLESS_MFA_SERIAL"
 P = ParamSpec("P")
 T = TypeVar("T")
 _acting: ContextVar[Identity] = ContextVar("bastionless_acting_as", default="developer")
@@ -72,7 +76,7 @@ def runs_as(identity: Identity) -> Callable[[Callable[P, T]], Callable[P, T]]:
 
 
 def role_name(cfg: EnvConfig, identity: Identity) -> str:
-    """The stack's role for a developer/auditor identity (stacks/access.py names them so)."""
+    """The stack's role for a developer/auditor/break-glass identity (stacks/access.py, stacks/db_identity.py)."""
     return f"{cfg.stack_name}-{identity}"
 
 
@@ -95,24 +99,86 @@ def sandbox_credentials(cfg: EnvConfig, identity: Identity | None = None) -> dic
     if who == "deployer":
         return {"aws_access_key_id": keys["deployer"]["key"], "aws_secret_access_key": keys["deployer"]["secret"]}
     engineer = keys["engineer"]
-    role_arn = f"arn:aws:iam::{cfg.account_id}:role/{role_name(cfg, who)}"
+    role_arn = _role_arn(cfg, who)
     cache_key = (str(path), role_arn, engineer["key"])
     if cache_key not in _assumed:
         sts = boto3.client("sts", region_name=cfg.region, endpoint_url=endpoint_for(cfg, "sts"),
                            aws_access_key_id=engineer["key"], aws_secret_access_key=engineer["secret"],
                            config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5,
                                          read_timeout=15))
+        mfa: dict[str, str] = {}
+        if who == BREAK_GLASS and engineer.get("mfa_serial"):
+            # The engineer's authenticator app: a code from the sandbox MFA device's seed (ops/sandbox/mfa.py).
+            from ops.sandbox import mfa as sandbox_mfa
+
+            mfa = {"SerialNumber": engineer["mfa_serial"], "TokenCode": sandbox_mfa.code(engineer["mfa_seed"])}
         try:
-            creds = sts.assume_role(RoleArn=role_arn,
-                                    RoleSessionName=engineer.get("session", "engineer"))["Credentials"]
+            creds = sts.assume_role(RoleArn=role_arn, RoleSessionName=engineer.get("session", "engineer"),
+                                    **mfa)["Credentials"]
         except botocore.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
+            if who == BREAK_GLASS:
+                raise _break_glass_refused(cfg, role_arn, code) from None
             raise CredentialsError(f"cannot assume the {who} role {role_arn} in the sandbox ({code})",
                                    next_step=f"invoke deploy --env {cfg.name} --yes") from None
         _assumed[cache_key] = {"aws_access_key_id": creds["AccessKeyId"],
                                "aws_secret_access_key": creds["SecretAccessKey"],
                                "aws_session_token": creds["SessionToken"]}
     return dict(_assumed[cache_key])
+
+
+def _role_arn(cfg: EnvConfig, identity: Identity) -> str:
+    return f"arn:{partition(cfg.region)}:iam::{cfg.account_id}:role/{role_name(cfg, identity)}"
+
+
+class BreakGlassRefusedError(CredentialsError):
+    pass
+
+
+def _break_glass_refused(cfg: EnvConfig, role_arn: str, code: str) -> BreakGlassRefusedError:
+    return BreakGlassRefusedError(
+        f"you may not assume the break-glass role {role_arn} ({code or 'refused'}): only "
+        f"access.break_glass_principals of envs/{cfg.name}.toml may, with MFA",
+        next_step=f"ask an owner of {cfg.name} to add you there, or connect as yourself: drop --break-glass")
+
+
+def _break_glass_session(cfg: EnvConfig) -> boto3.Session:
+    """On AWS: assume the env's break-glass role with your own credentials, presenting your MFA device
+    (IAM users: $BASTIONLESS_MFA_SERIAL or the profile's mfa_serial; the code is asked for). Cached per process."""
+    import getpass
+    import sys
+
+    base = boto3.Session(region_name=cfg.region)
+    role_arn = _role_arn(cfg, BREAK_GLASS)
+    cache_key = ("aws", role_arn, "")
+    if cache_key not in _assumed:
+        serial = os.environ.get(MFA_SERIAL_ENV) or str(base._session.get_scoped_config().get("mfa_serial") or "")
+        mfa: dict[str, str] = {}
+        if serial:
+            if not sys.stdin.isatty():
+                raise CredentialsError(f"the break-glass role needs a code from your MFA device {serial}, and there "
+                                       "is no terminal to ask for it", next_step="rerun in a terminal")
+            mfa = {"SerialNumber": serial, "TokenCode": getpass.getpass(f"MFA code for {serial}: ").strip()}
+        sts = base.client("sts", config=Config(retries={"max_attempts": API_ATTEMPTS, "mode": "standard"},
+                                               connect_timeout=API_CONNECT_TIMEOUT, read_timeout=API_READ_TIMEOUT))
+        try:
+            who = str(sts.get_caller_identity()["Arn"]).rsplit("/", 1)[-1]
+            # The session name is the person: CloudTrail shows who broke the glass.
+            name = "".join(c if c.isalnum() or c in "+=,.@-_" else "-" for c in who)[:64] or "break-glass"
+            creds = sts.assume_role(RoleArn=role_arn, RoleSessionName=name, DurationSeconds=3600,
+                                    **mfa)["Credentials"]
+        except botocore.exceptions.ClientError as exc:
+            raise _break_glass_refused(cfg, role_arn, exc.response.get("Error", {}).get("Code", "")) from None
+        except botocore.exceptions.NoCredentialsError:
+            raise CredentialsError("no AWS credentials found", next_step="aws sso login (or export AWS_PROFILE=...)"
+                                   ) from None
+        _assumed[cache_key] = {"aws_access_key_id": creds["AccessKeyId"],
+                               "aws_secret_access_key": creds["SecretAccessKey"],
+                               "aws_session_token": creds["SessionToken"]}
+    creds = _assumed[cache_key]
+    return boto3.Session(region_name=cfg.region, aws_access_key_id=creds["aws_access_key_id"],
+                         aws_secret_access_key=creds["aws_secret_access_key"],
+                         aws_session_token=creds["aws_session_token"])
 
 
 def forget_assumed_roles() -> None:
@@ -143,6 +209,8 @@ def session(cfg: EnvConfig) -> boto3.Session:
                              aws_secret_access_key=creds["aws_secret_access_key"],
                              aws_session_token=creds.get("aws_session_token"))
     try:
+        if _acting.get() == BREAK_GLASS:
+            return _break_glass_session(cfg)
         return boto3.Session(region_name=cfg.region)
     except botocore.exceptions.ProfileNotFound as exc:
         raise CredentialsError(f"AWS profile {exc.kwargs.get('profile', '')!r} does not exist",

@@ -165,14 +165,17 @@ def apply(conn: Any, the_plan: Plan) -> None:
 def db_access(cfg: EnvConfig, *, apply_changes: bool = True, yes: bool = False, ask: Confirm | None = None,
               transport: str = "auto", reason: str = "", report: Callable[[str], None] = print) -> Plan:
     """Show the difference between the database's roles and `[[people]]`; with `apply_changes`, ask
-    (unless `yes`), then apply it. Runs as the master user through an ephemeral tunnel."""
+    (unless `yes`), then apply it. Runs as the master user (break-glass role) through an ephemeral tunnel."""
     import psycopg
 
     from ops.dbtunnel import through_tunnel
+    from ops.identity_tunnel import break_glass_notice
     from ops.migrate import confirm_action
 
+    # Changing roles needs the master user, whose secret only the break-glass role reads.
+    report(break_glass_notice(cfg, "db-access"))
     with through_tunnel(cfg, reason=reason or "bastionless db-access: roles from the env file", transport=transport,
-                        report=report) as conn, \
+                        report=report, break_glass=True) as conn, \
             psycopg.connect(conn.params.conninfo(), password=conn.credentials.password, autocommit=True,
                             application_name="bastionless db-access") as db:
         the_plan = plan(cfg.people, read_roles(lambda sql: db.execute(sql.encode()).fetchall()),

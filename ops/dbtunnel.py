@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from ops import aws
 from ops.aws import check_account
 from ops.config import EnvConfig
 from ops.dburl import ConnectionParams, for_tunnel
@@ -30,13 +31,20 @@ class Connection:
 
 @contextmanager
 def through_tunnel(cfg: EnvConfig, *, reason: str = "", transport: str = "auto",
-                   report: Callable[[str], None] | None = None, sessions: int = 1) -> Iterator[Connection]:
+                   report: Callable[[str], None] | None = None, sessions: int = 1,
+                   break_glass: bool = False) -> Iterator[Connection]:
     """Account guard, credentials from Secrets Manager, an ephemeral tunnel on a free port (carried by
     `sessions` Session Manager sessions).
 
+    `break_glass`: the master secret is read as the env's break-glass role (assumed here, with MFA; a
+    refusal fails before any tunnel opens). The tunnel itself stays yours: only the secret is the role's.
     The tunnel (and its Session Manager sessions) is closed when the block ends, however it ends."""
     check_account(cfg)
-    creds = database_credentials(cfg)
+    if break_glass:
+        with aws.acting_as(aws.BREAK_GLASS):
+            creds = database_credentials(cfg)
+    else:
+        creds = database_credentials(cfg)
     with sigterm_as_interrupt(), open_tunnel(cfg, local_port=0, reason=reason, transport=transport,
                                              report=report, sessions=sessions) as info:
         params = for_tunnel(cfg, local_port=info.local_port, db_host=info.db_host, db_name=info.db_name,

@@ -66,9 +66,11 @@ def deployer_policy(*, account_id: str, partition: str = "aws") -> dict[str, Any
 
 
 def engineer_policy(*, account_id: str, partition: str = "aws") -> dict[str, Any]:
-    """A person: nothing but assuming the stacks' developer and auditor roles (their trust policies decide)."""
+    """A person: nothing but assuming the stacks' developer, auditor and break-glass roles (their trust
+    policies decide; break-glass's asks for MFA)."""
     roles = [f"arn:{partition}:iam::{account_id}:role/{STACK_PREFIX}*-developer",
-             f"arn:{partition}:iam::{account_id}:role/{STACK_PREFIX}*-auditor"]
+             f"arn:{partition}:iam::{account_id}:role/{STACK_PREFIX}*-auditor",
+             f"arn:{partition}:iam::{account_id}:role/{STACK_PREFIX}*-break-glass"]
     return {"Version": "2012-10-17", "Statement": [
         {"Sid": "AssumeBastionlessRoles", "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": roles},
     ]}

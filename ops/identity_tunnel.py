@@ -166,9 +166,11 @@ def url(info: Any) -> str:
 
 
 def break_glass_notice(cfg: EnvConfig, what: str) -> str:
-    return (f"*** BREAK-GLASS: {what} on {cfg.name} as the master user {cfg.database.username}, with the password "
-            f"from Secrets Manager (on a real env only the break-glass role, with MFA, may read it). Every read of "
-            f"it is in CloudTrail; say why in --reason. ***")
+    from ops import aws
+
+    return (f"*** BREAK-GLASS: {what} on {cfg.name} as the master user {cfg.database.username}: its password is "
+            f"read from Secrets Manager as the break-glass role {aws.role_name(cfg, aws.BREAK_GLASS)} (MFA). "
+            f"Every use is in CloudTrail under your name; say why in --reason. ***")
 
 
 def describe_ready(cfg: EnvConfig, info: Any, *, caller: str, background: bool = False) -> str:

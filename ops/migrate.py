@@ -375,7 +375,7 @@ def _database(cfg: EnvConfig, *, reason: str, transport: str, report: Report | N
         return
     if break_glass:
         (report or print)(break_glass_notice(cfg, what))
-    with through_tunnel(cfg, reason=reason, transport=transport, report=report) as conn:
+    with through_tunnel(cfg, reason=reason, transport=transport, report=report, break_glass=break_glass) as conn:
         yield conn.params, conn.credentials.password
 
 

@@ -64,7 +64,8 @@ def run_psql(cfg: EnvConfig, *, command: str = "", args: Sequence[str] = (), tra
             return _run(binary, command=command, args=args, env=env, capture=capture)
     if break_glass:
         (report or print)(break_glass_notice(cfg, "psql"))
-    with through_tunnel(cfg, reason=reason or "bastionless psql", transport=transport, report=report) as conn:
+    with through_tunnel(cfg, reason=reason or "bastionless psql", transport=transport, report=report,
+                        break_glass=break_glass) as conn:
         env = child_env(conn.params.libpq_env(password=conn.credentials.password))
         return _run(binary, command=command, args=args, env=env, capture=capture)
 

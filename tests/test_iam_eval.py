@@ -9,7 +9,7 @@ import pytest
 from ops.sandbox import iam_eval
 from ops.sandbox.endpoint_iam import Refused, port_document_parameters
 from ops.sandbox.iam_eval import Decision, Principal, Request
-from ops.sandbox.moto_iam import document_arn, request_scope
+from ops.sandbox.moto_iam import document_arn, mfa_context, request_scope
 
 ACCOUNT = "123456789012"
 ROLE_SESSION = f"arn:aws:sts::{ACCOUNT}:assumed-role/bastionless-sandbox-developer/alice"
@@ -101,6 +101,48 @@ def test_trust_policy_account_root_role_sessions_and_mfa() -> None:
                               "Principal": {"AWS": [f"arn:aws:iam::{ACCOUNT}:role/aws-reserved/sso.amazonaws.com/"
                                                     "AWSReservedSSO_Dev_abc"]}}]}
     assert iam_eval.trust_allows(by_role, sso).allowed
+
+
+def test_the_break_glass_trust_needs_mfa_presented_just_now() -> None:
+    """stacks/db_identity.BreakGlass's trust: Bool MFA present and NumericLessThan MFA age 3600, evaluated
+    with what AssumeRole + SerialNumber + TokenCode brings (ops/sandbox/moto_iam.mfa_context)."""
+    engineer = Principal(arn=f"arn:aws:iam::{ACCOUNT}:user/engineer", userid="AIDA1", account=ACCOUNT)
+    trust = {"Statement": [{"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+                            "Action": "sts:AssumeRole",
+                            "Condition": {"Bool": {"aws:MultiFactorAuthPresent": "true"},
+                                          "NumericLessThan": {"aws:MultiFactorAuthAge": "3600"}}}]}
+    device = f"arn:aws:iam::{ACCOUNT}:mfa/engineer"
+    presented = mfa_context([device], ["123456"], [device])
+    assert iam_eval.trust_allows(trust, engineer, context=presented).allowed
+    assert not iam_eval.trust_allows(trust, engineer).allowed  # long-term keys alone
+    stale = {**presented, "aws:MultiFactorAuthAge": ["7200"]}
+    assert not iam_eval.trust_allows(trust, engineer, context=stale).allowed
+    # Someone else's device, no code, or a code that is not six digits: no MFA at all.
+    assert mfa_context([device], ["123456"], [f"arn:aws:iam::{ACCOUNT}:mfa/bob"]) == {}
+    assert mfa_context([device], [], [device]) == {}
+    assert mfa_context([device], ["12345"], [device]) == {}
+
+
+@pytest.mark.parametrize(("operator", "wanted", "actual", "holds"), [
+    ("NumericLessThan", "10", "9", True), ("NumericLessThan", "10", "10", False),
+    ("NumericLessThanEquals", "10", "10", True), ("NumericGreaterThan", "10", "11", True),
+    ("NumericGreaterThanEquals", "10", "9", False), ("NumericEquals", "10", "10.0", True),
+    ("NumericNotEquals", "10", "10", False), ("NumericNotEquals", "10", "3", True),
+    ("NumericLessThan", "10", "ten", False),
+])
+def test_numeric_condition_operators(operator: str, wanted: str, actual: str, holds: bool) -> None:
+    p = who(allow("s3:GetObject", Condition={operator: {"aws:MultiFactorAuthAge": wanted}}))
+    outcome = iam_eval.evaluate(p, "s3:GetObject", "*", {"aws:MultiFactorAuthAge": [actual]})
+    assert outcome.allowed is holds
+
+
+def test_sandbox_mfa_codes_are_rfc_6238_totp() -> None:
+    from ops.sandbox import mfa
+
+    # RFC 6238 appendix B, SHA-1 secret "12345678901234567890": 94287082 at T=59, 07081804 at T=1111111109.
+    seed = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
+    assert mfa.code(seed, now=59) == "287082"
+    assert mfa.code(seed, now=1111111109) == "081804"
 
 
 def _scope(service: str, action: str, **params: Any) -> tuple[list[str], dict[str, list[str]]]:

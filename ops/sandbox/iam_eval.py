@@ -11,7 +11,7 @@ other calls it serves). What is evaluated, as AWS does for identity-based polici
   an explicit Deny wins, no Allow is an implicit deny;
 - the policy variables `${aws:userid}`, `${aws:username}`, `${aws:PrincipalAccount}` in resources and
   condition values;
-- the String*, Arn*, Bool and Null condition operators, their `IfExists` forms and the
+- the String*, Arn*, Numeric*, Bool and Null condition operators, their `IfExists` forms and the
   `ForAnyValue:`/`ForAllValues:` set qualifiers; a missing key fails a positive operator and satisfies a
   negated one;
 - trust policies for sts:AssumeRole: the principal (an account's `root` stands for every principal of
@@ -110,7 +110,11 @@ def _context_values(context: Mapping[str, Sequence[str]], key: str) -> list[str]
     return None
 
 
-_NEGATED = {"StringNotEquals", "StringNotEqualsIgnoreCase", "StringNotLike", "ArnNotEquals", "ArnNotLike"}
+_NEGATED = {"StringNotEquals", "StringNotEqualsIgnoreCase", "StringNotLike", "ArnNotEquals", "ArnNotLike",
+            "NumericNotEquals"}
+_NUMERIC = {"NumericEquals": lambda a, w: a == w, "NumericNotEquals": lambda a, w: a == w,
+            "NumericLessThan": lambda a, w: a < w, "NumericLessThanEquals": lambda a, w: a <= w,
+            "NumericGreaterThan": lambda a, w: a > w, "NumericGreaterThanEquals": lambda a, w: a >= w}
 
 
 def _compare(operator: str, wanted: str, actual: str) -> bool:
@@ -124,6 +128,12 @@ def _compare(operator: str, wanted: str, actual: str) -> bool:
         return _glob(wanted, actual, ignore_case=False)
     if operator == "Bool":
         return wanted.lower() == actual.lower()
+    if operator in _NUMERIC:
+        # The break-glass trust's aws:MultiFactorAuthAge; a value that is not a number never matches, as on AWS.
+        try:
+            return bool(_NUMERIC[operator](float(actual), float(wanted)))
+        except ValueError:
+            return False
     raise UnsupportedPolicyError(f"condition operator {operator} is not evaluated by the sandbox")
 
 

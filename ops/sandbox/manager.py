@@ -43,7 +43,7 @@ from ops import deploy as ops_deploy
 from ops.config import PROJECT_ROOT, EnvConfig, load_env
 from ops.console import Status, say
 from ops.errors import ConfigError, OpsError
-from ops.sandbox import fast_rds, moto, procs
+from ops.sandbox import fast_rds, mfa, moto, procs
 from ops.sandbox.postgres import PgServer, choose_root, find_binaries, service_user, usable_by
 from ops.sandbox.procs import ProcRecord, StartError
 from ops.synth import SYNTH_FILE, inputs_digest
@@ -202,8 +202,8 @@ def _ensure_moto(state: dict[str, Any], *, port: int, out: TextIO) -> tuple[Proc
 
 
 def _create_identities(moto_url: str) -> None:
-    """The people and pipelines of an AWS account, in the emulator: an engineer who can only assume the
-    stacks' roles, and a deployer (ops/iam_policies.py). Their keys go to iam.json, 0600."""
+    """The people and pipelines of an AWS account, in the emulator: an engineer (with an MFA device) who can
+    only assume the stacks' roles, and a deployer (ops/iam_policies.py). Their keys go to iam.json, 0600."""
     from ops import iam_policies
 
     cfg_account = load_env(DEFAULT_ENV).account_id
@@ -216,6 +216,13 @@ def _create_identities(moto_url: str) -> None:
         iam.put_user_policy(UserName=user, PolicyName=f"{user}-access", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName=user)["AccessKey"]
         keys[user] = {"key": key["AccessKeyId"], "secret": key["SecretAccessKey"], "session": user}
+    # The engineer's MFA device: the break-glass role's trust asks for MFA (aws.sandbox_credentials presents it).
+    device = iam.create_virtual_mfa_device(VirtualMFADeviceName="engineer")["VirtualMFADevice"]
+    seed = device["Base32StringSeed"]
+    seed = seed.decode() if isinstance(seed, bytes) else str(seed)
+    iam.enable_mfa_device(UserName="engineer", SerialNumber=device["SerialNumber"],
+                          AuthenticationCode1=mfa.code(seed), AuthenticationCode2=mfa.code(seed, now=time.time() + 30))
+    keys["engineer"].update({"mfa_serial": device["SerialNumber"], "mfa_seed": seed})
     path = _state() / aws.IDENTITIES_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -193,6 +193,29 @@ def principal_of(access_key: Any, account: str) -> iam_eval.Principal:
     return iam_eval.Principal(arn=arn, userid=userid, account=account, policies=policies)
 
 
+_TOKEN_CODE_RE = re.compile(r"^\d{6}$")
+
+
+def mfa_context(serials: list[str], codes: list[str], caller_devices: Iterable[str]) -> dict[str, list[str]]:
+    """What AssumeRole with SerialNumber + TokenCode puts into the trust evaluation (the break-glass role's
+    MFA conditions): MFA present, authenticated just now. The emulator cannot check a TOTP code, so it
+    checks what it can: the device is one enabled on the calling IAM user and the code has six digits.
+    Anything else: no MFA keys at all, so `Bool aws:MultiFactorAuthPresent` fails as it does on AWS."""
+    if len(serials) == 1 and len(codes) == 1 and serials[0] in set(caller_devices) \
+            and _TOKEN_CODE_RE.match(codes[0]):
+        return {"aws:MultiFactorAuthPresent": ["true"], "aws:MultiFactorAuthAge": ["0"]}
+    return {}
+
+
+def _user_mfa_devices(backend: Any, arn: str) -> list[str]:
+    if ":user/" not in arn:
+        return []  # assumed roles bring their MFA from their own AssumeRole, which moto does not keep
+    try:
+        return list(backend.get_user(arn.rsplit("/", 1)[-1]).mfa_devices)
+    except Exception:  # no such user: no devices
+        return []
+
+
 def _trust_policy(backend: Any, role_arn: str) -> dict[str, Any] | None:
     try:
         role = backend.get_role_by_arn(role_arn)
@@ -238,7 +261,9 @@ def _install() -> None:
         outcome = iam_eval.authorize(principal, iam_eval.Request(iam_action, tuple(resources), context))
         if outcome.allowed and iam_action == "sts:AssumeRole":
             trust = _trust_policy(request.backend, resources[0])
-            outcome = (iam_eval.trust_allows(trust, principal) if trust is not None
+            mfa = mfa_context(_values(self, "SerialNumber"), _values(self, "TokenCode"),
+                              _user_mfa_devices(request.backend, principal.arn))
+            outcome = (iam_eval.trust_allows(trust, principal, context=mfa) if trust is not None
                        else iam_eval.Outcome(iam_eval.Decision.IMPLICIT_DENY, iam_action, resources[0]))
         if not outcome.allowed:
             message = iam_eval.denial_message(principal, outcome)
