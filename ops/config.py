@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -15,11 +16,11 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from ops.errors import ConfigError
-from ops.facts import MAX_TUNNEL_SESSIONS
+from ops.facts import ENVS_DIR_ENV, MAX_TUNNEL_SESSIONS
 from ops.people import Person, parse_people
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-ENVS_DIR = PROJECT_ROOT / "envs"
+ENVS_DIR = Path(os.environ.get(ENVS_DIR_ENV) or PROJECT_ROOT / "envs")
 
 EgressMode = Literal["endpoints", "nat"]
 BackendKind = Literal["s3", "local"]

@@ -79,6 +79,12 @@ class ConnectionParams:
 def bundle_location(cfg: EnvConfig) -> str:
     """The configured CA bundle as an absolute path (relative paths are relative to the project), or ''."""
     bundle = cfg.database.ca_bundle
+    if not bundle and cfg.sandbox and cfg.database.sslmode in ("verify-ca", "verify-full"):
+        # The sandbox's "RDS CA": its RDS front's, made by `sandbox up` under the state dir.
+        from ops.aws import state_dir
+        from ops.facts import RDS_FRONT_CA, RDS_FRONT_DIR
+
+        return str(state_dir() / RDS_FRONT_DIR / RDS_FRONT_CA)
     if not bundle:
         return ""
     path = Path(bundle).expanduser()
@@ -91,6 +97,8 @@ def ca_bundle_path(cfg: EnvConfig) -> str:
     if location and not Path(location).is_file():
         # Without it libpq fails later with a less helpful "root certificate file ... does not exist".
         bundle = cfg.database.ca_bundle
+        if not bundle:
+            raise ConfigError(f"the sandbox has no RDS front CA at {location}", next_step="invoke sandbox up")
         raise ConfigError(f"{cfg.source.name}: database.ca_bundle {bundle} does not exist",
                           next_step=f"curl -o {bundle} {RDS_GLOBAL_BUNDLE_URL} (see certs/README.md)")
     return location

@@ -75,20 +75,29 @@ def tunnel_port() -> int:
     return usual if usual and procs.port_free(usual) else procs.free_port()
 
 
+def you() -> str:
+    """Who the demo's commands are in the database: the sandbox's first person (ops/sandbox/identities.py)."""
+    people = load_env(ENV).people
+    return people[0].db_user if people else load_env(ENV).database.username
+
+
 def steps(*, keep: bool, port: int = 5433) -> list[Step]:
     invoke = (sys.executable, "-m", "invoke")
+    me = you()
     run: list[Step] = [
-        Step("start the sandbox (moto, PostgreSQL, Session Manager endpoint)", (*invoke, "sandbox", "up")),
+        Step("start the sandbox (moto, PostgreSQL, RDS front, Session Manager endpoint)", (*invoke, "sandbox", "up")),
         Step("deploy the sandbox stack with terraform", (*invoke, "deploy", "--env", ENV, "--yes")),
         Step("show the stack outputs", (*invoke, "outputs", "--env", ENV)),
         Step("preflight: doctor", (*invoke, "doctor", "--env", ENV)),
-        Step("open a tunnel in the background", (*invoke, "tunnel", "--env", ENV, "--background",
-                                                 "--local-port", str(port), "--reason", "sandbox demo")),
+        Step("database roles for [[people]] (break-glass: the master user)", (*invoke, "db-access", "--env", ENV,
+                                                                             "--yes")),
+        Step(f"open a tunnel in the background (auth proxy: you are {me})",
+             (*invoke, "tunnel", "--env", ENV, "--background", "--local-port", str(port), "--reason", "sandbox demo")),
         Step("list running tunnels", (*invoke, "tunnels")),
-        Step("migrate the database to head", (*invoke, "migrate", "--env", ENV, "--yes")),
+        Step(f"migrate the database to head (as {me}, no password)", (*invoke, "migrate", "--env", ENV, "--yes")),
         Step("migration status", (*invoke, "migrate-status", "--env", ENV)),
-        Step("query through the tunnel with psql", (*invoke, "psql", "--env", ENV, "-c",
-                                                    "select current_user, version_num from alembic_version")),
+        Step(f"query with psql: you are {me} in the database",
+             (*invoke, "psql", "--env", ENV, "-c", "select current_user, version_num from alembic_version")),
         Step("write a DBeaver connection (sandbox workspace)", (*invoke, "dbeaver", "--env", ENV, "--port", str(port),
                                                                 "--workspace", str(dbeaver_workspace()))),
         Step("run a command in the Fargate task (ECS Exec)", (*invoke, "ecs-shell", "--env", ENV, "--command",

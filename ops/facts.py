@@ -37,6 +37,11 @@ ECS_EXEC_DOCUMENT = "AWS-StartInteractiveCommand"
 # The principal tag that names a person's DB user: the ABAC key of rds-db:connect and of sts:TagSession trust.
 DB_USER_TAG = "db_user"
 
+# The sandbox's RDS front (ops/sandbox/rds_front.py): its CA, under the state dir, is what clients verify the
+# sandbox database with (the auth proxy, and libpq with sslmode = "verify-full" and no ca_bundle set).
+RDS_FRONT_DIR = "rds-front"
+RDS_FRONT_CA = "rds-sandbox-ca.pem"
+
 # ---- stack outputs: the Terraform output names (stacks/outputs.py creates exactly these, in order)
 OUTPUT_NAMES = ("relay_instance_id", "relay_security_group_id", "db_identifier", "db_address", "db_port", "db_name",
                 "db_username", "db_secret_arn", "session_log_group", "session_kms_key_arn", "developer_role_arn",
@@ -76,6 +81,8 @@ def partition(region: str) -> str:
 
 # ---- environment variables bastionless reads (names only; see the README for what each does)
 STATE_DIR_ENV = "BASTIONLESS_STATE_DIR"
+# Where env files are read from (default: the project's envs/): test worlds point CLI children at their own.
+ENVS_DIR_ENV = "BASTIONLESS_ENVS_DIR"
 ENVS_ENV = "BASTIONLESS_ENVS"
 SYNTH_MANIFEST_ENV = "BASTIONLESS_SYNTH_MANIFEST"
 PROVIDER_MIRROR_ENV = "BASTIONLESS_PROVIDER_MIRROR"

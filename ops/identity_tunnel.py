@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from ops import authproxy, aws, dburl, rdsauth, tunnels_state
+from ops import authproxy, aws, dburl, facts, rdsauth, tunnels_state
 from ops.config import EnvConfig
 from ops.errors import ConfigError, OpsError
 from ops.people import person_for
 
 Target = Literal["postgres-auth", "raw"]
-SANDBOX_CA = Path("rds-front") / "rds-sandbox-ca.pem"
+SANDBOX_CA = Path(facts.RDS_FRONT_DIR) / facts.RDS_FRONT_CA
 
 
 @dataclass(frozen=True)

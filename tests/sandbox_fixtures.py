@@ -1,7 +1,8 @@
 """The real sandbox, once per test session: `pytest_plugins = ["tests.sandbox_fixtures"]`.
 
-`sandbox_session` runs `ops.sandbox.manager.up()` (moto, the Session Manager endpoint, PostgreSQL,
-terraform apply of the sandbox stack) in a state dir of its own and, at the end of the session,
+`sandbox_session` runs `ops.sandbox.manager.up()` (moto, the Session Manager endpoint, PostgreSQL, the RDS
+front, terraform apply of the sandbox stack) and `invoke db-access` (the people's roles) in a state dir of
+its own and, at the end of the session,
 `down()`, then asserts that none of its processes runs and none of its ports listens.
 
 Tests use the function fixture `sandbox`: it points BASTIONLESS_STATE_DIR at the sandbox's state
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from ops.config import load_env
+from ops.dbaccess import db_access
 from ops.sandbox import manager
 from tests.sandbox_support import Sandbox, assert_nothing_running, records_in
 
@@ -46,6 +48,9 @@ def sandbox_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbo
     try:
         with _with_state_dir(state_dir):
             info = manager.up(env=ENV, deploy=True, out=out)
+            # What a user does next (README): the env's people get their database roles, so tasks run as
+            # the first of them (alice) through the auth proxy, as in the demo.
+            db_access(load_env(ENV), yes=True, transport="native", report=lambda line: print(line, file=out))
         box = Sandbox(cfg=load_env(ENV), state_dir=state_dir, moto_url=info.moto_url, endpoint_url=info.endpoint_url,
                       pg_port=info.pg_port, log=out.getvalue())
         yield box

@@ -8,6 +8,7 @@ is shared with other tests: this only migrates to head (idempotent) and writes i
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from urllib.parse import quote
 
 import pytest
 
+from ops import aws
 from tests.conftest import PROJECT_ROOT
 from tests.db_fixtures import needs_psql
 from tests.sandbox_fixtures import Sandbox
@@ -32,7 +34,8 @@ def run(sandbox: Sandbox, *args: str, **env: str) -> subprocess.CompletedProcess
 def test_demo_database_steps_on_the_deployed_sandbox(sandbox: Sandbox, tmp_path: Path) -> None:
     from ops.secrets import database_credentials
 
-    password = database_credentials(sandbox.cfg).password
+    with aws.acting_as(aws.BREAK_GLASS):  # the env lists people: only break-glass reads the master secret
+        password = database_credentials(sandbox.cfg).password
     forms = {password, quote(password, safe=""), quote(password)}
     outputs: list[str] = []
 
@@ -45,15 +48,17 @@ def test_demo_database_steps_on_the_deployed_sandbox(sandbox: Sandbox, tmp_path:
     query = run(sandbox, "psql", "--env", "sandbox", "-c", "select current_user, version_num from alembic_version")
     outputs += [query.stdout, query.stderr]
     assert query.returncode == 0, query.stderr
-    assert "app_admin" in query.stdout and "0003" in query.stdout
+    # As yourself (the sandbox's first person), migrated and queried through the auth proxy.
+    assert re.search(r"^ alice +\| 0003", query.stdout, re.MULTILINE), query.stdout
     workspace = tmp_path / "dbeaver-workspace"
     dbv = run(sandbox, "dbeaver", "--env", "sandbox", "--workspace", str(workspace))
     outputs += [dbv.stdout, dbv.stderr]
     assert dbv.returncode == 0, dbv.stderr
     data = (workspace / "General" / ".dbeaver" / "data-sources.json").read_text()
-    assert json.loads(data)["connections"]["postgres-jdbc-bastionless-sandbox"]["configuration"]["user"] == "app_admin"
+    assert json.loads(data)["connections"]["postgres-jdbc-bastionless-sandbox"]["configuration"]["user"] == "alice"
     url = run(sandbox, "db-url", "--env", "sandbox")
     outputs += [url.stdout, url.stderr, data]
-    assert url.returncode == 0 and "DATABASE_URL=postgresql://app_admin@127.0.0.1:5433/app" in url.stdout
+    # db-url describes the raw tunnel's master-user connection (TLS verified against the RDS name).
+    assert url.returncode == 0 and "DATABASE_URL=postgresql://app_admin@bastionless-sandbox." in url.stdout
     leaks = [i for i, text in enumerate(outputs) if any(f in text for f in forms)]
     assert not leaks, f"the password appears in outputs {leaks}"

@@ -25,7 +25,7 @@ from ops.migrate import migrate, migration_status
 from ops.sandbox.postgres import service_user
 from tests.db_fixtures import Postgres, needs_psql, set_database_secret, tables
 from tests.tiers import missing_tool
-from tests.tunnel_fixtures import TunnelWorld
+from tests.tunnel_fixtures import TunnelWorld, plain_sandbox_toml
 
 pytest_plugins = ["tests.db_fixtures"]
 pytestmark = pytest.mark.slow
@@ -60,8 +60,7 @@ def issue(dest: Path, hostname: str) -> Path:
 
 
 def tls_env(world: TunnelWorld, name: str, bundle: Path) -> None:
-    text = (Path(__file__).resolve().parent.parent / "envs" / "sandbox.toml").read_text()
-    text = text.replace('sslmode = "disable"', f'sslmode = "verify-full"\nca_bundle = "{bundle}"')
+    text = plain_sandbox_toml().replace('sslmode = "disable"', f'sslmode = "verify-full"\nca_bundle = "{bundle}"')
     (world.envs_dir / f"{name}.toml").write_text(text)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def test_a_failure_skips_later_steps_but_still_cleans_up() -> None:
     with pytest.raises(CommandFailedError) as exc:
         demo.run_demo(runner=runner, out=out)
     assert exc.value.returncode == 4
-    assert exc.value.message == "demo step failed: migrate the database to head"
+    assert exc.value.message == "demo step failed: migrate the database to head (as alice, no password)"
     assert exc.value.next_step == "invoke migrate --env sandbox --yes"
     assert "FAILED (4)" in out.getvalue()
     ran = [line for line in out.getvalue().splitlines() if line.startswith("$ ")]
@@ -112,4 +113,8 @@ def test_the_demo_passes_with_the_usual_tunnel_port_taken(tmp_path: Path) -> Non
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert proc.stdout.rstrip().splitlines()[-1].split()[-1] == "ok", output
+    # The sandbox lists people: the demo's psql is alice, with no password, and db-access broke the glass.
+    assert "you are alice in the database" in output
+    assert re.search(r"^ alice +\| ", proc.stdout, re.MULTILINE), output
+    assert "*** BREAK-GLASS: db-access on sandbox" in output
     assert "\x1b" not in output, "not a terminal: no escape codes"

@@ -87,6 +87,46 @@ def test_a_task_fails_when_one_permission_it_needs_is_removed(sandbox: Sandbox, 
     assert not active_sessions(sandbox)
 
 
+def test_only_the_break_glass_role_reads_the_master_secret_and_it_takes_mfa(sandbox: Sandbox) -> None:
+    """The sandbox lists people, so developers no longer read the master secret; `--break-glass` assumes the
+    break-glass role, presenting the engineer's MFA device (its trust asks for it), and says so loudly."""
+    from ops.secrets import database_credentials
+
+    aws.forget_assumed_roles()
+    arn = developer(sandbox, "rds").describe_db_instances(DBInstanceIdentifier=sandbox.cfg.stack_name)[
+        "DBInstances"][0]["MasterUserSecret"]["SecretArn"]
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        developer(sandbox, "secretsmanager").get_secret_value(SecretId=arn)
+    assert err.value.response["Error"]["Code"] == "AccessDeniedException"
+    with aws.acting_as(aws.BREAK_GLASS):
+        assert database_credentials(sandbox.cfg).username == sandbox.cfg.database.username
+        ident = aws.caller_identity(sandbox.cfg)
+    assert f":assumed-role/{aws.role_name(sandbox.cfg, 'break-glass')}/" in ident["Arn"]
+    proc = invoke("psql", "--env", "sandbox", "--break-glass", "-c", "select current_user", state=sandbox.state_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert sandbox.cfg.database.username in proc.stdout and "*** BREAK-GLASS" in proc.stderr
+    assert "bastionless-sandbox-break-glass" in proc.stderr
+
+
+def test_break_glass_without_mfa_is_refused_in_one_line(sandbox: Sandbox) -> None:
+    keys_file = sandbox.state_dir / aws.IDENTITIES_FILE
+    original = keys_file.read_text()
+    keys = json.loads(original)
+    for field in ("mfa_serial", "mfa_seed"):
+        keys["engineer"].pop(field)
+    try:
+        keys_file.write_text(json.dumps(keys))
+        proc = invoke("psql", "--env", "sandbox", "--break-glass", "-c", "select 1", state=sandbox.state_dir)
+    finally:
+        keys_file.write_text(original)
+    assert proc.returncode != 0
+    line = error_line(proc)
+    assert line.startswith("error: you may not assume the break-glass role arn:aws:iam::123456789012:role/"
+                           "bastionless-sandbox-break-glass (AccessDenied)"), line
+    assert "next: ask an owner of sandbox" in line
+    assert not active_sessions(sandbox)
+
+
 def test_the_env_port_document_cannot_be_pointed_elsewhere(sandbox: Sandbox) -> None:
     from ops.relay import current_relay
 

@@ -25,7 +25,7 @@ from ops.config import EnvConfig, load_env
 from ops.sandbox import identities
 from tests.db_fixtures import set_database_secret
 from tests.identity_support import DB, MASTER, Bed, start_bed
-from tests.tunnel_fixtures import TunnelWorld, _world
+from tests.tunnel_fixtures import TunnelWorld, _world, plain_sandbox_toml
 
 pytestmark = pytest.mark.slow
 PEOPLE_TOML = ('\n[[people]]\nidentity = "alice@example.com"\ndb_role = "readwrite"\n'
@@ -40,7 +40,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TunnelWorl
         env_file = world.envs_dir / "sandbox.toml"
         ca = world.state_dir / identity_tunnel.SANDBOX_CA
         # Like RDS, the front takes TLS only: break-glass (master password) connections verify it too.
-        text = (Path(__file__).parent.parent / "envs" / "sandbox.toml").read_text().replace(
+        text = plain_sandbox_toml().replace(
             'sslmode = "disable"', f'sslmode = "verify-full"\nca_bundle = "{ca}"')
         env_file.write_text(text + PEOPLE_TOML)
         cfg = world.add_env("sandbox")
@@ -84,7 +84,7 @@ def test_each_person_is_themselves_through_the_whole_chain(chain: tuple[TunnelWo
 def test_someone_not_in_people_is_told_how_to_get_in(chain: tuple[TunnelWorld, EnvConfig, Bed],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     _, cfg, _ = chain
-    monkeypatch.delenv(identities.PERSON_ENV, raising=False)  # the shared sandbox credentials: nobody's
+    monkeypatch.setenv(identities.PERSON_ENV, "")  # the shared sandbox engineer's credentials: nobody's
     with pytest.raises(Exception, match=r"is not in \[\[people\]\]") as caught:
         identity_tunnel.resolve_caller(cfg)
     assert "invoke db-access --env sandbox" in getattr(caught.value, "next_step", "")

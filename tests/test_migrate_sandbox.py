@@ -34,7 +34,7 @@ from tests.db_fixtures import (
     tables,
 )
 from tests.ssm_support import free_port
-from tests.tunnel_fixtures import TunnelWorld, aws_client, run_cli, wait_for
+from tests.tunnel_fixtures import TunnelWorld, aws_client, plain_sandbox_toml, run_cli, wait_for
 
 pytest_plugins = ["tests.db_fixtures"]
 pytestmark = pytest.mark.slow
@@ -254,7 +254,7 @@ def test_sql_mode_prints_sql_without_aws_or_a_session(world: TunnelWorld) -> Non
 
 def test_the_account_guard_stops_before_any_session(world: TunnelWorld) -> None:
     path = world.envs_dir / "otheraccount.toml"
-    path.write_text((PROJECT_ROOT / "envs" / "sandbox.toml").read_text().replace('"123456789012"', '"999999999999"'))
+    path.write_text(plain_sandbox_toml().replace('"123456789012"', '"999999999999"'))
     cfg = load_env("otheraccount", world.envs_dir)
     before = session_states(world)
     with pytest.raises(AccountMismatchError, match="999999999999"):

@@ -19,25 +19,34 @@ pytestmark = pytest.mark.slow
 
 def test_every_component_is_healthy_and_the_stack_applied(sandbox: Sandbox) -> None:
     rows = {r.name: r for r in manager.status()}
-    assert all(rows[n].health == "healthy" for n in ("moto", "ssm-endpoint", "postgres")), rows
+    assert all(rows[n].health == "healthy" for n in ("moto", "ssm-endpoint", "postgres", "rds-front")), rows
     # The whole stack, alarms and patching included (the count grows with the stack; never a partial apply).
     applied = re.search(r": (\d+) resources", rows["stack"].detail)
     assert rows["stack"].health == "applied" and applied and int(applied.group(1)) >= 70, rows["stack"].detail
     assert "importing it" in sandbox.log, "the RDS instance was created through the API and imported"
 
 
-def test_the_rds_secret_opens_the_local_database_as_in_prod(sandbox: Sandbox) -> None:
+def test_the_rds_secret_opens_the_database_through_the_rds_front_as_in_prod(sandbox: Sandbox) -> None:
+    """The relay's route to the database is the RDS front: TLS verified against the RDS host name with the
+    sandbox CA, and the master password (read as the break-glass role: the env lists people) works."""
     cfg = sandbox.cfg
     db = aws.client(cfg, "rds").describe_db_instances(DBInstanceIdentifier=cfg.stack_name)["DBInstances"][0]
-    secret = aws.client(cfg, "secretsmanager").get_secret_value(SecretId=db["MasterUserSecret"]["SecretArn"])
+    with aws.acting_as(aws.BREAK_GLASS):
+        secret = aws.client(cfg, "secretsmanager").get_secret_value(SecretId=db["MasterUserSecret"]["SecretArn"])
     creds = json.loads(secret["SecretString"])
     assert creds["username"] == cfg.database.username and len(creds["password"]) >= 32
     assert creds["password"] != "P@55w0rd!", "moto's placeholder is replaced, as RDS generates one"
     hosts = json.loads((sandbox.state_dir / "relay_hosts.json").read_text())
     host, port = hosts[f"{db['Endpoint']['Address']}:{db['Endpoint']['Port']}"].split(":")
-    with psycopg.connect(host=host, port=int(port), user=creds["username"], password=creds["password"],
-                         dbname=cfg.database.name, connect_timeout=5) as conn:
+    assert int(port) == {r.name: r for r in manager.status()}["rds-front"].port
+    ca = sandbox.state_dir / "rds-front" / "rds-sandbox-ca.pem"
+    with psycopg.connect(host=db["Endpoint"]["Address"], hostaddr=host, port=int(port), user=creds["username"],
+                         password=creds["password"], dbname=cfg.database.name, sslmode="verify-full",
+                         sslrootcert=str(ca), connect_timeout=5) as conn:
         assert conn.execute("select current_user").fetchone() == (cfg.database.username,)
+    with pytest.raises(psycopg.OperationalError, match="no encryption"):  # rds.force_ssl, as the stack sets it
+        psycopg.connect(host=host, port=int(port), user=creds["username"], password=creds["password"],
+                        dbname=cfg.database.name, sslmode="disable", connect_timeout=5)
 
 
 def test_ecs_sample_task_is_served_by_the_endpoint(sandbox: Sandbox) -> None:

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from ops.config import ENVS_DIR, EnvConfig, load_env
-from ops.facts import relay_tags
+from ops.facts import ENVS_DIR_ENV, relay_tags
 from ops.iam_policies import port_document_content, port_document_name
 from tests.conftest import PROJECT_ROOT
 from tests.pg_support import start_cluster
@@ -33,6 +33,14 @@ from tests.ssm_support import EndpointThread, moto_process, tag_list
 def aws_client(service: str, url: str, region: str) -> Any:
     return boto3.client(service, region_name=region, endpoint_url=url,  # type: ignore[call-overload]
                         aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def plain_sandbox_toml() -> str:
+    """envs/sandbox.toml for a world whose "RDS" is a bare PostgreSQL behind the relay (no RDS front): no TLS
+    and no [[people]], i.e. an env before anyone has a DB identity (tunnels forward raw bytes, psql and
+    migrate are the master user). Tests that want people or TLS add them to this text themselves."""
+    text = (ENVS_DIR / "sandbox.toml").read_text().split("\n[[people]]", 1)[0]
+    return text.replace('sslmode = "verify-full"', 'sslmode = "disable"')
 
 
 @dataclass
@@ -48,11 +56,10 @@ class TunnelWorld:
         return aws_client(service, self.moto_url, region)
 
     def add_env(self, name: str, *, region: str = "us-east-1") -> EnvConfig:
-        """An env file (copy of envs/sandbox.toml) plus its relay and RDS instance in moto."""
+        """An env file (plain_sandbox_toml()) plus its relay and RDS instance in moto."""
         path = self.envs_dir / f"{name}.toml"
         if not path.exists():
-            path.write_text((ENVS_DIR / "sandbox.toml").read_text().replace('region = "us-east-1"',
-                                                                            f'region = "{region}"'))
+            path.write_text(plain_sandbox_toml().replace('region = "us-east-1"', f'region = "{region}"'))
         cfg = load_env(name, self.envs_dir)
         if name in self.relays:
             return cfg
@@ -107,6 +114,7 @@ class TunnelWorld:
 
     def subprocess_env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ, BASTIONLESS_STATE_DIR=str(self.state_dir), PYTHONUNBUFFERED="1")
+        env[ENVS_DIR_ENV] = str(self.envs_dir)
         env.pop("BASTIONLESS_SESSION_MANAGER_PLUGIN", None)
         env.update(extra)
         return env
@@ -130,6 +138,10 @@ def _world(tmp: Path, pg_port: int) -> Iterator[TunnelWorld]:
     envs = tmp / "envs"
     state.mkdir()
     envs.mkdir()
+    # CLI children read the world's env files (BASTIONLESS_ENVS_DIR): the shipped ones, with the plain sandbox.
+    for shipped in ENVS_DIR.glob("*.toml"):
+        text = plain_sandbox_toml() if shipped.name == "sandbox.toml" else shipped.read_text()
+        (envs / shipped.name).write_text(text)
     with moto_process(tmp / "moto.log") as moto_url:
         endpoint = EndpointThread(moto_url=moto_url, state_dir=state).start()
         (state / "endpoints.json").write_text(json.dumps({"default": moto_url, "ssm": endpoint.url,

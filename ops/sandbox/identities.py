@@ -1,7 +1,8 @@
 """The sandbox's people: one moto IAM user per `[[people]]` entry, tagged `db_user` (what the ABAC policy
 keys on), with an access key. The keys are kept in `<state>/identities.json` (0600): the RDS front reads
 it to check token signatures (as RDS asks IAM), and `BASTIONLESS_SANDBOX_PERSON=<identity>` makes the
-sandbox sign tokens as that person, so tests can show that alice is alice and cannot be bob."""
+sandbox sign tokens as that person (default: the first of `[[people]]`), so tests can show that alice is alice
+and cannot be bob."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import boto3
 from ops import aws
 from ops.config import EnvConfig
 from ops.errors import OpsError
+from ops.facts import DB_USER_TAG
 from ops.rdsauth import SigningKey
 
 FILE = "identities.json"
@@ -33,9 +35,9 @@ def provision(cfg: EnvConfig) -> dict[str, dict[str, str]]:
         if person.identity in known:
             continue
         try:
-            iam.create_user(UserName=person.identity, Tags=[{"Key": "db_user", "Value": person.db_user}])
+            iam.create_user(UserName=person.identity, Tags=[{"Key": DB_USER_TAG, "Value": person.db_user}])
         except iam.exceptions.EntityAlreadyExistsException:
-            iam.tag_user(UserName=person.identity, Tags=[{"Key": "db_user", "Value": person.db_user}])
+            iam.tag_user(UserName=person.identity, Tags=[{"Key": DB_USER_TAG, "Value": person.db_user}])
         key = iam.create_access_key(UserName=person.identity)["AccessKey"]
         arn = iam.get_user(UserName=person.identity)["User"]["Arn"]
         known[person.identity] = {"key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"], "arn": arn,
@@ -63,8 +65,10 @@ def signing_keys() -> dict[str, SigningKey]:
 
 
 def person_session(cfg: EnvConfig) -> boto3.Session | None:
-    """The boto3 session of the person named by BASTIONLESS_SANDBOX_PERSON, or None when unset."""
-    who = os.environ.get(PERSON_ENV, "")
+    """The boto3 session of the sandbox person you are: BASTIONLESS_SANDBOX_PERSON, else the first of
+    `[[people]]` (so `invoke psql --env sandbox` is somebody out of the box). Set to "" it is nobody:
+    None, the shared sandbox engineer, who has no DB user."""
+    who = os.environ[PERSON_ENV] if PERSON_ENV in os.environ else (cfg.people[0].identity if cfg.people else "")
     if not who:
         return None
     entry = load().get(who)

@@ -5,12 +5,16 @@ in `<state dir>/sandbox.json` by pid + start time + port:
 - moto server: the AWS API (in memory: when it restarts, the stack it held is gone, and so is our
   terraform state of it);
 - the local Session Manager endpoint (`ops.sandbox.ssm_endpoint`): what moto lacks, proxy for the rest;
-- a real PostgreSQL on a loopback port standing in for the RDS instance.
+- a real PostgreSQL on a loopback port standing in for the RDS instance;
+- the RDS front (`ops.sandbox.rds_front`): what RDS does in front of PostgreSQL (TLS with the sandbox CA
+  for the RDS host name, IAM token logins for members of `rds_iam`, SCRAM pass-through for the master
+  user). Started after apply, when the RDS host name is known; the relay's agent connects to it.
 
 A sandbox deploy is `deploy` here: ops.deploy.deploy with Hooks (the RDS shortcut of
 ops/sandbox/fast_rds.py before the plan, `after_apply` after it). After apply: the RDS master secret gets the shape
-RDS gives it, its password is set on the local PostgreSQL, the RDS address is mapped to that
-PostgreSQL in relay_hosts.json, and the ECS sample service's tasks are listed in ecs_tasks.json.
+RDS gives it, its password is set on the local PostgreSQL, the env's `[[people]]` get their IAM users
+(ops/sandbox/identities.py), the RDS front is (re)started for the RDS address, that address is mapped to
+the front in relay_hosts.json, and the ECS sample service's tasks are listed in ecs_tasks.json.
 
 `up` is safe to repeat: healthy components are kept, dead or unhealthy ones restarted, and the stack
 is applied again only when moto lost it or its inputs changed. One lock serializes `up` and `down`.
@@ -43,7 +47,7 @@ from ops import deploy as ops_deploy
 from ops.config import PROJECT_ROOT, EnvConfig, load_env
 from ops.console import Status, say
 from ops.errors import ConfigError, OpsError
-from ops.sandbox import fast_rds, mfa, moto, procs
+from ops.sandbox import fast_rds, identities, mfa, moto, procs, rds_front, rds_tls
 from ops.sandbox.postgres import PgServer, choose_root, find_binaries, service_user, usable_by
 from ops.sandbox.procs import ProcRecord, StartError
 from ops.synth import SYNTH_FILE, inputs_digest
@@ -55,7 +59,11 @@ RELAY_HOSTS_FILE = "relay_hosts.json"
 ECS_TASKS_FILE = "ecs_tasks.json"
 SESSIONS_FILE = "sessions.json"
 LOCK_FILE = ".sandbox.lock"
+# Every process component's key in sandbox.json.
+PROCESS_KEYS = ("moto", "endpoint", "postgres", "front")
 ENDPOINT_MODULE = "ops.sandbox.ssm_endpoint"
+FRONT_MODULE = "ops.sandbox.rds_front"
+FRONT_START_TIMEOUT = 30.0
 ENDPOINT_START_TIMEOUT = 60.0
 # moto's stand-in for the RDS-managed secret: a fixed user and password, not what RDS writes.
 _MOTO_PLACEHOLDER_PASSWORD = "P@55w0rd!"  # noqa: S105 - moto's public constant, never used as a password
@@ -435,14 +443,66 @@ def _after_apply(cfg: EnvConfig, *, out: TextIO) -> None:
     address, port = db["Endpoint"]["Address"], int(db["Endpoint"]["Port"])
     username, password = master_credentials(cfg, db)
     server.ensure_master_user(username=username, password=password, dbname=cfg.database.name)
+    if cfg.people:
+        identities.provision(cfg)
+    with _locked():
+        state = _read_state()
+        front = _ensure_front(state, cfg, server, address=address, port=port, out=out)
+        _write_state(state)
     hosts = procs.read_json(_state() / RELAY_HOSTS_FILE) or {}
-    hosts[f"{address}:{port}"] = f"127.0.0.1:{server.port}"
+    hosts[f"{address}:{port}"] = f"127.0.0.1:{front.port}"
     procs.write_json(_state() / RELAY_HOSTS_FILE, hosts)
-    say(out, f"sandbox database: {address}:{port} is the local PostgreSQL 127.0.0.1:{server.port}; "
-              f"master password set from Secrets Manager")
+    people = f"; {len(cfg.people)} people log in with IAM tokens" if cfg.people else ""
+    say(out, f"sandbox database: {address}:{port} is the RDS front 127.0.0.1:{front.port} (TLS, IAM auth) in "
+              f"front of the local PostgreSQL 127.0.0.1:{server.port}; master password set from Secrets "
+              f"Manager{people}")
     if cfg.ecs.enabled:
         _ecs_tasks(cfg, out=out)
     mark_deployed(cfg)
+
+
+def _front_config(server: PgServer, *, cfg: EnvConfig, address: str, port: int) -> dict[str, Any]:
+    return {"host_name": address, "rds_port": port, "region": cfg.region, "pg_port": server.port,
+            "pg_socket_dir": str(server.socket_dir)}
+
+
+def _ensure_front(state: dict[str, Any], cfg: EnvConfig, server: PgServer, *, address: str, port: int,
+                  out: TextIO) -> ProcRecord:
+    """The RDS front for `address:port`, kept while it is healthy and serves the same database; else
+    (re)started, with a new sandbox CA and certificate when the host name changed."""
+    wanted = _front_config(server, cfg=cfg, address=address, port=port)
+    current = _record(state, "front")
+    if (current is not None and procs.is_alive(current) and state.get("front_config") == wanted
+            and rds_front.probe(current.port)):
+        return current
+    if current is not None:
+        procs.stop(current)
+        state.pop("front", None)
+    certs_dir = _state() / facts.RDS_FRONT_DIR
+    certs = rds_tls.FrontCertificate(ca=certs_dir / rds_tls.CA_FILE, cert=certs_dir / rds_tls.CERT_FILE,
+                                     key=certs_dir / rds_tls.KEY_FILE)
+    if state.get("front_host") != address or not all(p.is_file() for p in (certs.ca, certs.cert, certs.key)):
+        certs = rds_tls.issue(certs_dir, host_name=address)
+        state["front_host"] = address
+    chosen = procs.free_port()
+    log = _state() / "rds_front.log"
+    started = time.monotonic()
+    proc = procs.start_detached(
+        [sys.executable, "-m", FRONT_MODULE, "--port", str(chosen), "--host-name", address, "--rds-port", str(port),
+         "--region", cfg.region, "--pg-port", str(server.port), "--pg-socket-dir", str(server.socket_dir),
+         "--cert", str(certs.cert), "--key", str(certs.key)],
+        log=log, cwd=PROJECT_ROOT, env={**os.environ, facts.STATE_DIR_ENV: str(_state()), "PYTHONUNBUFFERED": "1"})
+    record = procs.record_for(proc, port=chosen, log=log, url=f"postgresql://127.0.0.1:{chosen}")
+    if not procs.wait_until(lambda: rds_front.probe(chosen), timeout=FRONT_START_TIMEOUT,
+                            alive=lambda: proc.poll() is None):
+        with contextlib.suppress(StartError):
+            procs.stop(record)
+        raise StartError(f"the RDS front did not start: {procs.log_tail(log) or 'no output'}", next_step=f"see {log}")
+    say(out, f"RDS front: 127.0.0.1:{chosen} for {address}:{port} (pid {record.pid}, "
+             f"{time.monotonic() - started:.1f} s)")
+    state["front"] = record.to_json()
+    state["front_config"] = wanted
+    return record
 
 
 def after_destroy(cfg: EnvConfig) -> None:
@@ -604,6 +664,10 @@ def status() -> list[Component]:
     pg = _record(state, "postgres")
     rows.append(_row("postgres", pg, lambda _r: server is not None and server.healthy(),
                      detail=server.binaries.describe() if server else ""))
+    front = _record(state, "front")
+    if front is not None:  # started after apply: no row before the stack is deployed
+        host = str((state.get("front_config") or {}).get("host_name", ""))
+        rows.append(_row("rds-front", front, lambda r: rds_front.probe(r.port), detail=f"TLS + IAM auth for {host}"))
     rows.append(_stack_row(state))
     return rows
 
@@ -637,8 +701,7 @@ def format_status(rows: list[Component]) -> str:
 def running() -> bool:
     """True if any sandbox process is alive."""
     state = _read_state()
-    return any(r is not None and procs.is_alive(r) for r in (_record(state, k) for k in ("moto", "endpoint",
-                                                                                         "postgres")))
+    return any(r is not None and procs.is_alive(r) for r in (_record(state, k) for k in PROCESS_KEYS))
 
 
 # ---- down ----------------------------------------------------------------------------------------
@@ -650,7 +713,7 @@ def down(*, out: TextIO = sys.stderr) -> list[str]:
     with _locked():
         state = _read_state()
         _close_tunnels(out)
-        for key, label in (("endpoint", "Session Manager endpoint"), ("moto", "moto server")):
+        for key, label in (("front", "RDS front"), ("endpoint", "Session Manager endpoint"), ("moto", "moto server")):
             record = _record(state, key)
             if record is not None and procs.is_alive(record):
                 procs.stop(record)
@@ -662,7 +725,7 @@ def down(*, out: TextIO = sys.stderr) -> list[str]:
                 server.stop(pg)
                 stopped.append(f"PostgreSQL (pid {pg.pid})")
             server.remove()
-        left = [f"{key} pid {r.pid}" for key in ("endpoint", "moto", "postgres")
+        left = [f"{key} pid {r.pid}" for key in PROCESS_KEYS
                 if (r := _record(state, key)) is not None and procs.is_alive(r)]
         if left:
             raise OpsError(f"could not stop {', '.join(left)}; the sandbox state is kept so `down` can retry",
@@ -690,8 +753,9 @@ def _close_tunnels(out: TextIO) -> None:
 def _remove_state_files() -> None:
     state = _state()
     for name in (STATE_FILE, aws.ENDPOINTS_FILE, RELAY_HOSTS_FILE, ECS_TASKS_FILE, SESSIONS_FILE,
-                 aws.IDENTITIES_FILE, "moto.log", "ssm_endpoint.log"):
+                 aws.IDENTITIES_FILE, identities.FILE, "moto.log", "ssm_endpoint.log", "rds_front.log"):
         (state / name).unlink(missing_ok=True)
     shutil.rmtree(state / "postgres", ignore_errors=True)
+    shutil.rmtree(state / facts.RDS_FRONT_DIR, ignore_errors=True)
     # terraform state of the stack moto held; terraform's data dir (providers) stays as a cache.
     _remove_tfstate()

@@ -30,6 +30,7 @@ from typing import Any
 
 from ops import facts
 from ops.errors import OpsError, ToolMissingError
+from ops.people import IAM_ROLE as RDS_IAM_ROLE
 from ops.sandbox import procs
 from ops.sandbox.procs import ProcRecord, StartError
 
@@ -213,8 +214,16 @@ class PgServer:
             detail = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
             raise StartError(f"initdb failed for the sandbox PostgreSQL ({self.binaries.describe()}): {detail[0]}",
                              next_step=f"invoke sandbox down, then invoke sandbox up (data dir {self.data})")
-        hba = ("# bastionless sandbox: like RDS, TCP logins need the password; the superuser only via the socket.\n"
+
+    def _write_hba(self) -> None:
+        """Like RDS: TCP logins need the password. The private socket (0700) is the RDS front's hand-off
+        for IAM logins (members of rds_iam, whose token the front checked: RDS's own hand-off after PAM)
+        and the superuser's way in; nobody else logs in there. Written at each start, so a data dir from
+        an older sandbox gets the hand-off too."""
+        hba = ("# bastionless sandbox: like RDS, TCP logins need the password; IAM logins (rds_iam) only via the\n"
+               "# RDS front's private socket hand-off; the superuser only via the socket.\n"
                f"local all {SUPERUSER} trust\n"
+               f"local all +{RDS_IAM_ROLE} trust\n"
                "local all all reject\n"
                "host all all 127.0.0.1/32 scram-sha-256\n")
         (self.data / "pg_hba.conf").write_text(hba)
@@ -223,11 +232,14 @@ class PgServer:
     def start(self) -> ProcRecord:
         """Start `postgres` detached on 127.0.0.1:port; returns once it accepts connections."""
         self.init()
+        self._write_hba()
         argv = [self.binaries.tool("postgres"), "-D", str(self.data),
                 "-c", "listen_addresses=127.0.0.1", "-c", f"port={self.port}",
                 "-c", f"unix_socket_directories={self.socket_dir}",
                 # The log goes to our log file (stderr); no server-side collector to supervise.
-                "-c", "logging_collector=off", "-c", "fsync=off", "-c", "full_page_writes=off"]
+                "-c", "logging_collector=off", "-c", "fsync=off", "-c", "full_page_writes=off",
+                # As the stack's parameter group sets it: `invoke audit` reads logins per person from the log.
+                "-c", "log_connections=on"]
         log = self.log
         if not log.exists():
             log.touch()
@@ -282,5 +294,8 @@ class PgServer:
             verb = sql.SQL("ALTER ROLE") if exists else sql.SQL("CREATE ROLE")
             conn.execute(sql.SQL("{} {} WITH LOGIN CREATEDB CREATEROLE PASSWORD {}").format(
                 verb, role, sql.Literal(verifier)))
+            # RDS's built-in role: members log in with IAM tokens only (the RDS front checks them).
+            if not conn.execute("select 1 from pg_roles where rolname = %s", (RDS_IAM_ROLE,)).fetchone():
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(RDS_IAM_ROLE)))
             if not conn.execute("select 1 from pg_database where datname = %s", (dbname,)).fetchone():
                 conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), role))

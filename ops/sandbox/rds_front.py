@@ -165,3 +165,61 @@ def superuser_membership(*, socket_dir: Path, port: int, superuser: str = "postg
             return bool(row and row[0])
 
     return member
+
+
+def probe(port: int, *, timeout: float = 2.0) -> bool:
+    """Health: the front answers an SSLRequest with 'S' (TLS on offer), as RDS does."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(pgwire.ssl_request())
+            return sock.recv(1) == b"S"
+    except OSError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ops.sandbox.rds_front ...`: the sandbox manager's RDS front process (ops/sandbox/manager.py)."""
+    import argparse
+    import signal
+    import sys
+
+    from ops.sandbox import identities
+
+    parser = argparse.ArgumentParser(prog="python -m ops.sandbox.rds_front")
+    parser.add_argument("--port", type=int, required=True, help="loopback port the relay's agent connects to")
+    parser.add_argument("--host-name", required=True, help="the RDS endpoint name (certificate, tokens)")
+    parser.add_argument("--rds-port", type=int, required=True, help="the RDS port as advertised")
+    parser.add_argument("--region", required=True)
+    parser.add_argument("--pg-port", type=int, required=True)
+    parser.add_argument("--pg-socket-dir", type=Path, required=True)
+    parser.add_argument("--cert", type=Path, required=True)
+    parser.add_argument("--key", type=Path, required=True)
+    args = parser.parse_args(argv)
+    config = FrontConfig(host_name=args.host_name, port=args.rds_port, region=args.region, pg_port=args.pg_port,
+                         pg_socket_dir=args.pg_socket_dir, cert=args.cert, key=args.key)
+
+    def log(line: str) -> None:
+        print(f"{datetime.now(UTC).isoformat(timespec='seconds')} {line}", file=sys.stderr, flush=True)
+
+    # Keys are read at each login: people provisioned after the front started are known at once.
+    front = RdsFront(config, keys=lambda key_id: identities.signing_keys().get(key_id),
+                     iam_member=superuser_membership(socket_dir=args.pg_socket_dir, port=args.pg_port), log=log)
+
+    async def serve() -> None:
+        server = await front.serve("127.0.0.1", args.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"READY 127.0.0.1:{args.port} for {args.host_name}:{args.rds_port}", flush=True)
+        await stop.wait()
+        server.close()
+
+    asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

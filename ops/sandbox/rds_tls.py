@@ -15,7 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-CA_FILE = "rds-sandbox-ca.pem"
+from ops import facts
+
+CA_FILE = facts.RDS_FRONT_CA
 CERT_FILE = "rds-front.pem"
 KEY_FILE = "rds-front.key"
 
