@@ -241,8 +241,11 @@ def serve(cfg: EnvConfig, *, local_port: int, unix_socket: str = "", reason: str
     try:
         with open_auth_tunnel(cfg, local_port=port, unix_socket=unix_socket, reason=reason, transport=transport,
                               report=say, caller=caller, instance=instance, host=host, sessions=sessions) as info:
+            # `sessions` too: a SIGKILLed tunnel's record then stays as an orphan that `invoke tunnels` reports
+            # and `tunnel-close` ends (tunnels_state.orphan), as for the raw tunnel.
             record = tunnels_state.update(record, status="ready", local_host=info.local_host,
                                           local_port=info.local_port, session_id=info.session_id,
+                                          sessions=info.sessions or (info.session_id,),
                                           transport=info.transport, instance_id=info.instance_id,
                                           db_host=info.db_host, db_port=info.db_port, db_name=info.db_name,
                                           db_user=info.db_user)

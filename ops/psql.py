@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 
 from ops.config import EnvConfig
-from ops.dbtunnel import through_tunnel
+from ops.dbtunnel import sigterm_as_interrupt, through_tunnel
 from ops.errors import CommandFailedError, ToolMissingError
 from ops.facts import PSQL_ENV
 
@@ -58,7 +58,9 @@ def run_psql(cfg: EnvConfig, *, command: str = "", args: Sequence[str] = (), tra
 
     binary = psql_binary()
     if choose_target(cfg, raw=break_glass) == "postgres-auth":
-        with open_auth_tunnel(cfg, reason=reason or "bastionless psql", transport=transport, report=report) as info:
+        # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the session is terminated as on the master path.
+        with sigterm_as_interrupt(), open_auth_tunnel(cfg, reason=reason or "bastionless psql", transport=transport,
+                                                      report=report) as info:
             env = child_env({"PGHOST": info.local_host, "PGPORT": str(info.local_port),
                               "PGDATABASE": info.db_name, "PGUSER": info.db_user})
             return _run(binary, command=command, args=args, env=env, capture=capture)

@@ -55,5 +55,4 @@ def assert_nothing_running(records: list[procs.ProcRecord]) -> None:
 
 def records_in(state_dir: Path) -> list[procs.ProcRecord]:
     data = procs.read_json(state_dir / manager.STATE_FILE) or {}
-    return [procs.ProcRecord.from_json(data[k]) for k in ("moto", "endpoint", "postgres") if isinstance(data.get(k),
-                                                                                                       dict)]
+    return [procs.ProcRecord.from_json(data[k]) for k in manager.PROCESS_KEYS if isinstance(data.get(k), dict)]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 
 import psycopg
 import pytest
 
 from ops import aws
 from ops.sandbox import manager
-from tests.sandbox_support import Sandbox, records_in
+from tests.sandbox_support import Sandbox, error_line, invoke, records_in
 
 pytest_plugins = ["tests.sandbox_fixtures"]
 pytestmark = pytest.mark.slow
@@ -47,6 +48,24 @@ def test_the_rds_secret_opens_the_database_through_the_rds_front_as_in_prod(sand
     with pytest.raises(psycopg.OperationalError, match="no encryption"):  # rds.force_ssl, as the stack sets it
         psycopg.connect(host=host, port=int(port), user=creds["username"], password=creds["password"],
                         dbname=cfg.database.name, sslmode="disable", connect_timeout=5)
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="the psql client is not installed")
+def test_each_person_is_themselves_in_the_sandbox_database_with_no_password(sandbox: Sandbox) -> None:
+    """Issue 13's line, on the sandbox `up` builds (the fixture ran db-access): alice is alice, bob is bob, and
+    the shared engineer, who is nobody in [[people]], is told how to get in."""
+    assert "front" in json.loads((sandbox.state_dir / manager.STATE_FILE).read_text())
+    for who, db_user in (("alice@example.com", "alice"), ("bob@example.com", "bob")):
+        proc = invoke("psql", "--env", "sandbox", "-c", "select current_user", state=sandbox.state_dir,
+                      BASTIONLESS_SANDBOX_PERSON=who, PGPASSWORD="", PGPASSFILE="/nonexistent")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split()[2] == db_user, proc.stdout
+        assert "BREAK-GLASS" not in proc.stderr
+    nobody = invoke("psql", "--env", "sandbox", "-c", "select 1", state=sandbox.state_dir,
+                    BASTIONLESS_SANDBOX_PERSON="")
+    line = error_line(nobody)
+    assert "assumed-role/bastionless-sandbox-developer/engineer is not in [[people]]" in line, line
+    assert "next: ask an owner of sandbox to add you and run invoke db-access --env sandbox" in line, line
 
 
 def test_ecs_sample_task_is_served_by_the_endpoint(sandbox: Sandbox) -> None:
