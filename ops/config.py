@@ -20,7 +20,12 @@ from ops.facts import ENVS_DIR_ENV, MAX_TUNNEL_SESSIONS
 from ops.people import Person, parse_people
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-ENVS_DIR = Path(os.environ.get(ENVS_DIR_ENV) or PROJECT_ROOT / "envs")
+ENVS_DIR = PROJECT_ROOT / "envs"
+
+
+def envs_dir() -> Path:
+    """Where env files are read from: $BASTIONLESS_ENVS_DIR (test worlds), else the project's envs/."""
+    return Path(os.environ.get(ENVS_DIR_ENV) or ENVS_DIR)
 
 EgressMode = Literal["endpoints", "nat"]
 BackendKind = Literal["s3", "local"]
@@ -234,21 +239,21 @@ _SECTIONS: dict[str, type] = {
 _TOP_LEVEL = {"account_id": str, "region": str, "sandbox": bool, "production": bool}
 
 
-def env_path(name: str, envs_dir: Path = ENVS_DIR) -> Path:
-    return envs_dir / f"{name}.toml"
+def env_path(name: str, directory: Path | None = None) -> Path:
+    return (directory or envs_dir()) / f"{name}.toml"
 
 
-def available_envs(envs_dir: Path = ENVS_DIR) -> list[str]:
-    return sorted(p.stem for p in envs_dir.glob("*.toml"))
+def available_envs(directory: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in (directory or envs_dir()).glob("*.toml"))
 
 
-def load_env(name: str, envs_dir: Path = ENVS_DIR) -> EnvConfig:
+def load_env(name: str, directory: Path | None = None) -> EnvConfig:
     # fullmatch: `$` would also match before a trailing newline ("prod\n").
     if not _ENV_NAME_RE.fullmatch(name):
         raise ConfigError(f"environment name {name!r} is invalid: use lowercase letters, digits and '-'")
-    path = env_path(name, envs_dir)
+    path = env_path(name, directory)
     if not path.is_file():
-        known = ", ".join(available_envs(envs_dir)) or "none"
+        known = ", ".join(available_envs(directory)) or "none"
         raise ConfigError(f"unknown environment {name!r}: no file {_rel(path)} (known: {known}); "
                           f"copy envs/staging.toml to {_rel(path)} to add one")
     return parse_env(name, path.read_bytes(), path)

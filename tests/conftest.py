@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -28,6 +29,24 @@ if "BASTIONLESS_PROVIDER_MIRROR" not in os.environ and Path("/opt/tf-plugins").i
     os.environ["BASTIONLESS_PROVIDER_MIRROR"] = "/opt/tf-plugins"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+if TYPE_CHECKING:
+    from ops.config import EnvConfig
+
+
+def plain_sandbox_toml() -> str:
+    """envs/sandbox.toml for tests whose "RDS" is a bare PostgreSQL (no RDS front) or none at all: no TLS and
+    no [[people]], i.e. an env before anyone has a DB identity (tunnels forward raw bytes, psql and migrate
+    are the master user). Tests that want people or TLS add them to this text themselves."""
+    text = (PROJECT_ROOT / "envs" / "sandbox.toml").read_text().split("\n[[people]]", 1)[0]
+    return text.replace('sslmode = "verify-full"', 'sslmode = "disable"')
+
+
+def plain_sandbox_env() -> EnvConfig:
+    """plain_sandbox_toml() parsed, named `sandbox` (for unit tests that only need an env to describe)."""
+    from ops.config import parse_env
+
+    return parse_env("sandbox", plain_sandbox_toml().encode(), PROJECT_ROOT / "envs" / "sandbox.toml")
 
 
 @pytest.fixture(autouse=True, scope="session")

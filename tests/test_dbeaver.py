@@ -14,6 +14,7 @@ import pytest
 from ops import dbeaver, dburl
 from ops.config import load_env
 from ops.dbeaver import DBeaverConfigError, connection_id, data_sources_path, default_workspace, write_config
+from tests.conftest import plain_sandbox_env
 
 # As DBeaver 24 writes it (Gson: tab indent, "=" as \u003d, no trailing newline), with folders,
 # two connections of our own users, a network handler, connection types and a virtual model.
@@ -115,7 +116,7 @@ def workspace(tmp_path: Path, content: str | None = EXISTING) -> Path:
 
 def test_merge_keeps_everything_else_and_adds_our_connection(tmp_path: Path) -> None:
     ws = workspace(tmp_path)
-    cfg = load_env("sandbox")
+    cfg = plain_sandbox_env()
     result = write_config(cfg, user="app_admin", workspace=ws)
     assert result.changed and result.path == ws / "General" / ".dbeaver" / "data-sources.json"
     doc = json.loads(result.path.read_text())
@@ -147,13 +148,13 @@ def _only_insertions(before: str, after: str) -> list[str]:
 def test_every_other_byte_is_kept(tmp_path: Path) -> None:
     # EXISTING has DBeaver's compact virtual-models line and \u escapes: none of it may change.
     ws = workspace(tmp_path)
-    result = write_config(load_env("sandbox"), user="app_admin", workspace=ws)
+    result = write_config(plain_sandbox_env(), user="app_admin", workspace=ws)
     text = result.path.read_text()
     _only_insertions(EXISTING, text)
     assert '\t\t"bastionless": {}\n\t},' in text and '\t\t"postgres-jdbc-bastionless-sandbox": {\n' in text
     # A second env and an update of the first change only our own parts too.
     write_config(load_env("prod"), user="app_admin", workspace=ws)
-    moved = load_env("sandbox")
+    moved = plain_sandbox_env()
     moved = dataclasses.replace(moved, tunnel=dataclasses.replace(moved.tunnel, local_port=7000))
     write_config(moved, user="app_admin", workspace=ws)
     final = result.path.read_text()
@@ -165,7 +166,7 @@ def test_what_we_add_is_laid_out_like_dbeaver(tmp_path: Path) -> None:
     # From DBeaver's own layout, the merged file is exactly what DBeaver's writer would produce.
     canonical = dbeaver.gson_dumps(json.loads(EXISTING))
     ws = workspace(tmp_path, canonical)
-    result = write_config(load_env("sandbox"), user="app_admin", workspace=ws)
+    result = write_config(plain_sandbox_env(), user="app_admin", workspace=ws)
     text = result.path.read_text()
     assert text == dbeaver.gson_dumps(json.loads(text))
     assert "\\u003d" in text and "=" not in text and not text.endswith("\n")
@@ -173,7 +174,7 @@ def test_what_we_add_is_laid_out_like_dbeaver(tmp_path: Path) -> None:
 
 def test_rerun_is_idempotent_and_updates_in_place(tmp_path: Path) -> None:
     ws = workspace(tmp_path)
-    cfg = load_env("sandbox")
+    cfg = plain_sandbox_env()
     first = write_config(cfg, user="app_admin", workspace=ws)
     content = first.path.read_bytes()
     backups = sorted(first.path.parent.glob("*.bak"))
@@ -193,7 +194,7 @@ def test_rerun_is_idempotent_and_updates_in_place(tmp_path: Path) -> None:
 
 def test_backup_is_the_original_and_never_loaded_by_dbeaver(tmp_path: Path) -> None:
     ws = workspace(tmp_path)
-    result = write_config(load_env("sandbox"), user="app_admin", workspace=ws)
+    result = write_config(plain_sandbox_env(), user="app_admin", workspace=ws)
     assert result.backup is not None and result.backup.read_text() == EXISTING
     # DBeaver loads every data-sources*.json in .dbeaver/: nothing of ours may match.
     loaded = sorted(p.name for p in result.path.parent.iterdir()
@@ -204,7 +205,7 @@ def test_backup_is_the_original_and_never_loaded_by_dbeaver(tmp_path: Path) -> N
 
 def test_new_workspace_gets_a_valid_file_without_backup(tmp_path: Path) -> None:
     ws = workspace(tmp_path, None)
-    result = write_config(load_env("sandbox"), user="app_admin", workspace=ws)
+    result = write_config(plain_sandbox_env(), user="app_admin", workspace=ws)
     assert result.backup is None
     doc = json.loads(result.path.read_text())
     assert list(doc) == ["folders", "connections"]
@@ -213,7 +214,9 @@ def test_new_workspace_gets_a_valid_file_without_backup(tmp_path: Path) -> None:
 
 def test_no_password_anywhere(tmp_path: Path) -> None:
     ws = workspace(tmp_path)
-    for env in ("sandbox", "staging", "prod"):
+    # The sandbox lists people: its entry is the auth proxy's, as `invoke dbeaver` writes it there.
+    write_config(load_env("sandbox"), user="alice", workspace=ws, proxy=True)
+    for env in ("staging", "prod"):
         write_config(load_env(env), user="app_admin", workspace=ws)
     doc = json.loads(data_sources_path(ws).read_text())
     ours = {k: v for k, v in doc["connections"].items() if "bastionless" in k}
@@ -227,7 +230,9 @@ def test_no_password_anywhere(tmp_path: Path) -> None:
         return set()
 
     assert "password" not in keys(ours)
-    assert all(c["save-password"] is False for c in ours.values())
+    # Master-user entries: DBeaver asks; the proxy's: an empty password counts as saved (nothing to ask for).
+    assert {k.rsplit("-", 1)[-1]: c["save-password"] for k, c in ours.items()} == {
+        "sandbox": True, "staging": False, "prod": False}
     assert not (ws / "General" / ".dbeaver" / "credentials-config.json").exists()
 
 
@@ -246,27 +251,27 @@ def test_prod_uses_the_production_type_and_verifies_tls(tmp_path: Path) -> None:
     assert ssl["properties"]["ssl.ca.cert"].endswith(prod.database.ca_bundle)
     staging = dbeaver.connection_entry(load_env("staging"), user="u")["configuration"]
     assert staging["type"] == "test" and staging["handlers"]["postgre_ssl"]["properties"] == {"sslMode": "require"}
-    assert "handlers" not in dbeaver.connection_entry(load_env("sandbox"), user="u")["configuration"]
+    assert "handlers" not in dbeaver.connection_entry(plain_sandbox_env(), user="u")["configuration"]
 
 
 def test_invalid_existing_file_is_left_alone(tmp_path: Path) -> None:
     ws = workspace(tmp_path, "{ not json")
     with pytest.raises(DBeaverConfigError, match="not valid JSON"):
-        write_config(load_env("sandbox"), user="app_admin", workspace=ws)
+        write_config(plain_sandbox_env(), user="app_admin", workspace=ws)
     assert data_sources_path(ws).read_text() == "{ not json"
     assert list(data_sources_path(ws).parent.glob("*.bak")) == []
 
 
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     ws = workspace(tmp_path)
-    result = write_config(load_env("sandbox"), user="app_admin", workspace=ws, dry_run=True)
+    result = write_config(plain_sandbox_env(), user="app_admin", workspace=ws, dry_run=True)
     assert not result.changed and data_sources_path(ws).read_text() == EXISTING
 
 
 def test_file_mode_is_kept(tmp_path: Path) -> None:
     ws = workspace(tmp_path)
     data_sources_path(ws).chmod(0o600)
-    write_config(load_env("sandbox"), user="app_admin", workspace=ws)
+    write_config(plain_sandbox_env(), user="app_admin", workspace=ws)
     assert data_sources_path(ws).stat().st_mode & 0o777 == 0o600
 
 
@@ -324,7 +329,7 @@ def test_rerun_keeps_the_users_edits_and_says_what_it_changed(tmp_path: Path) ->
 
 def test_a_keep_alive_longer_than_the_idle_timeout_is_brought_below_it(tmp_path: Path) -> None:
     ws = workspace(tmp_path, content=None)
-    cfg = load_env("sandbox")
+    cfg = plain_sandbox_env()
     first = write_config(cfg, user="u", workspace=ws)
     idle = cfg.session.idle_timeout_minutes * 60
     assert 0 < first.entry["configuration"]["keepAlive"] < idle
@@ -337,7 +342,7 @@ def test_a_keep_alive_longer_than_the_idle_timeout_is_brought_below_it(tmp_path:
 
 def test_start_tunnel_registers_the_before_connect_command(tmp_path: Path) -> None:
     ws = workspace(tmp_path, content=None)
-    cfg = load_env("sandbox")
+    cfg = plain_sandbox_env()
     result = write_config(cfg, user="u", workspace=ws, port=6100, start_tunnel=True)
     event = json.loads(result.path.read_text())["connections"][connection_id(cfg)]["configuration"]["events"][
         "BEFORE_CONNECT"]

@@ -36,7 +36,7 @@ def test_malformed_toml_through_the_task(tmp_path: Path, monkeypatch: pytest.Mon
     envs = tmp_path / "envs"
     envs.mkdir()
     (envs / "broken.toml").write_text('account_id = "123456789012"\nregion = "us-east-1\n')
-    monkeypatch.setattr(cli._common, "load_env", functools.partial(load_env, envs_dir=envs))
+    monkeypatch.setattr(cli._common, "load_env", functools.partial(load_env, directory=envs))
     for task, kwargs in ((deploy_cli.deploy, {"yes": True}), (deploy_cli.plan, {}), (deploy_cli.destroy, {}),
                          (deploy_cli.outputs, {})):
         with pytest.raises(Exit) as exc:

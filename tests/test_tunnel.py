@@ -31,7 +31,7 @@ from ops.tunnel import (
     probe,
     reserve_port,
 )
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, plain_sandbox_env
 
 INFO = TunnelInfo(env="sandbox", local_host="127.0.0.1", local_port=5433, session_id="me-0123", transport="native",
                   db_host="bastionless-sandbox.abc.us-east-1.rds.amazonaws.com", db_port=5432, db_name="app",
@@ -132,12 +132,12 @@ def test_database_url_for_verify_full_dials_localhost_but_checks_the_rds_name() 
 
 
 def test_database_url_sandbox() -> None:
-    cfg = load_env("sandbox")
+    cfg = plain_sandbox_env()
     assert database_url(cfg, INFO) == "postgresql://app_admin@127.0.0.1:5433/app?sslmode=disable"
 
 
 def test_ready_text_has_everything_a_user_needs() -> None:
-    cfg = load_env("sandbox")
+    cfg = plain_sandbox_env()
     text = describe_ready(cfg, INFO, background=False, secret_arn="arn:aws:secretsmanager:x")
     for needle in ("host       127.0.0.1", "port       5433", "database   app", "user       app_admin",
                    "DATABASE_URL=postgresql://app_admin@127.0.0.1:5433/app?sslmode=disable", "Ctrl-C",

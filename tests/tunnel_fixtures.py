@@ -25,7 +25,7 @@ import pytest
 from ops.config import ENVS_DIR, EnvConfig, load_env
 from ops.facts import ENVS_DIR_ENV, relay_tags
 from ops.iam_policies import port_document_content, port_document_name
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, plain_sandbox_toml
 from tests.pg_support import start_cluster
 from tests.ssm_support import EndpointThread, moto_process, tag_list
 
@@ -33,14 +33,6 @@ from tests.ssm_support import EndpointThread, moto_process, tag_list
 def aws_client(service: str, url: str, region: str) -> Any:
     return boto3.client(service, region_name=region, endpoint_url=url,  # type: ignore[call-overload]
                         aws_access_key_id="testing", aws_secret_access_key="testing")
-
-
-def plain_sandbox_toml() -> str:
-    """envs/sandbox.toml for a world whose "RDS" is a bare PostgreSQL behind the relay (no RDS front): no TLS
-    and no [[people]], i.e. an env before anyone has a DB identity (tunnels forward raw bytes, psql and
-    migrate are the master user). Tests that want people or TLS add them to this text themselves."""
-    text = (ENVS_DIR / "sandbox.toml").read_text().split("\n[[people]]", 1)[0]
-    return text.replace('sslmode = "verify-full"', 'sslmode = "disable"')
 
 
 @dataclass
@@ -148,6 +140,9 @@ def _world(tmp: Path, pg_port: int) -> Iterator[TunnelWorld]:
                                                           "ecs": endpoint.url}))
         old = os.environ.get("BASTIONLESS_STATE_DIR")
         os.environ["BASTIONLESS_STATE_DIR"] = str(state)
+        # In-process load_env("sandbox") reads the world's env files too, like its CLI children.
+        old_envs = os.environ.get(ENVS_DIR_ENV)
+        os.environ[ENVS_DIR_ENV] = str(envs)
         world = TunnelWorld(moto_url=moto_url, endpoint=endpoint, state_dir=state, envs_dir=envs, pg_port=pg_port)
         try:
             yield world
@@ -159,6 +154,10 @@ def _world(tmp: Path, pg_port: int) -> Iterator[TunnelWorld]:
                 os.environ.pop("BASTIONLESS_STATE_DIR", None)
             else:
                 os.environ["BASTIONLESS_STATE_DIR"] = old
+            if old_envs is None:
+                os.environ.pop(ENVS_DIR_ENV, None)
+            else:
+                os.environ[ENVS_DIR_ENV] = old_envs
             endpoint.stop()
 
 

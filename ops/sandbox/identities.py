@@ -68,12 +68,14 @@ def person_session(cfg: EnvConfig) -> boto3.Session | None:
     """The boto3 session of the sandbox person you are: BASTIONLESS_SANDBOX_PERSON, else the first of
     `[[people]]` (so `invoke psql --env sandbox` is somebody out of the box). Set to "" it is nobody:
     None, the shared sandbox engineer, who has no DB user."""
-    who = os.environ[PERSON_ENV] if PERSON_ENV in os.environ else (cfg.people[0].identity if cfg.people else "")
+    chosen = PERSON_ENV in os.environ
+    who = os.environ[PERSON_ENV] if chosen else (cfg.people[0].identity if cfg.people else "")
     if not who:
         return None
     entry = load().get(who)
     if entry is None:
-        raise OpsError(f"{PERSON_ENV}={who} is not a provisioned sandbox person",
+        named = f"{PERSON_ENV}={who}" if chosen else f"{who} (the first of [[people]]: you, unless {PERSON_ENV} says)"
+        raise OpsError(f"{named} is not a provisioned sandbox person",
                        next_step="add them to [[people]] of the sandbox env and rerun invoke sandbox up")
     return boto3.Session(region_name=cfg.region, aws_access_key_id=entry["key_id"],
                          aws_secret_access_key=entry["secret"])
