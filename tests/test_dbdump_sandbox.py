@@ -13,7 +13,8 @@ import pytest
 from psycopg import sql
 
 from ops import dbdump
-from ops.config import ENVS_DIR, EnvConfig
+from ops.config import EnvConfig
+from tests.conftest import plain_sandbox_toml
 from tests.tunnel_fixtures import TunnelWorld
 
 pytest_plugins = ["tests.tunnel_fixtures"]
@@ -45,7 +46,7 @@ def _fingerprint(world: TunnelWorld, dbname: str) -> dict[str, tuple[int, str]]:
 def _env_with_secret(world: TunnelWorld, name: str, dbname: str) -> EnvConfig:
     path = world.envs_dir / f"{name}.toml"
     if not path.exists():
-        path.write_text((ENVS_DIR / "sandbox.toml").read_text().replace('name = "app"', f'name = "{dbname}"'))
+        path.write_text(plain_sandbox_toml().replace('name = "app"', f'name = "{dbname}"'))
     cfg = world.add_env(name)
     # The secret as RDS keeps it (moto's placeholder names another user); trust auth ignores the password.
     (db,) = world.client("rds").describe_db_instances(DBInstanceIdentifier=cfg.stack_name)["DBInstances"]
