@@ -93,8 +93,9 @@ class SessionConfig:
 class AccessConfig:
     developer_principals: tuple[str, ...] = ()
     require_mfa: bool = True
-    # Who may assume the break-glass role (the database master user; default: the developer principals);
-    # MFA is always required.
+    # Who may assume the break-glass role (the database master user). Default: the developer principals that
+    # are IAM users (never their federated role: every SSO developer would be an admin), else the account
+    # root. IAM users need MFA under an hour old; federated roles have their IdP's sign-in MFA.
     break_glass_principals: tuple[str, ...] = ()
 
 

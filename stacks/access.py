@@ -188,7 +188,7 @@ def auditor_policy(*, region: str, account_id: str) -> dict[str, Any]:
 
 
 def trust_policy(*, principals: tuple[str, ...], require_mfa: bool, region: str, account_id: str,
-                 tag_session: bool = False) -> dict[str, Any]:
+                 tag_session: bool = False, mfa_max_age: int | None = None) -> dict[str, Any]:
     """Who may assume a role. MFA is checked where the identity comes from:
 
     - IAM users (and the account root principal, which stands for them too) carry
@@ -199,6 +199,8 @@ def trust_policy(*, principals: tuple[str, ...], require_mfa: bool, region: str,
 
     `tag_session`: the same principals may pass the `db_user` session tag, but only with the value they carry
     themselves (stacks/db_identity.py), so an SSO user's DB user survives role chaining into this role.
+    `mfa_max_age`: IAM users' MFA must also be younger than this (seconds); the IdP's sign-in MFA of the
+    federated roles is as fresh as their session, which the IdP bounds.
     """
     if not principals:
         # Nobody configured: a trust policy must name someone, so only the account itself.
@@ -211,6 +213,8 @@ def trust_policy(*, principals: tuple[str, ...], require_mfa: bool, region: str,
                                 "Action": "sts:AssumeRole"}
         if require_mfa:
             stmt["Condition"] = {"Bool": {"aws:MultiFactorAuthPresent": "true"}}
+            if mfa_max_age is not None:
+                stmt["Condition"]["NumericLessThan"] = {"aws:MultiFactorAuthAge": str(mfa_max_age)}
         statements.append(stmt)
     if roles:
         statements.append({"Sid": "FederatedRoles", "Effect": "Allow", "Principal": {"AWS": roles},

@@ -21,7 +21,7 @@ from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAtt
 from constructs import Construct
 
 from ops.facts import DB_USER_TAG, partition
-from stacks.access import DB_USER_VARIABLE, Access, tag_session_trust_statement
+from stacks.access import DB_USER_VARIABLE, Access, tag_session_trust_statement, trust_policy
 from stacks.database import Database
 from stacks.policy_document import policy_document
 
@@ -74,12 +74,11 @@ class BreakGlass(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, name: str, region: str, account_id: str,
                  principals: tuple[str, ...], database: Database, access: Access) -> None:
         super().__init__(scope, construct_id)
-        who: list[str] | str = list(principals) or f"arn:{partition(region)}:iam::{account_id}:root"
-        trust = {"Effect": "Allow", "Principal": {"AWS": who}, "Action": "sts:AssumeRole",
-                 "Condition": {"Bool": {"aws:MultiFactorAuthPresent": "true"},
-                               "NumericLessThan": {"aws:MultiFactorAuthAge": str(MFA_MAX_AGE_SECONDS)}}}
-        self.role = IamRole(self, "Role", name=f"{name}-break-glass",
-                            assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [trust]}),
+        # IAM users with MFA under an hour old; SSO permission-set roles (their MFA is the IdP's sign-in),
+        # which an MFA condition would lock out, as for the developer role (stacks/access.trust_policy).
+        trust = trust_policy(principals=principals, require_mfa=True, region=region, account_id=account_id,
+                             mfa_max_age=MFA_MAX_AGE_SECONDS)
+        self.role = IamRole(self, "Role", name=f"{name}-break-glass", assume_role_policy=json.dumps(trust),
                             description="Break-glass: the database master user (MFA); every use is in CloudTrail",
                             max_session_duration=3600)
         # What a developer may do (open the tunnel), plus the master secret.

@@ -96,9 +96,12 @@ class BastionlessStack(TerraformStack):
                              ecs=self.ecs)
         self.db_connect = DbConnect(self, "DbConnect", name=name, region=cfg.region, account_id=cfg.account_id,
                                     database=self.database, access=self.access)
+        # Unnamed, break-glass falls back to the developers' IAM users (with MFA), never to their federated
+        # role: that would make every SSO developer an admin. SSO admins are named in break_glass_principals.
         self.break_glass = BreakGlass(self, "BreakGlass", name=name, region=cfg.region, account_id=cfg.account_id,
                                       principals=(cfg.access.break_glass_principals
-                                                  or cfg.access.developer_principals), database=self.database,
+                                                  or tuple(p for p in cfg.access.developer_principals
+                                                           if ":role/" not in p)), database=self.database,
                                       access=self.access)
         # The master secret is encrypted with the database's own key: the break-glass role fetches it at run
         # time, and developers too only while the env lists no people (no per-person identities yet).

@@ -46,8 +46,13 @@ def test_only_break_glass_reads_the_master_secret_and_it_needs_fresh_mfa(
         assert role["name"] == f"bastionless-{name}-break-glass"
         assert role["max_session_duration"] == 3600
         (trust,) = json.loads(role["assume_role_policy"])["Statement"]
-        assert trust["Condition"] == {"Bool": {"aws:MultiFactorAuthPresent": "true"},
-                                      "NumericLessThan": {"aws:MultiFactorAuthAge": "3600"}}
+        named = load_env(name).access.break_glass_principals
+        if named:  # the admins' SSO role: their IdP's MFA, no MFA key in the session to check
+            assert trust["Sid"] == "FederatedRoles" and trust["Principal"] == {"AWS": list(named)}
+            assert not any(":role/" in p and "Engineers" in p for p in named), "not the engineers' role"
+        else:  # the sandbox: IAM users (the account root) with MFA under an hour old
+            assert trust["Condition"] == {"Bool": {"aws:MultiFactorAuthPresent": "true"},
+                                          "NumericLessThan": {"aws:MultiFactorAuthAge": "3600"}}
         policy = document(doc, "BreakGlass/Policy")
         (read,) = [s for s in policy["Statement"] if s["Sid"] == "MasterSecretBreakGlassOnly"]
         assert read["Resource"] == secret
@@ -60,3 +65,18 @@ def test_a_session_tag_can_only_repeat_the_callers_own_db_user() -> None:
     stmt = tag_session_trust_statement(["arn:aws:iam::123456789012:root"])
     assert stmt["Action"] == "sts:TagSession"
     assert stmt["Condition"]["StringEquals"] == {"aws:RequestTag/db_user": "$${aws:PrincipalTag/db_user}"}
+
+
+def test_break_glass_trust_admits_sso_roles_without_an_mfa_key_and_iam_users_with_fresh_mfa() -> None:
+    """Identity Center sessions carry no aws:MultiFactorAuthPresent (their MFA is the IdP's sign-in): an MFA
+    condition on them would lock every SSO admin out of break-glass. IAM users keep MFA under an hour old."""
+    from stacks.access import trust_policy
+
+    sso = "arn:aws:iam::123456789012:role/aws-reserved/sso.amazonaws.com/AWSReservedSSO_Admin_0123"
+    user = "arn:aws:iam::123456789012:user/oncall"
+    trust = trust_policy(principals=(sso, user), require_mfa=True, region="us-east-1", account_id="123456789012",
+                         mfa_max_age=3600)
+    by_sid = {s["Sid"]: s for s in trust["Statement"]}
+    assert by_sid["FederatedRoles"]["Principal"] == {"AWS": [sso]} and "Condition" not in by_sid["FederatedRoles"]
+    assert by_sid["IamPrincipals"]["Condition"] == {"Bool": {"aws:MultiFactorAuthPresent": "true"},
+                                                    "NumericLessThan": {"aws:MultiFactorAuthAge": "3600"}}
