@@ -155,17 +155,23 @@ def psql(c: Context, env: str = "", command: str = "", transport: str = "auto", 
     "env": ENV_HELP,
     "port": local_port_help("local tunnel port to describe"),
     "pgservice": "also write a [bastionless-<env>] entry to pg_service.conf ($PGSERVICEFILE or ~/.pg_service.conf)",
-    "pgpass": "with --pgservice: also store the password in .pgpass ($PGPASSFILE or ~/.pgpass, mode 0600)",
+    "pgpass": "with --pgservice: also store the master password in .pgpass ($PGPASSFILE or ~/.pgpass, mode "
+              "0600); only for envs without [[people]] (elsewhere there is no password to store)",
 })
 def db_url(c: Context, env: str = "", port: int = -1, pgservice: bool = False, pgpass: bool = False) -> None:
     """Print how to connect through `invoke tunnel` (never the password); optionally write pg_service.conf."""
     with ops_errors():
-        from ops import dburl
+        from ops import dburl, identity_tunnel
         from ops import pgservice as pgs
 
         cfg = _common.env(env)
-        params = dburl.details(cfg, port=None if port < 0 else port)
-        print(dburl.describe(cfg, params))
+        at = None if port < 0 else port
+        if identity_tunnel.choose_target(cfg, raw=False) == "postgres-auth":
+            params, text = identity_tunnel.describe_local_end(cfg, port=at)
+        else:
+            params = dburl.details(cfg, port=at)
+            text = dburl.describe(cfg, params)
+        print(text)
         if pgservice or pgpass:
             print(pgs.configure(cfg, params, pgpass=pgpass))
 

@@ -355,3 +355,20 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def describe_local_end(cfg: EnvConfig, *, port: int | None = None) -> tuple[dburl.ConnectionParams, str]:
+    """What `invoke db-url` says where the env lists people: the auth tunnel's local end as your own DB user,
+    with no password anywhere (the proxy signs an IAM token per connection), and no TLS settings."""
+    aws.check_account(cfg)
+    caller = resolve_caller(cfg)
+    params = dburl.ConnectionParams(host=dburl.LOCAL_HOST, hostaddr="",
+                                    port=cfg.tunnel.local_port if port is None else port,
+                                    dbname=cfg.database.name, user=caller.db_user, sslmode="")
+    lines = [f"{cfg.name} database through `invoke tunnel --env {cfg.name}`, as you ({caller.identity}):"]
+    lines += [f"  {k:<12}{v}" for k, v in params.keywords().items() if v]
+    lines += [f"  DATABASE_URL={params.url()}",
+              f"  libpq:      {params.conninfo()}",
+              "  password:   none: the tunnel signs a 15-minute IAM token for each connection (no .pgpass, no "
+              "prompt)"]
+    return params, "\n".join(lines)

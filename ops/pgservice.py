@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ops.config import EnvConfig
 from ops.dburl import ConnectionParams
+from ops.errors import OpsError
 from ops.fileio import atomic_write
 
 _SECTION_RE = re.compile(r"^\s*\[(?P<name>[^\]]+)\]\s*$")
@@ -126,6 +127,9 @@ def _pgpass_key(line: str) -> tuple[str, ...]:
 
 def configure(cfg: EnvConfig, params: ConnectionParams, *, pgpass: bool = False) -> str:
     """`invoke db-url --pgservice [--pgpass]`: write the entry (and the password line); say what was written."""
+    if pgpass and cfg.people:
+        raise OpsError(f"--pgpass: {cfg.name} lists people, whose tunnel needs no password; there is none to "
+                       f"store", next_step=f"invoke db-url --env {cfg.name} --pgservice")
     path = write_service(cfg, params)
     name = service_name(cfg)
     lines = [f"wrote [{name}] to {path}"]

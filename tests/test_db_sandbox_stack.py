@@ -58,7 +58,15 @@ def test_demo_database_steps_on_the_deployed_sandbox(sandbox: Sandbox, tmp_path:
     assert json.loads(data)["connections"]["postgres-jdbc-bastionless-sandbox"]["configuration"]["user"] == "alice"
     url = run(sandbox, "db-url", "--env", "sandbox")
     outputs += [url.stdout, url.stderr, data]
-    # db-url describes the raw tunnel's master-user connection (TLS verified against the RDS name).
-    assert url.returncode == 0 and "DATABASE_URL=postgresql://app_admin@bastionless-sandbox." in url.stdout
+    # db-url describes what `invoke tunnel` gives you here: the auth proxy's local end, as yourself, no password.
+    assert url.returncode == 0, url.stderr
+    assert "DATABASE_URL=postgresql://alice@127.0.0.1:5433/app" in url.stdout and "as you (alice" in url.stdout
+    assert "app_admin" not in url.stdout
+    bob = run(sandbox, "db-url", "--env", "sandbox", BASTIONLESS_SANDBOX_PERSON="bob@example.com")
+    assert bob.returncode == 0 and "DATABASE_URL=postgresql://bob@127.0.0.1:5433/app" in bob.stdout, bob.stderr
+    nothing = run(sandbox, "db-url", "--env", "sandbox", "--pgservice", "--pgpass",
+                  PGSERVICEFILE=str(tmp_path / "pg_service.conf"), PGPASSFILE=str(tmp_path / "pgpass"))
+    assert nothing.returncode != 0 and "there is none to store" in nothing.stderr, nothing.stdout + nothing.stderr
+    assert not (tmp_path / "pgpass").exists() and not (tmp_path / "pg_service.conf").exists()
     leaks = [i for i, text in enumerate(outputs) if any(f in text for f in forms)]
     assert not leaks, f"the password appears in outputs {leaks}"
