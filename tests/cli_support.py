@@ -39,9 +39,15 @@ def run_invoke(*args: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captu
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     capsys.readouterr()
     code = 0
+    # invoke pops each entry of a task's `help` while it builds the task's arguments: put them back, or
+    # every later in-process run (and tests/test_cli.py's help check) sees flags without help.
+    helps = {name: dict(tasks.ns[name].help) for name in tasks.ns.task_names}
     try:
         Program(namespace=tasks.ns, name="invoke", binary="invoke").run(["invoke", *args])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        for name, help_ in helps.items():
+            tasks.ns[name].help = help_
     out = capsys.readouterr()
     return CliResult(returncode=code, stdout=out.out, stderr=out.err)
