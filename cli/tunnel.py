@@ -23,10 +23,11 @@ from cli._common import ENV_HELP, EnvFlagTask, local_port_help, ops_errors
     "unix_socket": "auth proxy on a Unix socket in this directory (made 0700) instead of a TCP port",
     "sessions": "Session Manager sessions behind the port, each new connection to the least loaded (one carries "
                 "~1 MB/s; default: the env's [tunnel] sessions, else 1)",
+    "target": "forward to this one of the env's [[targets]] (plain TCP) instead of its database",
 })
 def tunnel(c: Context, env: str = "", local_port: str = "", reason: str = "", background: bool = False,
            transport: str = "auto", instance: str = "", host: str = "", raw: bool = False,
-           unix_socket: str = "", sessions: int = 0) -> None:
+           unix_socket: str = "", sessions: int = 0, target: str = "") -> None:
     """Open a tunnel to the env's database; ready once PostgreSQL answers through it. Ctrl-C stops it."""
     with ops_errors():
         from ops import inputs
@@ -34,7 +35,7 @@ def tunnel(c: Context, env: str = "", local_port: str = "", reason: str = "", ba
 
         run(_common.env(env), raw=raw, local_port=inputs.local_port(local_port), unix_socket=unix_socket,
             reason=reason, transport=transport, instance=instance, host=host, background=background,
-            sessions=sessions or None)
+            sessions=sessions or None, target=target)
 
 
 @task(name="tunnels", help={})

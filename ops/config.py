@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 from ops.errors import ConfigError
 from ops.facts import ENVS_DIR_ENV, MAX_TUNNEL_SESSIONS
 from ops.people import Person, parse_people
+from ops.targets import Target, parse_targets
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENVS_DIR = PROJECT_ROOT / "envs"
@@ -197,6 +198,8 @@ class EnvConfig:
     terraform: TerraformConfig = field(default_factory=TerraformConfig)
     # [[people]]: who gets a database identity, and as what (ops/people.py).
     people: tuple[Person, ...] = ()
+    # [[targets]]: services besides the database that developers may forward to (ops/targets.py).
+    targets: tuple[Target, ...] = ()
     alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
     patching: PatchingConfig = field(default_factory=PatchingConfig)
     escalation: EscalationConfig = field(default_factory=EscalationConfig)
@@ -267,10 +270,10 @@ def parse_env(name: str, data: bytes, path: Path) -> EnvConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where}: not valid TOML ({exc}); fix the syntax at that position") from None
 
-    unknown = sorted(set(raw) - set(_TOP_LEVEL) - set(_SECTIONS) - {"people"})
+    unknown = sorted(set(raw) - set(_TOP_LEVEL) - set(_SECTIONS) - {"people", "targets"})
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed top-level keys and sections: "
-                          f"{', '.join(sorted([*_TOP_LEVEL, *_SECTIONS, 'people']))}")
+                          f"{', '.join(sorted([*_TOP_LEVEL, *_SECTIONS, 'people', 'targets']))}")
     for key in ("account_id", "region"):
         if key not in raw:
             raise ConfigError(f"{where}: field {key!r} is missing; add `{key} = \"...\"` at the top of the file")
@@ -289,7 +292,8 @@ def parse_env(name: str, data: bytes, path: Path) -> EnvConfig:
         is_prod = name == "prod" or name.startswith("prod-")
         sections["database"] = dataclasses.replace(sections["database"], multi_az=is_prod)
     people = parse_people(where, raw.get("people", []), master_user=sections["database"].username)
-    cfg = EnvConfig(name=name, source=path, **top, **sections, people=people)
+    targets = parse_targets(where, raw.get("targets", []))
+    cfg = EnvConfig(name=name, source=path, **top, **sections, people=people, targets=targets)
     _validate(where, cfg)
     return cfg
 

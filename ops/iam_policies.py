@@ -16,7 +16,12 @@ def port_document_name(stack_name: str) -> str:
     return f"{stack_name}-database"
 
 
-def port_document_content(*, host: str, port: str) -> dict[str, Any]:
+def target_document_name(stack_name: str, target: str) -> str:
+    """The Session document that forwards to one extra target of the env ([[targets]], stacks/access.py)."""
+    return f"{stack_name}-target-{target}"
+
+
+def port_document_content(*, host: str, port: str, what: str = "this environment's database") -> dict[str, Any]:
     """A Session document of type Port whose host and port are fixed: the caller chooses only its local port.
 
     Session Manager rejects parameters a document does not declare, so StartSession with this document
@@ -24,7 +29,7 @@ def port_document_content(*, host: str, port: str) -> dict[str, Any]:
     """
     return {
         "schemaVersion": "1.0",
-        "description": "Port forwarding to this environment's database only (bastionless)",
+        "description": f"Port forwarding to {what} only (bastionless)",
         "sessionType": "Port",
         "parameters": {
             "localPortNumber": {"type": "String", "description": "Port on the client (0: any free port)",

@@ -197,20 +197,25 @@ def _carried(info: Any) -> str:
 
 def run(cfg: EnvConfig, *, raw: bool = False, local_port: int | None = None, unix_socket: str = "",
         reason: str = "", transport: str = "auto", instance: str = "", host: str = "", background: bool = False,
-        out: TextIO | None = None, report: Callable[[str], None] | None = None, sessions: int | None = None) -> None:
+        out: TextIO | None = None, report: Callable[[str], None] | None = None, sessions: int | None = None,
+        target: str = "") -> None:
     """`invoke tunnel`: the auth proxy when the env has people (and not --raw), else plain forwarding.
-    `sessions`: Session Manager sessions behind the port (default: the env's [tunnel] sessions)."""
+    `sessions`: Session Manager sessions behind the port (default: the env's [tunnel] sessions);
+    `target`: one of the env's [[targets]] (plain forwarding: it is not the database)."""
     from ops.tunnel import check_sessions, run_tunnel
 
     out = out or sys.stdout
     port = cfg.tunnel.local_port if local_port is None else local_port
     count = check_sessions(cfg.tunnel.sessions if sessions is None else sessions)
-    if choose_target(cfg, raw=raw) == "raw":
+    if target and (host or unix_socket):
+        raise OpsError("--target forwards to that target; it takes no --host or --unix-socket",
+                       next_step=f"invoke tunnel --env {cfg.name} --target {target}")
+    if target or choose_target(cfg, raw=raw) == "raw":
         if unix_socket:
             raise OpsError("--unix-socket needs the auth proxy, which --raw turns off",
                            next_step="drop --raw, or drop --unix-socket")
         run_tunnel(cfg, local_port=port, reason=reason, transport=transport, instance=instance, host=host,
-                   background=background, out=out, sessions=count)
+                   background=background, out=out, sessions=count, target=target)
         return
     if background:
         record = start_background(cfg, local_port=port, unix_socket=unix_socket, reason=reason, transport=transport,

@@ -42,7 +42,7 @@ from ops.discovery import (
 )
 from ops.errors import OpsError, ToolMissingError
 from ops.facts import PORT_DOCUMENT
-from ops.iam_policies import port_document_name
+from ops.iam_policies import port_document_name, target_document_name
 from ops.inputs import check_reason
 from ops.ssm.errors import SessionError
 
@@ -118,12 +118,19 @@ def database_url(cfg: EnvConfig, info: TunnelInfo) -> str:
                             user=info.db_user, local_host=info.local_host, connecting=False).url()
 
 
-def describe_ready(cfg: EnvConfig, info: TunnelInfo, *, background: bool, secret_arn: str = "") -> str:
+def describe_ready(cfg: EnvConfig, info: TunnelInfo, *, background: bool, secret_arn: str = "",
+                   target: str = "") -> str:
     stop = (f"invoke tunnel-close --env {info.env}" if background
             else f"Ctrl-C (or invoke tunnel-close --env {info.env} from another terminal)")
     sessions = info.sessions or (info.session_id,)
     carried = (f"1 session: {sessions[0]}" if len(sessions) == 1
                else f"a pool of {len(sessions)} sessions: {', '.join(sessions)}")
+    if target:
+        return "\n".join([
+            f"tunnel to {info.env} target {target} ready: {info.local_host}:{info.local_port} -> relay "
+            f"{info.instance_id} -> {info.db_host}:{info.db_port}",
+            f"  transport  {info.transport} ({carried})",
+            f"stop: {stop}"])
     lines = [
         f"tunnel to {info.env} ready: {info.local_host}:{info.local_port} -> relay {info.instance_id} -> "
         f"{info.db_host}:{info.db_port}",
@@ -205,13 +212,44 @@ def _phase_delays() -> dict[str, float]:
     return delays
 
 
-async def discover(cfg: EnvConfig, *, instance: str = "", host: str = "") -> tuple[RelayInfo, DatabaseInfo]:
-    """The relay and the database, through the AWS APIs (once per tunnel, however many sessions)."""
+async def discover(cfg: EnvConfig, *, instance: str = "", host: str = "", target: str = ""
+                   ) -> tuple[RelayInfo, DatabaseInfo]:
+    """The relay and the database (or the extra target), through the AWS APIs (once per tunnel)."""
     relay_f = asyncio.to_thread(find_relay, cfg, instance_id=instance)
+    if target:
+        return await relay_f, target_info(cfg, target)
     if host:
         return await relay_f, database_override(cfg, host)
     relay, db = await asyncio.gather(relay_f, asyncio.to_thread(find_database, cfg))
     return relay, db
+
+
+def target_info(cfg: EnvConfig, name: str) -> DatabaseInfo:
+    """`--target NAME`: one of the env's [[targets]], described where the tunnel keeps its far end."""
+    found = next((t for t in cfg.targets if t.name == name), None)
+    if found is None:
+        known = ", ".join(t.name for t in cfg.targets) or "none"
+        raise OpsError(f"--target {name!r} is not a target of {cfg.name} (its targets: {known})",
+                       next_step=f"add it as [[targets]] to {cfg.source.name} and invoke deploy, or drop --target")
+    return DatabaseInfo(identifier="", address=found.host, port=found.port, name="", username="", secret_arn="",
+                        status=f"target {name}", deletion_protection=False)
+
+
+async def probe_open(host: str, port: int, *, timeout: float = PROBE_TIMEOUT, settle: float = 1.0) -> None:
+    """A target that is not PostgreSQL: ready when a connection through the tunnel stays open (or the far
+    end speaks first); the agent closes it at once when it cannot reach the target."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    try:
+        try:
+            data = await asyncio.wait_for(reader.read(1), settle)
+        except TimeoutError:
+            return
+        if not data:
+            raise ConnectionResetError("the far end closed the connection at once")
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
 
 
 def describe_found(relay: RelayInfo, db: DatabaseInfo) -> str:
@@ -241,9 +279,10 @@ class Supervisor:
                  on_ready: Callable[[TunnelInfo], None] | None = None,
                  on_change: Callable[[Supervisor], None] | None = None,
                  keepalive: float | None = None, ready_timeout: float = READY_TIMEOUT,
-                 discovered: tuple[RelayInfo, DatabaseInfo] | None = None) -> None:
+                 discovered: tuple[RelayInfo, DatabaseInfo] | None = None, target: str = "") -> None:
         check_reason(reason)
         self.cfg = cfg
+        self.target = target
         # Given by a Pool, which discovers once for all its sessions.
         self._discovered = discovered
         self.local_host = local_host
@@ -318,7 +357,7 @@ class Supervisor:
         await self._open()
         await self._wait_ready()
         self.timings["ready"] = time.monotonic()
-        self.report(f"ready: PostgreSQL answered through the tunnel "
+        self.report(f"ready: {f'target {self.target}' if self.target else 'PostgreSQL'} answered through the tunnel "
                     f"{self.timings['ready'] - self.timings['session_answer']:.3f} s after the StartSession answer "
                     f"({self.timings['ready'] - self.timings['run']:.2f} s since start)")
         self.info = self._info()
@@ -374,7 +413,7 @@ class Supervisor:
         return [LaneStats(session_id=self.session_id, sent=sent, received=received, connections=self._active)]
 
     async def _discover(self) -> tuple[RelayInfo, DatabaseInfo]:
-        found = await discover(self.cfg, instance=self.instance, host=self.host)
+        found = await discover(self.cfg, instance=self.instance, host=self.host, target=self.target)
         await self._hold("discovering")
         return found
 
@@ -386,9 +425,15 @@ class Supervisor:
 
     def _parameters(self) -> dict[str, Any]:
         assert self.relay is not None and self.db is not None
-        if self.host:
-            # Any host: only the generic document can do that, and only admins are allowed it.
+        if self.target:
+            # One of the env's extra targets: its own document fixes host and port, as the database's does.
             params: dict[str, Any] = {
+                "Target": self.relay.instance_id,
+                "DocumentName": target_document_name(self.cfg.stack_name, self.target),
+                "Parameters": {"localPortNumber": [str(self.local_port)]}}
+        elif self.host:
+            # Any host: only the generic document can do that, and only admins are allowed it.
+            params = {
                 "Target": self.relay.instance_id, "DocumentName": PORT_DOCUMENT,
                 "Parameters": {"host": [self.db.address], "portNumber": [str(self.db.port)],
                                "localPortNumber": [str(self.local_port)]}}
@@ -560,16 +605,20 @@ class Supervisor:
                 raise TunnelNotReadyError(f"the data channel of session {self.session_id} closed before the tunnel "
                                           f"was ready", next_step=f"invoke doctor --env {self.cfg.name}")
             try:
-                await probe(self.local_host, self.local_port, timeout=min(PROBE_TIMEOUT, self.ready_timeout))
+                if self.target:
+                    await probe_open(self.local_host, self.local_port, timeout=min(PROBE_TIMEOUT, self.ready_timeout))
+                else:
+                    await probe(self.local_host, self.local_port, timeout=min(PROBE_TIMEOUT, self.ready_timeout))
                 return
             except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 last = type(exc).__name__ if isinstance(exc, asyncio.IncompleteReadError | TimeoutError) else str(exc)
             if time.monotonic() >= deadline:
+                what = f"target {self.target}" if self.target else "PostgreSQL"
                 raise TunnelNotReadyError(
-                    f"session {self.session_id} is open but PostgreSQL at {self.db.address}:{self.db.port} did not "
+                    f"session {self.session_id} is open but {what} at {self.db.address}:{self.db.port} did not "
                     f"answer through it within {self.ready_timeout:g} s ({last})",
-                    next_step=f"invoke doctor --env {self.cfg.name} (database status, its security group must "
-                              f"allow the relay)")
+                    next_step=f"invoke doctor --env {self.cfg.name} (is it up; its security group must allow the "
+                              f"relay)")
             await asyncio.sleep(0.05 if self.mode == "plugin" else 0.2)
 
     def _plugin_failed(self, code: int) -> OpsError:
@@ -762,9 +811,10 @@ class Pool:
                  reason: str = "", transport: str = "auto", instance: str = "", host: str = "",
                  report: Report = stderr_report, on_ready: Callable[[TunnelInfo], None] | None = None,
                  on_change: Callable[[Pool], None] | None = None, keepalive: float | None = None,
-                 ready_timeout: float = READY_TIMEOUT) -> None:
+                 ready_timeout: float = READY_TIMEOUT, target: str = "") -> None:
         check_reason(reason)
         self.cfg = cfg
+        self.target = target
         self.size = sessions
         self.local_host = local_host
         self.local_port = local_port
@@ -775,7 +825,7 @@ class Pool:
         self.on_ready = on_ready
         self.on_change = on_change
         self._lane_args: dict[str, Any] = {"reason": reason, "instance": instance, "host": host,
-                                           "keepalive": keepalive, "ready_timeout": ready_timeout}
+                                           "keepalive": keepalive, "ready_timeout": ready_timeout, "target": target}
         self.phase = "init"
         self.mode = ""
         self.relay: RelayInfo | None = None
@@ -838,7 +888,7 @@ class Pool:
         self.phase = "discovering"
         self.report(f"finding the relay and the database of {self.cfg.name}...")
         self._changed()
-        self.relay, self.db = await discover(self.cfg, instance=self.instance, host=self.host)
+        self.relay, self.db = await discover(self.cfg, instance=self.instance, host=self.host, target=self.target)
         self.report(describe_found(self.relay, self.db))
         self.phase = "starting"
         self.report(f"starting a pool of {self.size} Session Manager sessions...")
@@ -991,22 +1041,25 @@ def check_sessions(sessions: int) -> int:
 
 def run_tunnel(cfg: EnvConfig, *, local_port: int | None = None, reason: str = "", transport: str = "auto",
                instance: str = "", host: str = "", background: bool = False, out: TextIO | None = None,
-               report: Report = stderr_report, sessions: int | None = None) -> None:
+               report: Report = stderr_report, sessions: int | None = None, target: str = "") -> None:
     """`invoke tunnel`: run until Ctrl-C / SIGTERM (returns normally), or detach with `background`.
-    `sessions`: how many Session Manager sessions carry it (default: the env's [tunnel] sessions)."""
+    `sessions`: how many Session Manager sessions carry it (default: the env's [tunnel] sessions);
+    `target`: one of the env's [[targets]] instead of its database."""
+    if target:
+        target_info(cfg, target)  # an unknown name fails before anything starts
     check_reason(reason)  # before anything starts, foreground or background
     port = cfg.tunnel.local_port if local_port is None else local_port
     count = check_sessions(cfg.tunnel.sessions if sessions is None else sessions)
     out = out or sys.stdout
     if background:
         record = start_background(cfg, local_port=port, reason=reason, transport=transport, instance=instance,
-                                  host=host, sessions=count)
-        print(describe_ready(cfg, _record_info(record), background=True), file=out, flush=True)
+                                  host=host, sessions=count, target=target)
+        print(describe_ready(cfg, _record_info(record), background=True, target=target), file=out, flush=True)
         print(f"log: {record.log}", file=out, flush=True)
         return
     transport_mod.choose(transport)  # plugin missing / unknown transport: fail before anything else
     asyncio.run(_run_foreground(cfg, local_port=port, reason=reason, transport=transport, instance=instance,
-                                host=host, out=out, report=report, background=False, sessions=count))
+                                host=host, out=out, report=report, background=False, sessions=count, target=target))
 
 
 class Meter:
@@ -1030,7 +1083,8 @@ METER_INTERVAL = 1.0
 
 
 async def _run_foreground(cfg: EnvConfig, *, local_port: int, reason: str, transport: str, instance: str,
-                          host: str, out: TextIO, report: Report, background: bool, sessions: int = 1) -> None:
+                          host: str, out: TextIO, report: Report, background: bool, sessions: int = 1,
+                          target: str = "") -> None:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -1052,7 +1106,8 @@ async def _run_foreground(cfg: EnvConfig, *, local_port: int, reason: str, trans
     secret_arn = ""
 
     def on_ready(info: TunnelInfo) -> None:
-        print(describe_ready(cfg, info, background=background, secret_arn=secret_arn), file=out, flush=True)
+        print(describe_ready(cfg, info, background=background, secret_arn=secret_arn, target=target), file=out,
+              flush=True)
 
     def on_change(sup: Runner) -> None:
         nonlocal record, secret_arn
@@ -1067,7 +1122,8 @@ async def _run_foreground(cfg: EnvConfig, *, local_port: int, reason: str, trans
             db_user=sup.db.username if sup.db else "")
 
     runner = make_runner(cfg, sessions=sessions, local_port=local_port, reason=reason, transport=transport,
-                         instance=instance, host=host, report=report, on_ready=on_ready, on_change=on_change)
+                         instance=instance, host=host, report=report, on_ready=on_ready, on_change=on_change,
+                         target=target)
 
     async def meter() -> None:
         # Bytes and MB/s per session for `invoke tunnels`; the file is written only when they change.
@@ -1102,7 +1158,7 @@ def _record_info(record: tunnels_state.TunnelRecord) -> TunnelInfo:
 
 def start_background(cfg: EnvConfig, *, local_port: int, reason: str = "", transport: str = "auto",
                      instance: str = "", host: str = "", timeout: float = BACKGROUND_START_TIMEOUT,
-                     sessions: int = 1) -> tunnels_state.TunnelRecord:
+                     sessions: int = 1, target: str = "") -> tunnels_state.TunnelRecord:
     """Start a detached tunnel process and return its record once it is ready (or raise its error)."""
     transport_mod.choose(transport)
     existing = tunnels_state.read(cfg.name)
@@ -1114,7 +1170,7 @@ def start_background(cfg: EnvConfig, *, local_port: int, reason: str = "", trans
     log = tunnels_state.log_path(cfg.name)
     argv = [sys.executable, "-m", "ops.tunnel", "--env-file", str(cfg.source), "--env", cfg.name,
             "--local-port", str(local_port), "--transport", transport, "--sessions", str(sessions), "--background"]
-    for flag, value in (("--reason", reason), ("--instance", instance), ("--host", host)):
+    for flag, value in (("--reason", reason), ("--instance", instance), ("--host", host), ("--target", target)):
         if value:
             argv.append(f"{flag}={value}")  # one argument: a value starting with "--" is not read as a flag
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -1222,13 +1278,13 @@ class _TunnelThread:
 @contextmanager
 def open_tunnel(cfg: EnvConfig, *, local_port: int = 0, reason: str = "", transport: str = "auto",
                 instance: str = "", host: str = "", report: Report | None = None,
-                keepalive: float | None = None, sessions: int = 1) -> Iterator[TunnelInfo]:
+                keepalive: float | None = None, sessions: int = 1, target: str = "") -> Iterator[TunnelInfo]:
     """A ready tunnel for the `with` body (free port by default); the session is terminated on exit,
     including on exceptions and Ctrl-C. The supervisor (with reconnects) runs in a background thread.
     `sessions` > 1: a pool of that many sessions behind the port, all terminated on exit."""
     runner = _TunnelThread(cfg, local_port=local_port, reason=reason, transport=transport, instance=instance,
                            host=host, report=report or stderr_report, keepalive=keepalive,
-                           sessions=check_sessions(sessions))
+                           sessions=check_sessions(sessions), target=target)
     try:
         yield runner.start()
     finally:
@@ -1247,6 +1303,7 @@ def child_parser() -> argparse.ArgumentParser:
     parser.add_argument("--transport", default="auto", choices=transport_mod.TRANSPORTS, help="transport")
     parser.add_argument("--instance", default="", help="relay instance id override")
     parser.add_argument("--host", default="", help="database HOST[:PORT] override")
+    parser.add_argument("--target", default="", help="one of the env's [[targets]] instead of its database")
     parser.add_argument("--sessions", type=int, default=None, help="sessions behind the port (default: the env's)")
     parser.add_argument("--background", action="store_true", help="record the tunnel as a background one")
     return parser
@@ -1262,7 +1319,7 @@ def main(argv: list[str] | None = None) -> int:
         transport_mod.choose(args.transport)
         asyncio.run(_run_foreground(cfg, local_port=port, reason=args.reason, transport=args.transport,
                                     instance=args.instance, host=args.host, out=sys.stdout, report=stderr_report,
-                                    background=args.background, sessions=sessions))
+                                    background=args.background, sessions=sessions, target=args.target))
     except OpsError as exc:
         print(f"error: {exc.message}" + (f"; next: {exc.next_step}" if exc.next_step else ""), file=sys.stderr,
               flush=True)

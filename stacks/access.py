@@ -14,7 +14,8 @@ from cdktf_cdktf_provider_aws.ssm_document import SsmDocument
 from constructs import Construct
 
 from ops.facts import DB_USER_TAG, PORT_DOCUMENT, PREFERENCES_DOCUMENT, partition
-from ops.iam_policies import port_document_content, port_document_name
+from ops.iam_policies import port_document_content, port_document_name, target_document_name
+from ops.targets import Target
 from stacks.database import Database
 from stacks.ecs_exec import EcsExec
 from stacks.policy_document import policy_document
@@ -41,7 +42,7 @@ def tag_session_trust_statement(principals: list[str] | str) -> dict[str, Any]:
 
 def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db_secret_arn: str,
                      db_identifier: str, port_document: str, session_key_arn: str, ecs_cluster_arn: str | None,
-                     ecs_cluster_name: str | None) -> dict[str, Any]:
+                     ecs_cluster_name: str | None, target_documents: tuple[str, ...] = ()) -> dict[str, Any]:
     """Every developer task (tunnel, psql, migrate, dbeaver, ecs-shell, doctor, sessions) and nothing more.
 
     The sandbox runs those tasks as this role with the policy enforced (ops.sandbox.moto_iam), so a
@@ -50,6 +51,8 @@ def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db
     part = partition(region)
     relay_arn = f"arn:{part}:ec2:{region}:{account_id}:instance/{relay_instance_id}"
     document_arn = f"arn:{part}:ssm:{region}:{account_id}:document/{port_document}"
+    # The env's extra targets ([[targets]]): each a document of its own with host and port fixed, like this one.
+    target_arns = [f"arn:{part}:ssm:{region}:{account_id}:document/{d}" for d in target_documents]
     statements: list[dict[str, Any]] = [
         {
             # Only the env's own document: its host and port are fixed to the database. The generic
@@ -57,7 +60,7 @@ def developer_policy(*, region: str, account_id: str, relay_instance_id: str, db
             "Sid": "StartPortForwardingToTheDatabaseOnly",
             "Effect": "Allow",
             "Action": "ssm:StartSession",
-            "Resource": [relay_arn, document_arn],
+            "Resource": [relay_arn, document_arn, *target_arns],
             # Makes IAM check the document too, so the default shell document is not usable on the relay.
             "Condition": {"BoolIfExists": {"ssm:SessionDocumentAccessCheck": "true"}},
         },
@@ -236,10 +239,11 @@ class Access(Construct):
     auditor_role: IamRole
     auditor_policy: IamRolePolicy
     port_document: SsmDocument
+    target_documents: dict[str, SsmDocument]
 
     def __init__(self, scope: Construct, construct_id: str, *, name: str, region: str, account_id: str,
                  principals: tuple[str, ...], require_mfa: bool, relay: Relay, database: Database,
-                 session_logs: SessionLogs, ecs: EcsExec | None = None) -> None:
+                 session_logs: SessionLogs, ecs: EcsExec | None = None, targets: tuple[Target, ...] = ()) -> None:
         super().__init__(scope, construct_id)
         trust = json.dumps(trust_policy(principals=principals, require_mfa=require_mfa, region=region,
                                         account_id=account_id))
@@ -251,6 +255,13 @@ class Access(Construct):
             document_format="JSON",
             content=json.dumps(port_document_content(host=database.instance.address,
                                                      port=Token.as_string(database.instance.port))))
+        self.target_documents = {
+            t.name: SsmDocument(self, f"TargetPortDocument{t.pascal}",
+                                name=target_document_name(name, t.name), document_type="Session",
+                                document_format="JSON",
+                                content=json.dumps(port_document_content(host=t.host, port=str(t.port),
+                                                                         what=f"the {t.name} target")))
+            for t in targets}
         self.role = IamRole(self, "Role", name=f"{name}-developer", assume_role_policy=developer_trust,
                             description="Developers: port forwarding to the database through the relay",
                             max_session_duration=3600 * 4)
@@ -259,7 +270,8 @@ class Access(Construct):
             db_secret_arn=database.instance.master_user_secret.get(0).secret_arn,
             db_identifier=database.instance.identifier, port_document=self.port_document.name,
             session_key_arn=session_logs.key.arn,
-            ecs_cluster_arn=ecs.cluster.arn if ecs else None, ecs_cluster_name=ecs.cluster.name if ecs else None))
+            ecs_cluster_arn=ecs.cluster.arn if ecs else None, ecs_cluster_name=ecs.cluster.name if ecs else None,
+            target_documents=tuple(d.name for d in self.target_documents.values())))
         # A parsed document, not a JSON string: checkov evaluates every statement (stacks/policy_document.py).
         self.policy_document = policy_document(self, "PolicyDocument", json.loads(self.policy_json))
         self.policy = IamRolePolicy(self, "Policy", name="developer-access", role=self.role.id,

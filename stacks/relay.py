@@ -17,6 +17,7 @@ from cdktf_cdktf_provider_aws.security_group_rule import SecurityGroupRule
 from constructs import Construct
 
 from ops.facts import partition, relay_tags
+from ops.targets import Target
 from stacks.network import Network
 from stacks.policy_document import policy_document
 
@@ -71,7 +72,7 @@ class Relay(Construct):
 
     def __init__(self, scope: Construct, construct_id: str, *, name: str, env: str, region: str,
                  network: Network, session_key: KmsKey, instance_type: str, root_volume_gb: int,
-                 patching: bool) -> None:
+                 patching: bool, targets: tuple[Target, ...] = ()) -> None:
         super().__init__(scope, construct_id)
         # No ingress at all: Session Manager connections are outbound from the agent.
         self.security_group = SecurityGroup(
@@ -91,7 +92,13 @@ class Relay(Construct):
                               description="S3 gateway endpoint: Amazon Linux package repositories")
             network.allow_endpoint_clients("IngressHttpsFromRelay", client=self.security_group,
                                            description="HTTPS from the relay")
-        else:
+        for target in targets:
+            # An extra target the env declares ([[targets]]): its port, to where it lives, and nothing more.
+            SecurityGroupRule(self, f"EgressTo{target.pascal}", type="egress",
+                              security_group_id=self.security_group.id, protocol="tcp", from_port=target.port,
+                              to_port=target.port, cidr_blocks=[target.cidr],
+                              description=f"target {target.name}: {target.host}:{target.port}")
+        if network.endpoint_security_group is None:
             SecurityGroupRule(self, "EgressHttpsAnywhere", **https,  # type: ignore[arg-type]
                               cidr_blocks=["0.0.0.0/0"],
                               description="Systems Manager and package repositories through the NAT gateway")

@@ -67,7 +67,8 @@ class BastionlessStack(TerraformStack):
                                         adopt_existing=s.adopt_existing_preferences, sandbox=cfg.sandbox)
         self.relay = Relay(self, "Relay", name=name, env=cfg.name, region=cfg.region, network=self.network,
                            session_key=self.session_logs.key, instance_type=cfg.relay.instance_type,
-                           root_volume_gb=cfg.relay.root_volume_gb, patching=cfg.patching.enabled)
+                           root_volume_gb=cfg.relay.root_volume_gb, patching=cfg.patching.enabled,
+                           targets=cfg.targets)
         db = cfg.database
         self.database = Database(self, "Database", name=name, network=self.network,
                                  clients=self.relay.security_group, engine_version=db.engine_version,
@@ -93,7 +94,7 @@ class BastionlessStack(TerraformStack):
         self.access = Access(self, "Access", name=name, region=cfg.region, account_id=cfg.account_id,
                              principals=cfg.access.developer_principals, require_mfa=cfg.access.require_mfa,
                              relay=self.relay, database=self.database, session_logs=self.session_logs,
-                             ecs=self.ecs)
+                             ecs=self.ecs, targets=cfg.targets)
         self.db_connect = DbConnect(self, "DbConnect", name=name, region=cfg.region, account_id=cfg.account_id,
                                     database=self.database, access=self.access)
         # Unnamed, break-glass falls back to the developers' IAM users (with MFA), never to their federated
