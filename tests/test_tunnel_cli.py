@@ -61,7 +61,8 @@ def test_busy_local_port(tmp_path: Path) -> None:
         other.bind(("127.0.0.1", 0))
         other.listen()
         port = other.getsockname()[1]
-        proc = invoke("tunnel", "--env", "sandbox", "--local-port", str(port), "--transport", "native",
+        # --raw: the shipped sandbox lists people; this is about the plain tunnel's port check.
+        proc = invoke("tunnel", "--env", "sandbox", "--raw", "--local-port", str(port), "--transport", "native",
                       state_dir=tmp_path)
     assert proc.returncode == 1
     assert error_line(proc) == (f"error: local port {port} is already in use; next: pass --local-port 0 for a free "
@@ -107,7 +108,7 @@ def test_missing_profile(tmp_path: Path) -> None:
 
 
 def test_expired_credentials(expired_state: Path) -> None:
-    proc = invoke("tunnel", "--env", "sandbox", "--local-port", "0", "--transport", "native",
+    proc = invoke("tunnel", "--env", "sandbox", "--raw", "--local-port", "0", "--transport", "native",
                   state_dir=expired_state)
     assert proc.returncode == 1
     line = error_line(proc)
