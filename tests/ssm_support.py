@@ -138,6 +138,19 @@ class EchoHandler(socketserver.BaseRequestHandler):
             sock.sendall(data)
 
 
+def echo_once(port: int, blob: bytes) -> bytes:
+    """One connection to 127.0.0.1:port: send `blob`, read back as many bytes (fewer if the far end closes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(blob)
+        got = b""
+        while len(got) < len(blob):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+
 @dataclass
 class EndpointBox:
     endpoint: EndpointThread

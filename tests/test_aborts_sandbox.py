@@ -15,6 +15,7 @@ import boto3
 import pytest
 
 from tests.conftest import PROJECT_ROOT
+from tests.proc_support import processes
 from tests.sandbox_support import Sandbox
 
 pytest_plugins = ["tests.sandbox_fixtures"]
@@ -91,16 +92,13 @@ def test_sigterm_to_migrate_mid_migration_terminates_its_session_and_alembic(san
 def _group(pgid: int) -> list[str]:
     """The live (not zombie) processes of a process group, with their command lines."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-                found.append(f"{entry.name} {fields[0]} {cmd!r}")
-        except (OSError, IndexError, ValueError):
-            continue
+    for proc in processes():
+        if proc.pgid == pgid and proc.state != "Z":
+            try:
+                cmd = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            found.append(f"{proc.pid} {proc.state} {cmd!r}")
     return found
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -24,6 +23,7 @@ from tests.ssm_support import (
     REGION,
     EndpointBox,
     EndpointThread,
+    echo_once,
     free_port,
     real_plugin,
     run_plugin_shell,
@@ -42,18 +42,6 @@ def sandbox(ssm_sandbox: EndpointBox) -> EndpointBox:
 @pytest.fixture
 def plugin() -> str:
     return real_plugin()
-
-
-def echo_once(port: int, blob: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(blob)
-        got = b""
-        while len(got) < len(blob):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            got += chunk
-        return got
 
 
 def start_plugin(box: EndpointBox, tmp_path: Path, plugin: str

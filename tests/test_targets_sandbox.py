@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import socketserver
 import threading
 from collections.abc import Iterator
 
@@ -14,6 +12,7 @@ import pytest
 from ops.errors import OpsError
 from ops.iam_policies import port_document_content, target_document_name
 from ops.tunnel import open_tunnel
+from tests.ssm_support import EchoHandler, EchoServer, echo_once
 from tests.tunnel_fixtures import TunnelWorld, run_cli
 
 pytest_plugins = ["tests.tunnel_fixtures"]
@@ -22,16 +21,9 @@ TARGET_HOST = "cache.internal.example"
 TARGET_PORT = 6379
 
 
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
-
-
 @pytest.fixture
 def echo() -> Iterator[int]:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
-    server.daemon_threads = True
+    server = EchoServer(("127.0.0.1", 0), EchoHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield int(server.server_address[1])
@@ -55,25 +47,13 @@ def _with_target(world: TunnelWorld, echo_port: int) -> None:
     world.map_host(TARGET_HOST, TARGET_PORT, echo_port)
 
 
-def _roundtrip(port: int, blob: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(blob)
-        got = b""
-        while len(got) < len(blob):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            got += chunk
-        return got
-
-
 def test_a_target_tunnel_forwards_to_the_target_through_its_document(pg_world: TunnelWorld, echo: int) -> None:
     _with_target(pg_world, echo)
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
     with open_tunnel(cfg, transport="native", report=lines.append, target="cache") as info:
         assert (info.db_host, info.db_port) == (TARGET_HOST, TARGET_PORT)
-        assert _roundtrip(info.local_port, b"PING\r\n" * 1000) == b"PING\r\n" * 1000
+        assert echo_once(info.local_port, b"PING\r\n" * 1000) == b"PING\r\n" * 1000
         (active,) = pg_world.active_sessions()
         assert active["DocumentName"] == target_document_name(cfg.stack_name, "cache")
     assert any("ready: target cache answered" in line for line in lines), lines

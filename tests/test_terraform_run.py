@@ -21,6 +21,7 @@ from ops.config import load_env
 from ops.errors import CommandFailedError
 from ops.terraform import Terraform
 from tests.conftest import PROJECT_ROOT
+from tests.proc_support import proc_stat, processes
 
 pytestmark = pytest.mark.usefixtures("terraform_bin")
 
@@ -138,26 +139,12 @@ print("APPLIED", flush=True)
 
 
 def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Field 4 is the parent pid; the command name (field 2) may contain spaces, so split after ')'.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
+    return [p.pid for p in processes() if p.ppid == pid]
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    found = proc_stat(pid)
+    return found is not None and found.state != "Z"
 
 
 @pytest.mark.slow

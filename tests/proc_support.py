@@ -1,0 +1,32 @@
+"""Linux /proc as tests read it: each process's state, parent and process group (from /proc/<pid>/stat)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    pid: int
+    state: str  # "R", "S", ..., "Z" for a zombie
+    ppid: int
+    pgid: int
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """None when the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = text.rsplit(")", 1)[1].split()
+    return ProcStat(pid=pid, state=fields[0], ppid=int(fields[1]), pgid=int(fields[2]))
+
+
+def processes() -> Iterator[ProcStat]:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (found := proc_stat(int(entry.name))) is not None:
+            yield found
