@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import string
 import time
@@ -140,6 +141,83 @@ def test_agent_sends_1_kib_messages_a_millisecond_apart(tmp_path: Path) -> None:
     assert agent_mod.DEFAULT_PROFILE == "faithful"
     fast, _ = asyncio.run(send("fast"))
     assert len(fast) == 1
+
+
+def test_the_agent_pause_keeps_its_cadence_when_asyncio_wakes_late() -> None:
+    """Difference 4, the pacing, on asyncio. amazon-ssm-agent port_mux.go transferDataToMgs: read, send,
+    time.Sleep(time.Millisecond), i.e. a message every ~1.06 ms. asyncio's selector waits in whole
+    milliseconds rounded up, so a sleep interrupted by an acknowledgement ended up to 1 ms late and the
+    sandbox agent sent every ~1.7 ms (bench/channel: 0.61 MB/s one way, where the agent's pace gives
+    ~0.95), slower still for a client that kept the endpoint busier. With the Pacer (a fake clock here)
+    the due times keep the agent's period whatever our lateness, and never come closer than the pause."""
+    pacer = agent_mod.Pacer(0.001)
+    work = 0.0001  # our send: slower than the agent's
+    now, due_times, sends = 0.0, [], []
+    late = [0.0009, 0.0, 0.0003, 0.0009, 0.0, 0.0, 0.0009, 0.0005] * 50  # what the selector adds, cycling
+    for extra in late:
+        sends.append(now)
+        now += work
+        sleep = pacer.sleep_after_send(now)
+        assert sleep >= 0
+        due_times.append(now + sleep)
+        now += sleep + extra
+    gaps = [b - a for a, b in itertools.pairwise(due_times)]
+    assert min(gaps) >= 0.001 - 1e-12  # never faster than the agent
+    period = (sends[-1] - sends[0]) / (len(sends) - 1)
+    assert period == pytest.approx(pacer.period, rel=0.05), period  # the agent's ~1.06 ms
+    # Sleeping the pause after each send instead gives pause + work + the mean lateness:
+    assert 0.001 + work + sum(late) / len(late) > 1.3 * pacer.period
+
+    fresh = agent_mod.Pacer(0.001)
+    assert fresh.sleep_after_send(5.0) == pytest.approx(0.001)  # the first sleep is the whole pause
+    assert fresh.sleep_after_send(5.0015) == pytest.approx(pacer.period - 0.0005)  # back on the cadence
+    assert fresh.sleep_after_send(5.0045) == 0.0  # late: the next one is made up at once ...
+    assert fresh.sleep_after_send(9.0) == pytest.approx(0.001)  # ... but after a wait for data, the whole pause
+
+
+def test_multiplexed_output_crosses_a_byte_pipe_not_a_frame_per_message(tmp_path: Path) -> None:
+    """Difference 4, the pacing, in multiplexed sessions. amazon-ssm-agent port/port_mux.go: smux.Server writes whole
+    frames into a unix socket (mgsConn) and transferDataToMgs reads StreamDataPayloadSize bytes from it
+    whatever the frame boundaries, then sleeps 1 ms; handleDataTransfer's io.Copy reads the target 32 KiB
+    at a time. The sandbox sent each smux frame as messages of its own, so a 1 KiB read (a 1032-byte
+    frame) cost two messages and two pauses, one of them for 8 bytes: half of AWS's pace."""
+    from ops.sandbox.agent import SocketPipe
+    from ops.ssm import smux
+
+    frames = b"".join(smux.frame(smux.CMD_PSH, 3, bytes([n]) * 1024) for n in range(10))  # 10 x 1032 bytes
+
+    async def main() -> list[AgentMessage]:
+        agent, sent = make_agent(tmp_path, kind="port")
+        pipe = SocketPipe(agent)
+        pipe.start()
+        for i in range(0, len(frames), 1032):
+            await pipe.write(frames[i:i + 1032])
+        for _ in range(500):
+            if sum(len(m.payload) for m in stream(sent, PayloadType.OUTPUT)) == len(frames):
+                break
+            await asyncio.sleep(0.005)
+        pipe.stop()
+        await agent.stop()
+        return sent
+
+    out = stream(asyncio.run(main()), PayloadType.OUTPUT)
+    assert b"".join(m.payload for m in out) == frames
+    sizes = [len(m.payload) for m in out]
+    assert sizes == [1024] * 10 + [80], sizes  # full messages; the remainder once, at the end
+
+    async def bounded() -> tuple[bool, int]:
+        agent, _sent = make_agent(tmp_path, kind="port")
+        pipe = SocketPipe(agent, limit=4096)  # not started: nobody reads the socket
+        await pipe.write(b"x" * 4096)
+        blocked = asyncio.ensure_future(pipe.write(b"y"))
+        await asyncio.sleep(0.05)
+        waiting = not blocked.done()
+        blocked.cancel()
+        await agent.stop()
+        return waiting, len(pipe._buf)
+
+    waiting, buffered = asyncio.run(bounded())
+    assert waiting and buffered == 4096  # a full socket holds its writers back (smux's writes block)
 
 
 def test_native_client_payload_size_does_not_depend_on_the_host() -> None:

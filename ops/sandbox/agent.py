@@ -67,6 +67,38 @@ class AgentProfile:
     pause: float
 
 
+class Pacer:
+    """The agent's `time.Sleep(time.Millisecond)` after each message, kept on the agent's cadence (sans I/O:
+    the caller passes the clock and does the sleeping).
+
+    The agent's loop (port_mux.go transferDataToMgs) is read, send, sleep 1 ms: one message every
+    ~1.06 ms (Go's sleep overshoots by the kernel's 50 us timer slack; its read and send take
+    microseconds). asyncio cannot sleep like that: its selector waits in whole milliseconds rounded up,
+    so a sleep that other work interrupts (an acknowledgement arriving) ended up to 1 ms late, and our
+    send takes ~0.1 ms of Python, more the busier the endpoint. The sandbox agent sent a message every
+    ~1.7 ms, a third under AWS's pace, and slower for a client that kept the endpoint busier. Due times
+    here advance by the agent's period whatever our own costs, never closer together than `pause`. A
+    sleep shorter than a millisecond lasts a millisecond on asyncio, so a late message is made up by the
+    next ones (at most MAX_LAG periods behind: a few messages back to back, never a faster average);
+    after a wait for data, or a longer stall, the next sleep is the whole pause again."""
+
+    GO_SLEEP_EXCESS = 0.06  # of the pause: time.Sleep(1 ms) lasts ~1.06 ms on Linux
+    MAX_LAG = 4  # periods
+
+    def __init__(self, pause: float) -> None:
+        self.pause = pause
+        self.period = pause * (1 + self.GO_SLEEP_EXCESS)
+        self._due: float | None = None
+
+    def sleep_after_send(self, now: float) -> float:
+        """Seconds to sleep after a message whose send ended at `now`."""
+        if self._due is None or now - self._due > self.MAX_LAG * self.period:
+            self._due = now + self.pause
+        else:
+            self._due += self.period
+        return max(0.0, self._due - now)
+
+
 PROFILES = {"faithful": AgentProfile("faithful", 1024, 0.001), "fast": AgentProfile("fast", 16 * 1024, 0.0)}
 DEFAULT_PROFILE = "faithful"
 DEFAULT_AGENT_PAYLOAD = PROFILES[DEFAULT_PROFILE].payload_size
@@ -198,6 +230,7 @@ class AgentConnection:
         self.payload_size = profile.payload_size
         # One write pump per session, as in the agent: every stream shares the pace.
         self._pump_lock = asyncio.Lock()
+        self._pacer = Pacer(profile.pause)
         self.loss = loss or LossConfig()
         self._on_finished = on_finished
         self.channel = Channel(send_frame=self._send_frame, outgoing_type=framing.OUTPUT_STREAM_DATA,
@@ -302,15 +335,15 @@ class AgentConnection:
             await self._on_finished(output)
 
     async def send_output(self, data: bytes, payload_type: int = PayloadType.OUTPUT) -> None:
-        size, pause = self.payload_size, self.profile.pause
+        size, pacer = self.payload_size, self._pacer
         async with self._pump_lock:
             for i in range(0, len(data), size):
                 chunk = data[i:i + size]
                 if self.cipher is not None:
                     chunk = self.cipher.encrypt(chunk)
                 await self.channel.send(payload_type, chunk)
-                if pause:
-                    await asyncio.sleep(pause)
+                if pacer.pause:
+                    await asyncio.sleep(pacer.sleep_after_send(time.monotonic()))
 
     async def _on_message(self, msg: AgentMessage) -> None:
         self.received += len(msg.payload)
@@ -479,16 +512,69 @@ class BasicPortPlugin(_Plugin):
         await super().stop()
 
 
+class SocketPipe:
+    """The unix socket between the agent's smux server and its read loop (port_mux.go: smux.Server writes
+    whole frames into `mgsConn`; transferDataToMgs reads StreamDataPayloadSize bytes from it whatever the
+    frame boundaries, sends them as one message and sleeps 1 ms). Bytes cross it, not frames: a 1 KiB read
+    from the target becomes a 1032-byte smux frame, and the agent sends 1024 bytes of it now and 8 with
+    the next, never an 8-byte message with a pause of its own. Writers wait while `limit` bytes are
+    unread, as smux's writes block on a full socket buffer."""
+
+    def __init__(self, agent: AgentConnection, *, limit: int = 256 * 1024) -> None:
+        self.agent = agent
+        self.limit = limit
+        self._buf = bytearray()
+        self._data = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._writers = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._read_loop())
+
+    async def write(self, data: bytes) -> None:
+        # Writers take turns in the order they came (the lock is FIFO): a stream's frame waits behind at most
+        # one frame of each other stream, never behind a bulk stream that keeps refilling the socket.
+        async with self._writers:
+            while len(self._buf) >= self.limit:
+                self._room.clear()
+                await self._room.wait()
+            self._buf += data
+            self._data.set()
+
+    async def _read_loop(self) -> None:
+        size = self.agent.payload_size
+        while True:
+            if not self._buf:
+                self._data.clear()
+                await self._data.wait()
+                continue
+            chunk = bytes(self._buf[:size])
+            del self._buf[:size]
+            if len(self._buf) < self.limit:
+                self._room.set()
+            await self.agent.send_output(chunk)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+
 class MuxPortPlugin(_Plugin):
     """smux server over the data channel: each client stream is one TCP connection to the target."""
 
     def __init__(self, agent: AgentConnection, *, keepalive: bool) -> None:
         super().__init__(agent)
-        self.mux = smux.SmuxSession(send=agent.send_output, client=False, keepalive=keepalive,
+        self.pipe = SocketPipe(agent)
+        self.mux = smux.SmuxSession(send=self.pipe.write, client=False, keepalive=keepalive,
                                     on_accept=self._accept)
         self.connections = 0
 
     async def start(self) -> None:
+        self.pipe.start()
         self.mux.start()
 
     async def handle(self, msg: AgentMessage) -> None:
@@ -505,7 +591,8 @@ class MuxPortPlugin(_Plugin):
             return
         self.connections += 1
 
-        down = asyncio.ensure_future(stream.copy_from(reader, self.agent.payload_size))
+        # io.Copy(stream, conn) in handleDataTransfer: reads of up to 32 KiB, one smux frame each.
+        down = asyncio.ensure_future(stream.copy_from(reader, smux.MAX_FRAME_SIZE))
         session_closing = False
         try:
             await stream.copy_to(writer)
@@ -527,6 +614,7 @@ class MuxPortPlugin(_Plugin):
 
     async def stop(self) -> None:
         await self.mux.aclose()
+        self.pipe.stop()
         await super().stop()
 
 
