@@ -188,3 +188,34 @@ def test_acks_still_flow_while_delivery_is_blocked() -> None:
         await ch.stop()
 
     asyncio.run(main())
+
+
+def test_an_ack_that_cannot_go_out_after_the_peer_closed_does_not_fail_the_channel() -> None:
+    """TerminateSession while the client still handles the agent's last message: by the time its ack is due
+    the session is closed and the client's send refuses. That used to fail the channel, which the client
+    reports as a dropped websocket (so the tunnel tried to resume a session that had ended)."""
+    closed = False
+    delivered: list[AgentMessage] = []
+
+    async def send_frame(_frame: bytes) -> None:
+        if closed:
+            raise ConnectionError("data channel not open")
+
+    async def on_message(msg: AgentMessage) -> None:
+        nonlocal closed
+        delivered.append(msg)
+        closed = True  # the channel_closed arrived while this was being handled
+
+    async def main() -> Channel:
+        channel = Channel(send_frame=send_frame, outgoing_type=framing.INPUT_STREAM_DATA, on_message=on_message)
+        frame = framing.encode(AgentMessage(message_type=framing.OUTPUT_STREAM_DATA, payload=b"last",
+                                            payload_type=PayloadType.OUTPUT, sequence_number=0))
+        await channel.receive(frame)
+        await channel.settle()
+        await channel.receive(frame)  # resent: its ack (a Transmit) cannot go out either
+        await channel.stop()
+        return channel
+
+    channel = asyncio.run(main())
+    assert [m.payload for m in delivered] == [b"last"]
+    assert channel.failed is None

@@ -157,6 +157,13 @@ class Channel:
                 except Exception:
                     return
 
+    async def _ack(self, frame: bytes) -> None:
+        # An acknowledgement that cannot go out costs the peer a resend, nothing more; and once the peer has
+        # closed the channel (TerminateSession while its last messages were being handled) there is nobody
+        # to acknowledge. Failing the channel for it turned an orderly end into a "dropped" session.
+        with contextlib.suppress(Exception):
+            await self._send_frame(frame)
+
     # ---- incoming ----
     async def receive(self, raw: bytes) -> None:
         """Handle one frame from the peer. Raises FramingError on a malformed frame."""
@@ -165,7 +172,7 @@ class Channel:
             self._space.set()
         for event in events:
             if isinstance(event, Transmit):
-                await self._send_frame(event.frame)
+                await self._ack(event.frame)
             elif isinstance(event, Deliver):
                 self._inbox.put_nowait(event)
                 if self._deliver_task is None and self.core.failed is None:
@@ -184,10 +191,10 @@ class Channel:
             self._busy = True
             try:
                 if event.ack is not None and event.ack_first:
-                    await self._send_frame(event.ack)
+                    await self._ack(event.ack)
                 await self._on_message(event.message)
                 if event.ack is not None and not event.ack_first:
-                    await self._send_frame(event.ack)
+                    await self._ack(event.ack)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
