@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 import boto3
 import botocore.exceptions
+import botocore.loaders
+import botocore.session
 from botocore.config import Config
 
 from ops.config import PROJECT_ROOT, EnvConfig
@@ -102,10 +105,11 @@ def sandbox_credentials(cfg: EnvConfig, identity: Identity | None = None) -> dic
     role_arn = _role_arn(cfg, who)
     cache_key = (str(path), role_arn, engineer["key"])
     if cache_key not in _assumed:
-        sts = boto3.client("sts", region_name=cfg.region, endpoint_url=endpoint_for(cfg, "sts"),
-                           aws_access_key_id=engineer["key"], aws_secret_access_key=engineer["secret"],
-                           config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5,
-                                         read_timeout=15))
+        engineer_session = new_session(region_name=cfg.region, aws_access_key_id=engineer["key"],
+                                       aws_secret_access_key=engineer["secret"])
+        sts = engineer_session.client("sts", endpoint_url=endpoint_for(cfg, "sts"),
+                                      config=Config(retries={"max_attempts": 2, "mode": "standard"},
+                                                    connect_timeout=5, read_timeout=15))
         mfa: dict[str, str] = {}
         if who == BREAK_GLASS and engineer.get("mfa_serial"):
             # The engineer's authenticator app: a code from the sandbox MFA device's seed (ops/sandbox/mfa.py).
@@ -148,7 +152,7 @@ def _break_glass_session(cfg: EnvConfig) -> boto3.Session:
     import getpass
     import sys
 
-    base = boto3.Session(region_name=cfg.region)
+    base = new_session(region_name=cfg.region)
     role_arn = _role_arn(cfg, BREAK_GLASS)
     cache_key = ("aws", role_arn, "")
     if cache_key not in _assumed:
@@ -176,9 +180,36 @@ def _break_glass_session(cfg: EnvConfig) -> boto3.Session:
                                "aws_secret_access_key": creds["SecretAccessKey"],
                                "aws_session_token": creds["SessionToken"]}
     creds = _assumed[cache_key]
-    return boto3.Session(region_name=cfg.region, aws_access_key_id=creds["aws_access_key_id"],
+    return new_session(region_name=cfg.region, aws_access_key_id=creds["aws_access_key_id"],
                          aws_secret_access_key=creds["aws_secret_access_key"],
                          aws_session_token=creds["aws_session_token"])
+
+
+_LOADER_LOCK = threading.Lock()
+
+
+@functools.cache
+def _shared_loader() -> botocore.loaders.Loader:
+    return botocore.loaders.create_loader()
+
+
+def new_session(**kwargs: Any) -> boto3.Session:
+    """A boto3 Session whose botocore data loader is shared by the whole process. Each fresh Session
+    otherwise reads and parses the service models and endpoint rules again (~0.1 s a client), which every
+    session of a pool, every reconnect and every task paid on its way to ready."""
+    with _LOADER_LOCK:
+        core = botocore.session.Session()
+        loader = _shared_loader()
+        core.register_component("data_loader", loader)
+        made = boto3.Session(botocore_session=core, **kwargs)
+        # Reading the profile now, as a Session with its own loader does: an unknown AWS_PROFILE fails here
+        # (ProfileNotFound, which `session` words), not later inside some client call.
+        core.get_scoped_config()
+        # boto3 appends its own data directory to the loader's search path on every Session.
+        paths = loader.search_paths
+        if len(paths) != len(set(paths)):
+            paths[:] = list(dict.fromkeys(paths))
+    return made
 
 
 def forget_assumed_roles() -> None:
@@ -205,13 +236,13 @@ def sandbox_endpoints() -> dict[str, str]:
 def session(cfg: EnvConfig) -> boto3.Session:
     if cfg.sandbox:
         creds = sandbox_credentials(cfg)
-        return boto3.Session(region_name=cfg.region, aws_access_key_id=creds["aws_access_key_id"],
+        return new_session(region_name=cfg.region, aws_access_key_id=creds["aws_access_key_id"],
                              aws_secret_access_key=creds["aws_secret_access_key"],
                              aws_session_token=creds.get("aws_session_token"))
     try:
         if _acting.get() == BREAK_GLASS:
             return _break_glass_session(cfg)
-        return boto3.Session(region_name=cfg.region)
+        return new_session(region_name=cfg.region)
     except botocore.exceptions.ProfileNotFound as exc:
         raise CredentialsError(f"AWS profile {exc.kwargs.get('profile', '')!r} does not exist",
                                next_step="aws configure list-profiles, then export AWS_PROFILE=<one of them>") from None

@@ -77,5 +77,5 @@ def person_session(cfg: EnvConfig) -> boto3.Session | None:
         named = f"{PERSON_ENV}={who}" if chosen else f"{who} (the first of [[people]]: you, unless {PERSON_ENV} says)"
         raise OpsError(f"{named} is not a provisioned sandbox person",
                        next_step="add them to [[people]] of the sandbox env and rerun invoke sandbox up")
-    return boto3.Session(region_name=cfg.region, aws_access_key_id=entry["key_id"],
-                         aws_secret_access_key=entry["secret"])
+    return aws.new_session(region_name=cfg.region, aws_access_key_id=entry["key_id"],
+                           aws_secret_access_key=entry["secret"])

@@ -162,6 +162,7 @@ class Endpoint:
         self.stream_base = ""  # wss://host:port of the TLS listener: AWS hands out wss:// stream URLs
         self._http: ClientSession | None = None
         self._owners: dict[str, str] = {}
+        self._clients: dict[tuple[str, str, str], Any] = {}
         self.iam = endpoint_iam.EndpointIam(moto_url)  # the caller's policies, evaluated by moto
         self.events: list[dict[str, Any]] = []  # emulated CloudTrail records, oldest first
         # An agent needs a while after its instance starts before it is Online again: the sandbox waits
@@ -192,9 +193,15 @@ class Endpoint:
 
     # ---- moto access ----
     def _boto(self, service: str, region: str, access_key: str = "testing") -> Any:
-        return boto3.client(service, region_name=region, endpoint_url=self.moto_url,  # type: ignore[call-overload]
-                            aws_access_key_id=access_key, aws_secret_access_key=UNCHECKED_SECRET,
-                            config=Config(retries={"max_attempts": 2}))
+        # Kept: a client costs tens of ms to build, and every StartSession of a pool asks for several.
+        key = (service, region, access_key)
+        found = self._clients.get(key)
+        if found is None:
+            found = self._clients[key] = boto3.client(
+                service, region_name=region, endpoint_url=self.moto_url,  # type: ignore[call-overload]
+                aws_access_key_id=access_key, aws_secret_access_key=UNCHECKED_SECRET,
+                config=Config(retries={"max_attempts": 2}))
+        return found
 
     async def _owner(self, access_key: str, region: str) -> str:
         if access_key not in self._owners:
