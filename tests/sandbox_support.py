@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ops.config import EnvConfig
 from ops.sandbox import manager, procs
+from ops.terraform import MIRROR_ENV
 from tests.conftest import PROJECT_ROOT
 from tests.tty_support import run_on_terminal
 
@@ -56,3 +57,24 @@ def assert_nothing_running(records: list[procs.ProcRecord]) -> None:
 def records_in(state_dir: Path) -> list[procs.ProcRecord]:
     data = procs.read_json(state_dir / manager.STATE_FILE) or {}
     return [procs.ProcRecord.from_json(data[k]) for k in manager.PROCESS_KEYS if isinstance(data.get(k), dict)]
+
+
+def activated_env(state: Path) -> dict[str, str]:
+    """What `. .venv/bin/activate` leaves in a fresh shell: no ./dev exports, no mirror variable."""
+    venv_bin = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items()
+           # COLUMNS: bash sets it without exporting it, so a newcomer's `invoke` does not see it (CI's does).
+           if k not in (MIRROR_ENV, "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "PYTHONPATH", "NO_COLOR",
+                        "COLUMNS")}
+    env.update(PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv_bin.parent),
+               BASTIONLESS_STATE_DIR=str(state))
+    return env
+
+
+def invoke_activated(env: dict[str, str], *args: str) -> tuple[int, list[str]]:
+    """`invoke ARGS` from the activated venv's PATH; its non-empty lines. Never escape codes (not a terminal)."""
+    proc = subprocess.run(["invoke", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=900, check=False)
+    text = proc.stdout + proc.stderr
+    assert "\x1b" not in text, f"escape codes in non-terminal output:\n{text}"
+    return proc.returncode, [ln for ln in text.splitlines() if ln.strip()]
