@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 import pytest
 from invoke.exceptions import Exit
@@ -48,3 +49,21 @@ def test_the_cli_turns_a_session_error_into_one_line_with_a_next_step(exc: error
     assert line.startswith(f"error: the Session Manager session failed: {exc.message}; next: ")
     assert next_step in line.split("; next: ", 1)[1]
     assert "\n" not in line
+
+
+def test_the_websocket_tls_context_is_made_once_per_ca(tmp_path: Path) -> None:
+    """Loading the system CA bundle costs tens of ms; every session of a pool and every resume paid it."""
+    import os
+    import shutil
+    import ssl
+
+    from ops.ssm import client
+
+    assert client._tls_context("", 0.0) is client._tls_context("", 0.0)
+    assert client._tls_context("", 0.0).verify_mode == ssl.CERT_REQUIRED
+    ca = tmp_path / "ca.pem"
+    shutil.copy(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt", ca)
+    first = client._tls_context(str(ca), client._mtime(str(ca)))
+    assert client._tls_context(str(ca), client._mtime(str(ca))) is first
+    os.utime(ca, (1, 1))  # a rebuilt sandbox CA: read again
+    assert client._tls_context(str(ca), client._mtime(str(ca))) is not first

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -42,6 +43,24 @@ _HANDSHAKE_TYPES = frozenset({PayloadType.HANDSHAKE_REQUEST, PayloadType.HANDSHA
                               PayloadType.ENC_CHALLENGE_REQUEST})
 _ENCRYPTED_FROM_AGENT = frozenset({PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE})
 SESSION_TYPES_SHELL = frozenset({"Standard_Stream", "InteractiveCommands", "NonInteractiveCommands"})
+
+
+@functools.lru_cache(maxsize=8)
+def _tls_context(ca_file: str, _mtime: float) -> ssl.SSLContext:
+    """The websocket's TLS settings, made once: loading the system's CA bundle costs tens of milliseconds,
+    which every session of a pool and every resume paid. Keyed on the extra CA's mtime, so a rebuilt sandbox
+    CA is read again."""
+    tls = ssl.create_default_context()
+    if ca_file:
+        tls.load_verify_locations(cafile=ca_file)
+    return tls
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime if path else 0.0
+    except OSError:
+        return 0.0
 
 
 class _Session:
@@ -84,10 +103,8 @@ class _Session:
         """Open the websocket and authenticate to the stream (first connection and every resume)."""
         try:
             options: dict[str, Any] = {}
-            if self.ca_file and self.stream_url.startswith("wss://"):
-                tls = ssl.create_default_context()
-                tls.load_verify_locations(cafile=self.ca_file)
-                options["ssl"] = tls
+            if self.stream_url.startswith("wss://"):
+                options["ssl"] = _tls_context(self.ca_file, _mtime(self.ca_file))
             ws = await connect(self.stream_url, max_size=None, compression=None, ping_interval=30,
                                ping_timeout=30, open_timeout=15, write_limit=1 << 20, **options)
             await ws.send(framing.open_data_channel(token=self._token, client_id=self.client_id,
