@@ -220,6 +220,38 @@ def test_multiplexed_output_crosses_a_byte_pipe_not_a_frame_per_message(tmp_path
     assert waiting and buffered == 4096  # a full socket holds its writers back (smux's writes block)
 
 
+def test_one_failed_send_does_not_stop_a_sessions_output(tmp_path: Path) -> None:
+    """The pipe's read loop carries every stream of the session: a send that fails once (the websocket
+    between two resumes) must not end it, or every later reply of the session is lost and its clients hang."""
+    from ops.sandbox.agent import SocketPipe
+
+    async def main() -> list[AgentMessage]:
+        agent, sent = make_agent(tmp_path, kind="port", profile="fast")
+        failures = [RuntimeError("websocket between resumes")]
+        original = agent.send_output
+
+        async def flaky(data: bytes, payload_type: int = PayloadType.OUTPUT) -> None:
+            if failures:
+                raise failures.pop()
+            await original(data, payload_type)
+
+        agent.send_output = flaky  # type: ignore[method-assign]
+        pipe = SocketPipe(agent)
+        pipe.start()
+        await pipe.write(b"lost with the failed send")
+        await asyncio.sleep(0.05)
+        await pipe.write(b"the next reply")
+        for _ in range(100):
+            if stream(sent, PayloadType.OUTPUT):
+                break
+            await asyncio.sleep(0.01)
+        pipe.stop()
+        await agent.stop()
+        return sent
+
+    assert [m.payload for m in stream(asyncio.run(main()), PayloadType.OUTPUT)] == [b"the next reply"]
+
+
 def test_native_client_payload_size_does_not_depend_on_the_host() -> None:
     """Difference 4, client side. session-manager-plugin src/config/config.go StreamDataPayloadSize = 1024,
     for every endpoint; ours used 16 KiB towards loopback, so the sandbox measured another client."""

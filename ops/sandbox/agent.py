@@ -39,6 +39,7 @@ from ops.facts import (
 )
 from ops.ssm import framing, handshake, smux
 from ops.ssm.channel import Channel
+from ops.ssm.core import State
 from ops.ssm.crypto import EncryptionError, SessionCipher, b64, encryption_context, unb64
 from ops.ssm.framing import AgentMessage, Flag, PayloadType
 
@@ -555,7 +556,14 @@ class SocketPipe:
             del self._buf[:size]
             if len(self._buf) < self.limit:
                 self._room.set()
-            await self.agent.send_output(chunk)
+            try:
+                await self.agent.send_output(chunk)
+            except Exception:
+                channel = self.agent.channel
+                if channel.failed is not None or channel.core.state is State.CLOSED:
+                    return  # the session is over: nothing more leaves it
+                # Anything else failed after the channel took the message: it is in the window and goes out
+                # with the resends. One session's output must not stop for good on one failed send.
 
     def stop(self) -> None:
         if self._task is not None:
