@@ -180,9 +180,7 @@ def _break_glass_session(cfg: EnvConfig) -> boto3.Session:
                                "aws_secret_access_key": creds["SecretAccessKey"],
                                "aws_session_token": creds["SessionToken"]}
     creds = _assumed[cache_key]
-    return new_session(region_name=cfg.region, aws_access_key_id=creds["aws_access_key_id"],
-                         aws_secret_access_key=creds["aws_secret_access_key"],
-                         aws_session_token=creds["aws_session_token"])
+    return _with_credentials(cfg, creds)
 
 
 _LOADER_LOCK = threading.Lock()
@@ -212,6 +210,12 @@ def new_session(**kwargs: Any) -> boto3.Session:
     return made
 
 
+def _with_credentials(cfg: EnvConfig, creds: dict[str, str]) -> boto3.Session:
+    return new_session(region_name=cfg.region, aws_access_key_id=creds["aws_access_key_id"],
+                       aws_secret_access_key=creds["aws_secret_access_key"],
+                       aws_session_token=creds.get("aws_session_token"))
+
+
 def forget_assumed_roles() -> None:
     """Drop cached role credentials (the sandbox was rebuilt, or a test changed a role's policy)."""
     _assumed.clear()
@@ -235,10 +239,7 @@ def sandbox_endpoints() -> dict[str, str]:
 
 def session(cfg: EnvConfig) -> boto3.Session:
     if cfg.sandbox:
-        creds = sandbox_credentials(cfg)
-        return new_session(region_name=cfg.region, aws_access_key_id=creds["aws_access_key_id"],
-                             aws_secret_access_key=creds["aws_secret_access_key"],
-                             aws_session_token=creds.get("aws_session_token"))
+        return _with_credentials(cfg, sandbox_credentials(cfg))
     try:
         if _acting.get() == BREAK_GLASS:
             return _break_glass_session(cfg)
