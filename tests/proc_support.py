@@ -30,3 +30,16 @@ def processes() -> Iterator[ProcStat]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (found := proc_stat(int(entry.name))) is not None:
             yield found
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Whether `ancestor` is `pid` or one of its parents (False once a link of the chain is gone)."""
+    seen = 0
+    while pid > 1 and seen < 64:
+        if pid == ancestor:
+            return True
+        found = proc_stat(pid)
+        if found is None:
+            return False
+        pid, seen = found.ppid, seen + 1
+    return pid == ancestor

@@ -33,6 +33,7 @@ from tests.db_fixtures import (
     revision_file,
     tables,
 )
+from tests.proc_support import descends_from
 from tests.ssm_support import free_port
 from tests.tunnel_fixtures import TunnelWorld, aws_client, plain_sandbox_toml, run_cli, wait_for
 
@@ -164,7 +165,8 @@ def test_the_password_is_in_no_command_line_output_or_log(world: TunnelWorld, po
         while proc.poll() is None:
             for pid, cmd in _cmdlines().items():
                 assert not any(s in cmd for s in secret_bytes), f"password in the command line of pid {pid}"
-                if b"alembic_launcher.py\x00run\x00-c\x00" in cmd:
+                # Only this test's own Alembic: other workers' runs (a runbook's `migrate --sql`) hold other URLs.
+                if b"alembic_launcher.py\x00run\x00-c\x00" in cmd and descends_from(pid, proc.pid):
                     try:
                         environ = Path(f"/proc/{pid}/environ").read_bytes()
                     except OSError:
