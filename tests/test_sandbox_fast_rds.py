@@ -75,3 +75,27 @@ def test_steps_aside_when_in_state_or_untranslatable(config: dict[str, Any]) -> 
 def test_prod_never_takes_the_shortcut(config: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="sandbox environments only"):
         fast_rds.adopt_database(load_env("prod"), None, config=config)  # type: ignore[arg-type]
+
+
+def test_the_event_subscription_is_translated_once_its_references_are_in_the_state(config: dict[str, Any]) -> None:
+    """internal/service/rds/wait.go (hashicorp/terraform-provider-aws): `waitEventSubscriptionCreated` has
+    `Delay: 30 * time.Second`, so the provider's create sleeps 30 s whatever the API answers."""
+    (name, spec), = config["resource"][fast_rds.SUBSCRIPTION_TYPE].items()
+    topic = spec["sns_topic"][2:-1].rsplit(".", 1)[0]
+    db = spec["source_ids"][0][2:-1].rsplit(".", 1)[0]
+    assert fast_rds.plan_subscriptions(config, _state(**{topic: {"arn": "arn:aws:sns:us-east-1:1:t"}}),
+                                       default_tags={}) == [], "the instance is not in the state yet"
+    state = _state(**{topic: {"arn": "arn:aws:sns:us-east-1:1:t"}, db: {"identifier": "bastionless-sandbox"}})
+    found = fast_rds.plan_subscriptions(config, state, default_tags={"Project": "bastionless"})
+    assert [s.address for s in found] == [f"{fast_rds.SUBSCRIPTION_TYPE}.{name}"]
+    params = found[0].params
+    assert params["SubscriptionName"] == spec["name"] and params["SnsTopicArn"] == "arn:aws:sns:us-east-1:1:t"
+    assert params["SourceIds"] == ["bastionless-sandbox"] and params["SourceType"] == "db-instance"
+    assert params["EventCategories"] == spec["event_categories"]
+    assert params["Enabled"] is True, "the provider sends its default (true); moto's own default is false"
+    assert params["Tags"] == [{"Key": "Project", "Value": "bastionless"}]
+    held = _state(**{topic: {"arn": "x"}, db: {"identifier": "y"}, f"{fast_rds.SUBSCRIPTION_TYPE}.{name}": {}})
+    assert fast_rds.plan_subscriptions(config, held, default_tags={}) == [], "already in the state"
+    changed = copy.deepcopy(config)
+    changed["resource"][fast_rds.SUBSCRIPTION_TYPE][name]["name_prefix"] = "x"
+    assert fast_rds.plan_subscriptions(changed, state, default_tags={}) == [], "an untranslated argument"

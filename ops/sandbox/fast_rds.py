@@ -14,6 +14,10 @@ The API call itself returns at once. So, for a sandbox env whose state does not 
    same slow waiter);
 4. the caller runs the normal full apply, which creates everything else.
 
+The RDS event subscription waits the same way (a fixed 30 s before the provider's first poll,
+internal/service/rds/wait.go `waitEventSubscriptionCreated`): once the instance is in the state, each
+`aws_db_event_subscription` whose arguments all translate is created through the API and imported too.
+
 The configuration is untouched (no override files, nothing different from prod), and prod never
 comes here. Anything this module does not know how to translate makes it step aside: the
 ordinary apply then creates the instance, just slower.
@@ -65,6 +69,16 @@ CREATE_PARAMS = {
     "ca_cert_identifier": "CACertificateIdentifier",
     "master_user_secret_kms_key_id": "MasterUserSecretKmsKeyId",
     "engine_lifecycle_support": "EngineLifecycleSupport",
+}
+SUBSCRIPTION_TYPE = "aws_db_event_subscription"
+# Terraform argument -> CreateEventSubscription parameter (the import id is the name).
+SUBSCRIPTION_PARAMS = {
+    "name": "SubscriptionName",
+    "sns_topic": "SnsTopicArn",
+    "source_type": "SourceType",
+    "source_ids": "SourceIds",
+    "event_categories": "EventCategories",
+    "enabled": "Enabled",
 }
 # Arguments that exist only in terraform (per-request flags or delete-time settings): RDS does not
 # report them, so an import leaves them empty while a create stores the configured value.
@@ -198,7 +212,59 @@ def adopt_database(cfg: EnvConfig, tf: Terraform, *, config: dict[str, Any], out
                                DeleteAutomatedBackups=True)
         raise
     record_config_only_arguments(tf, adoption)
+    for subscription in plan_subscriptions(config, tf.state(), default_tags=adoption.default_tags):
+        adopt_subscription(cfg, tf, subscription, out=out)
     return True
+
+
+@dataclass(frozen=True)
+class Subscription:
+    address: str
+    params: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.params["SubscriptionName"])
+
+
+def plan_subscriptions(config: dict[str, Any], state: dict[str, Any], *,
+                       default_tags: dict[str, str]) -> list[Subscription]:
+    """The event subscriptions to create through the API: not in the state, every argument translated and
+    every reference already in the state. The others are left to the ordinary apply."""
+    held = {f"{r.get('type')}.{r.get('name')}" for r in state.get("resources", []) if r.get("mode") == "managed"}
+    found = []
+    for name, spec in ((config.get("resource") or {}).get(SUBSCRIPTION_TYPE) or {}).items():
+        address = f"{SUBSCRIPTION_TYPE}.{name}"
+        if address in held or set(spec) - set(SUBSCRIPTION_PARAMS) - _IGNORED or not isinstance(spec.get("name"), str):
+            continue
+        try:
+            params = {SUBSCRIPTION_PARAMS[k]: _resolve(v, state) for k, v in spec.items() if k in SUBSCRIPTION_PARAMS}
+        except (OpsError, KeyError):
+            continue  # a reference to something the state does not hold (yet)
+        if any("${" in str(v) for v in [*_values(params.get("SourceIds")), params.get("SnsTopicArn")]):
+            continue
+        # The provider always sends Enabled (its schema default is true); moto's default is false.
+        params.setdefault("Enabled", True)
+        tags = {**default_tags, **{str(k): str(v) for k, v in (spec.get("tags") or {}).items()}}
+        if tags:
+            params["Tags"] = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+        found.append(Subscription(address=address, params=params))
+    return found
+
+
+def adopt_subscription(cfg: EnvConfig, tf: Terraform, subscription: Subscription, *, out: TextIO) -> None:
+    say(out, f"sandbox: creating the event subscription {subscription.name} through the emulator's API and "
+             "importing it (the provider waits 30 s before it looks)")
+    rds = aws.client(cfg, "rds")
+    try:
+        rds.create_event_subscription(**subscription.params)
+    except rds.exceptions.SubscriptionAlreadyExistFault:
+        pass  # left over from an interrupted run: adopt it as it is
+    try:
+        tf.import_resource(subscription.address, subscription.name)
+    except BaseException:
+        rds.delete_event_subscription(SubscriptionName=subscription.name)
+        raise
 
 
 def record_config_only_arguments(tf: Terraform, adoption: Adoption) -> None:
