@@ -104,6 +104,7 @@ def _listening(port: int) -> Iterator[None]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("terraform_bin")  # the demo deploys with real terraform: e2e tier, its timeout
 def test_the_demo_passes_with_the_usual_tunnel_port_taken(tmp_path: Path) -> None:
     """`./dev demo` is `invoke demo` after the set-up: run it for real with 5433 busy."""
     env = {**os.environ, "BASTIONLESS_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}

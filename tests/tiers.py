@@ -8,7 +8,17 @@
 
 Every test gets exactly one tier marker, a timeout that matches its tier, and (for `-m "not slow"`,
 which older branches still use) `slow` when it is not a unit test. Tests that share an expensive
-module or session fixture get an xdist group, so `-n 2 --dist loadgroup` does not build it twice.
+module or session fixture get an xdist group, so `--dist loadgroup` does not build it twice.
+
+Scheduling (`./dev test` runs 4 workers on 2 cores: most of an e2e test's time is waiting on
+terraform's waiters, the agent's pace or PostgreSQL, so two workers left the cores idle ~45 % of the
+run): the collection is ordered longest work first (the deployed sandbox's groups, then e2e, then
+integration, then unit: the many short unit tests fill the gaps at the end), and xdist keeps that order
+(`loadscopereorder` off: its own reordering counts tests per group, which put the single 3-minute e2e
+test behind hundreds of unit tests). Modules marked `second_sandbox` (the runbooks: two minutes of
+following them, terraform applies included) form a second sandbox group: on another worker it builds a
+sandbox of its own (~50 s, mostly waiting), so the other sandbox tests do not queue behind them; on the
+same worker both share one. Either way a group's tests run one after another on one sandbox.
 
 A new test module needs no edits here when it uses the existing fixtures; a new fixture that starts
 something belongs in INTEGRATION_FIXTURES or E2E_FIXTURES (the guard reports it otherwise).
@@ -49,6 +59,9 @@ E2E_FIXTURES = frozenset({
 TIMEOUTS = {"unit": 30, "integration": 240, "e2e": 600}
 # Fixtures built once per session that would be built again on every xdist worker touching them.
 SESSION_GROUPS = {"sandbox_session": "sandbox", "synth_dirs": "synth"}
+SECOND_SANDBOX = "sandbox-2"
+# Scheduling order, longest work first (see above); a group's rank is its best test's.
+_RANK = {"sandbox": 0, SECOND_SANDBOX: 0, "e2e": 1, "integration": 2, "unit": 3}
 
 
 def tier_of(fixturenames: Iterable[str], *, slow: bool = False) -> str:
@@ -87,6 +100,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: emulator, endpoint, PostgreSQL, child processes (automatic)")
     config.addinivalue_line("markers", "e2e: a deployed sandbox or real terraform (set automatically)")
     config.addinivalue_line("markers", "xdist_group(name): tests that share an expensive fixture run on one worker")
+    config.addinivalue_line("markers", "second_sandbox: a long sandbox module that runs in the second sandbox group, "
+                                       "beside the first (tests/tiers.py)")
+    # Keep the collection's order (longest work first, below) instead of xdist's count-per-group order.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 # First: pytest-xdist reads the xdist_group marks in its own hook of the same name.
@@ -103,12 +121,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = _group(item, names, tier)
         if group and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(group))
+    rank = schedule_ranks([(_group_key(item), next(t for t in TIERS if item.get_closest_marker(t))) for item in items])
+    items.sort(key=lambda item: rank[_group_key(item)])  # stable: a module keeps its order
+
+
+def schedule_ranks(entries: Iterable[tuple[str, str]]) -> dict[str, int]:
+    """Each xdist work unit's place in the run, from its tests' (group or node id, tier): lower runs first."""
+    rank: dict[str, int] = {}
+    for key, tier in entries:
+        rank[key] = min(rank.get(key, len(_RANK)), _RANK.get(key, _RANK[tier]))
+    return rank
+
+
+def _group_key(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("xdist_group")
+    return str(marker.args[0]) if marker and marker.args else item.nodeid
 
 
 def _group(item: pytest.Item, names: Iterable[str], tier: str) -> str:
     for fixture, group in SESSION_GROUPS.items():
         if fixture in names:
-            return group
+            return SECOND_SANDBOX if group == "sandbox" and item.get_closest_marker("second_sandbox") else group
     # Integration and e2e modules hold module-scoped servers: keep each module on one worker.
     return "" if tier == "unit" else item.nodeid.split("::", 1)[0]
 
