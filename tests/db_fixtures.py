@@ -134,11 +134,12 @@ def set_database_secret(world: object, cfg: EnvConfig, *, username: str = DB_USE
 
 
 @pytest.fixture(scope="module")
-def db_world(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres) -> Iterator[object]:
+def db_world(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres,
+             moto_server_process: str) -> Iterator[object]:
     """moto + the local Session Manager endpoint + the password-only PostgreSQL behind the relay,
     env `sandbox` (so CLI subprocesses load the same envs/sandbox.toml) with its secret set."""
     from tests.tunnel_fixtures import _world
 
-    with contextmanager(_world)(tmp_path_factory.mktemp("db-world"), postgres.port) as world:
+    with contextmanager(_world)(tmp_path_factory.mktemp("db-world"), postgres.port, moto_server_process) as world:
         set_database_secret(world, world.add_env("sandbox"))
         yield world

@@ -11,7 +11,7 @@ import pytest
 
 from ops.config import load_env
 from tests.ecs_support import ENV, TASK_IDS, EcsWorld, build_world, sandbox_task
-from tests.ssm_support import EndpointThread, moto_process
+from tests.ssm_support import EndpointThread, reset_moto
 from tests.tiers import require_tool
 
 
@@ -22,10 +22,10 @@ def tmux_bin() -> str:
 
 
 @pytest.fixture(scope="module")
-def ecs_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EcsWorld]:
-    state_dir = tmp_path_factory.mktemp("ecs-world")
-    with moto_process(state_dir / "moto.log") as moto_url:
-        yield from _world(moto_url, state_dir)
+def ecs_world(tmp_path_factory: pytest.TempPathFactory, moto_server_process: str) -> Iterator[EcsWorld]:
+    """The session's moto server, emptied first (tests.tunnel_fixtures.moto_server_process)."""
+    reset_moto(moto_server_process)
+    yield from _world(moto_server_process, tmp_path_factory.mktemp("ecs-world"))
 
 
 def _world(moto_url: str, state_dir: Path) -> Iterator[EcsWorld]:

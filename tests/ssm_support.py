@@ -204,6 +204,13 @@ def moto_process(log: Path, *, managed_policies: bool = False, account_id: str =
                 proc.wait(10)
 
 
+def reset_moto(url: str) -> None:
+    """Empty a moto server (moto's own reset API): every backend, every account and region."""
+    req = urllib.request.Request(f"{url}/moto-api/reset", method="POST", data=b"")  # noqa: S310 - loopback
+    with urllib.request.urlopen(req, timeout=30):  # noqa: S310 - loopback
+        pass
+
+
 # AWS's own client, built unchanged from its public source, beside the repository (CI: ../shared/tools).
 SHARED_PLUGIN = (Path(__file__).resolve().parent.parent.parent
                  / "shared/tools/session-manager-plugin/session-manager-plugin")

@@ -43,8 +43,9 @@ TIERS = ("unit", "integration", "e2e")
 INTEGRATION_FIXTURES = frozenset({
     "moto_url",          # tests.ssm_fixtures: in-process moto server on a loopback port
     "echo_server",       # tests.ssm_fixtures: TCP echo server
-    "ecs_world",         # tests.ecs_fixtures: moto process + endpoint
-    "tunnel_world",      # tests.tunnel_fixtures: moto process + endpoint
+    "moto_server_process",  # tests.tunnel_fixtures: one moto process per session, reset by each world
+    "ecs_world",         # tests.ecs_fixtures: the moto process (reset) + endpoint
+    "tunnel_world",      # tests.tunnel_fixtures: the moto process (reset) + endpoint
     "tunnel_postgres",   # tests.tunnel_fixtures: PostgreSQL cluster
     "postgres",          # tests.db_fixtures: password-only PostgreSQL cluster
     "synth_dirs",        # tests.stack_fixtures: `cdktf synth` child process (node)
@@ -125,12 +126,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: rank[_group_key(item)])  # stable: a module keeps its order
 
 
-def schedule_ranks(entries: Iterable[tuple[str, str]]) -> dict[str, int]:
-    """Each xdist work unit's place in the run, from its tests' (group or node id, tier): lower runs first."""
+def schedule_ranks(entries: Iterable[tuple[str, str]]) -> dict[str, tuple[int, int]]:
+    """Each xdist work unit's place in the run, from its tests' (group or node id, tier): lower runs first.
+    By tier, then, within a tier, the unit with more tests first (a 20-test integration module started
+    last was the run's tail)."""
     rank: dict[str, int] = {}
+    size: dict[str, int] = {}
     for key, tier in entries:
         rank[key] = min(rank.get(key, len(_RANK)), _RANK.get(key, _RANK[tier]))
-    return rank
+        size[key] = size.get(key, 0) + 1
+    return {key: (rank[key], -size[key]) for key in rank}
 
 
 def _group_key(item: pytest.Item) -> str:

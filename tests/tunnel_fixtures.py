@@ -27,7 +27,7 @@ from ops.facts import ENVS_DIR_ENV, relay_tags
 from ops.iam_policies import port_document_content, port_document_name
 from tests.conftest import PROJECT_ROOT, plain_sandbox_toml
 from tests.pg_support import start_cluster
-from tests.ssm_support import EndpointThread, moto_process, tag_list
+from tests.ssm_support import EndpointThread, moto_process, reset_moto, tag_list
 
 
 def aws_client(service: str, url: str, region: str) -> Any:
@@ -125,7 +125,15 @@ def tunnel_postgres() -> Iterator[int]:
         cluster.stop()
 
 
-def _world(tmp: Path, pg_port: int) -> Iterator[TunnelWorld]:
+@pytest.fixture(scope="session")
+def moto_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One moto server process per test session (per xdist worker); each module's world empties it first
+    (moto's reset API), so modules never see each other's resources. Starting moto costs ~4 s of CPU."""
+    with moto_process(tmp_path_factory.mktemp("moto") / "moto.log") as url:
+        yield url
+
+
+def _world(tmp: Path, pg_port: int, moto_url: str) -> Iterator[TunnelWorld]:
     state = tmp / "state"
     envs = tmp / "envs"
     state.mkdir()
@@ -134,43 +142,44 @@ def _world(tmp: Path, pg_port: int) -> Iterator[TunnelWorld]:
     for shipped in ENVS_DIR.glob("*.toml"):
         text = plain_sandbox_toml() if shipped.name == "sandbox.toml" else shipped.read_text()
         (envs / shipped.name).write_text(text)
-    with moto_process(tmp / "moto.log") as moto_url:
-        endpoint = EndpointThread(moto_url=moto_url, state_dir=state).start()
-        (state / "endpoints.json").write_text(json.dumps({"default": moto_url, "ssm": endpoint.url,
-                                                          "ecs": endpoint.url}))
-        old = os.environ.get("BASTIONLESS_STATE_DIR")
-        os.environ["BASTIONLESS_STATE_DIR"] = str(state)
-        # In-process load_env("sandbox") reads the world's env files too, like its CLI children.
-        old_envs = os.environ.get(ENVS_DIR_ENV)
-        os.environ[ENVS_DIR_ENV] = str(envs)
-        world = TunnelWorld(moto_url=moto_url, endpoint=endpoint, state_dir=state, envs_dir=envs, pg_port=pg_port)
-        try:
-            yield world
-        finally:
-            from ops import tunnels_state
+    reset_moto(moto_url)
+    endpoint = EndpointThread(moto_url=moto_url, state_dir=state).start()
+    (state / "endpoints.json").write_text(json.dumps({"default": moto_url, "ssm": endpoint.url,
+                                                      "ecs": endpoint.url}))
+    old = os.environ.get("BASTIONLESS_STATE_DIR")
+    os.environ["BASTIONLESS_STATE_DIR"] = str(state)
+    # In-process load_env("sandbox") reads the world's env files too, like its CLI children.
+    old_envs = os.environ.get(ENVS_DIR_ENV)
+    os.environ[ENVS_DIR_ENV] = str(envs)
+    world = TunnelWorld(moto_url=moto_url, endpoint=endpoint, state_dir=state, envs_dir=envs, pg_port=pg_port)
+    try:
+        yield world
+    finally:
+        from ops import tunnels_state
 
-            tunnels_state.close_all(timeout=10)
-            if old is None:
-                os.environ.pop("BASTIONLESS_STATE_DIR", None)
-            else:
-                os.environ["BASTIONLESS_STATE_DIR"] = old
-            if old_envs is None:
-                os.environ.pop(ENVS_DIR_ENV, None)
-            else:
-                os.environ[ENVS_DIR_ENV] = old_envs
-            endpoint.stop()
+        tunnels_state.close_all(timeout=10)
+        if old is None:
+            os.environ.pop("BASTIONLESS_STATE_DIR", None)
+        else:
+            os.environ["BASTIONLESS_STATE_DIR"] = old
+        if old_envs is None:
+            os.environ.pop(ENVS_DIR_ENV, None)
+        else:
+            os.environ[ENVS_DIR_ENV] = old_envs
+        endpoint.stop()
 
 
 @pytest.fixture(scope="module")
-def tunnel_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TunnelWorld]:
+def tunnel_world(tmp_path_factory: pytest.TempPathFactory, moto_server_process: str) -> Iterator[TunnelWorld]:
     """moto + endpoint, no PostgreSQL (discovery and error tests)."""
-    yield from _world(tmp_path_factory.mktemp("tunnel-world"), 0)
+    yield from _world(tmp_path_factory.mktemp("tunnel-world"), 0, moto_server_process)
 
 
 @pytest.fixture(scope="module")
-def pg_world(tmp_path_factory: pytest.TempPathFactory, tunnel_postgres: int) -> Iterator[TunnelWorld]:
+def pg_world(tmp_path_factory: pytest.TempPathFactory, tunnel_postgres: int,
+             moto_server_process: str) -> Iterator[TunnelWorld]:
     """moto + endpoint + a real PostgreSQL behind the emulated relay."""
-    yield from _world(tmp_path_factory.mktemp("tunnel-pg-world"), tunnel_postgres)
+    yield from _world(tmp_path_factory.mktemp("tunnel-pg-world"), tunnel_postgres, moto_server_process)
 
 
 def run_cli(world: TunnelWorld, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
