@@ -35,9 +35,11 @@ class Hooks:
     """What a wrapper adds around apply and destroy (the sandbox: ops.sandbox.manager.deploy/destroy).
 
     `adopt`: bring resources that already exist into the state before the plan; True when it did.
+    `before_destroy`: runs once the destroy is confirmed, just before terraform applies the destroy plan.
     """
 
     adopt: Callable[[EnvConfig, terraform.Terraform, TextIO], bool] | None = None
+    before_destroy: Callable[[EnvConfig, terraform.Terraform, TextIO], None] | None = None
     after_apply: Callable[[EnvConfig, TextIO], None] | None = None
     after_destroy: Callable[[EnvConfig], None] | None = None
 
@@ -171,6 +173,8 @@ def destroy(cfg: EnvConfig, *, yes: bool = False, force_deletion_protection: boo
             aws.client(cfg, "rds").modify_db_instance(DBInstanceIdentifier=protected[0], DeletionProtection=False,
                                                       ApplyImmediately=True)
             say(out, f"deletion protection of {protected[0]} turned off")
+        if hooks.before_destroy:
+            hooks.before_destroy(cfg, tf, out)
         tf.apply(plan_file=plan_path)
     finally:
         plan_path.unlink(missing_ok=True)

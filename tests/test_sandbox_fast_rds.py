@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 from typing import Any
 
@@ -99,3 +100,38 @@ def test_the_event_subscription_is_translated_once_its_references_are_in_the_sta
     changed = copy.deepcopy(config)
     changed["resource"][fast_rds.SUBSCRIPTION_TYPE][name]["name_prefix"] = "x"
     assert fast_rds.plan_subscriptions(changed, state, default_tags={}) == [], "an untranslated argument"
+
+
+def test_a_confirmed_destroy_deletes_the_database_through_the_api_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """internal/service/rds/instance.go and event_subscription.go: a delete that finds the resource gone returns
+    before its waiter (a minute for the instance, 30 s for the subscription), so deleting both through the API
+    first, with the arguments the provider's delete would send, leaves the confirmed destroy plan as it was."""
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    class Rds:
+        class exceptions:  # botocore's shape
+            SubscriptionNotFoundFault = KeyError
+            DBInstanceNotFoundFault = LookupError
+
+        def delete_event_subscription(self, **kw: Any) -> None:
+            calls.append(("subscription", kw))
+
+        def delete_db_instance(self, **kw: Any) -> None:
+            calls.append(("instance", kw))
+
+    class Tf:
+        def state(self) -> dict[str, Any]:
+            return _state(**{"aws_db_instance.Db": {"identifier": "bastionless-sandbox", "skip_final_snapshot": True,
+                                                    "delete_automated_backups": True},
+                             "aws_db_event_subscription.Events": {"name": "bastionless-sandbox-database-events"},
+                             "aws_sns_topic.Topic": {"arn": "x"}})
+
+    monkeypatch.setattr(fast_rds.aws, "client", lambda cfg, service: Rds())
+    out = io.StringIO()
+    fast_rds.release_database(load_env("sandbox"), Tf(), out)  # type: ignore[arg-type]
+    assert calls == [("subscription", {"SubscriptionName": "bastionless-sandbox-database-events"}),
+                     ("instance", {"DBInstanceIdentifier": "bastionless-sandbox", "SkipFinalSnapshot": True,
+                                   "DeleteAutomatedBackups": True})], "the subscription first: it names the instance"
+    assert "deleting bastionless-sandbox through the emulator's API" in out.getvalue()
+    with pytest.raises(ValueError, match="sandbox environments only"):
+        fast_rds.release_database(load_env("prod"), Tf(), out)  # type: ignore[arg-type]

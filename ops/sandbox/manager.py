@@ -383,9 +383,7 @@ def deploy(cfg: EnvConfig, *, yes: bool = False, ask: ops_deploy.Ask = ops_deplo
     """
     if not cfg.sandbox:
         raise ValueError(f"the sandbox deploy is for sandbox environments, not {cfg.name}")
-    if fast_rds_shortcut is None:
-        fast_rds_shortcut = os.environ.get(facts.RDS_SHORTCUT_ENV, "1") != "0"
-    hooks = ops_deploy.Hooks(adopt=_adopt_database if fast_rds_shortcut else None,
+    hooks = ops_deploy.Hooks(adopt=_adopt_database if _rds_shortcut(fast_rds_shortcut) else None,
                              after_apply=lambda c, o: after_apply(c, out=o))
     return ops_deploy.deploy(cfg, yes=yes, ask=ask, out=out, hooks=hooks, verbose=verbose)
 
@@ -393,8 +391,14 @@ def deploy(cfg: EnvConfig, *, yes: bool = False, ask: ops_deploy.Ask = ops_deplo
 def destroy(cfg: EnvConfig, *, yes: bool = False, force_deletion_protection: bool = False,
             ask: ops_deploy.Ask = ops_deploy.ask_terminal, out: TextIO = sys.stderr, verbose: bool = False) -> None:
     """`invoke destroy` of a sandbox env: ops.deploy.destroy, then forget the stack (after_destroy)."""
+    hooks = ops_deploy.Hooks(after_destroy=after_destroy,
+                             before_destroy=fast_rds.release_database if _rds_shortcut(None) else None)
     ops_deploy.destroy(cfg, yes=yes, force_deletion_protection=force_deletion_protection, ask=ask, out=out,
-                       hooks=ops_deploy.Hooks(after_destroy=after_destroy), verbose=verbose)
+                       hooks=hooks, verbose=verbose)
+
+
+def _rds_shortcut(requested: bool | None) -> bool:
+    return os.environ.get(facts.RDS_SHORTCUT_ENV, "1") != "0" if requested is None else requested
 
 
 def _adopt_database(cfg: EnvConfig, tf: Terraform, out: TextIO) -> bool:
