@@ -23,6 +23,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -315,6 +316,9 @@ def _strings(value: Any) -> list[str]:
     return [] if value is None else [str(value)]
 
 
+_one_at_a_time = threading.Lock()
+
+
 def _with_authorize_route(app: Any) -> Callable[[dict[str, Any], Any], Iterable[bytes]]:
     def wsgi(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == PROBE_PATH:
@@ -322,8 +326,11 @@ def _with_authorize_route(app: Any) -> Callable[[dict[str, Any], Any], Iterable[
             start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(probe)))])
             return [probe]
         if environ.get("PATH_INFO") != AUTHORIZE_PATH or environ.get("REQUEST_METHOD") != "POST":
-            result: Iterable[bytes] = app(environ, start_response)
-            return result
+            # One request at a time, as each AWS call is atomic: moto's backends are not thread-safe, and
+            # terraform sends ten calls at once (under load a security group rule was once reported as a
+            # duplicate of itself). moto's work is Python under the GIL, so little is lost.
+            with _one_at_a_time:
+                return list(app(environ, start_response))
         length = int(environ.get("CONTENT_LENGTH") or 0)
         try:
             reply = authorize_over_http(json.loads(environ["wsgi.input"].read(length) or b"{}"))
