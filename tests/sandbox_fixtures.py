@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +56,14 @@ def sandbox_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbo
         box = Sandbox(cfg=load_env(ENV), state_dir=state_dir, moto_url=info.moto_url, endpoint_url=info.endpoint_url,
                       pg_port=info.pg_port, log=out.getvalue())
         yield box
+    except BaseException:
+        # `down` removes the state dir's files: keep the services' logs of a failed set-up for the report.
+        kept = state_dir.with_name(f"{state_dir.name}-logs")
+        kept.mkdir(exist_ok=True)
+        for log in state_dir.glob("*.log"):
+            shutil.copy2(log, kept / log.name)
+        print(f"sandbox set-up failed; the services' logs are kept in {kept}", file=sys.stderr)
+        raise
     finally:
         records = records_in(state_dir)
         with _with_state_dir(state_dir):
