@@ -10,7 +10,6 @@ from invoke.tasks import task
 
 from cli import _common
 from cli._common import ENV_HELP, ops_errors
-from ops.ecs_exec import ecs_shell as _ecs_shell
 
 
 @task(name="ecs-shell", help={
@@ -25,6 +24,8 @@ from ops.ecs_exec import ecs_shell as _ecs_shell
 def ecs_shell(c: Context, env: str = "", service: str = "", task: str = "", container: str = "", command: str = "",
               reason: str = "", transport: str = "auto") -> None:
     """Open a shell in a running ECS task over Session Manager (checks ECS Exec prerequisites first)."""
+    from ops.ecs_exec import ecs_shell as _ecs_shell  # (heavy; only this task needs it)
+
     with ops_errors():
         cfg = _common.env(env)
         code = _ecs_shell(cfg, service=service, task=task, container=container, command=command, reason=reason,

@@ -8,10 +8,7 @@ from invoke.tasks import task
 from cli import _common
 from cli._common import ENV_HELP, VERBOSE_HELP, ops_errors
 from ops.config import EnvConfig, available_envs, load_env
-from ops.cost import estimate, format_table
 from ops.errors import OpsError
-from ops.synth import SYNTH_FILE, synth_many
-from ops.terraform import validate_envs
 
 ALL_HELP = "every environment in envs/ (synthesized together, in one process)"
 
@@ -27,6 +24,8 @@ def _selected(name: str, every: bool) -> list[EnvConfig]:
 @task(help={"env": ENV_HELP, "all": ALL_HELP, "force": "synthesize even when nothing changed since the last run"})
 def synth(c: Context, env: str = "", all: bool = False, force: bool = False) -> None:
     """Synthesize Terraform JSON into cdktf.out/ (skipped when nothing changed)."""
+    from ops.synth import SYNTH_FILE, synth_many
+
     with ops_errors():
         for name, path in synth_many(_selected(env, all), force=force).items():
             print(f"{name}: {path / SYNTH_FILE}")
@@ -36,6 +35,8 @@ def synth(c: Context, env: str = "", all: bool = False, force: bool = False) -> 
             "verbose": VERBOSE_HELP})
 def validate(c: Context, env: str = "", all: bool = False, force: bool = False, verbose: bool = False) -> None:
     """Synthesize, then terraform init -backend=false and terraform validate."""
+    from ops.terraform import validate_envs
+
     with ops_errors():
         validate_envs(_selected(env, all), force_synth=force, verbose=verbose)
         print("valid")
@@ -44,6 +45,8 @@ def validate(c: Context, env: str = "", all: bool = False, force: bool = False, 
 @task(help={"env": ENV_HELP, "json": "print the estimate as JSON instead of a table"})
 def cost(c: Context, env: str = "", json: bool = False) -> None:
     """Estimate an environment's monthly AWS cost: egress (NAT or endpoints), relay, RDS, keys, logs."""
+    from ops.cost import estimate, format_table
+
     with ops_errors():
         est = estimate(_common.env(env))
         print(est.to_json() if json else format_table(est))

@@ -7,7 +7,7 @@ from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from cli._common import VERBOSE_HELP, ops_errors
-from ops.sandbox import manager
+from ops.facts import SANDBOX_ENV
 
 
 @task(help={
@@ -20,9 +20,11 @@ from ops.sandbox import manager
     "endpoint_port": "with up: port for the local Session Manager endpoint (0 = any free port)",
     "verbose": "with up: " + VERBOSE_HELP,
 })
-def sandbox(c: Context, action: str, env: str = manager.DEFAULT_ENV, no_deploy: bool = False, moto_port: int = 0,
+def sandbox(c: Context, action: str, env: str = SANDBOX_ENV, no_deploy: bool = False, moto_port: int = 0,
             pg_port: int = 0, endpoint_port: int = 0, verbose: bool = False) -> None:
     """Start, inspect or stop the offline sandbox: `invoke sandbox up|status|down`."""
+    from ops.sandbox import manager  # (heavy: TLS, terraform; only this task needs it)
+
     with ops_errors():
         if action == "up":
             info = manager.up(env=env, deploy=not no_deploy, moto_port=moto_port, pg_port=pg_port,

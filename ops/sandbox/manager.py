@@ -53,7 +53,7 @@ from ops.sandbox.procs import ProcRecord, StartError
 from ops.synth import SYNTH_FILE, inputs_digest
 from ops.terraform import Terraform
 
-DEFAULT_ENV = "sandbox"
+DEFAULT_ENV = facts.SANDBOX_ENV
 STATE_FILE = "sandbox.json"
 RELAY_HOSTS_FILE = "relay_hosts.json"
 ECS_TASKS_FILE = "ecs_tasks.json"
