@@ -34,9 +34,10 @@ NO_PASSFILE = "/nonexistent/bastionless-no-pgpass"
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TunnelWorld, EnvConfig, Bed]]:
+def chain(tmp_path_factory: pytest.TempPathFactory,
+          moto_server_process: str) -> Iterator[tuple[TunnelWorld, EnvConfig, Bed]]:
     tmp = tmp_path_factory.mktemp("identity-chain")
-    with contextmanager(_world)(tmp, 0) as world:
+    with contextmanager(_world)(tmp, 0, moto_server_process) as world:
         env_file = world.envs_dir / "sandbox.toml"
         ca = world.state_dir / identity_tunnel.SANDBOX_CA
         # Like RDS, the front takes TLS only: break-glass (master password) connections verify it too.
