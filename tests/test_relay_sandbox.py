@@ -10,6 +10,7 @@ import dataclasses
 import json
 import re
 import shutil
+import sys
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,26 +20,35 @@ import pytest
 from ops import discovery
 from ops.errors import AccountMismatchError
 from ops.relay import current_relay, ping_status, restart
+from tests.conftest import PROJECT_ROOT
 from tests.sandbox_support import Sandbox, error_line
 from tests.test_sessions_sandbox import moto, run
+from tests.tty_support import run_on_terminal
 
 pytest_plugins = ["tests.sandbox_fixtures"]
 pytestmark = pytest.mark.slow
 
 
+# An agent that does not boot until told (post_agent_boot(box, 0)).
+HELD = 86400.0
+
+
+def post_agent_boot(box: Sandbox, seconds: float) -> None:
+    """How long a relay's agent takes to come Online after its instance starts (the endpoint's test hook)."""
+    req = urllib.request.Request(f"{box.endpoint_url}/_sandbox/agent-boot", method="POST",  # noqa: S310
+                                 data=json.dumps({"seconds": seconds}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10):  # noqa: S310 - loopback
+        pass
+
+
 @contextmanager
 def agent_boot(box: Sandbox, seconds: float) -> Iterator[None]:
-    def post(value: float) -> None:
-        req = urllib.request.Request(f"{box.endpoint_url}/_sandbox/agent-boot", method="POST",  # noqa: S310
-                                     data=json.dumps({"seconds": value}).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10):  # noqa: S310 - loopback
-            pass
-    post(seconds)
+    post_agent_boot(box, seconds)
     try:
         yield
     finally:
-        post(0)
+        post_agent_boot(box, 0)
 
 
 def state(box: Sandbox, iid: str) -> str:
@@ -92,9 +102,18 @@ def test_replace_goes_through_terraform_and_waits_for_online(sandbox: Sandbox) -
     assert declined.returncode == 1
     assert error_line(declined) == "error: relay replacement on sandbox cancelled; nothing was changed"
     assert current_relay(sandbox.cfg).instance_id == old
-    # Longer than terraform takes to create the instance (its waiter alone polls for ~10 s).
-    with agent_boot(sandbox, 25):
-        proc = run(sandbox, "relay-replace", "--env", "sandbox", stdin="y\n")
+    # The new relay's agent stays offline until relay-replace says it waits for it (an event, not a timer
+    # longer than terraform's create): then it comes Online, and the task must notice.
+    waiting = re.compile(r"waiting for i-\S+ Online in Session Manager: ConnectionLost")
+
+    def boot_when_waited_for(line: str) -> None:
+        if waiting.search(line):
+            post_agent_boot(sandbox, 0)
+
+    with agent_boot(sandbox, HELD):
+        proc = run_on_terminal([sys.executable, "-m", "invoke", "relay-replace", "--env", "sandbox"], answer="y\n",
+                               cwd=PROJECT_ROOT, env=sandbox.subprocess_env(), timeout=300,
+                               on_stderr=boot_when_waited_for)
     assert proc.returncode == 0, proc.stderr
     new = current_relay(sandbox.cfg).instance_id
     assert new != old and state(sandbox, old) == "terminated"
