@@ -1,9 +1,10 @@
 """The real sandbox, once per test session: `pytest_plugins = ["tests.sandbox_fixtures"]`.
 
-`sandbox_session` runs `ops.sandbox.manager.up()` (moto, the Session Manager endpoint, PostgreSQL, the RDS
-front, terraform apply of the sandbox stack) and `invoke db-access` (the people's roles) in a state dir of
-its own and, at the end of the session,
-`down()`, then asserts that none of its processes runs and none of its ports listens.
+`sandbox_session` runs `invoke sandbox up` as a newcomer would (moto, the Session Manager endpoint,
+PostgreSQL, the RDS front, terraform apply of the sandbox stack) and `invoke db-access` (the people's
+roles) in a state dir of its own and, at the end of the session, the checks registered in `at_end`
+(the e2e module's destroy), then `down()`, then asserts that none of its processes runs and none of its
+ports listens.
 
 Tests use the function fixture `sandbox`: it points BASTIONLESS_STATE_DIR at the sandbox's state
 dir for the duration of the test (child processes see it too, through the environment), so tests
@@ -25,7 +26,9 @@ import pytest
 from ops.config import load_env
 from ops.dbaccess import db_access
 from ops.sandbox import manager
-from tests.sandbox_support import Sandbox, assert_nothing_running, records_in
+from ops.terraform import discovered_mirror
+from tests.sandbox_support import Sandbox, activated_env, assert_nothing_running, invoke_activated, records_in
+from tests.tiers import missing_tool
 
 ENV = "sandbox"
 
@@ -45,16 +48,23 @@ def _with_state_dir(path: Path) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def sandbox_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    if discovered_mirror() is None:
+        missing_tool("no provider mirror at a usual place (/opt/tf-plugins, ...): a newcomer's first run needs one")
     state_dir = tmp_path_factory.mktemp("sandbox")
     out = io.StringIO()
+    box: Sandbox | None = None
     try:
+        # Built as a newcomer does it (README): `invoke sandbox up` from the activated venv, no mirror variable;
+        # tests/test_sandbox_e2e.py checks what it printed.
+        code, lines = invoke_activated(activated_env(state_dir), "sandbox", "up")
+        assert code == 0, "`invoke sandbox up` failed:\n" + "\n".join(lines)
         with _with_state_dir(state_dir):
-            info = manager.up(env=ENV, deploy=True, out=out)
+            info = manager.up(env=ENV, deploy=True, out=out)  # all up already: only reads what runs where
             # What a user does next (README): the env's people get their database roles, so tasks run as
             # the first of them (alice) through the auth proxy, as in the demo.
             db_access(load_env(ENV), yes=True, transport="native", report=lambda line: print(line, file=out))
         box = Sandbox(cfg=load_env(ENV), state_dir=state_dir, moto_url=info.moto_url, endpoint_url=info.endpoint_url,
-                      pg_port=info.pg_port, log=out.getvalue())
+                      pg_port=info.pg_port, log="\n".join(lines), up_lines=tuple(lines))
         yield box
     except BaseException:
         # `down` removes the state dir's files: keep the services' logs of a failed set-up for the report.
@@ -66,9 +76,15 @@ def sandbox_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbo
         raise
     finally:
         records = records_in(state_dir)
-        with _with_state_dir(state_dir):
-            manager.down(out=io.StringIO())
-        assert_nothing_running(records)
+        try:
+            with _with_state_dir(state_dir):
+                # Checks that end the sandbox's life (the e2e module's destroy), after every test that reads it.
+                for check in box.at_end if box is not None else []:
+                    check(box)
+        finally:
+            with _with_state_dir(state_dir):
+                manager.down(out=io.StringIO())
+            assert_nothing_running(records)
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ops.config import EnvConfig
@@ -41,6 +42,9 @@ class Sandbox:
     endpoint_url: str
     pg_port: int
     log: str  # what `up` printed
+    up_lines: tuple[str, ...] = ()  # the same, its non-empty lines
+    # Checks run at the end of the session, before `down` (tests/sandbox_fixtures.py).
+    at_end: list[Callable[[Sandbox], None]] = field(default_factory=list)
 
     def subprocess_env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, "BASTIONLESS_STATE_DIR": str(self.state_dir), "PYTHONUNBUFFERED": "1", **extra}

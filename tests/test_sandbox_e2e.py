@@ -1,13 +1,14 @@
 """End to end, as a newcomer types it: the virtual environment activated (no ./dev), no mirror variable,
-this offline machine. `sandbox up` from a fresh state dir (services and the first deploy), `validate`, a
-no-op `deploy`, a plan with no changes, outputs, the database behind the relay, destroy (refused while
-deletion protection is on), `sandbox down`, and nothing left running.
+this offline machine. `sandbox up` from a fresh state dir (services and the first deploy: the session's
+shared sandbox is built exactly so, tests/sandbox_fixtures.py), `validate`, a no-op `deploy`, a plan with
+no changes, outputs, the database behind the relay, and, once every test that reads the sandbox is done,
+destroy (refused while deletion protection is on), then `sandbox down` and nothing left running.
 
 Everything is real: moto server over HTTP as AWS, terraform with the AWS provider applying the same
 stack as prod, PostgreSQL on loopback with the password from the emulated Secrets Manager. Each command
 stays within its line budget, prints no escape codes when not on a terminal, and leaves terraform's
-whole output in the log file whose path it prints. (One fresh deploy proves both the first runs and the
-lifecycle: they used to be two tests deploying the same stack twice.)
+whole output in the log file whose path it prints. (The shared sandbox's deploy is the first run these
+tests check: a fresh deploy of their own cost the suite three minutes.)
 """
 
 from __future__ import annotations
@@ -21,17 +22,7 @@ import psycopg
 import pytest
 
 from ops.facts import OUTPUT_NAMES
-from ops.sandbox import procs
-from ops.terraform import discovered_mirror
-from tests.sandbox_support import (
-    activated_env,
-    assert_nothing_running,
-    error_line,
-    invoke,
-    invoke_activated,
-    records_in,
-)
-from tests.tiers import missing_tool
+from tests.sandbox_support import Sandbox, activated_env, error_line, invoke, invoke_activated
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("terraform_bin")]
 
@@ -46,10 +37,9 @@ def _aws(service: str, url: str) -> object:
                         aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
-def _first_runs(env: dict[str, str]) -> None:
-    code, up = invoke_activated(env, "sandbox", "up")
+def test_a_newcomers_first_runs_stay_within_their_budgets(sandbox: Sandbox) -> None:
+    up = list(sandbox.up_lines)
     shown = "\n".join(up)
-    assert code == 0, shown
     # Heartbeats ("hh:mm:ss terraform apply ...: n/m done") come every 15 s of a long wait, so a slower
     # machine prints more of them; the budget is for everything else.
     said = [ln for ln in up if not HEARTBEAT.match(ln)]
@@ -65,6 +55,7 @@ def _first_runs(env: dict[str, str]) -> None:
     assert "Creation complete after" not in shown
     print(f"--- invoke sandbox up ({len(up)} lines)\n{shown}")
 
+    env = activated_env(sandbox.state_dir)
     code, validate = invoke_activated(env, "validate", "-e", "sandbox")
     assert code == 0 and "valid" in validate, "\n".join(validate)
 
@@ -76,57 +67,55 @@ def _first_runs(env: dict[str, str]) -> None:
     print(f"--- invoke deploy, no changes ({len(deploy)} lines)\n{shown}")
 
 
-def test_first_runs_deploy_plan_outputs_destroy_down(tmp_path: Path) -> None:
-    if discovered_mirror() is None:
-        missing_tool("no provider mirror at a usual place (/opt/tf-plugins, ...): a newcomer's first run needs one")
-    state = tmp_path / "state"
-    seen: list[procs.ProcRecord] = []
-    try:
-        _first_runs(activated_env(state))
-        seen += records_in(state)
-        moto_url = json.loads((state / "endpoints.json").read_text())["default"]
+def test_plan_outputs_and_the_database_behind_the_relay(sandbox: Sandbox) -> None:
+    state = sandbox.state_dir
+    plan = invoke("plan", "--env", "sandbox", "--detailed-exitcode", state=state)
+    assert plan.returncode == 0, "a second plan must show no changes:\n" + plan.stdout[-4000:]
 
-        plan = invoke("plan", "--env", "sandbox", "--detailed-exitcode", state=state)
-        assert plan.returncode == 0, "a second plan must show no changes:\n" + plan.stdout[-4000:]
+    out = invoke("outputs", "--env", "sandbox", "--json", state=state)
+    assert out.returncode == 0, out.stderr
+    values = json.loads(out.stdout)
+    assert set(values) == OUTPUTS
+    assert values["db_identifier"] == "bastionless-sandbox" and values["ecs_cluster_name"] == "bastionless-sandbox"
 
-        out = invoke("outputs", "--env", "sandbox", "--json", state=state)
-        assert out.returncode == 0, out.stderr
-        values = json.loads(out.stdout)
-        assert set(values) == OUTPUTS
-        assert values["db_identifier"] == "bastionless-sandbox" and values["ecs_cluster_name"] == "bastionless-sandbox"
+    # Credentials as in prod: the RDS-managed secret's password opens the database behind the relay.
+    secret = json.loads(_aws("secretsmanager", sandbox.moto_url).get_secret_value(  # type: ignore[attr-defined]
+        SecretId=values["db_secret_arn"])["SecretString"])
+    assert set(secret) == {"username", "password"} and secret["username"] == "app_admin"
+    target = json.loads((state / "relay_hosts.json").read_text())[f"{values['db_address']}:{values['db_port']}"]
+    host, port = target.split(":")
+    with psycopg.connect(host=host, port=int(port), user=secret["username"], password=secret["password"],
+                         dbname=values["db_name"], connect_timeout=5) as conn:
+        assert conn.execute("select current_user, current_database()").fetchone() == ("app_admin", "app")
 
-        # Credentials as in prod: the RDS-managed secret's password opens the database behind the relay.
-        secret = json.loads(_aws("secretsmanager", moto_url).get_secret_value(  # type: ignore[attr-defined]
-            SecretId=values["db_secret_arn"])["SecretString"])
-        assert set(secret) == {"username", "password"} and secret["username"] == "app_admin"
-        target = json.loads((state / "relay_hosts.json").read_text())[f"{values['db_address']}:{values['db_port']}"]
-        host, port = target.split(":")
-        with psycopg.connect(host=host, port=int(port), user=secret["username"], password=secret["password"],
-                             dbname=values["db_name"], connect_timeout=5) as conn:
-            assert conn.execute("select current_user, current_database()").fetchone() == ("app_admin", "app")
 
-        # Deletion protection: destroy refuses; the override needs the flag AND the identifier typed.
-        rds = _aws("rds", moto_url)
-        rds.modify_db_instance(DBInstanceIdentifier="bastionless-sandbox",  # type: ignore[attr-defined]
-                               DeletionProtection=True, ApplyImmediately=True)
-        refused = invoke("destroy", "--env", "sandbox", "--yes", state=state)
-        assert refused.returncode == 1
-        assert "has deletion protection on" in error_line(refused)
-        assert "--force-deletion-protection" in error_line(refused)
-        wrong = invoke("destroy", "--env", "sandbox", "--yes", "--force-deletion-protection", state=state,
-                       stdin="bastionless\n")
-        assert wrong.returncode == 1 and "cancelled; nothing was changed" in error_line(wrong)
-        assert rds.describe_db_instances()["DBInstances"][0]["DeletionProtection"]  # type: ignore[attr-defined]
+@pytest.fixture(scope="module", autouse=True)
+def _destroy_at_the_end(sandbox_session: Sandbox) -> None:
+    """The destroy ends the shared sandbox's life: it runs after every test of the session (then `down`)."""
+    if _check_destroy not in sandbox_session.at_end:
+        sandbox_session.at_end.append(_check_destroy)
 
-        destroy = invoke("destroy", "--env", "sandbox", "--yes", "--force-deletion-protection", state=state,
-                         stdin="bastionless-sandbox\n")
-        assert destroy.returncode == 0, destroy.stdout[-3000:] + destroy.stderr[-3000:]
-        assert re.search(r"sandbox: destroy complete in [\d.]+ s: .*\b\d+ destroyed", destroy.stderr), destroy.stderr
-        assert re.search(r"^\s+DESTROY\s+aws_db_instance\.", destroy.stderr, re.MULTILINE), "deletions are named"
-        assert rds.describe_db_instances()["DBInstances"] == []  # type: ignore[attr-defined]
-        after = invoke("outputs", "--env", "sandbox", "--json", state=state)
-        assert after.returncode == 0 and json.loads(after.stdout) == {}
-    finally:
-        down = invoke("sandbox", "down", state=state)
-    assert down.returncode == 0, down.stderr
-    assert_nothing_running(seen)
+
+def _check_destroy(box: Sandbox) -> None:
+    state = box.state_dir
+    # Deletion protection: destroy refuses; the override needs the flag AND the identifier typed.
+    rds = _aws("rds", box.moto_url)
+    rds.modify_db_instance(DBInstanceIdentifier="bastionless-sandbox",  # type: ignore[attr-defined]
+                           DeletionProtection=True, ApplyImmediately=True)
+    refused = invoke("destroy", "--env", "sandbox", "--yes", state=state)
+    assert refused.returncode == 1
+    assert "has deletion protection on" in error_line(refused)
+    assert "--force-deletion-protection" in error_line(refused)
+    wrong = invoke("destroy", "--env", "sandbox", "--yes", "--force-deletion-protection", state=state,
+                   stdin="bastionless\n")
+    assert wrong.returncode == 1 and "cancelled; nothing was changed" in error_line(wrong)
+    assert rds.describe_db_instances()["DBInstances"][0]["DeletionProtection"]  # type: ignore[attr-defined]
+
+    destroy = invoke("destroy", "--env", "sandbox", "--yes", "--force-deletion-protection", state=state,
+                     stdin="bastionless-sandbox\n")
+    assert destroy.returncode == 0, destroy.stdout[-3000:] + destroy.stderr[-3000:]
+    assert re.search(r"sandbox: destroy complete in [\d.]+ s: .*\b\d+ destroyed", destroy.stderr), destroy.stderr
+    assert re.search(r"^\s+DESTROY\s+aws_db_instance\.", destroy.stderr, re.MULTILINE), "deletions are named"
+    assert rds.describe_db_instances()["DBInstances"] == []  # type: ignore[attr-defined]
+    after = invoke("outputs", "--env", "sandbox", "--json", state=state)
+    assert after.returncode == 0 and json.loads(after.stdout) == {}
