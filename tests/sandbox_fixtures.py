@@ -28,7 +28,7 @@ from ops.dbaccess import db_access
 from ops.sandbox import manager
 from ops.terraform import discovered_mirror
 from tests.sandbox_support import Sandbox, activated_env, assert_nothing_running, invoke_activated, records_in
-from tests.tiers import missing_tool
+from tests.tiers import TIMEOUTS, missing_tool
 
 ENV = "sandbox"
 
@@ -46,11 +46,25 @@ def _with_state_dir(path: Path) -> Iterator[None]:
             os.environ["BASTIONLESS_STATE_DIR"] = old
 
 
+_built: list[Path] = []  # the sandbox this worker built, if any
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """The last test of a worker's session also carries the session fixtures' teardown: where this worker
+    built a sandbox, that is the destroy check and `down`, so that test gets the e2e tier's timeout (a unit
+    test's 30 s cut the destroy short). Before pytest-timeout reads the marker: the outermost wrapper."""
+    if nextitem is None and _built:
+        item.add_marker(pytest.mark.timeout(TIMEOUTS["e2e"]), append=False)
+    yield
+
+
 @pytest.fixture(scope="session")
 def sandbox_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     if discovered_mirror() is None:
         missing_tool("no provider mirror at a usual place (/opt/tf-plugins, ...): a newcomer's first run needs one")
     state_dir = tmp_path_factory.mktemp("sandbox")
+    _built.append(state_dir)
     out = io.StringIO()
     box: Sandbox | None = None
     try:

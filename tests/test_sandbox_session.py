@@ -24,7 +24,7 @@ def test_every_component_is_healthy_and_the_stack_applied(sandbox: Sandbox) -> N
     # The whole stack, alarms and patching included (the count grows with the stack; never a partial apply).
     applied = re.search(r": (\d+) resources", rows["stack"].detail)
     assert rows["stack"].health == "applied" and applied and int(applied.group(1)) >= 70, rows["stack"].detail
-    assert "importing it" in sandbox.log, "the RDS instance was created through the API and imported"
+    assert "importing them" in sandbox.log, "the RDS instance was created through the API and imported"
 
 
 def test_the_rds_secret_opens_the_database_through_the_rds_front_as_in_prod(sandbox: Sandbox) -> None:

@@ -196,8 +196,8 @@ def adopt_database(cfg: EnvConfig, tf: Terraform, *, config: dict[str, Any], out
         if why != "already in the state":
             say(out, f"sandbox: creating the RDS instance the slow way ({why})")
         return False
-    say(out, f"sandbox: creating {adoption.identifier} through the emulator's API and importing it (the provider's "
-              "create waiter alone would take ~80 s); first its dependencies:")
+    say(out, f"sandbox: creating {adoption.identifier} and its event subscriptions through the emulator's API and "
+              "importing them (the provider's create waiters alone would take ~110 s); first their dependencies:")
     if adoption.refs:
         tf.apply(auto_approve=True, targets=adoption.refs)
     rds = aws.client(cfg, "rds")
@@ -214,7 +214,7 @@ def adopt_database(cfg: EnvConfig, tf: Terraform, *, config: dict[str, Any], out
         raise
     record_config_only_arguments(tf, adoption)
     for subscription in plan_subscriptions(config, tf.state(), default_tags=adoption.default_tags):
-        adopt_subscription(cfg, tf, subscription, out=out)
+        adopt_subscription(cfg, tf, subscription)
     return True
 
 
@@ -253,9 +253,8 @@ def plan_subscriptions(config: dict[str, Any], state: dict[str, Any], *,
     return found
 
 
-def adopt_subscription(cfg: EnvConfig, tf: Terraform, subscription: Subscription, *, out: TextIO) -> None:
-    say(out, f"sandbox: creating the event subscription {subscription.name} through the emulator's API and "
-             "importing it (the provider waits 30 s before it looks)")
+def adopt_subscription(cfg: EnvConfig, tf: Terraform, subscription: Subscription) -> None:
+    # (Announced with the instance: `sandbox up` keeps to its line budget.)
     rds = aws.client(cfg, "rds")
     try:
         rds.create_event_subscription(**subscription.params)
