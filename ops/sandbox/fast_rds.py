@@ -108,8 +108,7 @@ def plan_adoption(config: dict[str, Any], state: dict[str, Any]) -> tuple[Adopti
         return None, f"{len(instances)} {RESOURCE_TYPE} resources (expected one)"
     name, spec = next(iter(instances.items()))
     address = f"{RESOURCE_TYPE}.{name}"
-    if any(r.get("type") == RESOURCE_TYPE and r.get("name") == name and r.get("mode") == "managed"
-           for r in state.get("resources", [])):
+    if address in _managed(state):
         return None, "already in the state"
     unknown = sorted(set(spec) - set(CREATE_PARAMS) - set(CONFIG_ONLY) - _IGNORED)
     if unknown or "count" in spec or "for_each" in spec:
@@ -160,15 +159,28 @@ def _values(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _attributes(state: dict[str, Any], address: str) -> dict[str, Any]:
-    rtype, name = address.split(".", 1)
+def _managed(state: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    """The state's managed resources by address: their first instance's attributes (None: no instance)."""
+    found: dict[str, dict[str, Any] | None] = {}
     for res in state.get("resources", []):
-        if res.get("type") == rtype and res.get("name") == name and res.get("mode") == "managed":
+        if res.get("mode") == "managed":
             instances = res.get("instances") or []
-            if instances:
-                attrs: dict[str, Any] = instances[0].get("attributes") or {}
-                return attrs
-    raise OpsError(f"{address} is not in the terraform state after the targeted apply")
+            attrs = (instances[0].get("attributes") or {}) if instances else None
+            found[f"{res.get('type')}.{res.get('name')}"] = attrs
+    return found
+
+
+def _attributes(state: dict[str, Any], address: str) -> dict[str, Any]:
+    attrs = _managed(state).get(address)
+    if attrs is None:
+        raise OpsError(f"{address} is not in the terraform state after the targeted apply")
+    return attrs
+
+
+def _tags(default_tags: dict[str, str], spec: dict[str, Any]) -> list[dict[str, str]]:
+    """The Tags a create sends: the provider's default tags, then the resource's own."""
+    tags = {**default_tags, **{str(k): str(v) for k, v in (spec.get("tags") or {}).items()}}
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
 
 
 def _resolve(value: Any, state: dict[str, Any]) -> Any:
@@ -181,9 +193,8 @@ def _resolve(value: Any, state: dict[str, Any]) -> Any:
 
 def create_params(adoption: Adoption, state: dict[str, Any]) -> dict[str, Any]:
     params = {CREATE_PARAMS[k]: _resolve(v, state) for k, v in adoption.spec.items() if k in CREATE_PARAMS}
-    tags = {**adoption.default_tags, **{str(k): str(v) for k, v in (adoption.spec.get("tags") or {}).items()}}
-    if tags:
-        params["Tags"] = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+    if tags := _tags(adoption.default_tags, adoption.spec):
+        params["Tags"] = tags
     return params
 
 
@@ -232,7 +243,7 @@ def plan_subscriptions(config: dict[str, Any], state: dict[str, Any], *,
                        default_tags: dict[str, str]) -> list[Subscription]:
     """The event subscriptions to create through the API: not in the state, every argument translated and
     every reference already in the state. The others are left to the ordinary apply."""
-    held = {f"{r.get('type')}.{r.get('name')}" for r in state.get("resources", []) if r.get("mode") == "managed"}
+    held = _managed(state)
     found = []
     for name, spec in ((config.get("resource") or {}).get(SUBSCRIPTION_TYPE) or {}).items():
         address = f"{SUBSCRIPTION_TYPE}.{name}"
@@ -246,9 +257,8 @@ def plan_subscriptions(config: dict[str, Any], state: dict[str, Any], *,
             continue
         # The provider always sends Enabled (its schema default is true); moto's default is false.
         params.setdefault("Enabled", True)
-        tags = {**default_tags, **{str(k): str(v) for k, v in (spec.get("tags") or {}).items()}}
-        if tags:
-            params["Tags"] = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+        if tags := _tags(default_tags, spec):
+            params["Tags"] = tags
         found.append(Subscription(address=address, params=params))
     return found
 
@@ -289,8 +299,7 @@ def release_database(cfg: EnvConfig, tf: Terraform, out: TextIO) -> None:
         raise ValueError("the RDS shortcut is for sandbox environments only")
     state = tf.state()
     rds = aws.client(cfg, "rds")
-    held = [(r.get("type"), (r.get("instances") or [{}])[0].get("attributes") or {})
-            for r in state.get("resources", []) if r.get("mode") == "managed"]
+    held = [(address.split(".", 1)[0], attrs or {}) for address, attrs in _managed(state).items()]
     for rtype, attrs in held:
         if rtype == SUBSCRIPTION_TYPE and attrs.get("name"):
             with contextlib.suppress(rds.exceptions.SubscriptionNotFoundFault):
