@@ -37,10 +37,11 @@ ECS_EXEC_DOCUMENT = "AWS-StartInteractiveCommand"
 # The principal tag that names a person's DB user: the ABAC key of rds-db:connect and of sts:TagSession trust.
 DB_USER_TAG = "db_user"
 
-# The sandbox's RDS front (ops/sandbox/rds_front.py): its CA, under the state dir, is what clients verify the
-# sandbox database with (the auth proxy, and libpq with sslmode = "verify-full" and no ca_bundle set).
 # The env that `invoke sandbox` and the demo use when none is named (envs/sandbox.toml).
 SANDBOX_ENV = "sandbox"
+
+# The sandbox's RDS front (ops/sandbox/rds_front.py): its CA, under the state dir, is what clients verify the
+# sandbox database with (the auth proxy, and libpq with sslmode = "verify-full" and no ca_bundle set).
 RDS_FRONT_DIR = "rds-front"
 RDS_FRONT_CA = "rds-sandbox-ca.pem"
 
