@@ -326,9 +326,9 @@ def _with_authorize_route(app: Any) -> Callable[[dict[str, Any], Any], Iterable[
             start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(probe)))])
             return [probe]
         if environ.get("PATH_INFO") != AUTHORIZE_PATH or environ.get("REQUEST_METHOD") != "POST":
-            # One request at a time, as each AWS call is atomic: moto's backends are not thread-safe, and
-            # terraform sends ten calls at once (under load a security group rule was once reported as a
-            # duplicate of itself). moto's work is Python under the GIL, so little is lost.
+            # One request at a time, as each AWS call is atomic: moto's backends are not thread-safe and
+            # terraform sends ten calls at once. moto's work is Python under the GIL, so little is lost. (This
+            # did not end the duplicate-security-group-rule failure the README lists; its cause is not found.)
             with _one_at_a_time:
                 return list(app(environ, start_response))
         length = int(environ.get("CONTENT_LENGTH") or 0)
