@@ -146,26 +146,19 @@ def _world(tmp: Path, pg_port: int, moto_url: str) -> Iterator[TunnelWorld]:
     endpoint = EndpointThread(moto_url=moto_url, state_dir=state).start()
     (state / "endpoints.json").write_text(json.dumps({"default": moto_url, "ssm": endpoint.url,
                                                       "ecs": endpoint.url}))
-    old = os.environ.get("BASTIONLESS_STATE_DIR")
-    os.environ["BASTIONLESS_STATE_DIR"] = str(state)
-    # In-process load_env("sandbox") reads the world's env files too, like its CLI children.
-    old_envs = os.environ.get(ENVS_DIR_ENV)
-    os.environ[ENVS_DIR_ENV] = str(envs)
     world = TunnelWorld(moto_url=moto_url, endpoint=endpoint, state_dir=state, envs_dir=envs, pg_port=pg_port)
     try:
-        yield world
-    finally:
-        from ops import tunnels_state
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("BASTIONLESS_STATE_DIR", str(state))
+            # In-process load_env("sandbox") reads the world's env files too, like its CLI children.
+            mp.setenv(ENVS_DIR_ENV, str(envs))
+            try:
+                yield world
+            finally:
+                from ops import tunnels_state
 
-        tunnels_state.close_all(timeout=10)
-        if old is None:
-            os.environ.pop("BASTIONLESS_STATE_DIR", None)
-        else:
-            os.environ["BASTIONLESS_STATE_DIR"] = old
-        if old_envs is None:
-            os.environ.pop(ENVS_DIR_ENV, None)
-        else:
-            os.environ[ENVS_DIR_ENV] = old_envs
+                tunnels_state.close_all(timeout=10)
+    finally:
         endpoint.stop()
 
 
