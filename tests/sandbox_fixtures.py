@@ -13,7 +13,6 @@ that need an empty state dir are unaffected. Treat the deployed stack as shared:
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
 import shutil
@@ -71,11 +70,7 @@ def sandbox_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbo
     try:
         # Built as a newcomer does it (README): `invoke sandbox up` from the activated venv, no mirror variable;
         # tests/test_sandbox_e2e.py checks what it printed.
-        # One sandbox deploy at a time across workers: twice a second deploy started beside the first failed on
-        # "duplicate security group rule" for a rule it had just created (moto under that load; see the README).
-        with (tmp_path_factory.getbasetemp().parent / "sandbox-up.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            code, lines = invoke_activated(activated_env(state_dir), "sandbox", "up")
+        code, lines = invoke_activated(activated_env(state_dir), "sandbox", "up")
         assert code == 0, "`invoke sandbox up` failed:\n" + "\n".join(lines)
         with _with_state_dir(state_dir):
             info = manager.up(env=ENV, deploy=True, out=out)  # all up already: only reads what runs where
