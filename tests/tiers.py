@@ -10,13 +10,13 @@ Every test gets exactly one tier marker, a timeout that matches its tier, and (f
 which older branches still use) `slow` when it is not a unit test. Tests that share an expensive
 module or session fixture get an xdist group, so `--dist loadgroup` does not build it twice.
 
-Scheduling (`./dev test` runs 4 workers on 2 cores: most of an e2e test's time is waiting on
-terraform's waiters, the agent's pace or PostgreSQL, so two workers left the cores idle ~45 % of the
-run): the collection is ordered longest work first (the deployed sandbox's groups, then e2e, then
-integration, then unit: the many short unit tests fill the gaps at the end), and xdist keeps that order
-(`loadscopereorder` off: its own reordering counts tests per group, which put the single 3-minute e2e
-test behind hundreds of unit tests). All sandbox tests share one group and one sandbox: a second
-sandbox deployed on another worker failed 3 times in 7 runs (README: known problem).
+Scheduling (`./dev test` runs 2 workers on 2 cores; four were faster, since most of an e2e test's time
+is waiting, but two sandbox deploys at once then failed: README, known problem): the collection is
+ordered longest work first (the deployed sandbox's group, then e2e, then integration, then unit: the
+many short unit tests fill the gaps at the end), and xdist keeps that order (`loadscopereorder` off: its
+own reordering counts tests per group, which put the single 3-minute e2e test behind hundreds of unit
+tests). All sandbox tests share one group and one sandbox: a second sandbox deployed on another worker
+failed 3 times in 7 runs.
 
 A new test module needs no edits here when it uses the existing fixtures; a new fixture that starts
 something belongs in INTEGRATION_FIXTURES or E2E_FIXTURES (the guard reports it otherwise).
