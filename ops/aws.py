@@ -108,8 +108,7 @@ def sandbox_credentials(cfg: EnvConfig, identity: Identity | None = None) -> dic
         engineer_session = new_session(region_name=cfg.region, aws_access_key_id=engineer["key"],
                                        aws_secret_access_key=engineer["secret"])
         sts = engineer_session.client("sts", endpoint_url=endpoint_for(cfg, "sts"),
-                                      config=Config(retries={"max_attempts": 2, "mode": "standard"},
-                                                    connect_timeout=5, read_timeout=15))
+                                      config=Config(retries=retries(), connect_timeout=5, read_timeout=15))
         mfa: dict[str, str] = {}
         if who == BREAK_GLASS and engineer.get("mfa_serial"):
             # The engineer's authenticator app: a code from the sandbox MFA device's seed (ops/sandbox/mfa.py).
@@ -163,7 +162,7 @@ def _break_glass_session(cfg: EnvConfig) -> boto3.Session:
                 raise CredentialsError(f"the break-glass role needs a code from your MFA device {serial}, and there "
                                        "is no terminal to ask for it", next_step="rerun in a terminal")
             mfa = {"SerialNumber": serial, "TokenCode": getpass.getpass(f"MFA code for {serial}: ").strip()}
-        sts = base.client("sts", config=Config(retries={"max_attempts": API_ATTEMPTS, "mode": "standard"},
+        sts = base.client("sts", config=Config(retries=retries(),
                                                connect_timeout=API_CONNECT_TIMEOUT, read_timeout=API_READ_TIMEOUT))
         try:
             who = str(sts.get_caller_identity()["Arn"]).rsplit("/", 1)[-1]
@@ -262,11 +261,16 @@ API_READ_TIMEOUT = 10
 API_ATTEMPTS = 2
 
 
+def retries() -> dict[str, Any]:
+    """botocore's retry settings: API_ATTEMPTS attempts in all. (Its `max_attempts` key counts retries, one more.)"""
+    return {"total_max_attempts": API_ATTEMPTS, "mode": "standard"}
+
+
 def client(cfg: EnvConfig, service: str, **config: Any) -> Any:
     return session(cfg).client(
         service,  # type: ignore[call-overload]
         endpoint_url=endpoint_for(cfg, service),
-        config=Config(retries={"max_attempts": API_ATTEMPTS, "mode": "standard"}, connect_timeout=API_CONNECT_TIMEOUT,
+        config=Config(retries=retries(), connect_timeout=API_CONNECT_TIMEOUT,
                       read_timeout=API_READ_TIMEOUT, **config),
     )
 
