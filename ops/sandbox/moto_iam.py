@@ -327,8 +327,7 @@ def _with_authorize_route(app: Any) -> Callable[[dict[str, Any], Any], Iterable[
             return [probe]
         if environ.get("PATH_INFO") != AUTHORIZE_PATH or environ.get("REQUEST_METHOD") != "POST":
             # One request at a time, as each AWS call is atomic: moto's backends are not thread-safe and
-            # terraform sends ten calls at once. moto's work is Python under the GIL, so little is lost. (This
-            # did not end the duplicate-security-group-rule failure the README lists; its cause is not found.)
+            # terraform sends ten calls at once. moto's work is Python under the GIL, so little is lost.
             with _one_at_a_time:
                 return list(app(environ, start_response))
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -343,6 +342,26 @@ def _with_authorize_route(app: Any) -> Callable[[dict[str, Any], Any], Iterable[
     return wsgi
 
 
+def request_handler() -> type[Any]:
+    """moto's request handler, answering each request in one write (headers and body together).
+
+    werkzeug writes a response's headers and its body with separate sends. On a loaded machine the body
+    followed the headers by up to ~75 ms, and the AWS provider's Go client then closed the connection
+    before the body came (seen on the wire: headers, client FIN, body, client RST) and sent the call again:
+    about one call per deploy, and when the call was AuthorizeSecurityGroupEgress or CreateAlias moto had
+    already applied it, so the deploy failed with InvalidPermission.Duplicate or AlreadyExistsException.
+    AWS answers each request whole; so does the emulator now (no retried call in 9 loaded deploys, ~1 per
+    deploy before).
+    """
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+    class OneWriteRequestHandler(MotoRequestHandler):
+        # A buffered wfile that werkzeug flushes once, after the body; answers up to 1 MiB fit (moto's are KBs).
+        wbufsize = 1 << 20
+
+    return OneWriteRequestHandler
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -353,14 +372,14 @@ def main(argv: list[str] | None = None) -> None:
     # Read by moto.settings at import time: authenticate and authorize from the first request on.
     os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
     os.environ.setdefault("MOTO_PORT", str(args.port))
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import run_simple
 
     _install()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda _s, _f: sys.exit(0))
     app = DomainDispatcherApplication(create_backend_app)
-    run_simple(args.host, args.port, _with_authorize_route(app), threaded=True, request_handler=MotoRequestHandler)
+    run_simple(args.host, args.port, _with_authorize_route(app), threaded=True, request_handler=request_handler())
 
 
 if __name__ == "__main__":
