@@ -239,10 +239,11 @@ def serve(cfg: EnvConfig, *, local_port: int, unix_socket: str = "", reason: str
     say = report or stderr_report
     caller = resolve_caller(cfg)
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     log = str(tunnels_state.log_path(cfg.name)) if detached else ""
     record = tunnels_state.claim(tunnels_state.TunnelRecord(env=cfg.name, pid=os.getpid(), background=detached,
                                                             region=cfg.region, env_file=str(cfg.source), log=log))
+    # After the claim, which can refuse: the handlers are put back only once they are ours.
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with open_auth_tunnel(cfg, local_port=port, unix_socket=unix_socket, reason=reason, transport=transport,
                               report=say, caller=caller, instance=instance, host=host, sessions=sessions) as info:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +48,27 @@ def plain_sandbox_env() -> EnvConfig:
     from ops.config import parse_env
 
     return parse_env("sandbox", plain_sandbox_toml().encode(), PROJECT_ROOT / "envs" / "sandbox.toml")
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_left_as_found() -> Iterator[None]:
+    """Ctrl-C's handling in this worker is what it was before each test.
+
+    The process's SIGINT disposition and blocked mask are inherited by every child it starts: a test that
+    left SIGINT ignored or blocked here would make a later test's child deaf to Ctrl-C (two Ctrl-C tests
+    once timed out that way). The test that changed it fails, and the worker gets its handling back.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    yield
+    changed = []
+    if signal.getsignal(signal.SIGINT) != handler:
+        changed.append(f"SIGINT handler {signal.getsignal(signal.SIGINT)!r} (was {handler!r})")
+        signal.signal(signal.SIGINT, handler)
+    if signal.pthread_sigmask(signal.SIG_BLOCK, []) != blocked:
+        changed.append(f"blocked signals {signal.pthread_sigmask(signal.SIG_SETMASK, blocked)!r} (were {blocked!r})")
+    if changed:
+        pytest.fail("this test left the worker's Ctrl-C handling changed: " + "; ".join(changed))
 
 
 @pytest.fixture(autouse=True, scope="session")
