@@ -50,6 +50,15 @@ def plain_sandbox_env() -> EnvConfig:
     return parse_env("sandbox", plain_sandbox_toml().encode(), PROJECT_ROOT / "envs" / "sandbox.toml")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A script's `cmd &` (no job control) starts its command with SIGINT ignored, and a CI runner may too;
+    # every child inherits that, so the Ctrl-C tests' children never saw their Ctrl-C (six failures in a run
+    # started that way). The tests need Ctrl-C as a terminal delivers it: default handling, not blocked.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
 @pytest.fixture(autouse=True)
 def _ctrl_c_left_as_found() -> Iterator[None]:
     """Ctrl-C's handling in this worker is what it was before each test.
