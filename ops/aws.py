@@ -108,7 +108,7 @@ def sandbox_credentials(cfg: EnvConfig, identity: Identity | None = None) -> dic
         engineer_session = new_session(region_name=cfg.region, aws_access_key_id=engineer["key"],
                                        aws_secret_access_key=engineer["secret"])
         sts = engineer_session.client("sts", endpoint_url=endpoint_for(cfg, "sts"),
-                                      config=Config(retries=retries(), connect_timeout=5, read_timeout=15))
+                                      config=api_config(connect_timeout=5, read_timeout=15))
         mfa: dict[str, str] = {}
         if who == BREAK_GLASS and engineer.get("mfa_serial"):
             # The engineer's authenticator app: a code from the sandbox MFA device's seed (ops/sandbox/mfa.py).
@@ -162,8 +162,7 @@ def _break_glass_session(cfg: EnvConfig) -> boto3.Session:
                 raise CredentialsError(f"the break-glass role needs a code from your MFA device {serial}, and there "
                                        "is no terminal to ask for it", next_step="rerun in a terminal")
             mfa = {"SerialNumber": serial, "TokenCode": getpass.getpass(f"MFA code for {serial}: ").strip()}
-        sts = base.client("sts", config=Config(retries=retries(),
-                                               connect_timeout=API_CONNECT_TIMEOUT, read_timeout=API_READ_TIMEOUT))
+        sts = base.client("sts", config=api_config())
         try:
             who = str(sts.get_caller_identity()["Arn"]).rsplit("/", 1)[-1]
             # The session name is the person: CloudTrail shows who broke the glass.
@@ -261,17 +260,19 @@ API_READ_TIMEOUT = 10
 API_ATTEMPTS = 2
 
 
-def retries() -> dict[str, Any]:
-    """botocore's retry settings: API_ATTEMPTS attempts in all. (Its `max_attempts` key counts retries, one more.)"""
-    return {"total_max_attempts": API_ATTEMPTS, "mode": "standard"}
+def api_config(*, connect_timeout: float | None = None, read_timeout: float | None = None, **extra: Any) -> Config:
+    """botocore settings for our calls: API_ATTEMPTS attempts in all (its `max_attempts` key would count
+    retries, one attempt more) and bounded waits (API_CONNECT_TIMEOUT, API_READ_TIMEOUT unless given)."""
+    return Config(retries={"total_max_attempts": API_ATTEMPTS, "mode": "standard"},
+                  connect_timeout=API_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout,
+                  read_timeout=API_READ_TIMEOUT if read_timeout is None else read_timeout, **extra)
 
 
 def client(cfg: EnvConfig, service: str, **config: Any) -> Any:
     return session(cfg).client(
         service,  # type: ignore[call-overload]
         endpoint_url=endpoint_for(cfg, service),
-        config=Config(retries=retries(), connect_timeout=API_CONNECT_TIMEOUT,
-                      read_timeout=API_READ_TIMEOUT, **config),
+        config=api_config(**config),
     )
 
 
