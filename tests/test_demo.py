@@ -17,7 +17,7 @@ import pytest
 from ops import demo
 from ops.config import load_env
 from ops.errors import CommandFailedError
-from ops.sandbox import procs
+from ops.sandbox import manager, procs
 from tests.conftest import PROJECT_ROOT
 
 
@@ -107,10 +107,18 @@ def _listening(port: int) -> Iterator[None]:
 @pytest.mark.usefixtures("terraform_bin")  # the demo deploys with real terraform: e2e tier, its timeout
 def test_the_demo_passes_with_the_usual_tunnel_port_taken(tmp_path: Path) -> None:
     """`./dev demo` is `invoke demo` after the set-up: run it for real with 5433 busy."""
-    env = {**os.environ, "BASTIONLESS_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
-    with _listening(load_env("sandbox").tunnel.local_port):
-        proc = subprocess.run([sys.executable, "-m", "invoke", "demo"], cwd=PROJECT_ROOT, env=env, capture_output=True,
-                              text=True, stdin=subprocess.DEVNULL, timeout=900, check=False)
+    state = tmp_path / "state"
+    env = {**os.environ, "BASTIONLESS_STATE_DIR": str(state), "PYTHONUNBUFFERED": "1"}
+    try:
+        with _listening(load_env("sandbox").tunnel.local_port):
+            # Below the e2e tier's timeout, so a hung demo fails here and still reaches the clean-up.
+            proc = subprocess.run([sys.executable, "-m", "invoke", "demo"], cwd=PROJECT_ROOT, env=env,
+                                  capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=540, check=False)
+    finally:
+        # The demo stops its sandbox itself; a demo that failed or hung may not have (its services are detached).
+        if (state / manager.STATE_FILE).exists():
+            subprocess.run([sys.executable, "-m", "invoke", "sandbox", "down"], cwd=PROJECT_ROOT, env=env,
+                           capture_output=True, stdin=subprocess.DEVNULL, timeout=120, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert proc.stdout.rstrip().splitlines()[-1].split()[-1] == "ok", output
