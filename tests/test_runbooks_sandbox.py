@@ -27,7 +27,7 @@ from tests.test_sessions_sandbox import Person, active_ids, moto, open_exec_sess
 from tests.tty_support import run_on_terminal
 
 pytest_plugins = ["tests.sandbox_fixtures"]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.second_sandbox]
 
 TICKET = "SANDBOX-4711"
 _VAR_RE = re.compile(r"\$(\w+)|\$\{(\w+)\}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.tiers import schedule_ranks, tier_of
+from tests.tiers import SECOND_SANDBOX, schedule_ranks, tier_of
 
 
 def test_the_tier_comes_from_the_fixtures_a_test_uses() -> None:
@@ -20,11 +20,12 @@ def test_the_longest_work_is_scheduled_first_and_a_group_keeps_its_best_rank() -
                ("tests/test_sandbox_e2e.py", "e2e"),
                ("tests/test_mixed.py", "unit"),
                ("tests/test_mixed.py", "integration"),
+               (SECOND_SANDBOX, "e2e"),
                ("synth", "integration")]
     rank = schedule_ranks(entries)
     order = sorted(dict.fromkeys(k for k, _ in entries), key=lambda k: rank[k])
-    assert order[0] == "sandbox", "the deployed sandbox first: the longest group"
-    assert order[1] == "tests/test_sandbox_e2e.py"
+    assert order[:2] == ["sandbox", SECOND_SANDBOX], "the deployed sandboxes first: the longest groups"
+    assert order[2] == "tests/test_sandbox_e2e.py"
     assert order[-1] == "tests/test_config.py::test_a", "unit tests fill the gaps at the end"
     assert rank["tests/test_mixed.py"][0] == rank["synth"][0], "a module with one integration test is integration"
     assert order.index("tests/test_mixed.py") < order.index("synth"), "within a tier, more tests first"

@@ -10,13 +10,15 @@ Every test gets exactly one tier marker, a timeout that matches its tier, and (f
 which older branches still use) `slow` when it is not a unit test. Tests that share an expensive
 module or session fixture get an xdist group, so `--dist loadgroup` does not build it twice.
 
-Scheduling (`./dev test` runs 2 workers on 2 cores; four were faster, since most of an e2e test's time
-is waiting, but two sandbox deploys at once then failed: README, known problem): the collection is
-ordered longest work first (the deployed sandbox's group, then e2e, then integration, then unit: the
-many short unit tests fill the gaps at the end), and xdist keeps that order (`loadscopereorder` off: its
-own reordering counts tests per group, which put the single 3-minute e2e test behind hundreds of unit
-tests). All sandbox tests share one group and one sandbox: a second sandbox deployed on another worker
-failed 3 times in 7 runs.
+Scheduling (`./dev test` runs 4 workers on 2 cores: most of an e2e or integration test's time is waiting
+on terraform's waiters, the agent's pace or PostgreSQL, so two workers left the cores idle ~45 % of the
+run): the collection is ordered longest work first (the deployed sandbox's groups, then e2e, then
+integration, then unit: the many short unit tests fill the gaps at the end), and xdist keeps that order
+(`loadscopereorder` off: its own reordering counts tests per group, which put the single 3-minute e2e
+test behind hundreds of unit tests). Modules marked `second_sandbox` (the runbooks: over two minutes of
+following them, terraform applies included) form a second sandbox group: on another worker it builds a
+sandbox of its own (~50 s, mostly waiting), so the other sandbox tests do not queue behind them; on the
+same worker both share one. Either way a group's tests run one after another on one sandbox.
 
 A new test module needs no edits here when it uses the existing fixtures; a new fixture that starts
 something belongs in INTEGRATION_FIXTURES or E2E_FIXTURES (the guard reports it otherwise).
@@ -58,8 +60,9 @@ E2E_FIXTURES = frozenset({
 TIMEOUTS = {"unit": 30, "integration": 240, "e2e": 600}
 # Fixtures built once per session that would be built again on every xdist worker touching them.
 SESSION_GROUPS = {"sandbox_session": "sandbox", "synth_dirs": "synth"}
+SECOND_SANDBOX = "sandbox-2"
 # Scheduling order, longest work first (see above); a group's rank is its best test's.
-_RANK = {"sandbox": 0, "e2e": 1, "integration": 2, "unit": 3}
+_RANK = {"sandbox": 0, SECOND_SANDBOX: 0, "e2e": 1, "integration": 2, "unit": 3}
 
 
 def tier_of(fixturenames: Iterable[str], *, slow: bool = False) -> str:
@@ -98,6 +101,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: emulator, endpoint, PostgreSQL, child processes (automatic)")
     config.addinivalue_line("markers", "e2e: a deployed sandbox or real terraform (set automatically)")
     config.addinivalue_line("markers", "xdist_group(name): tests that share an expensive fixture run on one worker")
+    config.addinivalue_line("markers", "second_sandbox: a long sandbox module that runs in the second sandbox group, "
+                                       "beside the first (tests/tiers.py)")
     # Keep the collection's order (longest work first, below) instead of xdist's count-per-group order.
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
@@ -141,7 +146,7 @@ def _group_key(item: pytest.Item) -> str:
 def _group(item: pytest.Item, names: Iterable[str], tier: str) -> str:
     for fixture, group in SESSION_GROUPS.items():
         if fixture in names:
-            return group
+            return SECOND_SANDBOX if group == "sandbox" and item.get_closest_marker("second_sandbox") else group
     # Integration and e2e modules hold module-scoped servers: keep each module on one worker.
     return "" if tier == "unit" else item.nodeid.split("::", 1)[0]
 
