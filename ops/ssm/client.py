@@ -97,6 +97,10 @@ class _Session:
         # Stream payload bytes each way (smux framing included): what `invoke tunnels` and progress show.
         self.bytes_sent = 0
         self.bytes_received = 0
+        # One writer at a time: a write longer than a message goes out as several, and with the window full
+        # or the websocket draining another writer would slip its messages between them (smux frames of
+        # two streams interleaved: the agent then reads garbage). smux's own sendLoop writes whole frames.
+        self._output_lock = asyncio.Lock()
 
     # ---- lifecycle ----
     async def _connect(self) -> None:
@@ -372,14 +376,16 @@ class _Session:
             self._mark_closed()
 
     async def _send_output(self, data: bytes) -> None:
+        """`data` as OUTPUT messages of at most payload_size bytes, contiguous in the stream."""
         assert self.channel is not None
         size = self.payload_size
-        if len(data) <= size:
-            await self._send_data(PayloadType.OUTPUT, data)
-            return
-        view = memoryview(data)
-        for i in range(0, len(data), size):
-            await self._send_data(PayloadType.OUTPUT, bytes(view[i:i + size]))
+        async with self._output_lock:
+            if len(data) <= size:
+                await self._send_data(PayloadType.OUTPUT, data)
+                return
+            view = memoryview(data)
+            for i in range(0, len(data), size):
+                await self._send_data(PayloadType.OUTPUT, bytes(view[i:i + size]))
 
 
 class PortSession(_Session):
