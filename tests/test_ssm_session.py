@@ -458,6 +458,7 @@ def test_maximum_session_duration_ends_the_session_with_channel_closed(moto_url:
             await asyncio.wait_for(ps.wait_closed(), 15)  # returns: an end, not a drop
             user.cancel()
             server.close()
+            await ps.close()
             return ps
 
         ps = asyncio.run(main())

@@ -938,7 +938,9 @@ async def serve(*, host: str, port: int, moto_url: str, state_dir: Path, agent_v
     state_dir.mkdir(parents=True, exist_ok=True)
     endpoint = Endpoint(moto_url=moto_url, state_dir=state_dir, agent_version=agent_version,
                         profile=agent_mod.PROFILES[profile], time_scale=time_scale)
-    runner = web.AppRunner(make_app(endpoint), access_log=None, handle_signals=False)
+    # Shutdown has already terminated every session (channel_closed sent): a client that never closes its
+    # websocket must not hold the endpoint for aiohttp's default 60 s (a test's loop close failed on that).
+    runner = web.AppRunner(make_app(endpoint), access_log=None, handle_signals=False, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
