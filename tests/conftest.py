@@ -71,11 +71,14 @@ def _ctrl_c_left_as_found() -> Iterator[None]:
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     yield
     changed = []
-    if signal.getsignal(signal.SIGINT) != handler:
-        changed.append(f"SIGINT handler {signal.getsignal(signal.SIGINT)!r} (was {handler!r})")
+    handler_now = signal.getsignal(signal.SIGINT)
+    if handler_now != handler:
+        changed.append(f"SIGINT handler {handler_now!r} (was {handler!r})")
         signal.signal(signal.SIGINT, handler)
-    if signal.pthread_sigmask(signal.SIG_BLOCK, []) != blocked:
-        changed.append(f"blocked signals {signal.pthread_sigmask(signal.SIG_SETMASK, blocked)!r} (were {blocked!r})")
+    blocked_now = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    if blocked_now != blocked:
+        changed.append(f"blocked signals {blocked_now!r} (were {blocked!r})")
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     if changed:
         pytest.fail("this test left the worker's Ctrl-C handling changed: " + "; ".join(changed))
 
