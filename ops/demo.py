@@ -118,15 +118,27 @@ def _run_child(argv: Sequence[str]) -> int:
     return subprocess.call(list(argv), cwd=PROJECT_ROOT, env=env)
 
 
+def _sandbox_running() -> bool:
+    from ops.sandbox import manager  # (heavy: terraform, boto3; the unit tests pass their own answer)
+
+    return manager.running()
+
+
 def run_demo(*, keep: bool = False, runner: Runner = _run_child, out: TextIO = sys.stdout,
-             port: int | None = None) -> DemoReport:
+             port: int | None = None, was_running: Callable[[], bool] = _sandbox_running) -> DemoReport:
     """Run every step; after a failure, only the clean-up steps still run. Raises when any step failed.
 
-    `port`: the tunnel's local port (default: tunnel_port()).
+    `port`: the tunnel's local port (default: tunnel_port()). A sandbox that was running before the demo
+    is the user's: the demo uses it and leaves it running, as if `keep` was given.
     """
     report = DemoReport()
     failed = False
     view = console(out)
+    theirs = was_running()
+    if theirs:
+        view.print(Text("The sandbox is already running: the demo uses it and leaves it running.", style="bold"),
+                   soft_wrap=True)
+    keep = keep or theirs
     for step in steps(keep=keep, port=tunnel_port() if port is None else port):
         if failed and not step.always:
             continue

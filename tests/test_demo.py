@@ -10,15 +10,15 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
-from ops import demo
+from ops import demo, tunnels_state
 from ops.config import load_env
 from ops.errors import CommandFailedError
 from ops.sandbox import manager, procs
 from tests.conftest import PROJECT_ROOT
+from tests.sandbox_support import Sandbox
 
 
 def _titles(report: demo.DemoReport) -> list[str]:
@@ -28,7 +28,7 @@ def _titles(report: demo.DemoReport) -> list[str]:
 def test_every_step_runs_and_the_summary_lists_them() -> None:
     seen: list[Sequence[str]] = []
     out = io.StringIO()
-    report = demo.run_demo(runner=lambda argv: seen.append(argv) or 0, out=out, port=5433)
+    report = demo.run_demo(runner=lambda argv: seen.append(argv) or 0, out=out, port=5433, was_running=lambda: False)
     assert report.ok
     assert [tuple(a) for a in seen] == [s.argv for s in demo.steps(keep=False)]
     assert seen[-1][-2:] == ("sandbox", "down")
@@ -43,7 +43,7 @@ def test_a_failure_skips_later_steps_but_still_cleans_up() -> None:
 
     out = io.StringIO()
     with pytest.raises(CommandFailedError) as exc:
-        demo.run_demo(runner=runner, out=out)
+        demo.run_demo(runner=runner, out=out, was_running=lambda: False)
     assert exc.value.returncode == 4
     assert exc.value.message == "demo step failed: migrate the database to head (as alice, no password)"
     assert exc.value.next_step == "invoke migrate --env sandbox --yes"
@@ -103,27 +103,37 @@ def _listening(port: int) -> Iterator[None]:
         sock.close()
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("terraform_bin")  # the demo deploys with real terraform: e2e tier, its timeout
-def test_the_demo_passes_with_the_usual_tunnel_port_taken(tmp_path: Path) -> None:
+# The second sandbox's group (tests/tiers.py): the demo runs on a sandbox that is already up, as a user's
+# second `./dev demo` does, so it leaves it running for the group's other tests. Starting a sandbox from
+# nothing with `invoke sandbox up`, the demo's first step, is what building that sandbox does.
+@pytest.mark.second_sandbox
+def test_the_demo_passes_with_the_usual_tunnel_port_taken(sandbox: Sandbox) -> None:
     """`./dev demo` is `invoke demo` after the set-up: run it for real with 5433 busy."""
-    state = tmp_path / "state"
-    env = {**os.environ, "BASTIONLESS_STATE_DIR": str(state), "PYTHONUNBUFFERED": "1"}
-    try:
-        with _listening(load_env("sandbox").tunnel.local_port):
-            # Below the e2e tier's timeout, so a hung demo fails here and still reaches the clean-up.
-            proc = subprocess.run([sys.executable, "-m", "invoke", "demo"], cwd=PROJECT_ROOT, env=env,
-                                  capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=540, check=False)
-    finally:
-        # The demo stops its sandbox itself; a demo that failed or hung may not have (its services are detached).
-        if (state / manager.STATE_FILE).exists():
-            subprocess.run([sys.executable, "-m", "invoke", "sandbox", "down"], cwd=PROJECT_ROOT, env=env,
-                           capture_output=True, stdin=subprocess.DEVNULL, timeout=120, check=False)
+    env = {**os.environ, "BASTIONLESS_STATE_DIR": str(sandbox.state_dir), "PYTHONUNBUFFERED": "1"}
+    with _listening(load_env("sandbox").tunnel.local_port):
+        proc = subprocess.run([sys.executable, "-m", "invoke", "demo"], cwd=PROJECT_ROOT, env=env,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=540, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
-    assert proc.stdout.rstrip().splitlines()[-1].split()[-1] == "ok", output
+    assert proc.stdout.rstrip().endswith("stop it with `invoke sandbox down`."), output
+    total = [line for line in proc.stdout.splitlines() if line.startswith("total ")]
+    assert total and total[-1].split()[-1] == "ok", output
     # The sandbox lists people: the demo's psql is alice, with no password, and db-access broke the glass.
     assert "you are alice in the database" in output
     assert re.search(r"^ alice +\| ", proc.stdout, re.MULTILINE), output
     assert "*** BREAK-GLASS: db-access on sandbox" in output
     assert "\x1b" not in output, "not a terminal: no escape codes"
+    # It was running before the demo: the user's sandbox is left as it was found, its tunnel closed.
+    assert "The sandbox is already running: the demo uses it and leaves it running." in output
+    assert "$ invoke sandbox down" not in output
+    assert manager.running()
+    assert [t.env for t in tunnels_state.list_tunnels()] == []
+
+
+def test_a_sandbox_that_was_running_is_left_running() -> None:
+    seen: list[Sequence[str]] = []
+    out = io.StringIO()
+    demo.run_demo(runner=lambda argv: seen.append(argv) or 0, out=out, port=5433, was_running=lambda: True)
+    assert [tuple(a) for a in seen] == [s.argv for s in demo.steps(keep=True)]
+    assert "already running: the demo uses it and leaves it running" in out.getvalue()
+    assert out.getvalue().rstrip().endswith("stop it with `invoke sandbox down`.")

@@ -12,7 +12,7 @@ import pytest
 
 from ops import deploy, terraform
 from ops.config import load_env
-from ops.errors import AbortedError
+from ops.errors import AbortedError, OpsError
 
 
 def _answers(*lines: str) -> tuple[list[str], deploy.Ask]:
@@ -111,3 +111,18 @@ def test_only_aws_runs_of_a_sandbox_env_get_the_emulator(tmp_path: Path, monkeyp
 def _prepared(tf: terraform.Terraform) -> terraform.Terraform:
     tf._prepared_env = {"PATH": "/bin"}
     return tf
+
+
+def test_the_local_backend_state_is_read_from_its_file_without_terraform(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit test: running terraform here would fail it (tests/tiers.py). tests/test_terraform_run.py
+    checks the same document against `terraform state pull`."""
+    monkeypatch.setenv("BASTIONLESS_STATE_DIR", str(tmp_path / "state"))
+    tf = terraform.Terraform(load_env("sandbox"), tmp_path)
+    assert tf.state() == {}, "no state yet"
+    tf.local_state_path.parent.mkdir(parents=True)
+    tf.local_state_path.write_text(json.dumps({"version": 4, "serial": 3, "resources": []}))
+    assert tf.state() == {"version": 4, "serial": 3, "resources": []}
+    tf.local_state_path.write_text("{not json")
+    with pytest.raises(OpsError, match=r"the state file .*sandbox\.tfstate is not JSON"):
+        tf.state()
