@@ -171,8 +171,12 @@ def main(argv: list[str]) -> int:
             import alembic
         except ImportError:
             alembic = None  # type: ignore[assignment]
+        # `paths`: the directories imports come from (not this file's own); bastionless reuses this answer
+        # while none of them changes (ops/migrate.py PROBE_CACHE).
+        here = os.path.dirname(os.path.abspath(__file__))
+        paths = [p for p in sys.path if p and os.path.isdir(p) and os.path.abspath(p) != here]
         print(json.dumps({"python": sys.version.split()[0], "executable": sys.executable, "prefix": sys.prefix,
-                          "alembic": getattr(alembic, "__version__", "") if alembic else ""}))
+                          "alembic": getattr(alembic, "__version__", "") if alembic else "", "paths": paths}))
         return 0
     if mode == "script" and len(rest) == 2 and rest[0] == "-c":
         print(json.dumps(_script(rest[1])))
