@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +18,10 @@ import pytest
 
 from ops import dblogins, pgwire, rdsauth
 from tests.identity_support import DB, MASTER, PEOPLE, RDS_HOST, REGION, Bed, start_bed
+from tests.tiers import needs_tool
 
 pytestmark = pytest.mark.slow
-needs_psql = pytest.mark.skipif(shutil.which("psql") is None, reason="the psql client is not installed")
+needs_psql = needs_tool("psql", "the psql client is not installed")
 EMPTY_PASSFILE = "/nonexistent/bastionless-no-pgpass"
 
 
@@ -175,7 +175,7 @@ def test_unix_socket_directory_is_private_and_works(bed: Bed, tmp_path: Path) ->
 
 
 def test_asyncpg_connects_with_a_url_without_password_or_tls(bed: Bed) -> None:
-    asyncpg = pytest.importorskip("asyncpg")
+    import asyncpg
     _, port = bed.proxy("bob")
 
     async def go() -> str:

@@ -4,7 +4,6 @@ through a pool into a second database, compared table by table (row counts and c
 from __future__ import annotations
 
 import json
-import shutil
 import stat
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from psycopg import sql
 from ops import dbdump
 from ops.config import EnvConfig
 from tests.conftest import plain_sandbox_toml
+from tests.tiers import needs_tool
 from tests.tunnel_fixtures import TunnelWorld
 
 pytest_plugins = ["tests.tunnel_fixtures"]
@@ -56,8 +56,8 @@ def _env_with_secret(world: TunnelWorld, name: str, dbname: str) -> EnvConfig:
     return cfg
 
 
-@pytest.mark.skipif(shutil.which("pg_dump") is None or shutil.which("pg_restore") is None,
-                    reason="needs pg_dump and pg_restore (apt-get install postgresql-client)")
+@needs_tool("pg_dump", "needs pg_dump and pg_restore (apt-get install postgresql-client)")
+@needs_tool("pg_restore", "needs pg_dump and pg_restore (apt-get install postgresql-client)")
 def test_dump_through_a_pool_and_restore_into_a_second_database(pg_world: TunnelWorld, tmp_path: Path) -> None:
     with _direct(pg_world, "app") as conn:
         conn.execute("create schema if not exists shop")

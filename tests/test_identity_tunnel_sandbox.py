@@ -25,6 +25,7 @@ from ops.config import EnvConfig, load_env
 from ops.sandbox import identities
 from tests.db_fixtures import set_database_secret
 from tests.identity_support import DB, MASTER, Bed, start_bed
+from tests.tiers import missing_tool, needs_tool
 from tests.tunnel_fixtures import TunnelWorld, _world, plain_sandbox_toml
 
 pytestmark = pytest.mark.slow
@@ -91,7 +92,7 @@ def test_someone_not_in_people_is_told_how_to_get_in(chain: tuple[TunnelWorld, E
     assert "invoke db-access --env sandbox" in getattr(caught.value, "next_step", "")
 
 
-@pytest.mark.skipif(shutil.which("psql") is None, reason="the psql client is not installed")
+@needs_tool("psql", "the psql client is not installed")
 def test_psql_line_from_the_issue(chain: tuple[TunnelWorld, EnvConfig, Bed], monkeypatch: pytest.MonkeyPatch) -> None:
     _, cfg, _ = chain
     monkeypatch.setenv(identities.PERSON_ENV, "alice@example.com")
@@ -108,7 +109,7 @@ def _plugin() -> str:
     found = (os.environ.get("BASTIONLESS_SESSION_MANAGER_PLUGIN") or (str(shared) if shared.is_file() else "")
              or shutil.which("session-manager-plugin") or "")
     if not found:
-        pytest.skip("no session-manager-plugin (set BASTIONLESS_SESSION_MANAGER_PLUGIN to run this)")
+        missing_tool("no session-manager-plugin (set BASTIONLESS_SESSION_MANAGER_PLUGIN to run this)")
     return found
 
 
@@ -175,7 +176,7 @@ def test_invoke_tunnel_foreground_serves_the_caller_until_sigterm(chain: tuple[T
     assert "password" not in out.getvalue().replace("no password", "")
 
 
-@pytest.mark.skipif(shutil.which("psql") is None, reason="the psql client is not installed")
+@needs_tool("psql", "the psql client is not installed")
 def test_invoke_psql_is_you_and_break_glass_is_the_master(chain: tuple[TunnelWorld, EnvConfig, Bed],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from ops.psql import run_psql

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from ops import terraform
 from ops.config import load_env
 from ops.errors import CommandFailedError
 from ops.terraform import MIRROR_ENV, Terraform, discovered_mirror, provider_mirror
+from tests.tiers import needs_tool
 
 
 def _mirror(root: Path) -> Path:
@@ -41,7 +41,7 @@ def test_provider_mirror_without_a_setting_uses_discovery(tmp_path: Path, monkey
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
+@needs_tool("terraform")
 def test_a_failed_init_without_a_mirror_names_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Offline, with the registry forced: terraform's own error is shown, and one line says what to set."""
     monkeypatch.setenv("BASTIONLESS_STATE_DIR", str(tmp_path / "state"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 
 import psycopg
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from ops import aws
 from ops.sandbox import manager
 from tests.sandbox_support import Sandbox, error_line, invoke, records_in
+from tests.tiers import needs_tool
 
 pytest_plugins = ["tests.sandbox_fixtures"]
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ def test_the_rds_secret_opens_the_database_through_the_rds_front_as_in_prod(sand
                         dbname=cfg.database.name, sslmode="disable", connect_timeout=5)
 
 
-@pytest.mark.skipif(shutil.which("psql") is None, reason="the psql client is not installed")
+@needs_tool("psql", "the psql client is not installed")
 def test_each_person_is_themselves_in_the_sandbox_database_with_no_password(sandbox: Sandbox) -> None:
     """Issue 13's line, on the sandbox `up` builds (the fixture ran db-access): alice is alice, bob is bob, and
     the shared engineer, who is nobody in [[people]], is told how to get in."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PROJECT_ROOT
+from tests.tiers import needs_tool
 
 LAZY_JS = PROJECT_ROOT / "stacks" / "lazy_provider.js"
 
@@ -213,7 +214,7 @@ console.log(JSON.stringify({afterLoad, thing, loaded: globalThis.loaded, keys: O
 
 
 @pytest.mark.usefixtures("real_io")
-@pytest.mark.skipif(_NODE is None, reason="node is not installed (cdktf needs it; see README prerequisites)")
+@needs_tool("node", "node is not installed (cdktf needs it; see README prerequisites)")
 def test_lazy_index_loads_a_module_on_first_use(tmp_path: Path) -> None:
     _fake_provider(tmp_path, _INDEX, ["vpc", "data-aws-subnet"])
     result = _node(_USE, tmp_path)
@@ -228,7 +229,7 @@ def test_lazy_index_loads_a_module_on_first_use(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("real_io")
-@pytest.mark.skipif(_NODE is None, reason="node is not installed (cdktf needs it; see README prerequisites)")
+@needs_tool("node", "node is not installed (cdktf needs it; see README prerequisites)")
 def test_unfamiliar_index_falls_back_to_the_normal_load(tmp_path: Path) -> None:
     # A future provider release that does more in its index must keep working (just not faster).
     _fake_provider(tmp_path, [*_INDEX, 'exports.extra = 1;'], ["vpc", "data-aws-subnet"])

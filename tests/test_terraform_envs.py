@@ -11,21 +11,18 @@ import pytest
 from ops.config import available_envs, load_env
 from ops.synth import synth_many
 from ops.terraform import Terraform, provider_mirror
-from tests.conftest import PROJECT_ROOT
+from tests.tiers import missing_tool, require_tool
 
 ENVS = available_envs()
 
 
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    if shutil.which("terraform") is None:
-        pytest.skip("terraform is not installed (see README prerequisites)")
-    if not (PROJECT_ROOT / "stacks" / "stack.py").is_file():
-        pytest.skip("stacks/stack.py does not exist yet")
+    require_tool(shutil.which("terraform"), "terraform is not installed (see README prerequisites)")
     cfgs = [load_env(n) for n in ENVS]
     if all(provider_mirror(c) is None for c in cfgs):
         # Tests never reach out to the network; without a mirror terraform would download the provider.
-        pytest.skip("no provider mirror: set BASTIONLESS_PROVIDER_MIRROR to a `terraform providers mirror` directory "
+        missing_tool("no provider mirror: set BASTIONLESS_PROVIDER_MIRROR to a `terraform providers mirror` directory "
                     "(./dev sets /opt/tf-plugins when present)")
     return synth_many(cfgs, outdir=tmp_path_factory.mktemp("synth"))
 

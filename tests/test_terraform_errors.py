@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,6 +16,7 @@ from ops.errors import ToolMissingError
 from ops.terraform import Terraform, cli_config
 from tests.cli_support import run_invoke
 from tests.conftest import PROJECT_ROOT
+from tests.tiers import needs_tool
 
 AWS_PIN = {"terraform": {"required_providers": {"aws": {"source": "aws", "version": "5.100.0"}},
                          "backend": {"local": {}}}}
@@ -31,7 +31,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-needs_terraform = pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
+needs_terraform = needs_tool("terraform")
 
 
 @pytest.mark.usefixtures("real_io")

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -21,10 +20,11 @@ from ops.config import load_env
 from ops.errors import CommandFailedError
 from ops.terraform import Terraform
 from tests.conftest import PROJECT_ROOT
+from tests.tiers import needs_tool
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed (see README)"),
+    needs_tool("terraform", "terraform is not installed (see README)"),
 ]
 
 
@@ -133,7 +133,7 @@ def _capture(session: str) -> str:
                           check=False).stdout
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (./dev test installs it)")
+@needs_tool("tmux", "tmux is not installed (./dev test installs it)")
 def test_live_view_on_a_terminal_then_the_summary(tmp_path: Path, state_dir: Path) -> None:
     workdir = _chain(tmp_path / "stack", sleep=2)
     driver = tmp_path / "driver.py"

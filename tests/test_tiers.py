@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from tests.tiers import SECOND_SANDBOX, schedule_ranks, tier_of
+from typing import Any
+
+import pytest
+
+from tests.tiers import SECOND_SANDBOX, needs_tool, pytest_runtest_setup, schedule_ranks, tier_of
 
 
 def test_the_tier_comes_from_the_fixtures_a_test_uses() -> None:
@@ -29,3 +33,25 @@ def test_the_longest_work_is_scheduled_first_and_a_group_keeps_its_best_rank() -
     assert order[-1] == "tests/test_config.py::test_a", "unit tests fill the gaps at the end"
     assert rank["tests/test_mixed.py"][0] == rank["synth"][0], "a module with one integration test is integration"
     assert order.index("tests/test_mixed.py") < order.index("synth"), "within a tier, more tests first"
+
+
+class _Item:
+    """Just enough of a pytest item for the set-up hook: its marks."""
+
+    def __init__(self, *marks: pytest.MarkDecorator) -> None:
+        self.marks = [m.mark for m in marks]
+
+    def iter_markers(self, name: str) -> list[pytest.Mark]:
+        return [m for m in self.marks if m.name == name]
+
+
+def test_a_missing_program_skips_on_a_laptop_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    item: Any = _Item(needs_tool("sh"), needs_tool("no-such-program-here", "psql is not installed"))
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("BASTIONLESS_REQUIRE_TOOLS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="psql is not installed"):
+        pytest_runtest_setup(item)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"psql is not installed \(required in CI\)"):
+        pytest_runtest_setup(item)
+    pytest_runtest_setup(_Item(needs_tool("sh")))  # type: ignore[arg-type]  # present: nothing happens

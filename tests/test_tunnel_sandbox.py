@@ -24,6 +24,7 @@ from ops import tunnels_state
 from ops.tunnel import open_tunnel, start_background
 from tests.conftest import PROJECT_ROOT
 from tests.ssm_support import real_plugin
+from tests.tiers import require_tool
 from tests.tunnel_fixtures import TunnelWorld, aws_client, run_cli, wait_for
 
 pytest_plugins = ["tests.tunnel_fixtures"]
@@ -118,8 +119,7 @@ def test_invoke_tunnel_and_psql_with_the_plugin_on_path(pg_world: TunnelWorld, p
     assert any("transport: plugin" in line for line in tunnel.seen)
     assert query(tunnel.port(), "select 40 + 2") == 42
     assert tunnel.stop(signal.SIGINT) == 0
-    if shutil.which("psql") is None:
-        pytest.skip("no psql client installed for the `invoke psql` half")
+    require_tool(shutil.which("psql"), "no psql client installed for the `invoke psql` half")
     # The secret as RDS keeps it (moto's placeholder names another user); trust auth ignores the password.
     (db,) = pg_world.client("rds").describe_db_instances(DBInstanceIdentifier=cfg.stack_name)["DBInstances"]
     pg_world.client("secretsmanager").put_secret_value(

@@ -96,11 +96,26 @@ def require_tool(found: str | Path | None, message: str) -> str:
     return str(found)
 
 
+def needs_tool(name: str, reason: str = "") -> pytest.MarkDecorator:
+    """Mark a test that runs the program `name` (psql, pg_dump, tmux, node, ...): where it is not on PATH
+    the test skips on a laptop and fails in CI (a `skipif` would turn CI green without it)."""
+    return pytest.mark.needs_tool(name, reason=reason or f"{name} is not installed")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs_tool"):
+        if shutil.which(mark.args[0]) is None:
+            missing_tool(mark.kwargs.get("reason") or f"{mark.args[0]} is not installed")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "unit: no process, no network, no terraform (set automatically)")
     config.addinivalue_line("markers", "integration: emulator, endpoint, PostgreSQL, child processes (automatic)")
     config.addinivalue_line("markers", "e2e: a deployed sandbox or real terraform (set automatically)")
     config.addinivalue_line("markers", "xdist_group(name): tests that share an expensive fixture run on one worker")
+    config.addinivalue_line("markers", "needs_tool(name, reason): the test runs this program; missing, it skips "
+                                       "on a laptop and fails in CI (tests/tiers.py needs_tool)")
     config.addinivalue_line("markers", "second_sandbox: a long sandbox module that runs in the second sandbox group, "
                                        "beside the first (tests/tiers.py)")
     # Keep the collection's order (longest work first, below) instead of xdist's count-per-group order.
