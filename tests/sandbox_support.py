@@ -43,8 +43,11 @@ class Sandbox:
     pg_port: int
     log: str  # what `up` printed
     up_lines: tuple[str, ...] = ()  # the same, its non-empty lines
-    # Checks run at the end of the session, before `down` (tests/sandbox_fixtures.py).
+    # Checks that end the deployed stack's life (the e2e module's destroy): run right after the last test of
+    # this worker that uses the sandbox, or at the end of the session (tests/sandbox_fixtures.py).
     at_end: list[Callable[[Sandbox], None]] = field(default_factory=list)
+    # "destroyed" once they ran: a later test that uses the sandbox deploys the stack again first.
+    life: set[str] = field(default_factory=set)
 
     def subprocess_env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, "BASTIONLESS_STATE_DIR": str(self.state_dir), "PYTHONUNBUFFERED": "1", **extra}
