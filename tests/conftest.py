@@ -83,6 +83,14 @@ def _ctrl_c_left_as_found() -> Iterator[None]:
         pytest.fail("this test left the worker's Ctrl-C handling changed: " + "; ".join(changed))
 
 
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A state dir of this test's own (BASTIONLESS_STATE_DIR, for child processes too)."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("BASTIONLESS_STATE_DIR", str(path))
+    return path
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A session-wide state dir so a test run never touches `.sandbox/` of the working tree."""

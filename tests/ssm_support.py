@@ -211,28 +211,13 @@ def reset_moto(url: str) -> None:
         pass
 
 
-# AWS's own client, built unchanged from its public source, beside the repository (CI: ../shared/tools).
-SHARED_PLUGIN = (Path(__file__).resolve().parent.parent.parent
-                 / "shared/tools/session-manager-plugin/session-manager-plugin")
-
-
-def find_real_plugin() -> str:
-    """The session-manager-plugin binary: BASTIONLESS_SESSION_MANAGER_PLUGIN, PATH, or ../shared/tools."""
-    import shutil
-
-    found = os.environ.get("BASTIONLESS_SESSION_MANAGER_PLUGIN") or shutil.which("session-manager-plugin") or ""
-    if not found and SHARED_PLUGIN.is_file() and os.access(SHARED_PLUGIN, os.X_OK):
-        found = str(SHARED_PLUGIN)
-    return found
-
-
 def real_plugin() -> str:
     """For tests of the real plugin: its path; in CI a missing plugin fails the test, elsewhere it skips."""
 
-    found = find_real_plugin()
+    found = plugin_path()
     if not found:
         message = ("no session-manager-plugin (set BASTIONLESS_SESSION_MANAGER_PLUGIN, put it on PATH, or "
-                   f"provide {SHARED_PLUGIN})")
+                   "build it into ../shared/tools/session-manager-plugin)")
         from tests.tiers import missing_tool
 
         missing_tool(f"the real-plugin tests: {message}")

@@ -33,7 +33,7 @@ def _no_pg_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+def proxy_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     bed = start_bed(tmp_path_factory.mktemp("identity"))
     yield bed
     bed.close()
@@ -48,30 +48,30 @@ def who_am_i(port: int, *, host: str = "127.0.0.1", user: str = "whoever") -> tu
     return str(row[0]), str(row[1]), str(row[2])
 
 
-def test_no_password_and_current_user_is_the_caller(bed: Bed) -> None:
-    _, port = bed.proxy("alice")
+def test_no_password_and_current_user_is_the_caller(proxy_bed: Bed) -> None:
+    _, port = proxy_bed.proxy("alice")
     assert who_am_i(port) == ("alice", "alice", "pytest (bastionless: alice@example.com)")
 
 
-def test_a_second_identity_gets_its_own_user(bed: Bed) -> None:
-    _, alice = bed.proxy("alice")
-    _, bob = bed.proxy("bob")
+def test_a_second_identity_gets_its_own_user(proxy_bed: Bed) -> None:
+    _, alice = proxy_bed.proxy("alice")
+    _, bob = proxy_bed.proxy("bob")
     assert who_am_i(bob)[0] == "bob"
     assert who_am_i(alice)[0] == "alice"
 
 
-def test_alice_cannot_be_bob(bed: Bed) -> None:
+def test_alice_cannot_be_bob(proxy_bed: Bed) -> None:
     reports: list[str] = []
-    _, port = bed.proxy("alice", db_user="bob", reports=reports)
+    _, port = proxy_bed.proxy("alice", db_user="bob", reports=reports)
     with pytest.raises(psycopg.OperationalError, match="RDS refused the IAM token for DB user 'bob'"):
         who_am_i(port)
-    assert any("not allowed rds-db:connect as 'bob'" in line for line in bed.front_log)
+    assert any("not allowed rds-db:connect as 'bob'" in line for line in proxy_bed.front_log)
     assert reports and reports[-1].startswith("error: RDS refused the IAM token") and "next: " in reports[-1]
 
 
-def test_a_removed_person_is_refused_with_the_fix(bed: Bed) -> None:
+def test_a_removed_person_is_refused_with_the_fix(proxy_bed: Bed) -> None:
     reports: list[str] = []
-    _, port = bed.proxy("carol", reports=reports)
+    _, port = proxy_bed.proxy("carol", reports=reports)
     with pytest.raises(psycopg.OperationalError) as caught:
         who_am_i(port)
     assert "may not log in" in str(caught.value)
@@ -79,23 +79,23 @@ def test_a_removed_person_is_refused_with_the_fix(bed: Bed) -> None:
     assert "invoke db-access --env sandbox" in reports[-1]
 
 
-def test_a_role_without_rds_iam_is_told_so(bed: Bed) -> None:
-    _, port = bed.proxy("dave")
+def test_a_role_without_rds_iam_is_told_so(proxy_bed: Bed) -> None:
+    _, port = proxy_bed.proxy("dave")
     with pytest.raises(psycopg.OperationalError, match="not set up for IAM database authentication"):
         who_am_i(port)
 
 
-def test_forged_and_expired_tokens_are_refused_by_the_front(bed: Bed) -> None:
+def test_forged_and_expired_tokens_are_refused_by_the_front(proxy_bed: Bed) -> None:
     real = rdsauth.token_source(PEOPLE["alice"].session(), region=REGION)
 
     def forged(host: str, port: int, user: str) -> str:
         token = real(host, port, user)
         return token[:-6] + ("abcdef" if not token.endswith("abcdef") else "012345")
 
-    _, port = bed.proxy("alice", token=forged)
+    _, port = proxy_bed.proxy("alice", token=forged)
     with pytest.raises(psycopg.OperationalError, match="RDS refused the IAM token"):
         who_am_i(port)
-    assert "signature does not match" in bed.front_log[-1]
+    assert "signature does not match" in proxy_bed.front_log[-1]
 
     # A token signed 16 minutes ago: botocore signs with the current time, so turn its clock back.
     def expired(host: str, port: int, user: str) -> str:
@@ -109,35 +109,35 @@ def test_forged_and_expired_tokens_are_refused_by_the_front(bed: Bed) -> None:
             clock.now.return_value = past
             return real(host, port, user)
 
-    _, port = bed.proxy("alice", token=expired)
+    _, port = proxy_bed.proxy("alice", token=expired)
     with pytest.raises(psycopg.OperationalError, match="RDS refused the IAM token"):
         who_am_i(port)
-    assert "expired" in bed.front_log[-1]
+    assert "expired" in proxy_bed.front_log[-1]
 
 
-def test_the_master_password_still_works_directly_at_the_front_for_break_glass(bed: Bed) -> None:
-    with psycopg.connect(host=RDS_HOST, hostaddr="127.0.0.1", port=bed.front_port, dbname=DB, user=MASTER,
-                         password=bed.master_password, sslmode="verify-full", sslrootcert=str(bed.certs.ca),
+def test_the_master_password_still_works_directly_at_the_front_for_break_glass(proxy_bed: Bed) -> None:
+    with psycopg.connect(host=RDS_HOST, hostaddr="127.0.0.1", port=proxy_bed.front_port, dbname=DB, user=MASTER,
+                         password=proxy_bed.master_password, sslmode="verify-full", sslrootcert=str(proxy_bed.certs.ca),
                          connect_timeout=10) as conn:
         row = conn.execute("select current_user").fetchone()
     assert row == (MASTER,)
 
 
-def test_the_front_demands_tls_and_its_certificate_names_the_rds_host(bed: Bed) -> None:
+def test_the_front_demands_tls_and_its_certificate_names_the_rds_host(proxy_bed: Bed) -> None:
     with pytest.raises(psycopg.OperationalError, match="no encryption"):
-        psycopg.connect(host="127.0.0.1", port=bed.front_port, dbname=DB, user=MASTER, password="x",
+        psycopg.connect(host="127.0.0.1", port=proxy_bed.front_port, dbname=DB, user=MASTER, password="x",
                         sslmode="disable", connect_timeout=10)
     # verify-full against the name we dialled (localhost) must fail: the certificate is for the RDS name.
     with pytest.raises(psycopg.OperationalError, match=r"does not match|certificate"):
-        psycopg.connect(host="localhost", port=bed.front_port, dbname=DB, user=MASTER, password="x",
-                        sslmode="verify-full", sslrootcert=str(bed.certs.ca), connect_timeout=10)
+        psycopg.connect(host="localhost", port=proxy_bed.front_port, dbname=DB, user=MASTER, password="x",
+                        sslmode="verify-full", sslrootcert=str(proxy_bed.certs.ca), connect_timeout=10)
 
 
 @needs_psql
-def test_ctrl_c_in_psql_cancels_the_query_through_the_proxy(bed: Bed) -> None:
+def test_ctrl_c_in_psql_cancels_the_query_through_the_proxy(proxy_bed: Bed) -> None:
     # psql in its own process: libpq's cancel call blocks holding the GIL, so an in-process client
     # would stall the proxy's event loop, which a real user's tunnel (another process) never shares.
-    _, port = bed.proxy("alice")
+    _, port = proxy_bed.proxy("alice")
     proc = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(port), "-d", DB, "-w", "-c",
                              "select pg_sleep(60) /* cancel-me */"], env=_no_pg_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -145,7 +145,7 @@ def test_ctrl_c_in_psql_cancels_the_query_through_the_proxy(bed: Bed) -> None:
         deadline = time.monotonic() + 30
         query = ("select count(*) from pg_stat_activity where state = 'active' and query like '%cancel-me%' "
                  "and pid <> pg_backend_pid()")
-        while bed.superuser_sql(query) != [(1,)]:
+        while proxy_bed.superuser_sql(query) != [(1,)]:
             assert proc.poll() is None and time.monotonic() < deadline, "the query never started"
             time.sleep(0.05)
         begin = time.monotonic()
@@ -157,26 +157,26 @@ def test_ctrl_c_in_psql_cancels_the_query_through_the_proxy(bed: Bed) -> None:
     assert time.monotonic() - begin < 10
 
 
-def test_other_os_users_are_refused(bed: Bed) -> None:
+def test_other_os_users_are_refused(proxy_bed: Bed) -> None:
     reports: list[str] = []
-    _, port = bed.proxy("alice", allowed_uid=os.getuid() + 1, reports=reports)
+    _, port = proxy_bed.proxy("alice", allowed_uid=os.getuid() + 1, reports=reports)
     with pytest.raises(psycopg.OperationalError):
         who_am_i(port)
     assert f"refused a local connection from uid {os.getuid()}" in reports[-1]
 
 
-def test_unix_socket_directory_is_private_and_works(bed: Bed, tmp_path: Path) -> None:
-    proxy, _ = bed.proxy("bob")
+def test_unix_socket_directory_is_private_and_works(proxy_bed: Bed, tmp_path: Path) -> None:
+    proxy, _ = proxy_bed.proxy("bob")
     sockets = tmp_path / "sock"
-    server = bed.loop.run(proxy.serve_unix(sockets, 5433))
-    bed.servers.append(server)
+    server = proxy_bed.loop.run(proxy.serve_unix(sockets, 5433))
+    proxy_bed.servers.append(server)
     assert (sockets.stat().st_mode & 0o777) == 0o700
     assert who_am_i(5433, host=str(sockets))[0] == "bob"
 
 
-def test_asyncpg_connects_with_a_url_without_password_or_tls(bed: Bed) -> None:
+def test_asyncpg_connects_with_a_url_without_password_or_tls(proxy_bed: Bed) -> None:
     import asyncpg
-    _, port = bed.proxy("bob")
+    _, port = proxy_bed.proxy("bob")
 
     async def go() -> str:
         conn = await asyncpg.connect(f"postgresql://bob@127.0.0.1:{port}/{DB}")
@@ -189,27 +189,27 @@ def test_asyncpg_connects_with_a_url_without_password_or_tls(bed: Bed) -> None:
 
 
 @needs_psql
-def test_psql_with_no_password_anywhere(bed: Bed) -> None:
-    _, port = bed.proxy("alice")
+def test_psql_with_no_password_anywhere(proxy_bed: Bed) -> None:
+    _, port = proxy_bed.proxy("alice")
     out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-d", DB, "-w", "-Atc", "select current_user"],
                          env=_no_pg_env(), capture_output=True, text=True, timeout=30, check=False)
     assert (out.returncode, out.stdout.strip()) == (0, "alice"), out.stderr
 
 
-def test_the_postgresql_log_names_each_person(bed: Bed) -> None:
-    _, port = bed.proxy("bob")
+def test_the_postgresql_log_names_each_person(proxy_bed: Bed) -> None:
+    _, port = proxy_bed.proxy("bob")
     who_am_i(port)
-    _, carol = bed.proxy("carol")
+    _, carol = proxy_bed.proxy("carol")
     with pytest.raises(psycopg.OperationalError):
         who_am_i(carol)
-    lines = (bed.cluster.root / "log").read_text(errors="replace").splitlines()
+    lines = (proxy_bed.cluster.root / "log").read_text(errors="replace").splitlines()
     found = dblogins.parse(lines, people={"bob": "bob@example.com"})
     assert any(e.person == "bob@example.com" and e.db_user == "bob" and not e.refused for e in found)
     assert any(e.db_user == "carol" and "not permitted to log in" in e.refused for e in found)
 
 
-def test_garbage_at_the_proxy_gets_an_error_response(bed: Bed) -> None:
-    _, port = bed.proxy("alice")
+def test_garbage_at_the_proxy_gets_an_error_response(proxy_bed: Bed) -> None:
+    _, port = proxy_bed.proxy("alice")
 
     async def go() -> bytes:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -280,10 +280,10 @@ def downgrade():
 
 
 @pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
-def test_alembic_through_the_proxy_with_a_passwordless_url(bed: Bed, tmp_path: Path, driver: str) -> None:
+def test_alembic_through_the_proxy_with_a_passwordless_url(proxy_bed: Bed, tmp_path: Path, driver: str) -> None:
     """What `invoke migrate` hands Alembic: postgresql+<driver>://<user>@127.0.0.1:<port>/<db>, nothing else."""
-    bed.superuser_sql("grant create on schema public to alice")
-    _, port = bed.proxy("alice")
+    proxy_bed.superuser_sql("grant create on schema public to alice")
+    _, port = proxy_bed.proxy("alice")
     project = tmp_path / "alembic"
     (project / "versions").mkdir(parents=True)
     (project / "env.py").write_text(ASYNC_AWARE_ENV_PY)
@@ -297,4 +297,4 @@ def test_alembic_through_the_proxy_with_a_passwordless_url(bed: Bed, tmp_path: P
                          env=env, capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     query = f"select who, pg_get_userbyid(relowner) from {table}, pg_class where relname = '{table}'"  # noqa: S608
-    assert bed.superuser_sql(query) == [("alice", "alice")]
+    assert proxy_bed.superuser_sql(query) == [("alice", "alice")]

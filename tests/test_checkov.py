@@ -34,7 +34,6 @@ def test_every_skip_has_a_reason_and_known_envs() -> None:
         assert set(skip.get("envs", [])) <= envs, f"{skip['id']}: unknown environment"
 
 
-
 def scannable(synth_dir: Path, tmp_path: Path) -> Path:
     """checkov 3.2's terraform_json parser expects every entry of the `terraform` block to be an object and
     crashes on `required_version` (a string): a copy of the synthesized file without that one line."""

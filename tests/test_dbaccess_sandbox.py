@@ -19,14 +19,15 @@ NO_PASSFILE = "/nonexistent/bastionless-no-pgpass"
 
 
 @pytest.fixture()
-def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+def dbaccess_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     bed = start_bed(tmp_path_factory.mktemp("dbaccess"))
     yield bed
     bed.close()
 
 
-def run(bed: Bed, people: tuple[Person, ...]) -> dbaccess.Plan:
-    with psycopg.connect(host=str(bed.cluster.root), port=bed.cluster.port, user="postgres", dbname=DB,
+def run(dbaccess_bed: Bed, people: tuple[Person, ...]) -> dbaccess.Plan:
+    with psycopg.connect(host=str(dbaccess_bed.cluster.root), port=dbaccess_bed.cluster.port, user="postgres",
+                         dbname=DB,
                          autocommit=True) as conn:
         def execute(sql: str) -> list[tuple[Any, ...]]:
             return conn.execute(sql.encode()).fetchall()
@@ -40,26 +41,26 @@ def connect(port: int) -> psycopg.Connection[Any]:
     return psycopg.connect(host="127.0.0.1", port=port, dbname=DB, user="x", passfile=NO_PASSFILE, autocommit=True)
 
 
-def test_people_get_in_with_their_groups_rights_and_removed_people_are_shut_out(bed: Bed) -> None:
-    bed.superuser_sql("create table notes (body text)")
+def test_people_get_in_with_their_groups_rights_and_removed_people_are_shut_out(dbaccess_bed: Bed) -> None:
+    dbaccess_bed.superuser_sql("create table notes (body text)")
     team = (Person("alice@example.com", "migrator", "alice"), Person("bob@example.com", "readwrite", "bob"),
             Person("erin@example.com", "readonly", "erin"))
-    assert not run(bed, team).empty
-    assert run(bed, team).empty, "a second run must change nothing"
+    assert not run(dbaccess_bed, team).empty
+    assert run(dbaccess_bed, team).empty, "a second run must change nothing"
 
-    _, erin_port = bed.proxy("erin")
+    _, erin_port = dbaccess_bed.proxy("erin")
     with connect(erin_port) as erin:
         assert erin.execute("select current_user, count(*) from notes").fetchone() == ("erin", 0)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             erin.execute("insert into notes values ('erin was here')")
 
-    _, bob_port = bed.proxy("bob")
+    _, bob_port = dbaccess_bed.proxy("bob")
     bob = connect(bob_port)
     bob.execute("insert into notes values ('bob was here')")
 
     reports: list[str] = []
-    _, bob_again = bed.proxy("bob", reports=reports)
-    the_plan = run(bed, team[:1] + team[2:])
+    _, bob_again = dbaccess_bed.proxy("bob", reports=reports)
+    the_plan = run(dbaccess_bed, team[:1] + team[2:])
     assert [c.summary for c in the_plan.changes] == [
         "remove bob (bob@example.com): no LOGIN, no group, end their sessions"]
     with pytest.raises(psycopg.OperationalError):

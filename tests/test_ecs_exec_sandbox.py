@@ -24,76 +24,73 @@ from tests.ecs_support import TASK_IDS, EcsWorld, sandbox_task
 pytest_plugins = ["tests.ecs_fixtures"]
 
 
-@pytest.fixture(scope="module")
-def world(ecs_world: EcsWorld) -> EcsWorld:
-    """This module's `world`: named apart in the plugin, since every plugin's fixtures are global."""
-    return ecs_world
-
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 INVOKE = str(Path(sys.executable).parent / "invoke")
 
 
-def run_captured(world: EcsWorld, command: str, **kwargs: str) -> tuple[int, str]:
+def run_captured(ecs_world: EcsWorld, command: str, **kwargs: str) -> tuple[int, str]:
     read_fd, write_fd = os.pipe()
     try:
-        code = ecs_exec.run_command(world.cfg, command=command, stdout_fd=write_fd, **kwargs)
+        code = ecs_exec.run_command(ecs_world.cfg, command=command, stdout_fd=write_fd, **kwargs)
     finally:
         os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:
         return code, pipe.read().decode(errors="replace")
 
 
-def session_count(world: EcsWorld) -> int:
-    path = world.state_dir / "sessions.json"
+def session_count(ecs_world: EcsWorld) -> int:
+    path = ecs_world.state_dir / "sessions.json"
     if not path.exists():
         return 0
     data = json.loads(path.read_text())
     return len(data.get("sessions", data) if isinstance(data, dict) else data)
 
 
-def test_command_output_and_exit_status(world: EcsWorld) -> None:
-    code, out = run_captured(world, "sh -c 'echo hi-from-task; exit 3'", reason="INC-1 check")
+def test_command_output_and_exit_status(ecs_world: EcsWorld) -> None:
+    code, out = run_captured(ecs_world, "sh -c 'echo hi-from-task; exit 3'", reason="INC-1 check")
     assert code == 3
     assert "hi-from-task" in out
 
 
-def test_several_tasks_without_tty_need_task_then_task_works(world: EcsWorld) -> None:
-    second = sandbox_task(cluster=world.ids["cluster"], service=world.ids["service"], task_def=world.ids["task_def"],
+def test_several_tasks_without_tty_need_task_then_task_works(ecs_world: EcsWorld) -> None:
+    second = sandbox_task(cluster=ecs_world.ids["cluster"], service=ecs_world.ids["service"],
+                          task_def=ecs_world.ids["task_def"],
                           tid=TASK_IDS[1])
-    world.write_tasks([*world.tasks, second])
+    ecs_world.write_tasks([*ecs_world.tasks, second])
     try:
         with pytest.raises(EcsExecError) as info:
-            run_captured(world, "true")
+            run_captured(ecs_world, "true")
         assert TASK_IDS[0] in info.value.message and TASK_IDS[1] in info.value.message
         assert "--task" in info.value.next_step
-        code, out = run_captured(world, "sh -c 'echo picked'", task=TASK_IDS[1])
+        code, out = run_captured(ecs_world, "sh -c 'echo picked'", task=TASK_IDS[1])
         assert (code, out.strip()) == (0, "picked")
     finally:
-        world.write_tasks()
+        ecs_world.write_tasks()
 
 
-def test_preflight_failure_stops_before_execute_command(world: EcsWorld) -> None:
-    bad = sandbox_task(cluster=world.ids["cluster"], service=world.ids["service"], task_def=world.ids["task_def"],
+def test_preflight_failure_stops_before_execute_command(ecs_world: EcsWorld) -> None:
+    bad = sandbox_task(cluster=ecs_world.ids["cluster"], service=ecs_world.ids["service"],
+                       task_def=ecs_world.ids["task_def"],
                        tid=TASK_IDS[1], platformVersion="1.3.0")
     bad["containers"][0]["managedAgents"][0]["lastStatus"] = "STOPPED"
-    world.write_tasks([bad])
-    before = session_count(world)
+    ecs_world.write_tasks([bad])
+    before = session_count(ecs_world)
     try:
         with pytest.raises(EcsExecError) as info:
-            run_captured(world, "true")
+            run_captured(ecs_world, "true")
     finally:
-        world.write_tasks()
+        ecs_world.write_tasks()
     lines = info.value.message.splitlines()[1:]
     assert len(lines) == 2
     assert "ExecuteCommandAgent of container app is STOPPED" in lines[0]
     assert "platform 1.3.0" in lines[1]
-    assert session_count(world) == before
+    assert session_count(ecs_world) == before
 
 
-def test_cli_command_exit_status(world: EcsWorld) -> None:
-    env = {**os.environ, "BASTIONLESS_STATE_DIR": str(world.state_dir)}
+def test_cli_command_exit_status(ecs_world: EcsWorld) -> None:
+    env = {**os.environ, "BASTIONLESS_STATE_DIR": str(ecs_world.state_dir)}
     proc = subprocess.run([INVOKE, "ecs-shell", "--env", "sandbox", "--command", "sh -c 'echo via-cli; exit 5'"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
                           check=False)
@@ -102,7 +99,7 @@ def test_cli_command_exit_status(world: EcsWorld) -> None:
     assert "session " in proc.stderr
 
 
-def test_cli_ecs_shell_through_aws_plugin_with_exec_kms(world: EcsWorld) -> None:
+def test_cli_ecs_shell_through_aws_plugin_with_exec_kms(ecs_world: EcsWorld) -> None:
     """`invoke ecs-shell --transport plugin` with AWS's own plugin on a cluster with exec KMS: the plugin
     fetches the data key from KMS (kms.<region>.amazonaws.com: the sandbox proxies it to moto) and runs
     the command. The plugin needs a terminal, as under the AWS CLI, so the CLI runs on a pty here."""
@@ -110,7 +107,7 @@ def test_cli_ecs_shell_through_aws_plugin_with_exec_kms(world: EcsWorld) -> None
 
     from tests.ssm_support import real_plugin
 
-    env = {**os.environ, "BASTIONLESS_STATE_DIR": str(world.state_dir),
+    env = {**os.environ, "BASTIONLESS_STATE_DIR": str(ecs_world.state_dir),
            "BASTIONLESS_SESSION_MANAGER_PLUGIN": real_plugin()}
     master, slave = os.openpty()
     proc = subprocess.Popen([INVOKE, "ecs-shell", "--env", "sandbox", "--transport", "plugin", "--command",
@@ -154,17 +151,18 @@ def _wait_for(session: str, needle: str, timeout: float = 30) -> str:
 
 
 @pytest.mark.usefixtures("tmux_bin")
-def test_interactive_shell_under_tmux(world: EcsWorld, tmp_path: Path) -> None:
+def test_interactive_shell_under_tmux(ecs_world: EcsWorld, tmp_path: Path) -> None:
     session = f"ecs-test-{os.getpid()}"
     # A second task so the TTY chooser is exercised too; then the shell; then the outer shell prints
     # the exit status and whether the terminal came back in cooked mode (icanon, echo).
-    second = sandbox_task(cluster=world.ids["cluster"], service=world.ids["service"], task_def=world.ids["task_def"],
+    second = sandbox_task(cluster=ecs_world.ids["cluster"], service=ecs_world.ids["service"],
+                          task_def=ecs_world.ids["task_def"],
                           tid=TASK_IDS[1])
-    world.write_tasks([*world.tasks, second])
+    ecs_world.write_tasks([*ecs_world.tasks, second])
     script = tmp_path / "run.sh"
     script.write_text(
         f"cd {shlex.quote(str(ROOT))}\n"
-        f"export BASTIONLESS_STATE_DIR={shlex.quote(str(world.state_dir))}\n"
+        f"export BASTIONLESS_STATE_DIR={shlex.quote(str(ecs_world.state_dir))}\n"
         f"{shlex.quote(INVOKE)} ecs-shell --env sandbox --command /bin/sh --reason tmux-test\n"
         "echo \"rc=$?\"\n"
         "stty -a | tr ' ' '\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '; echo\n"
@@ -199,10 +197,10 @@ def test_interactive_shell_under_tmux(world: EcsWorld, tmp_path: Path) -> None:
         assert " echo" in f" {after}" and "-echo " not in after
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False, timeout=20)
-        world.write_tasks()
+        ecs_world.write_tasks()
 
 
-def test_plugin_transport_gets_the_aws_cli_argv_and_ctrl_c_is_left_to_it(world: EcsWorld, tmp_path: Path,
+def test_plugin_transport_gets_the_aws_cli_argv_and_ctrl_c_is_left_to_it(ecs_world: EcsWorld, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     # Test double for session-manager-plugin (not installed here): answers --version like a current
     # plugin; otherwise records its argv and environment, sends Ctrl-C to its parent as a terminal
@@ -221,7 +219,7 @@ def test_plugin_transport_gets_the_aws_cli_argv_and_ctrl_c_is_left_to_it(world: 
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", raising=False)
-    code = ecs_exec.ecs_shell(world.cfg, command="/bin/sh", transport="plugin", interactive=False, chooser=None,
+    code = ecs_exec.ecs_shell(ecs_world.cfg, command="/bin/sh", transport="plugin", interactive=False, chooser=None,
                               stdin_fd=None)
     assert code == 7
     seen = json.loads(record.read_text())
@@ -232,11 +230,11 @@ def test_plugin_transport_gets_the_aws_cli_argv_and_ctrl_c_is_left_to_it(world: 
     assert not any(response["TokenValue"] in a for a in argv)
     assert argv[2:5] == ["us-east-1", "StartSession", ""]
     tid = TASK_IDS[0]
-    assert json.loads(argv[5]) == {"Target": f"ecs:{world.ids['cluster']}_{tid}_{tid}-app"}
-    assert argv[6] == world.endpoint.url
+    assert json.loads(argv[5]) == {"Target": f"ecs:{ecs_world.ids['cluster']}_{tid}_{tid}-app"}
+    assert argv[6] == ecs_world.endpoint.url
 
 
-def test_a_plugin_that_wants_the_token_in_argv_is_refused(world: EcsWorld, tmp_path: Path,
+def test_a_plugin_that_wants_the_token_in_argv_is_refused(ecs_world: EcsWorld, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     fake = tmp_path / "session-manager-plugin"  # test double: a plugin as old as 1.2.497.0
     ran = tmp_path / "ran"
@@ -246,26 +244,28 @@ def test_a_plugin_that_wants_the_token_in_argv_is_refused(world: EcsWorld, tmp_p
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", raising=False)
-    sessions = world.state_dir / "sessions.json"
+    sessions = ecs_world.state_dir / "sessions.json"
 
     def opened() -> int:
         return len(json.loads(sessions.read_text())["sessions"]) if sessions.exists() else 0
 
     before = opened()
     with pytest.raises(ToolMissingError, match="too old"):
-        ecs_exec.ecs_shell(world.cfg, command="/bin/sh", transport="plugin", interactive=False, chooser=None,
+        ecs_exec.ecs_shell(ecs_world.cfg, command="/bin/sh", transport="plugin", interactive=False, chooser=None,
                            stdin_fd=None)
     assert not ran.exists()
     assert opened() == before  # refused before ExecuteCommand: no session left dangling
 
 
-def test_execute_command_rejection_names_doctor(world: EcsWorld) -> None:
+def test_execute_command_rejection_names_doctor(ecs_world: EcsWorld) -> None:
     from ops import aws
 
-    gone = sandbox_task(cluster=world.ids["cluster"], service=world.ids["service"], task_def=world.ids["task_def"],
+    gone = sandbox_task(cluster=ecs_world.ids["cluster"], service=ecs_world.ids["service"],
+                        task_def=ecs_world.ids["task_def"],
                         tid="ffffffffffffffffffffffffffffffff")
-    target = ecs_exec.Target(cluster=world.ids["cluster"], service=world.ids["service"], task=gone, container="app")
+    target = ecs_exec.Target(cluster=ecs_world.ids["cluster"], service=ecs_world.ids["service"], task=gone,
+                             container="app")
     with pytest.raises(EcsExecError) as info:
-        ecs_exec.execute_command(aws.client(world.cfg, "ecs"), target, command="true", env="sandbox")
+        ecs_exec.execute_command(aws.client(ecs_world.cfg, "ecs"), target, command="true", env="sandbox")
     assert info.value.message.startswith("ExecuteCommand failed: InvalidParameterException")
     assert info.value.next_step == "invoke doctor --env sandbox"

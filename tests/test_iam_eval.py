@@ -175,7 +175,6 @@ def test_request_scope_names_resources_the_way_aws_does() -> None:
     assert _scope("iam", "CreatePolicy", PolicyName="other")[0] == [f"arn:aws:iam::{ACCOUNT}:policy/other"]
 
 
-
 DOC = {"schemaVersion": "1.0", "sessionType": "Port",
        "parameters": {"localPortNumber": {"type": "String", "allowedPattern": "^[0-9]{1,5}$", "default": "0"}},
        "properties": {"type": "LocalPortForwarding", "host": "db.example.internal", "portNumber": "5432",

@@ -25,7 +25,8 @@ from ops.config import EnvConfig, load_env
 from ops.sandbox import identities
 from tests.db_fixtures import set_database_secret
 from tests.identity_support import DB, MASTER, Bed, start_bed
-from tests.tiers import missing_tool, needs_tool
+from tests.ssm_support import real_plugin
+from tests.tiers import needs_tool
 from tests.tunnel_fixtures import TunnelWorld, _world, plain_sandbox_toml
 
 pytestmark = pytest.mark.slow
@@ -73,7 +74,7 @@ def test_each_person_is_themselves_through_the_whole_chain(chain: tuple[TunnelWo
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     _, cfg, bed = chain
     if transport == "plugin":
-        monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", _plugin())
+        monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", real_plugin())
     for who, db_user in (("alice@example.com", "alice"), ("bob@example.com", "bob")):
         monkeypatch.setenv(identities.PERSON_ENV, who)
         with identity_tunnel.open_auth_tunnel(cfg, transport=transport, reason="identity test") as info:
@@ -101,16 +102,6 @@ def test_psql_line_from_the_issue(chain: tuple[TunnelWorld, EnvConfig, Bed], mon
         out = subprocess.run(["psql", "-h", info.local_host, "-p", str(info.local_port), "-d", DB, "-w", "-Atc",
                               "select current_user"], env=env, capture_output=True, text=True, timeout=30, check=False)
     assert (out.returncode, out.stdout.strip()) == (0, "alice"), out.stderr
-
-
-def _plugin() -> str:
-    """AWS's own plugin: the env override, the shared tools folder beside the checkout (CI), or PATH."""
-    shared = Path(__file__).resolve().parents[2] / "shared/tools/session-manager-plugin/session-manager-plugin"
-    found = (os.environ.get("BASTIONLESS_SESSION_MANAGER_PLUGIN") or (str(shared) if shared.is_file() else "")
-             or shutil.which("session-manager-plugin") or "")
-    if not found:
-        missing_tool("no session-manager-plugin (set BASTIONLESS_SESSION_MANAGER_PLUGIN to run this)")
-    return found
 
 
 def _assert_no_secret_in_any_process(bed: Bed) -> None:

@@ -39,7 +39,7 @@ POSTGRES_MAPPING = (("POSTGRES_SERVER", "{host}"), ("POSTGRES_PORT", "{port}"), 
 RDS_STYLE_PASSWORD = "Rds1" + "".join(c for c in string.punctuation if c not in '/@"') + "%41%%(here)s"
 
 
-def set_password(world: TunnelWorld, pg: Postgres, password: str) -> None:
+def set_password(projects_world: TunnelWorld, pg: Postgres, password: str) -> None:
     """The database login and the RDS-managed secret both change, as after a rotation."""
     import psycopg
 
@@ -47,7 +47,7 @@ def set_password(world: TunnelWorld, pg: Postgres, password: str) -> None:
                          autocommit=True) as conn:
         verifier = conn.pgconn.encrypt_password(password.encode(), b"app_admin", b"scram-sha-256").decode()
         conn.execute(f"ALTER ROLE app_admin PASSWORD '{verifier}'")
-    set_database_secret(world, load_env("sandbox"), password=password)
+    set_database_secret(projects_world, load_env("sandbox"), password=password)
 
 
 def project(tmp_path: Path, name: str) -> Path:
@@ -72,13 +72,13 @@ def item_columns(pg: Postgres) -> set[str]:
 
 
 @pytest.fixture()
-def world(db_world: TunnelWorld, postgres: Postgres) -> TunnelWorld:
+def projects_world(db_world: TunnelWorld, postgres: Postgres) -> TunnelWorld:
     reset_schema(postgres)
     return db_world
 
 
 def test_postgres_settings_project_with_a_punctuation_password_through_set_main_option(
-        world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
+        projects_world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     # env.py builds its URL from POSTGRES_* (percent-encoded password) and calls set_main_option.
     ini = project(tmp_path, "postgres_settings")
     cfg = sandbox(env=POSTGRES_MAPPING)
@@ -94,19 +94,19 @@ def test_postgres_settings_project_with_a_punctuation_password_through_set_main_
 
 
 def test_async_asyncpg_project_reads_database_url_and_migrates_the_tunnel(
-        world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
+        projects_world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     ini = project(tmp_path, "async_settings")
-    result = run_cli(world, "migrate", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
+    result = run_cli(projects_world, "migrate", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
     assert result.returncode == 0, result.stderr
     assert "sandbox: migrated to head; the database is at a0002" in result.stdout
     assert {"accounts", "sessions"} <= tables(postgres) and version(postgres) == "a0002"
-    status = run_cli(world, "migrate-status", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
+    status = run_cli(projects_world, "migrate-status", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
     assert status.returncode == 0, status.stderr
     assert "current: a0002" in status.stdout and "pending: none" in status.stdout
 
 
 def test_transaction_per_migration_failure_says_which_revisions_landed(
-        world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
+        projects_world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     ini = project(tmp_path, "async_settings")
     (ini.parent / "migrations" / "versions" / "0003_broken.py").write_text(
         '"""broken"""\nfrom alembic import op\n\nrevision = "a0003"\ndown_revision = "a0002"\n'
@@ -120,11 +120,11 @@ def test_transaction_per_migration_failure_says_which_revisions_landed(
 
 
 def test_sqlite_project_that_ignores_every_variable_fails_and_status_tells_the_truth(
-        world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
+        projects_world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     ini = project(tmp_path, "sqlite_only")
     args = ("migrate", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
     for attempt in (1, 2):  # the second time the SQLite file is already "at head"
-        result = run_cli(world, *args)
+        result = run_cli(projects_world, *args)
         assert result.returncode != 0, result.stdout
         assert ("error: Alembic reported 9f1e2d3c4b5a but sandbox's database through the tunnel is still at no "
                 "revision (empty): your env.py does not use DATABASE_URL (it connected to sqlite:///app.db)"
@@ -133,19 +133,19 @@ def test_sqlite_project_that_ignores_every_variable_fails_and_status_tells_the_t
         assert "Traceback" not in result.stderr
     assert (ini.parent / "app.db").is_file()  # where Alembic really went
     assert tables(postgres) == set()
-    status = run_cli(world, "migrate-status", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
+    status = run_cli(projects_world, "migrate-status", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
     assert status.returncode == 0, status.stderr
     assert "current: (empty database: no revision applied)" in status.stdout
     assert "pending: 1 (9f1e2d3c4b5a)" in status.stdout
 
 
-def test_an_env_py_settings_error_is_not_blamed_on_a_revision(world: TunnelWorld, tmp_path: Path) -> None:
+def test_an_env_py_settings_error_is_not_blamed_on_a_revision(projects_world: TunnelWorld, tmp_path: Path) -> None:
     ini = project(tmp_path, "async_settings")
     settings = ini.parent / "settings.py"
     settings.write_text(settings.read_text().replace("    def __init__(self) -> None:\n",
                                                      "    def __init__(self) -> None:\n"
                                                      "        self.SECRET_KEY = os.environ['SECRET_KEY']\n"))
-    result = run_cli(world, "migrate", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
+    result = run_cli(projects_world, "migrate", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
     assert result.returncode == 1
     assert "KeyError: 'SECRET_KEY'" in result.stderr  # Alembic's (the child's) own output stays visible
     last = result.stderr.strip().splitlines()[-1]
@@ -154,12 +154,12 @@ def test_an_env_py_settings_error_is_not_blamed_on_a_revision(world: TunnelWorld
     assert "ops/migrate.py" not in result.stderr and "cli/db.py" not in result.stderr
 
 
-def test_a_broken_ini_is_one_line_not_a_traceback(world: TunnelWorld, tmp_path: Path) -> None:
+def test_a_broken_ini_is_one_line_not_a_traceback(projects_world: TunnelWorld, tmp_path: Path) -> None:
     ini = tmp_path / "broken" / "alembic.ini"
     ini.parent.mkdir()
     ini.write_text("[alembic]\nscript_location = nowhere\n")
     for task in ("migrate", "migrate-status"):
-        result = run_cli(world, task, "--env", "sandbox", "--ini", str(ini), "--transport", "native")
+        result = run_cli(projects_world, task, "--env", "sandbox", "--ini", str(ini), "--transport", "native")
         assert result.returncode != 0, (task, result.stdout)
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and "; next: " in last, (task, result.stderr)
@@ -201,7 +201,7 @@ def _project_venv(root: Path) -> Path:
     return python
 
 
-def test_a_project_migrates_with_its_own_venv(world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
+def test_a_project_migrates_with_its_own_venv(projects_world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     assert importlib.util.find_spec("only_in_the_project_venv") is None
     root = tmp_path / "service"
     ini = copy_migrations(root)
@@ -219,12 +219,12 @@ def test_a_project_migrates_with_its_own_venv(world: TunnelWorld, postgres: Post
 
 
 def test_an_rds_style_password_survives_set_main_option_in_both_url_styles(
-        world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
+        projects_world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     # async_settings: bastionless' DATABASE_URL goes through set_main_option; postgres_settings: the
     # project builds (and percent-escapes) its own URL from POSTGRES_PASSWORD, then set_main_option.
-    set_password(world, postgres, RDS_STYLE_PASSWORD)
+    set_password(projects_world, postgres, RDS_STYLE_PASSWORD)
     try:
-        out = run_cli(world, "migrate", "--env", "sandbox", "--ini", str(project(tmp_path, "async_settings")),
+        out = run_cli(projects_world, "migrate", "--env", "sandbox", "--ini", str(project(tmp_path, "async_settings")),
                       "--transport", "native")
         assert out.returncode == 0, out.stderr
         assert version(postgres) == "a0002"
@@ -234,10 +234,11 @@ def test_an_rds_style_password_survives_set_main_option_in_both_url_styles(
         assert version(postgres) == "5c3d9a1b2e8f"
         assert RDS_STYLE_PASSWORD not in out.stdout + out.stderr
     finally:
-        set_password(world, postgres, PASSWORD)
+        set_password(projects_world, postgres, PASSWORD)
 
 
-def test_x_arguments_from_the_env_file_reach_env_py(world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
+def test_x_arguments_from_the_env_file_reach_env_py(projects_world: TunnelWorld, postgres: Postgres,
+                                                    tmp_path: Path) -> None:
     ini = copy_migrations(tmp_path)
     env_py = ini.parent / "env.py"
     env_py.write_text(env_py.read_text().replace(
@@ -250,7 +251,7 @@ def test_x_arguments_from_the_env_file_reach_env_py(world: TunnelWorld, postgres
 
 
 def test_an_env_py_relying_on_libpq_pg_variables_alone_migrates_the_tunnel(
-        world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
+        projects_world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
     # `postgresql+psycopg://` with no host, user or password: libpq fills everything from PG*.
     ini = copy_migrations(tmp_path)
     env_py = ini.parent / "env.py"

@@ -49,19 +49,19 @@ def slow_ini(tmp: Path, seconds: int = 6) -> Path:
     return copy_migrations(tmp, extra={"0004_slow.py": revision_file("0004", "0003", body)})
 
 
-def cli(world: TunnelWorld, *args: str, **kw: Any) -> subprocess.Popen[str]:
+def cli(migrate_world: TunnelWorld, *args: str, **kw: Any) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=PROJECT_ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env=world.subprocess_env(**kw))
+                            env=migrate_world.subprocess_env(**kw))
 
 
 def lock_holders(pg: Postgres) -> int:
     return int(pg.superuser_sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"))
 
 
-def session_states(world: TunnelWorld) -> dict[str, str]:
+def session_states(migrate_world: TunnelWorld) -> dict[str, str]:
     """Every session the endpoint has seen (DescribeSessions Active + History) -> its status."""
-    ssm = aws_client("ssm", world.endpoint.url, "us-east-1")
+    ssm = aws_client("ssm", migrate_world.endpoint.url, "us-east-1")
     found: dict[str, str] = {}
     for state in ("Active", "History"):
         for sess in ssm.describe_sessions(State=state)["Sessions"]:
@@ -74,13 +74,13 @@ def no_leak(text: str) -> bool:
 
 
 @pytest.fixture()
-def world(db_world: TunnelWorld, postgres: Postgres) -> TunnelWorld:
+def migrate_world(db_world: TunnelWorld, postgres: Postgres) -> TunnelWorld:
     reset_schema(postgres)
     assert db_world.active_sessions() == []
     return db_world
 
 
-def test_upgrade_status_downgrade_upgrade_through_the_tunnel(world: TunnelWorld, postgres: Postgres) -> None:
+def test_upgrade_status_downgrade_upgrade_through_the_tunnel(migrate_world: TunnelWorld, postgres: Postgres) -> None:
     cfg = load_env("sandbox")
     migrate(cfg, yes=True, transport="native")
     assert tables(postgres) == {"alembic_version", "users", "orders"}
@@ -92,23 +92,24 @@ def test_upgrade_status_downgrade_upgrade_through_the_tunnel(world: TunnelWorld,
     assert "  * 0002  create orders  (current)" in status.format()
     migrate(cfg, yes=True, transport="native")
     assert migration_status(cfg, transport="native").current == ("0003",)
-    assert world.active_sessions() == []
+    assert migrate_world.active_sessions() == []
     # Every session this opened was terminated, not just abandoned.
-    assert set(session_states(world).values()) <= {"Terminated"}
+    assert set(session_states(migrate_world).values()) <= {"Terminated"}
 
-    shown = run_cli(world, "migrate-status", "--env", "sandbox", "--transport", "native")
+    shown = run_cli(migrate_world, "migrate-status", "--env", "sandbox", "--transport", "native")
     assert shown.returncode == 0, shown.stderr
     assert "current: 0003" in shown.stdout and "pending: none" in shown.stdout
 
 
-def test_two_concurrent_migrations_second_fails_fast(world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
+def test_two_concurrent_migrations_second_fails_fast(migrate_world: TunnelWorld, postgres: Postgres,
+                                                     tmp_path: Path) -> None:
     # Long enough that the second runner (interpreter start + tunnel) finishes well inside it.
     ini = str(slow_ini(tmp_path, seconds=15))
     args = ("migrate", "--env", "sandbox", "--ini", ini, "--transport", "native")
-    first = cli(world, *args)
+    first = cli(migrate_world, *args)
     try:
         wait_for(lambda: lock_holders(postgres) == 1, timeout=30, what="the first runner to take the lock")
-        second = cli(world, *args)
+        second = cli(migrate_world, *args)
         _, err2 = second.communicate(timeout=60)
         assert second.returncode == 1
         assert "another migration is running on sandbox" in err2 and "nothing was run" in err2
@@ -121,26 +122,26 @@ def test_two_concurrent_migrations_second_fails_fast(world: TunnelWorld, postgre
     assert first.returncode == 0, err1
     assert "sandbox: migrated to head" in out1
     assert "slow" in tables(postgres)
-    assert world.active_sessions() == []
+    assert migrate_world.active_sessions() == []
 
 
-def test_a_failing_revision_exits_nonzero_and_changes_nothing(world: TunnelWorld, postgres: Postgres,
+def test_a_failing_revision_exits_nonzero_and_changes_nothing(migrate_world: TunnelWorld, postgres: Postgres,
                                                               tmp_path: Path) -> None:
     cfg = load_env("sandbox")
     migrate(cfg, revision="0002", yes=True, transport="native")
     before = (tables(postgres), postgres.superuser_sql("SELECT version_num FROM alembic_version"))
-    sessions_before = set(session_states(world))
+    sessions_before = set(session_states(migrate_world))
     ini = copy_migrations(tmp_path, extra={"0004_broken.py": FAILING_REVISION})
-    result = run_cli(world, "migrate", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
+    result = run_cli(migrate_world, "migrate", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
     assert result.returncode == 1
     assert "division by zero" in result.stderr
     assert "error: alembic upgrade failed on sandbox (exit status 1; its output is above)" in result.stderr
     assert "nothing of this run was applied (the database is still at 0002)" in result.stderr
     assert (tables(postgres), postgres.superuser_sql("SELECT version_num FROM alembic_version")) == before
     assert postgres.superuser_sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == "0"
-    new = {k: v for k, v in session_states(world).items() if k not in sessions_before}
+    new = {k: v for k, v in session_states(migrate_world).items() if k not in sessions_before}
     assert new and set(new.values()) == {"Terminated"}
-    assert world.active_sessions() == []
+    assert migrate_world.active_sessions() == []
 
 
 def _cmdlines() -> dict[int, bytes]:
@@ -154,10 +155,10 @@ def _cmdlines() -> dict[int, bytes]:
     return out
 
 
-def test_the_password_is_in_no_command_line_output_or_log(world: TunnelWorld, postgres: Postgres,
+def test_the_password_is_in_no_command_line_output_or_log(migrate_world: TunnelWorld, postgres: Postgres,
                                                           tmp_path: Path) -> None:
     ini = slow_ini(tmp_path, seconds=3)
-    proc = cli(world, "migrate", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
+    proc = cli(migrate_world, "migrate", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
     seen_alembic = False
     scans = 0
     secret_bytes = {f.encode() for f in SECRET_FORMS}
@@ -185,35 +186,37 @@ def test_the_password_is_in_no_command_line_output_or_log(world: TunnelWorld, po
     assert proc.returncode == 0, err
     assert seen_alembic and scans > 10
     assert no_leak(out) and no_leak(err)
-    for path in [*world.state_dir.rglob("*"), postgres.root / "log"]:
+    for path in [*migrate_world.state_dir.rglob("*"), postgres.root / "log"]:
         if path.is_file():
             assert no_leak(path.read_text(errors="replace")), f"password in {path}"
 
 
 @needs_psql
-def test_psql_runs_a_query_with_the_password_in_its_environment_only(world: TunnelWorld, postgres: Postgres) -> None:
+def test_psql_runs_a_query_with_the_password_in_its_environment_only(migrate_world: TunnelWorld,
+                                                                     postgres: Postgres) -> None:
     migrate(load_env("sandbox"), yes=True, transport="native")
     postgres.superuser_sql("INSERT INTO users (email, name) VALUES ('a@example.com', 'Ada'), ('b@example.com', 'B')")
-    result = run_cli(world, "psql", "--env", "sandbox", "--transport", "native", "-c",
+    result = run_cli(migrate_world, "psql", "--env", "sandbox", "--transport", "native", "-c",
                      "select name from users order by name")
     assert result.returncode == 0, result.stderr
     assert "Ada" in result.stdout and "(2 rows)" in result.stdout
     assert no_leak(result.stdout + result.stderr)
-    failed = run_cli(world, "psql", "--env", "sandbox", "--transport", "native", "-c", "select 1/0")
+    failed = run_cli(migrate_world, "psql", "--env", "sandbox", "--transport", "native", "-c", "select 1/0")
     assert failed.returncode == 1 and "division by zero" in failed.stderr
-    assert world.active_sessions() == []
+    assert migrate_world.active_sessions() == []
 
 
 @needs_psql
-def test_psql_query_function_for_the_demo(world: TunnelWorld) -> None:
+def test_psql_query_function_for_the_demo(migrate_world: TunnelWorld) -> None:
     from ops.psql import query
 
     assert "42" in query(load_env("sandbox"), "select 40 + 2 as answer", transport="native")
 
 
-def test_dbeaver_takes_the_user_from_the_secret_and_never_the_password(world: TunnelWorld, tmp_path: Path) -> None:
+def test_dbeaver_takes_the_user_from_the_secret_and_never_the_password(migrate_world: TunnelWorld,
+                                                                       tmp_path: Path) -> None:
     ws = tmp_path / "dbeaver-ws"
-    result = run_cli(world, "dbeaver", "--env", "sandbox", "--workspace", str(ws))
+    result = run_cli(migrate_world, "dbeaver", "--env", "sandbox", "--workspace", str(ws))
     assert result.returncode == 0, result.stderr
     assert "next: invoke tunnel --env sandbox" in result.stdout
     path = ws / "General" / ".dbeaver" / "data-sources.json"
@@ -221,16 +224,16 @@ def test_dbeaver_takes_the_user_from_the_secret_and_never_the_password(world: Tu
     conf = doc["connections"]["postgres-jdbc-bastionless-sandbox"]["configuration"]
     assert conf["user"] == "app_admin" and conf["port"] == "5433"
     assert no_leak(path.read_text()) and no_leak(result.stdout + result.stderr)
-    again = run_cli(world, "dbeaver", "--env", "sandbox", "--workspace", str(ws))
+    again = run_cli(migrate_world, "dbeaver", "--env", "sandbox", "--workspace", str(ws))
     assert again.returncode == 0 and "already up to date" in again.stdout
 
 
 @needs_psql
-def test_db_url_and_a_pg_service_entry_that_libpq_uses(world: TunnelWorld, tmp_path: Path) -> None:
+def test_db_url_and_a_pg_service_entry_that_libpq_uses(migrate_world: TunnelWorld, tmp_path: Path) -> None:
     migrate(load_env("sandbox"), yes=True, transport="native")
     port = free_port()
     files = {"PGSERVICEFILE": str(tmp_path / "pg_service.conf"), "PGPASSFILE": str(tmp_path / "pgpass")}
-    result = run_cli(world, "db-url", "--env", "sandbox", "--port", str(port), "--pgservice", "--pgpass",
+    result = run_cli(migrate_world, "db-url", "--env", "sandbox", "--port", str(port), "--pgservice", "--pgpass",
                      PGSERVICEFILE=files["PGSERVICEFILE"], PGPASSFILE=files["PGPASSFILE"])
     assert result.returncode == 0, result.stderr
     assert f"DATABASE_URL=postgresql://app_admin@127.0.0.1:{port}/app?sslmode=disable" in result.stdout
@@ -246,35 +249,35 @@ def test_db_url_and_a_pg_service_entry_that_libpq_uses(world: TunnelWorld, tmp_p
     assert out.stdout.strip() == "0"
 
 
-def test_sql_mode_prints_sql_without_aws_or_a_session(world: TunnelWorld) -> None:
-    before = session_states(world)
-    result = run_cli(world, "migrate", "--env", "sandbox", "--sql")
+def test_sql_mode_prints_sql_without_aws_or_a_session(migrate_world: TunnelWorld) -> None:
+    before = session_states(migrate_world)
+    result = run_cli(migrate_world, "migrate", "--env", "sandbox", "--sql")
     assert result.returncode == 0, result.stderr
     assert "CREATE TABLE users" in result.stdout and "CREATE INDEX orders_user_created_idx" in result.stdout
-    assert session_states(world) == before
+    assert session_states(migrate_world) == before
 
 
-def test_the_account_guard_stops_before_any_session(world: TunnelWorld) -> None:
-    path = world.envs_dir / "otheraccount.toml"
+def test_the_account_guard_stops_before_any_session(migrate_world: TunnelWorld) -> None:
+    path = migrate_world.envs_dir / "otheraccount.toml"
     path.write_text(plain_sandbox_toml().replace('"123456789012"', '"999999999999"'))
-    cfg = load_env("otheraccount", world.envs_dir)
-    before = session_states(world)
+    cfg = load_env("otheraccount", migrate_world.envs_dir)
+    before = session_states(migrate_world)
     with pytest.raises(AccountMismatchError, match="999999999999"):
         migrate(cfg, yes=True, transport="native")
-    assert session_states(world) == before
+    assert session_states(migrate_world) == before
 
 
-def test_prod_without_yes_and_without_a_terminal_is_refused_before_aws(world: TunnelWorld) -> None:
-    result = run_cli(world, "migrate", "--env", "prod")
+def test_prod_without_yes_and_without_a_terminal_is_refused_before_aws(migrate_world: TunnelWorld) -> None:
+    result = run_cli(migrate_world, "migrate", "--env", "prod")
     assert result.returncode == 1
     assert "needs confirmation" in result.stderr and "--yes" in result.stderr
 
 
-def test_ctrl_c_stops_alembic_rolls_back_and_terminates_the_session(world: TunnelWorld, postgres: Postgres,
+def test_ctrl_c_stops_alembic_rolls_back_and_terminates_the_session(migrate_world: TunnelWorld, postgres: Postgres,
                                                                     tmp_path: Path) -> None:
     ini = slow_ini(tmp_path, seconds=30)
-    before = set(session_states(world))
-    proc = cli(world, "migrate", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
+    before = set(session_states(migrate_world))
+    proc = cli(migrate_world, "migrate", "--env", "sandbox", "--ini", str(ini), "--transport", "native")
     try:
         wait_for(lambda: postgres.superuser_sql(
             "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'") == "1",
@@ -288,13 +291,13 @@ def test_ctrl_c_stops_alembic_rolls_back_and_terminates_the_session(world: Tunne
     assert proc.returncode == 130, err
     assert tables(postgres) == set()  # the whole run was one transaction
     assert lock_holders(postgres) == 0
-    new = {k: v for k, v in session_states(world).items() if k not in before}
+    new = {k: v for k, v in session_states(migrate_world).items() if k not in before}
     assert new and set(new.values()) == {"Terminated"}
-    assert world.active_sessions() == []
+    assert migrate_world.active_sessions() == []
 
 
 @needs_psql
-def test_migrate_and_psql_next_to_a_background_tunnel(world: TunnelWorld) -> None:
+def test_migrate_and_psql_next_to_a_background_tunnel(migrate_world: TunnelWorld) -> None:
     # The demo keeps `invoke tunnel --background` open while it migrates: ephemeral tunnels coexist.
     from ops import tunnels_state
     from ops.psql import query
@@ -307,10 +310,11 @@ def test_migrate_and_psql_next_to_a_background_tunnel(world: TunnelWorld) -> Non
         assert "0003" in query(cfg, "select version_num from alembic_version", transport="native")
     finally:
         tunnels_state.close("sandbox")
-    assert world.active_sessions() == []
+    assert migrate_world.active_sessions() == []
 
 
-def test_status_of_a_database_ahead_of_the_checkout(world: TunnelWorld, postgres: Postgres, tmp_path: Path) -> None:
+def test_status_of_a_database_ahead_of_the_checkout(migrate_world: TunnelWorld, postgres: Postgres,
+                                                    tmp_path: Path) -> None:
     from ops.errors import OpsError
 
     cfg = load_env("sandbox")

@@ -25,26 +25,13 @@ from tests.ssm_support import (
     EndpointThread,
     echo_once,
     free_port,
-    real_plugin,
     run_plugin_shell,
 )
 
 pytest_plugins = ["tests.ssm_fixtures"]
 
 
-@pytest.fixture(scope="module")
-def sandbox(ssm_sandbox: EndpointBox) -> EndpointBox:
-    """This module's `sandbox`: named apart in the plugin, since every plugin's fixtures are global."""
-    return ssm_sandbox
-
-
-
-@pytest.fixture
-def plugin() -> str:
-    return real_plugin()
-
-
-def start_plugin(box: EndpointBox, tmp_path: Path, plugin: str
+def start_plugin(box: EndpointBox, tmp_path: Path, session_manager_plugin: str
                  ) -> tuple[subprocess.Popen[str], dict[str, Any], int, list[str]]:
     """StartSession to the database host, then the plugin as the AWS CLI runs it; returns the process, the
     StartSession answer, the local port and the plugin's output lines (collected as they come)."""
@@ -56,7 +43,8 @@ def start_plugin(box: EndpointBox, tmp_path: Path, plugin: str
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path),
            "SSL_CERT_FILE": box.endpoint.ca_file}
     # The argv the AWS CLI passes: response JSON, region, operation, profile, request JSON, endpoint URL.
-    proc = subprocess.Popen([plugin, json.dumps(response), REGION, "StartSession", "", json.dumps(params),
+    proc = subprocess.Popen([session_manager_plugin, json.dumps(response), REGION, "StartSession", "",
+                             json.dumps(params),
                              box.endpoint.url], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     lines: list[str] = []
@@ -66,8 +54,8 @@ def start_plugin(box: EndpointBox, tmp_path: Path, plugin: str
     return proc, response, local_port, lines
 
 
-def run_plugin(box: EndpointBox, tmp_path: Path, plugin: str) -> None:
-    proc, response, local_port, lines = start_plugin(box, tmp_path, plugin)
+def run_plugin(box: EndpointBox, tmp_path: Path, session_manager_plugin: str) -> None:
+    proc, response, local_port, lines = start_plugin(box, tmp_path, session_manager_plugin)
     ssm = box.endpoint.ssm()
     try:
         deadline = time.monotonic() + 20
@@ -98,18 +86,18 @@ def run_plugin(box: EndpointBox, tmp_path: Path, plugin: str) -> None:
 
 
 @pytest.mark.slow
-def test_real_plugin_smux_mode(sandbox: EndpointBox, tmp_path: Path, plugin: str) -> None:
-    run_plugin(sandbox, tmp_path, plugin)
+def test_real_plugin_smux_mode(ssm_sandbox: EndpointBox, tmp_path: Path, session_manager_plugin: str) -> None:
+    run_plugin(ssm_sandbox, tmp_path, session_manager_plugin)
 
 
 @pytest.mark.slow
 def test_real_plugin_basic_mode(moto_url: str, relay: str, echo_server: tuple[str, int], tmp_path: Path,
-                                plugin: str) -> None:
+                                session_manager_plugin: str) -> None:
     endpoint = EndpointThread(moto_url=moto_url, state_dir=tmp_path / "state", agent_version="3.0.161.0").start()
     try:
         box = EndpointBox(endpoint=endpoint, relay=relay, moto_url=moto_url)
         box.map_host(DB_HOST, DB_PORT, echo_server)
-        run_plugin(box, tmp_path, plugin)
+        run_plugin(box, tmp_path, session_manager_plugin)
     finally:
         endpoint.stop()
 
@@ -130,26 +118,27 @@ def _exec_session(box: EndpointBox, *, cluster: str, command: str) -> tuple[dict
 
 
 @pytest.mark.slow
-def test_real_plugin_shell_without_kms(sandbox: EndpointBox, tmp_path: Path, plugin: str) -> None:
+def test_real_plugin_shell_without_kms(ssm_sandbox: EndpointBox, tmp_path: Path, session_manager_plugin: str) -> None:
     """ECS Exec without exec KMS through AWS's plugin: the agent skips the handshake and the plugin starts
     the shell on its first output (session/sessionhandler.go ProcessFirstMessage), prints it and exits
     when the command ends."""
-    answer, target = _exec_session(sandbox, cluster="interop", command="sh -c 'echo interop-$((6*7))'")
+    answer, target = _exec_session(ssm_sandbox, cluster="interop", command="sh -c 'echo interop-$((6*7))'")
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "HOME": str(tmp_path),
-           "SSL_CERT_FILE": sandbox.endpoint.ca_file}
-    code, out = run_plugin_shell(plugin, answer=answer, region=REGION, target=target,
-                                 endpoint_url=sandbox.endpoint.url, env=env)
+           "SSL_CERT_FILE": ssm_sandbox.endpoint.ca_file}
+    code, out = run_plugin_shell(session_manager_plugin, answer=answer, region=REGION, target=target,
+                                 endpoint_url=ssm_sandbox.endpoint.url, env=env)
     assert code == 0
     assert b"interop-42" in out, out
     assert b"Exiting session with sessionId" in out
-    sessions = sandbox.endpoint.ssm().describe_sessions(State="History")["Sessions"]
+    sessions = ssm_sandbox.endpoint.ssm().describe_sessions(State="History")["Sessions"]
     assert any(s["SessionId"] == answer["SessionId"] and s["Status"] == "Terminated" for s in sessions)
 
 
 @pytest.mark.slow
-def test_real_plugin_resumes_after_a_drop(sandbox: EndpointBox, tmp_path: Path, plugin: str) -> None:
+def test_real_plugin_resumes_after_a_drop(ssm_sandbox: EndpointBox, tmp_path: Path,
+                                          session_manager_plugin: str) -> None:
     """A dropped data channel: the plugin calls ResumeSession itself and carries on with the same session."""
-    proc, response, local_port, lines = start_plugin(sandbox, tmp_path, plugin)
+    proc, response, local_port, lines = start_plugin(ssm_sandbox, tmp_path, session_manager_plugin)
     try:
         deadline = time.monotonic() + 20
         while not any("opened for sessionId" in line for line in lines):
@@ -161,20 +150,20 @@ def test_real_plugin_resumes_after_a_drop(sandbox: EndpointBox, tmp_path: Path, 
         # The plugin exits ("Cannot perform start session: ... broken pipe") when a write of its own hits
         # the dead socket, as it does on AWS; a drop while it is idle is the case it resumes from.
         deadline = time.monotonic() + 10
-        while sandbox.endpoint.get(stats)["unacked"]:
+        while ssm_sandbox.endpoint.get(stats)["unacked"]:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        sandbox.endpoint.post(f"{stats}/drop")
+        ssm_sandbox.endpoint.post(f"{stats}/drop")
         # Likewise a new local connection before it has reconnected: wait for its second websocket.
         deadline = time.monotonic() + 30
-        while sandbox.endpoint.get(stats)["websockets"] < 2:
+        while ssm_sandbox.endpoint.get(stats)["websockets"] < 2:
             assert time.monotonic() < deadline, "\n".join(lines)
             time.sleep(0.05)
         assert echo_once(local_port, blob) == blob
         assert proc.poll() is None, lines
-        status = sandbox.endpoint.get(f"/_sandbox/sessions/{response['SessionId']}")["status"]
+        status = ssm_sandbox.endpoint.get(f"/_sandbox/sessions/{response['SessionId']}")["status"]
         assert status == "Connected"
-        events = [e for e in sandbox.endpoint.ssm().describe_sessions(State="Active")["Sessions"]
+        events = [e for e in ssm_sandbox.endpoint.ssm().describe_sessions(State="Active")["Sessions"]
                   if e["SessionId"] == response["SessionId"]]
         assert events, "the same session is still the active one"
         os.killpg(proc.pid, signal.SIGINT)

@@ -35,18 +35,18 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def _synthesized_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _cached_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     template = copy_project(tmp_path_factory.mktemp("template") / "project")
     synth(_cfg(template), project_root=template)
     return template
 
 
 @pytest.fixture
-def synthesized(tmp_path: Path, _synthesized_template: Path) -> Path:
+def cached_project(tmp_path: Path, _cached_template: Path) -> Path:
     """A copy of the app whose sandbox synth is done and current (stamp and all): for the tests that
     start from a cached synth, one synth child for the module instead of one each (~2 s of CPU)."""
     dest = tmp_path / "project"
-    shutil.copytree(_synthesized_template, dest)
+    shutil.copytree(_cached_template, dest)
     return dest
 
 
@@ -96,43 +96,43 @@ def test_unchanged_inputs_reuse_the_output_without_running_the_app(
 
 
 @pytest.mark.usefixtures("real_io")
-def test_every_input_is_in_the_digest(synthesized: Path) -> None:
+def test_every_input_is_in_the_digest(cached_project: Path) -> None:
     """The stamp lists the project files the app imported, and a change in any of them (or in the env
     file, cdktf.json, the node preload) changes the digest the cache compares."""
-    cfg = _cfg(synthesized)
-    out = synth(cfg, project_root=synthesized)
+    cfg = _cfg(cached_project)
+    out = synth(cfg, project_root=cached_project)
     files = json.loads((out / STAMP_FILE).read_text())["files"]
     # What the app really imports, also outside stacks/ (ops.facts was missing from the old hand-kept list).
     assert {"main.py", "stacks/__init__.py", "stacks/stack.py", "ops/config.py", "ops/facts.py"} <= set(files)
     assert "ops/tunnel.py" not in files and not any(f.startswith((".venv/", "tests/")) for f in files)
-    before = inputs_digest(cfg, project_root=synthesized)
+    before = inputs_digest(cfg, project_root=cached_project)
     assert before
     for rel in [*files, *FIXED_INPUTS, "envs/sandbox.toml"]:
-        path = synthesized / rel
+        path = cached_project / rel
         original = path.read_bytes()
         path.write_bytes(original + b"\n")
         try:
-            assert inputs_digest(cfg, project_root=synthesized) != before, f"an edit of {rel} is not noticed"
+            assert inputs_digest(cfg, project_root=cached_project) != before, f"an edit of {rel} is not noticed"
         finally:
             path.write_bytes(original)
-    assert inputs_digest(cfg, project_root=synthesized) == before
+    assert inputs_digest(cfg, project_root=cached_project) == before
 
 
 @pytest.mark.usefixtures("real_io")
-def test_a_new_import_is_recorded_and_then_watched(synthesized: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    cfg = _cfg(synthesized)
-    synth(cfg, project_root=synthesized)
-    (synthesized / "stacks" / "extra_fact.py").write_text("EXTRA = 1\n")
-    stack = synthesized / "stacks" / "stack.py"
+def test_a_new_import_is_recorded_and_then_watched(cached_project: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    cfg = _cfg(cached_project)
+    synth(cfg, project_root=cached_project)
+    (cached_project / "stacks" / "extra_fact.py").write_text("EXTRA = 1\n")
+    stack = cached_project / "stacks" / "stack.py"
     stack.write_text(stack.read_text() + "\nimport stacks.extra_fact  # noqa: E402,F401\n")
     capfd.readouterr()
-    out = synth(cfg, project_root=synthesized)
+    out = synth(cfg, project_root=cached_project)
     assert "synthesizing sandbox... " in capfd.readouterr().err
     assert "stacks/extra_fact.py" in json.loads((out / STAMP_FILE).read_text())["files"]
-    before = inputs_digest(cfg, project_root=synthesized)
-    (synthesized / "stacks" / "extra_fact.py").write_text("EXTRA = 2\n")
-    assert inputs_digest(cfg, project_root=synthesized) != before
-    synth(cfg, project_root=synthesized)
+    before = inputs_digest(cfg, project_root=cached_project)
+    (cached_project / "stacks" / "extra_fact.py").write_text("EXTRA = 2\n")
+    assert inputs_digest(cfg, project_root=cached_project) != before
+    synth(cfg, project_root=cached_project)
     assert "synthesizing sandbox... " in capfd.readouterr().err
 
 
@@ -141,39 +141,39 @@ def test_no_synth_yet_has_no_digest(project: Path) -> None:
 
 
 @pytest.mark.usefixtures("real_io")
-def test_editing_the_env_file_resynthesizes(synthesized: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    cfg = _cfg(synthesized)
-    out = synth(cfg, project_root=synthesized)
+def test_editing_the_env_file_resynthesizes(cached_project: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    cfg = _cfg(cached_project)
+    out = synth(cfg, project_root=cached_project)
     assert "sandbox: unchanged, using cached synth" in capfd.readouterr().err, "the copied synth is current"
     first = _identity(out / SYNTH_FILE)
-    with (synthesized / "envs" / "sandbox.toml").open("a") as f:
+    with (cached_project / "envs" / "sandbox.toml").open("a") as f:
         f.write("\n# an edit\n")
     capfd.readouterr()
-    synth(cfg, project_root=synthesized)
+    synth(cfg, project_root=cached_project)
     assert "synthesizing sandbox... " in capfd.readouterr().err
     assert _identity(out / SYNTH_FILE) != first
 
 
 @pytest.mark.usefixtures("real_io")
-def test_other_environments_files_are_not_inputs(synthesized: Path) -> None:
-    cfg = _cfg(synthesized)
-    synth(cfg, project_root=synthesized)
-    before = inputs_digest(cfg, project_root=synthesized)
+def test_other_environments_files_are_not_inputs(cached_project: Path) -> None:
+    cfg = _cfg(cached_project)
+    synth(cfg, project_root=cached_project)
+    before = inputs_digest(cfg, project_root=cached_project)
     assert before
-    with (synthesized / "envs" / "prod.toml").open("a") as f:
+    with (cached_project / "envs" / "prod.toml").open("a") as f:
         f.write("\n# an edit\n")
-    assert inputs_digest(cfg, project_root=synthesized) == before
+    assert inputs_digest(cfg, project_root=cached_project) == before
 
 
 @pytest.mark.usefixtures("real_io")
-def test_force_or_a_missing_output_resynthesizes(synthesized: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    cfg = _cfg(synthesized)
-    out = synth(cfg, project_root=synthesized)
+def test_force_or_a_missing_output_resynthesizes(cached_project: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    cfg = _cfg(cached_project)
+    out = synth(cfg, project_root=cached_project)
     capfd.readouterr()
-    synth(cfg, project_root=synthesized, force=True)
+    synth(cfg, project_root=cached_project, force=True)
     assert "synthesizing sandbox... " in capfd.readouterr().err
     (out / SYNTH_FILE).unlink()
-    synth(cfg, project_root=synthesized)
+    synth(cfg, project_root=cached_project)
     assert "synthesizing sandbox... " in capfd.readouterr().err
     assert (out / SYNTH_FILE).is_file()
 
@@ -198,17 +198,17 @@ def test_several_environments_synthesize_in_one_run(project: Path, capfd: pytest
 
 
 @pytest.mark.usefixtures("real_io")
-def test_failed_run_invalidates_the_old_stamp(synthesized: Path, tmp_path: Path,
+def test_failed_run_invalidates_the_old_stamp(cached_project: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = _cfg(synthesized)
-    out = synth(cfg, project_root=synthesized)
-    with (synthesized / "envs" / "sandbox.toml").open("a") as f:
+    cfg = _cfg(cached_project)
+    out = synth(cfg, project_root=cached_project)
+    with (cached_project / "envs" / "sandbox.toml").open("a") as f:
         f.write("\n# an edit\n")
     _poison_cdktf(tmp_path, monkeypatch, "broken toolchain")
     with pytest.raises(OpsError, match="broken toolchain"):
-        synth(cfg, project_root=synthesized)
+        synth(cfg, project_root=cached_project)
     assert not (out / STAMP_FILE).exists(), "a failed synth must not leave the old stamp to be trusted"
-    assert not list((synthesized / "cdktf.out").glob(".synth-*")), "the private work dir is cleaned up"
+    assert not list((cached_project / "cdktf.out").glob(".synth-*")), "the private work dir is cleaned up"
 
 
 @pytest.mark.usefixtures("real_io")

@@ -129,8 +129,6 @@ def test_validate_task_without_terraform_is_one_line_before_any_synth(
     assert "synthesizing" not in result.stdout + result.stderr
 
 
-
-
 @pytest.mark.usefixtures("real_io")
 @needs_terraform
 def test_validate_task_with_a_missing_mirror_is_one_line(tmp_path: Path) -> None:

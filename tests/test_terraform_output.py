@@ -44,13 +44,6 @@ def _chain(workdir: Path, *, names: tuple[str, ...] = ("a", "b", "c"), sleep: fl
     return workdir
 
 
-@pytest.fixture
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "state"
-    monkeypatch.setenv("BASTIONLESS_STATE_DIR", str(path))
-    return path
-
-
 def test_plan_table_apply_result_and_the_log_file(tmp_path: Path, state_dir: Path) -> None:
     out = io.StringIO()
     tf = Terraform(load_env("sandbox"), _chain(tmp_path / "stack"), out=out)

@@ -46,13 +46,6 @@ def _config(*, outputs: dict[str, object] | None = None, data: object = "v1",
     return config
 
 
-@pytest.fixture
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "state"
-    monkeypatch.setenv("BASTIONLESS_STATE_DIR", str(path))
-    return path
-
-
 @pytest.mark.slow
 def test_plan_apply_outputs_and_detailed_exit_codes(tmp_path: Path, state_dir: Path) -> None:
     cfg = load_env("sandbox")

@@ -236,11 +236,6 @@ def test_probe_rejects_something_that_is_not_postgresql() -> None:
 
 # ---- state files -------------------------------------------------------------------------------
 
-@pytest.fixture
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("BASTIONLESS_STATE_DIR", str(tmp_path))
-    return tmp_path
-
 
 def _sleeper() -> subprocess.Popen[bytes]:
     # Its command line contains "tunnel", like every real tunnel process.

@@ -23,7 +23,6 @@ import pytest
 from ops import tunnels_state
 from ops.tunnel import open_tunnel, start_background
 from tests.conftest import PROJECT_ROOT
-from tests.ssm_support import real_plugin
 from tests.tiers import require_tool
 from tests.tunnel_fixtures import TunnelWorld, aws_client, run_cli, wait_for
 
@@ -36,12 +35,6 @@ def query(port: int, sql: str = "select 40 + 2", *, host: str = "127.0.0.1", tim
                          connect_timeout=timeout) as conn:
         row = conn.execute(sql).fetchone()
         return row[0] if row else None
-
-
-@pytest.fixture
-def plugin() -> str:
-    """AWS's session-manager-plugin: skipped with how to run it when missing, failed when missing in CI."""
-    return real_plugin()
 
 
 def plugin_processes(parent: int | None = None) -> list[int]:
@@ -89,9 +82,9 @@ def test_open_tunnel_terminates_on_exception(pg_world: TunnelWorld) -> None:
     assert pg_world.active_sessions() == []
 
 
-def test_plugin_transport_end_to_end(pg_world: TunnelWorld, plugin: str,
+def test_plugin_transport_end_to_end(pg_world: TunnelWorld, session_manager_plugin: str,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", plugin)
+    monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", session_manager_plugin)
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
     with open_tunnel(cfg, transport="auto", report=lines.append) as info:
@@ -104,7 +97,7 @@ def test_plugin_transport_end_to_end(pg_world: TunnelWorld, plugin: str,
     wait_for(lambda: not plugin_processes(), timeout=5, what="the plugin to exit")
 
 
-def test_invoke_tunnel_and_psql_with_the_plugin_on_path(pg_world: TunnelWorld, plugin: str,
+def test_invoke_tunnel_and_psql_with_the_plugin_on_path(pg_world: TunnelWorld, session_manager_plugin: str,
                                                        cli_tunnels: list[Tunnel]) -> None:
     """A new user with AWS's plugin installed: transport auto picks it, and SQL goes through it, both with
     `invoke tunnel` and `invoke psql` (the sandbox used to ask for KMS on port sessions and this failed
@@ -112,7 +105,7 @@ def test_invoke_tunnel_and_psql_with_the_plugin_on_path(pg_world: TunnelWorld, p
     import shutil
 
     cfg = pg_world.add_env("sandbox")
-    path = f"{Path(plugin).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    path = f"{Path(session_manager_plugin).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     tunnel = Tunnel(pg_world, PATH=path)
     cli_tunnels.append(tunnel)
     tunnel.wait_line("DATABASE_URL=")
@@ -226,9 +219,9 @@ def test_100_mb_copy_survives_5_forced_drops(pg_world: TunnelWorld) -> None:
     assert pg_world.active_sessions() == []
 
 
-def test_plugin_drop_is_replaced_by_a_new_plugin_session(pg_world: TunnelWorld, plugin: str,
+def test_plugin_drop_is_replaced_by_a_new_plugin_session(pg_world: TunnelWorld, session_manager_plugin: str,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", plugin)
+    monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", session_manager_plugin)
     cfg = pg_world.add_env("sandbox")
     lines: list[str] = []
     with open_tunnel(cfg, transport="plugin", report=lines.append) as info:
@@ -288,7 +281,8 @@ def test_terminate_by_someone_else_stops_the_tunnel(pg_world: TunnelWorld, cli_t
     """An admin's TerminateSession (runbook 5) is final: the tunnel stops and says so, and opens no new
     session behind the admin's back (it used to, 0.2 s later)."""
     pg_world.add_env("sandbox")
-    extra = {"BASTIONLESS_SESSION_MANAGER_PLUGIN": request.getfixturevalue("plugin")} if transport == "plugin" else {}
+    extra = ({"BASTIONLESS_SESSION_MANAGER_PLUGIN": request.getfixturevalue("session_manager_plugin")}
+             if transport == "plugin" else {})
     tunnel = Tunnel(pg_world, "--transport", transport, **extra)
     cli_tunnels.append(tunnel)
     tunnel.wait_line("DATABASE_URL=")

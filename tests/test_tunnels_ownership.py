@@ -20,12 +20,6 @@ pytestmark = pytest.mark.slow  # starts a stand-in process
 
 
 @pytest.fixture
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("BASTIONLESS_STATE_DIR", str(tmp_path))
-    return tmp_path
-
-
-@pytest.fixture
 def stranger() -> Iterator[subprocess.Popen[bytes]]:
     """A live process whose command line even says "tunnel": only its start time tells it is not ours."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "tunnel"])
