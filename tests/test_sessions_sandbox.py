@@ -30,7 +30,7 @@ PORT_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"
 
 
 @dataclass(frozen=True)
-class Person:
+class IamUser:
     name: str
     arn: str
     key: str
@@ -46,7 +46,7 @@ def moto(box: Sandbox, service: str) -> Any:
                         aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
-def person(box: Sandbox, prefix: str = "alice") -> Person:
+def person(box: Sandbox, prefix: str = "alice") -> IamUser:
     """A new IAM user with an access key in the sandbox's moto."""
     name = f"{prefix}-{secrets.token_hex(3)}"
     iam = moto(box, "iam")
@@ -56,7 +56,7 @@ def person(box: Sandbox, prefix: str = "alice") -> Person:
         "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*", "Action": [
             "ssm:StartSession", "ssm:TerminateSession", "ssm:ResumeSession", "ecs:ExecuteCommand"]}]}))
     key = iam.create_access_key(UserName=name)["AccessKey"]["AccessKeyId"]
-    return Person(name=name, arn=arn, key=key)
+    return IamUser(name=name, arn=arn, key=key)
 
 
 def relay_id(box: Sandbox) -> str:
@@ -65,7 +65,7 @@ def relay_id(box: Sandbox) -> str:
     return current_relay(box.cfg).instance_id
 
 
-def open_relay_session(box: Sandbox, who: Person, reason: str) -> str:
+def open_relay_session(box: Sandbox, who: IamUser, reason: str) -> str:
     """StartSession to the relay as `who`, the way `invoke tunnel` starts one."""
     from ops.discovery import find_database
 
@@ -75,7 +75,7 @@ def open_relay_session(box: Sandbox, who: Person, reason: str) -> str:
         Parameters={"host": [db.address], "portNumber": [str(db.port)], "localPortNumber": ["5433"]})["SessionId"])
 
 
-def open_exec_session(box: Sandbox, who: Person) -> str:
+def open_exec_session(box: Sandbox, who: IamUser) -> str:
     """ECS ExecuteCommand into the sample service's task as `who`."""
     tasks = json.loads((box.state_dir / "ecs_tasks.json").read_text())["tasks"]
     resp = who.client(box, "ecs").execute_command(cluster=box.cfg.stack_name, task=tasks[0]["taskArn"],
