@@ -23,7 +23,7 @@ import pytest
 from ops import runbooks as rb
 from tests.conftest import PROJECT_ROOT
 from tests.sandbox_support import Sandbox
-from tests.test_sessions_sandbox import Person, active_ids, moto, open_exec_session, open_relay_session, person
+from tests.test_sessions_sandbox import IamUser, active_ids, moto, open_exec_session, open_relay_session, person
 from tests.tty_support import run_on_terminal
 
 pytest_plugins = ["tests.sandbox_fixtures"]
@@ -125,7 +125,7 @@ def moto_terminate(box: Sandbox, sid: str) -> None:
 @contextmanager
 def a_session_with_a_reason(box: Sandbox) -> Iterator[dict[str, str]]:
     """Runbook 9 audits something: one session with a ticket in its reason, ended again."""
-    who: Person = person(box, "carol")
+    who: IamUser = person(box, "carol")
     sid = open_relay_session(box, who, f"{TICKET} audit me")
     moto_terminate(box, sid)
     yield {"AUDITED_SESSION": sid, "AUDITED_OWNER": who.arn}
