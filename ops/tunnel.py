@@ -698,7 +698,14 @@ class Supervisor:
                 response = await self._resume_session(session_id)
                 await session.resume(stream_url=response["StreamUrl"], token=response["TokenValue"])
                 self._ps_ready.set()
-                await self._wait_ready()
+                # With connections open, they are the check, as for AWS's plugin, which resumes with no probe at
+                # all (session-manager-plugin src/sessionmanagerplugin/session/sessionhandler.go
+                # ResumeSessionHandler: ResumeSession, then DataChannel.Reconnect). A probe is one more stream
+                # behind their unread data: behind a slow reader of a big result it outlasted the ready timeout,
+                # and the tunnel gave up the resumed session and dropped the very connections it had kept.
+                # With none open, nothing delays the probe.
+                if not self._active:
+                    await self._wait_ready()
                 return True
             except (OpsError, OSError) as exc:
                 if await self._session_status(session_id) in ENDED_STATUSES:

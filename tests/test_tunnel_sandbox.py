@@ -206,7 +206,7 @@ def test_100_mb_copy_survives_5_forced_drops(pg_world: TunnelWorld) -> None:
             worker.start()
             worker.join(240)
             assert not worker.is_alive(), f"still copying after 240 s: {received[0] / 1e6:.0f} MB, drops at {drops}"
-            assert not errors, errors
+            assert not errors, (errors, lines[-12:])
             assert len(drops) == 5 and resumed() == 5, f"dropped at {drops} MB, {resumed()} resumes"
             assert received[0] >= max(100e6, drops[-1] * 1e6 + 10e6) and received[0] % row == 0
             expected = hashlib.sha256()
@@ -214,6 +214,45 @@ def test_100_mb_copy_survives_5_forced_drops(pg_world: TunnelWorld) -> None:
                 expected.update(hashlib.md5(str(i).encode()).hexdigest().encode() + b"\n")  # noqa: S324 - a checksum
             assert got.hexdigest() == expected.hexdigest(), "every row, in order, none twice"
             assert sum(f"resumed session {info.session_id}" in line for line in lines) == 5
+    finally:
+        pg_world.endpoint.post("/_sandbox/profile", {"profile": "faithful"})
+    assert pg_world.active_sessions() == []
+
+
+def test_a_resume_does_not_wait_for_a_connection_that_is_not_reading(pg_world: TunnelWorld) -> None:
+    """A connection whose reader pauses holds the data channel (its unread bytes stop the acknowledgements):
+    the resume after a drop must not wait for it. The tunnel used to check the resumed session with a new
+    probe connection, which queued behind those bytes until the ready timeout, 5 times, and then opened a
+    new session, dropping the very connection it had kept (seen in loaded CI runs of the 5-drop test)."""
+    import hashlib
+
+    from psycopg import sql
+
+    cfg = pg_world.add_env("sandbox")
+    rows = 1_000_000  # 33 MB: more than the channel's window and the client's stream buffer hold
+    lines: list[str] = []
+    pg_world.endpoint.post("/_sandbox/profile", {"profile": "fast"})
+    try:
+        with open_tunnel(cfg, transport="native", report=lines.append) as info, \
+                psycopg.connect(host="127.0.0.1", port=info.local_port, user="app_admin", dbname="app",
+                                sslmode="disable", autocommit=True) as conn, conn.cursor() as cur:
+            got = hashlib.sha256()
+            with cur.copy(sql.SQL("copy (select md5(i::text) from generate_series(1, {}) i) to stdout")
+                          .format(rows)) as cp:
+                chunks = iter(cp)
+                got.update(bytes(next(chunks)))
+                time.sleep(1)  # not reading: the channel fills up behind this connection
+                pg_world.endpoint.post(f"/_sandbox/sessions/{info.session_id}/drop")
+                wait_for(lambda: any("reconnects so far: 1" in line for line in lines), timeout=15,
+                         what="the resume, with the connection still not reading")
+                for chunk in chunks:
+                    got.update(bytes(chunk))
+            expected = hashlib.sha256()
+            for i in range(1, rows + 1):
+                expected.update(hashlib.md5(str(i).encode()).hexdigest().encode() + b"\n")  # noqa: S324 - a checksum
+            assert got.hexdigest() == expected.hexdigest(), "every row, in order, none twice"
+        assert any(f"resumed session {info.session_id}" in line for line in lines), lines
+        assert not any("new session" in line or "failed" in line for line in lines), lines
     finally:
         pg_world.endpoint.post("/_sandbox/profile", {"profile": "faithful"})
     assert pg_world.active_sessions() == []
