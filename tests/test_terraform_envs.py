@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from ops.config import available_envs, load_env
-from ops.synth import synth_many
 from ops.terraform import Terraform, provider_mirror
 from tests.tiers import missing_tool, require_tool
 
@@ -17,14 +16,14 @@ ENVS = available_envs()
 
 
 @pytest.fixture(scope="module")
-def workdirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def workdirs(synth_dirs: dict[str, Path]) -> dict[str, Path]:
+    """The session's synthesized environments (tests.stack_fixtures), each with the provider from the mirror."""
     require_tool(shutil.which("terraform"), "terraform is not installed (see README prerequisites)")
-    cfgs = [load_env(n) for n in ENVS]
-    if all(provider_mirror(c) is None for c in cfgs):
+    if all(provider_mirror(load_env(n)) is None for n in ENVS):
         # Tests never reach out to the network; without a mirror terraform would download the provider.
         missing_tool("no provider mirror: set BASTIONLESS_PROVIDER_MIRROR to a `terraform providers mirror` directory "
-                    "(./dev sets /opt/tf-plugins when present)")
-    return synth_many(cfgs, outdir=tmp_path_factory.mktemp("synth"))
+                     "(./dev sets /opt/tf-plugins when present)")
+    return synth_dirs
 
 
 @pytest.mark.slow
