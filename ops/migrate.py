@@ -214,11 +214,17 @@ def _fingerprint(path: str, dirs: Sequence[str]) -> list[Any]:
     return marks
 
 
-def _cached_info(path: str) -> dict[str, Any] | None:
+def _probe_cache() -> dict[str, Any]:
+    """The cache file's entries; {} when it is missing or unreadable (it is only a cache)."""
     try:
-        entry = json.loads((aws.state_dir() / PROBE_CACHE).read_text()).get(path)
-    except (OSError, ValueError, AttributeError):
-        return None
+        known = json.loads((aws.state_dir() / PROBE_CACHE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _cached_info(path: str) -> dict[str, Any] | None:
+    entry = _probe_cache().get(path)
     if not isinstance(entry, dict) or not isinstance(entry.get("info"), dict):
         return None
     info: dict[str, Any] = entry["info"]
@@ -226,16 +232,10 @@ def _cached_info(path: str) -> dict[str, Any] | None:
 
 
 def _remember_info(path: str, info: dict[str, Any]) -> None:
-    cache = aws.state_dir() / PROBE_CACHE
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    known = known if isinstance(known, dict) else {}
+    known = _probe_cache()
     known[path] = {"fingerprint": _fingerprint(path, info.get("paths") or []), "info": info}
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(cache, json.dumps(known, indent=1), mode=0o600)
+        atomic_write(aws.state_dir() / PROBE_CACHE, json.dumps(known, indent=1), mode=0o600)
     except OSError:
         pass  # a cache: the next run asks the interpreter again
 

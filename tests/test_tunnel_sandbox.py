@@ -6,6 +6,7 @@ SIGTERM in every phase, background tunnels to two environments at once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -154,8 +155,6 @@ def test_100_mb_copy_survives_5_forced_drops(pg_world: TunnelWorld) -> None:
     """Issue 12's goal: a checksummed transfer of over 100 MB through the tunnel survives 5 forced drops of the
     data channel with nothing lost. The agent runs the `fast` profile for this session only: at the real
     agent's ~1 MB/s, 100 MB would take minutes; the drops and resumes are the same either way."""
-    import hashlib
-    import threading as th
 
     cfg = pg_world.add_env("sandbox")
     row = 33  # md5 hex + newline
@@ -202,17 +201,14 @@ def test_100_mb_copy_survives_5_forced_drops(pg_world: TunnelWorld) -> None:
                 except BaseException as exc:
                     errors.append(exc)
 
-            worker = th.Thread(target=copy)
+            worker = threading.Thread(target=copy)
             worker.start()
             worker.join(240)
             assert not worker.is_alive(), f"still copying after 240 s: {received[0] / 1e6:.0f} MB, drops at {drops}"
             assert not errors, (errors, lines[-12:])
             assert len(drops) == 5 and resumed() == 5, f"dropped at {drops} MB, {resumed()} resumes"
             assert received[0] >= max(100e6, drops[-1] * 1e6 + 10e6) and received[0] % row == 0
-            expected = hashlib.sha256()
-            for i in range(1, received[0] // row + 1):
-                expected.update(hashlib.md5(str(i).encode()).hexdigest().encode() + b"\n")  # noqa: S324 - a checksum
-            assert got.hexdigest() == expected.hexdigest(), "every row, in order, none twice"
+            assert got.hexdigest() == _md5_rows_sha256(received[0] // row), "every row, in order, none twice"
             assert sum(f"resumed session {info.session_id}" in line for line in lines) == 5
     finally:
         pg_world.endpoint.post("/_sandbox/profile", {"profile": "faithful"})
@@ -224,8 +220,6 @@ def test_a_resume_does_not_wait_for_a_connection_that_is_not_reading(pg_world: T
     the resume after a drop must not wait for it. The tunnel used to check the resumed session with a new
     probe connection, which queued behind those bytes until the ready timeout, 5 times, and then opened a
     new session, dropping the very connection it had kept (seen in loaded CI runs of the 5-drop test)."""
-    import hashlib
-
     from psycopg import sql
 
     cfg = pg_world.add_env("sandbox")
@@ -247,10 +241,7 @@ def test_a_resume_does_not_wait_for_a_connection_that_is_not_reading(pg_world: T
                          what="the resume, with the connection still not reading")
                 for chunk in chunks:
                     got.update(bytes(chunk))
-            expected = hashlib.sha256()
-            for i in range(1, rows + 1):
-                expected.update(hashlib.md5(str(i).encode()).hexdigest().encode() + b"\n")  # noqa: S324 - a checksum
-            assert got.hexdigest() == expected.hexdigest(), "every row, in order, none twice"
+            assert got.hexdigest() == _md5_rows_sha256(rows), "every row, in order, none twice"
         assert any(f"resumed session {info.session_id}" in line for line in lines), lines
         assert not any("new session" in line or "failed" in line for line in lines), lines
     finally:
@@ -293,10 +284,16 @@ def test_relay_down_during_reconnect_backs_off_then_recovers(pg_world: TunnelWor
     assert pg_world.active_sessions() == []
 
 
+def _md5_rows_sha256(rows: int) -> str:
+    """sha256 of what `copy (select md5(i::text) from generate_series(1, rows) i) to stdout` sends."""
+    digest = hashlib.sha256()
+    for i in range(1, rows + 1):
+        digest.update(hashlib.md5(str(i).encode()).hexdigest().encode() + b"\n")  # noqa: S324 - a checksum
+    return digest.hexdigest()
+
+
 def _sha_of_rows(port: int, rows: int) -> tuple[str, str]:
     """(sha256 of what came through the tunnel, sha256 PostgreSQL computed of the same rows)."""
-    import hashlib
-
     from psycopg import sql
 
     count = sql.Literal(rows)
