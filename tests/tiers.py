@@ -16,9 +16,9 @@ run): the collection is ordered longest work first (the deployed sandbox's group
 integration, then unit: the many short unit tests fill the gaps at the end), and xdist keeps that order
 (`loadscopereorder` off: its own reordering counts tests per group, which put the single 3-minute e2e
 test behind hundreds of unit tests). Tests marked `second_sandbox` (the runbooks: over two minutes of
-following them, terraform applies included; the demo) form a second sandbox group: on another worker it builds a
-sandbox of its own (~50 s, mostly waiting), so the other sandbox tests do not queue behind them; on the
-same worker both share one. Either way a group's tests run one after another on one sandbox.
+following them, terraform applies included; the demo) form a second sandbox group: on another worker it
+builds a sandbox of its own (~50 s, mostly waiting), so the other sandbox tests do not queue behind them;
+on the same worker both share one. Either way a group's tests run one after another on one sandbox.
 
 A new test module needs no edits here when it uses the existing fixtures; a new fixture that starts
 something belongs in INTEGRATION_FIXTURES or E2E_FIXTURES (the guard reports it otherwise).
