@@ -25,6 +25,7 @@ from typing import Any
 
 import boto3
 
+from ops.config import PROJECT_ROOT
 from ops.facts import PLUGIN_ENV, SANDBOX_AGENT_VERSION, relay_tags
 from ops.sandbox.agent import DEFAULT_PROFILE
 from ops.sandbox.ssm_endpoint import serve
@@ -181,9 +182,10 @@ def moto_process(log: Path, *, managed_policies: bool = False, account_id: str =
     if account_id:
         env["MOTO_ACCOUNT_ID"] = account_id
     with log.open("wb") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env)
+        # moto_server as the sandbox serves it (ops.sandbox.moto.serve), without the sandbox's IAM enforcement.
+        proc = subprocess.Popen([sys.executable, "-m", "ops.sandbox.moto", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=PROJECT_ROOT)
         try:
             deadline = time.monotonic() + 60
             while True:

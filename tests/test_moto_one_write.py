@@ -1,4 +1,4 @@
-"""The emulator answers each request in one write, as AWS does (ops.sandbox.moto_iam.request_handler).
+"""The emulator answers each request in one write, as AWS does (ops.sandbox.moto.request_handler).
 
 werkzeug sends a response's headers and body separately; under load the AWS provider's Go client closed
 the connection between the two and repeated calls moto had already applied (InvalidPermission.Duplicate on
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ops.sandbox.moto_iam import request_handler
+from ops.sandbox.moto import request_handler
 
 BODY = b"<DescribeSecurityGroupsResponse>" + b"x" * 2000 + b"</DescribeSecurityGroupsResponse>"
 REQUEST = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"

@@ -1,11 +1,18 @@
-"""moto server as the sandbox's AWS API: its own process, loopback only, health-checked."""
+"""moto server as the sandbox's AWS API: its own process, loopback only, health-checked.
+
+`python -m ops.sandbox.moto -p PORT` serves moto as the sandbox does (`serve`), without IAM enforcement:
+for tests that arrange AWS-side state as any account. The sandbox itself runs ops.sandbox.moto_iam.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from ops.config import PROJECT_ROOT
 from ops.errors import ToolMissingError
@@ -56,3 +63,72 @@ def start(*, state: Path, port: int) -> ProcRecord:
         raise StartError(f"moto_server did not start on port {port}: {procs.log_tail(log) or 'no output'}",
                          next_step=f"see {log}")
     return record
+
+
+# A WSGI application: moto's, or a launcher's wrapper around it.
+Wsgi = Callable[[dict[str, Any], Any], Iterable[bytes]]
+
+
+def request_handler() -> type[Any]:
+    """moto's request handler, answering each request in one write (headers and body together).
+
+    werkzeug writes a response's headers and its body with separate sends. On a loaded machine the body
+    followed the headers by up to ~75 ms, and the AWS provider's Go client then closed the connection
+    before the body came (seen on the wire: headers, client FIN, body, client RST) and sent the call again:
+    about one call per deploy, and when the call was AuthorizeSecurityGroupEgress or CreateAlias moto had
+    already applied it, so the deploy failed with InvalidPermission.Duplicate or AlreadyExistsException.
+    AWS answers each request whole; so does the emulator now (no retried call in 9 loaded deploys, ~1 per
+    deploy before).
+    """
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+    class OneWriteRequestHandler(MotoRequestHandler):
+        # A buffered wfile that werkzeug flushes once, after the body; answers up to 1 MiB fit (moto's are KBs).
+        wbufsize = 1 << 20
+
+    return OneWriteRequestHandler
+
+
+def _cut_per_request_work() -> None:
+    """Two costs moto_server pays on every request that answer nothing about AWS (~25 % of its CPU in a deploy):
+
+    - finding the backend lists moto's package directory and stats each of its ~190 entries, per request
+      (moto.backends.list_of_moto_modules); the installed package does not change while it serves;
+    - werkzeug's access log writes a line per request through a colour-converting stream. Warnings and
+      errors (a failed request's traceback) are still logged.
+    """
+    import logging
+
+    from moto import backends
+
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+def serve(host: str, port: int, *, wrap: Callable[[Wsgi], Wsgi] | None = None) -> None:
+    """moto_server's application on host:port until SIGINT/SIGTERM, each answer in one write; `wrap` it
+    to put a launcher's own routes or checks in front."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import run_simple
+
+    _cut_per_request_work()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _s, _f: sys.exit(0))
+    app: Wsgi = DomainDispatcherApplication(create_backend_app)
+    sys.stderr.write(f"moto serving on http://{host}:{port}\n")
+    run_simple(host, port, wrap(app) if wrap else app, threaded=True, request_handler=request_handler())
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="moto_server as the sandbox serves it, without IAM enforcement")
+    parser.add_argument("-H", "--host", default=procs.LOOPBACK, help="loopback address to listen on")
+    parser.add_argument("-p", "--port", type=int, required=True, help="port to listen on")
+    args = parser.parse_args(argv)
+    serve(args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -21,14 +21,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ops.facts import PREFERENCES_DOCUMENT
-from ops.sandbox import iam_eval
+from ops.sandbox import iam_eval, moto
 
 EMULATOR_ADMIN_KEY = "testing"
 AUTHORIZE_PATH = "/_bastionless/authorize"
@@ -342,26 +341,6 @@ def _with_authorize_route(app: Any) -> Callable[[dict[str, Any], Any], Iterable[
     return wsgi
 
 
-def request_handler() -> type[Any]:
-    """moto's request handler, answering each request in one write (headers and body together).
-
-    werkzeug writes a response's headers and its body with separate sends. On a loaded machine the body
-    followed the headers by up to ~75 ms, and the AWS provider's Go client then closed the connection
-    before the body came (seen on the wire: headers, client FIN, body, client RST) and sent the call again:
-    about one call per deploy, and when the call was AuthorizeSecurityGroupEgress or CreateAlias moto had
-    already applied it, so the deploy failed with InvalidPermission.Duplicate or AlreadyExistsException.
-    AWS answers each request whole; so does the emulator now (no retried call in 9 loaded deploys, ~1 per
-    deploy before).
-    """
-    from moto.moto_server.werkzeug_app import MotoRequestHandler
-
-    class OneWriteRequestHandler(MotoRequestHandler):
-        # A buffered wfile that werkzeug flushes once, after the body; answers up to 1 MiB fit (moto's are KBs).
-        wbufsize = 1 << 20
-
-    return OneWriteRequestHandler
-
-
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -372,14 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     # Read by moto.settings at import time: authenticate and authorize from the first request on.
     os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
     os.environ.setdefault("MOTO_PORT", str(args.port))
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-    from werkzeug.serving import run_simple
-
     _install()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda _s, _f: sys.exit(0))
-    app = DomainDispatcherApplication(create_backend_app)
-    run_simple(args.host, args.port, _with_authorize_route(app), threaded=True, request_handler=request_handler())
+    moto.serve(args.host, args.port, wrap=_with_authorize_route)
 
 
 if __name__ == "__main__":
