@@ -126,3 +126,65 @@ def test_the_local_backend_state_is_read_from_its_file_without_terraform(tmp_pat
     tf.local_state_path.write_text("{not json")
     with pytest.raises(OpsError, match=r"the state file .*sandbox\.tfstate is not JSON"):
         tf.state()
+
+
+class _DestroyTerraform:
+    """Stands in for ops.terraform.Terraform in destroy: a plan with deletions, and a record of applies."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.applied: list[Path | None] = []
+
+    def plan(self, *, detailed_exitcode: bool = False, destroy: bool = False, out: Path | None = None) -> int:
+        assert destroy and detailed_exitcode and out is not None
+        out.write_text("plan")
+        return 2
+
+    def apply(self, *, plan_file: Path | None = None) -> None:
+        self.applied.append(plan_file)
+
+
+class _Rds:
+    def __init__(self) -> None:
+        self.modified: list[dict[str, object]] = []
+
+    def modify_db_instance(self, **kwargs: object) -> None:
+        self.modified.append(kwargs)
+
+
+@pytest.fixture()
+def destroy_bed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[_DestroyTerraform, _Rds]:
+    """ops.deploy.destroy of a sandbox whose database has deletion protection on, AWS and terraform stood in."""
+    tf, rds = _DestroyTerraform(tmp_path), _Rds()
+    monkeypatch.setattr(deploy, "preflight", lambda cfg: None)
+    monkeypatch.setattr(deploy, "guard", lambda cfg, out: {"Account": cfg.account_id})
+    monkeypatch.setattr(deploy, "database_protection", lambda cfg: ("bastionless-sandbox", True))
+    monkeypatch.setattr(deploy, "_plan_file", lambda tf_, name: tmp_path / name)
+    monkeypatch.setattr(terraform, "for_env", lambda cfg, **kwargs: tf)
+    monkeypatch.setattr(deploy.aws, "client", lambda cfg, service: rds)
+    return tf, rds
+
+
+def test_destroy_with_deletion_protection_needs_the_flag_and_the_identifier(
+        destroy_bed: tuple[_DestroyTerraform, _Rds]) -> None:
+    """The sandbox e2e destroy proves the right identifier on the real stack; this proves every refusal."""
+    tf, rds = destroy_bed
+    cfg = load_env("sandbox")
+    with pytest.raises(OpsError, match="has deletion protection on, so sandbox is not destroyed; nothing was changed"
+                       ) as refused:
+        deploy.destroy(cfg, yes=True, out=io.StringIO())
+    assert refused.value.next_step == "if you really mean to delete it: invoke destroy --env sandbox " \
+                                      "--force-deletion-protection"
+    for wrong in ("bastionless", "", "BASTIONLESS-SANDBOX", "y"):
+        prompts, ask = _answers(wrong)
+        with pytest.raises(AbortedError, match=r"^destroy of sandbox cancelled; nothing was changed$"):
+            deploy.destroy(cfg, yes=True, force_deletion_protection=True, ask=ask, out=io.StringIO())
+        assert "Type its identifier (bastionless-sandbox)" in prompts[0]
+    assert rds.modified == [] and tf.applied == [], "a wrong identifier changes nothing"
+    assert not (tf.workdir / "destroy.tfplan").exists(), "the saved plan is removed"
+
+    _, ask = _answers("bastionless-sandbox")
+    deploy.destroy(cfg, yes=True, force_deletion_protection=True, ask=ask, out=io.StringIO())
+    assert rds.modified == [{"DBInstanceIdentifier": "bastionless-sandbox", "DeletionProtection": False,
+                             "ApplyImmediately": True}]
+    assert tf.applied == [tf.workdir / "destroy.tfplan"], "the plan shown is the plan applied"

@@ -63,3 +63,41 @@ def test_wait_for_gives_up_on_a_state_that_cannot_change() -> None:
     with pytest.raises(OpsError, match="will not change"):
         wait_for("i-1 running", lambda: "terminated", lambda v: v == "running", timeout=60, out=io.StringIO(),
                  interval=0, fail=lambda v: v == "terminated", fix="invoke relay-replace --env prod")
+
+
+def test_a_declined_replace_plans_the_replacement_then_changes_nothing(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sandbox test replaces the relay for real; this is the "no" at the prompt, AWS and terraform stood in."""
+    from ops import deploy, relay, terraform
+    from ops.config import load_env
+    from ops.errors import AbortedError
+
+    (tmp_path / "cdk.tf.json").write_text(json.dumps({"resource": {"aws_instance": {"Relay_Instance_1": {
+        "tags": {"bastionless:role": "relay"}}}}}))
+    planned: list[list[str]] = []
+    applied: list[object] = []
+
+    class Tf:
+        workdir = tmp_path
+
+        def plan(self, *, detailed_exitcode: bool, out: Path, replace: list[str]) -> int:
+            planned.append(replace)
+            out.write_text("plan")
+            return 2
+
+        def apply(self, **kwargs: object) -> None:
+            applied.append(kwargs)
+
+    monkeypatch.setattr(deploy, "preflight", lambda cfg: None)
+    monkeypatch.setattr(deploy, "guard", lambda cfg, out: {"Account": cfg.account_id})
+    monkeypatch.setattr(deploy, "_plan_file", lambda tf, name: tmp_path / name)
+    monkeypatch.setattr(terraform, "for_env", lambda cfg, **kwargs: Tf())
+    monkeypatch.setattr(relay, "relay_instances", lambda cfg: [relay.RelayInstance("i-0old", "running", "t")])
+    prompts: list[str] = []
+    out = io.StringIO()
+    with pytest.raises(AbortedError, match=r"^relay replacement on sandbox cancelled; nothing was changed$"):
+        relay.replace(load_env("sandbox"), ask=lambda prompt: prompts.append(prompt) or "n", out=out)
+    assert planned == [["aws_instance.Relay_Instance_1"]] and applied == []
+    assert "Replace the relay (aws_instance.Relay_Instance_1)" in prompts[0]
+    assert "open tunnels and shells through the relay will drop" in out.getvalue()
+    assert not (tmp_path / "relay-replace.tfplan").exists()

@@ -98,10 +98,7 @@ def test_replace_goes_through_terraform_and_waits_for_online(sandbox: Sandbox) -
     from ops import deploy
 
     old = current_relay(sandbox.cfg).instance_id
-    declined = run(sandbox, "relay-replace", "--env", "sandbox", stdin="n\n")
-    assert declined.returncode == 1
-    assert error_line(declined) == "error: relay replacement on sandbox cancelled; nothing was changed"
-    assert current_relay(sandbox.cfg).instance_id == old
+    # A "no" at the prompt: tests/test_relay.py (a declined run here cost a plan, ~6 s of CPU).
     # The new relay's agent stays offline until relay-replace says it waits for it (an event, not a timer
     # longer than terraform's create): then it comes Online, and the task must notice.
     waiting = re.compile(r"waiting for i-\S+ Online in Session Manager: ConnectionLost")

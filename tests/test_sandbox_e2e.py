@@ -98,7 +98,7 @@ def _destroy_at_the_end(sandbox_session: Sandbox) -> None:
 
 def _check_destroy(box: Sandbox) -> None:
     state = box.state_dir
-    # Deletion protection: destroy refuses; the override needs the flag AND the identifier typed.
+    # Deletion protection: destroy refuses; the override needs the flag AND the identifier, typed on a terminal.
     rds = _aws("rds", box.moto_url)
     rds.modify_db_instance(DBInstanceIdentifier="bastionless-sandbox",  # type: ignore[attr-defined]
                            DeletionProtection=True, ApplyImmediately=True)
@@ -106,11 +106,7 @@ def _check_destroy(box: Sandbox) -> None:
     assert refused.returncode == 1
     assert "has deletion protection on" in error_line(refused)
     assert "--force-deletion-protection" in error_line(refused)
-    wrong = invoke("destroy", "--env", "sandbox", "--yes", "--force-deletion-protection", state=state,
-                   stdin="bastionless\n")
-    assert wrong.returncode == 1 and "cancelled; nothing was changed" in error_line(wrong)
-    assert rds.describe_db_instances()["DBInstances"][0]["DeletionProtection"]  # type: ignore[attr-defined]
-
+    # A wrong identifier typed: tests/test_deploy_confirm.py (same code path; a destroy plan here costs ~6 s of CPU).
     destroy = invoke("destroy", "--env", "sandbox", "--yes", "--force-deletion-protection", state=state,
                      stdin="bastionless-sandbox\n")
     assert destroy.returncode == 0, destroy.stdout[-3000:] + destroy.stderr[-3000:]
