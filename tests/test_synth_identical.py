@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from ops.config import available_envs, load_env
-from ops.synth import SYNTH_FILE, synth_many
+from ops.synth import STOCK_IMPORT_ENV, SYNTH_FILE, synth_many
 
 
 @pytest.mark.slow
-def test_fast_and_stock_import_synthesize_identical_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fast_and_stock_import_synthesize_identical_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         synth_dirs: dict[str, Path]) -> None:
     cfgs = [load_env(name) for name in available_envs()]
     assert {"sandbox", "prod"} <= {c.name for c in cfgs}
-
-    fast = synth_many(cfgs, force=True, outdir=tmp_path / "fast")
-    monkeypatch.setenv("BASTIONLESS_STOCK_IMPORT", "1")
+    # The session's synthesis (the fast import: nothing sets the switch for it), shared with the stack tests.
+    assert os.environ.get(STOCK_IMPORT_ENV) != "1"
+    fast = synth_dirs
+    assert set(fast) == {c.name for c in cfgs}
+    monkeypatch.setenv(STOCK_IMPORT_ENV, "1")
     stock = synth_many(cfgs, force=True, outdir=tmp_path / "stock")
 
     for cfg in cfgs:
