@@ -16,7 +16,6 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
-import boto3
 import botocore.exceptions
 import botocore.loaders
 import botocore.session
@@ -84,7 +83,7 @@ def role_name(cfg: EnvConfig, identity: Identity) -> str:
 
 
 def sandbox_credentials(cfg: EnvConfig, identity: Identity | None = None) -> dict[str, str]:
-    """boto3 keyword credentials of `identity` (default: the current one) in the sandbox.
+    """Keyword credentials (new_session, create_client) of `identity` (default: the current one) in the sandbox.
 
     A state dir without identities (a bare emulator some tests start) has no IAM to enforce: the
     emulator's own key then."""
@@ -145,7 +144,7 @@ def _break_glass_refused(cfg: EnvConfig, role_arn: str, code: str) -> BreakGlass
         next_step=f"ask an owner of {cfg.name} to add you there, or connect as yourself: drop --break-glass")
 
 
-def _break_glass_session(cfg: EnvConfig) -> boto3.Session:
+def _break_glass_session(cfg: EnvConfig) -> Session:
     """On AWS: assume the env's break-glass role with your own credentials, presenting your MFA device
     (IAM users: $BASTIONLESS_MFA_SERIAL or the profile's mfa_serial; the code is asked for). Cached per process."""
     import getpass
@@ -155,7 +154,7 @@ def _break_glass_session(cfg: EnvConfig) -> boto3.Session:
     role_arn = _role_arn(cfg, BREAK_GLASS)
     cache_key = ("aws", role_arn, "")
     if cache_key not in _assumed:
-        serial = os.environ.get(MFA_SERIAL_ENV) or str(base._session.get_scoped_config().get("mfa_serial") or "")
+        serial = os.environ.get(MFA_SERIAL_ENV) or str(base.scoped_config().get("mfa_serial") or "")
         mfa: dict[str, str] = {}
         if serial:
             if not sys.stdin.isatty():
@@ -189,26 +188,49 @@ def _shared_loader() -> botocore.loaders.Loader:
     return botocore.loaders.create_loader()
 
 
-def new_session(**kwargs: Any) -> boto3.Session:
-    """A boto3 Session whose botocore data loader is shared by the whole process. Each fresh Session
-    otherwise reads and parses the service models and endpoint rules again (~0.1 s a client), which every
-    session of a pool, every reconnect and every task paid on its way to ready."""
+class Session:
+    """What ops needs of an AWS session, on botocore alone: clients, credentials, the profile's settings.
+
+    boto3's Session would add nothing used here (no resources, no S3 transfers), and importing boto3 (with
+    s3transfer) cost every task ~35 ms of CPU before its first call."""
+
+    def __init__(self, core: botocore.session.Session, *, region_name: str | None) -> None:
+        self._core = core
+        self.region_name = region_name
+
+    def client(self, service: str, *, region_name: str | None = None, endpoint_url: str | None = None,
+               config: Config | None = None) -> Any:
+        return self._core.create_client(service, region_name=region_name or self.region_name,
+                                        endpoint_url=endpoint_url, config=config)
+
+    def get_credentials(self) -> Any:
+        return self._core.get_credentials()
+
+    def scoped_config(self) -> dict[str, Any]:
+        """The settings of the session's profile (~/.aws/config), e.g. its mfa_serial."""
+        return dict(self._core.get_scoped_config())
+
+
+def new_session(*, region_name: str | None = None, aws_access_key_id: str | None = None,
+                aws_secret_access_key: str | None = None, aws_session_token: str | None = None) -> Session:
+    """A Session whose botocore data loader is shared by the whole process. Each fresh session otherwise
+    reads and parses the service models and endpoint rules again (~0.1 s a client), which every session
+    of a pool, every reconnect and every task paid on its way to ready. Credentials given here are the
+    session's; without them botocore's usual chain (environment, profile, SSO, ...) finds them."""
     with _LOADER_LOCK:
         core = botocore.session.Session()
-        loader = _shared_loader()
-        core.register_component("data_loader", loader)
-        made = boto3.Session(botocore_session=core, **kwargs)
-        # Reading the profile now, as a Session with its own loader does: an unknown AWS_PROFILE fails here
-        # (ProfileNotFound, which `session` words), not later inside some client call.
+        core.register_component("data_loader", _shared_loader())
+        if aws_access_key_id is not None and aws_secret_access_key is not None:
+            core.set_credentials(aws_access_key_id, aws_secret_access_key, aws_session_token)
+        if region_name is not None:
+            core.set_config_variable("region", region_name)
+        # Reading the profile now: an unknown AWS_PROFILE fails here (ProfileNotFound, which `session`
+        # words), not later inside some client call.
         core.get_scoped_config()
-        # boto3 appends its own data directory to the loader's search path on every Session.
-        paths = loader.search_paths
-        if len(paths) != len(set(paths)):
-            paths[:] = list(dict.fromkeys(paths))
-    return made
+    return Session(core, region_name=region_name)
 
 
-def _with_credentials(cfg: EnvConfig, creds: dict[str, str]) -> boto3.Session:
+def _with_credentials(cfg: EnvConfig, creds: dict[str, str]) -> Session:
     return new_session(region_name=cfg.region, aws_access_key_id=creds["aws_access_key_id"],
                        aws_secret_access_key=creds["aws_secret_access_key"],
                        aws_session_token=creds.get("aws_session_token"))
@@ -235,7 +257,7 @@ def sandbox_endpoints() -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()}
 
 
-def session(cfg: EnvConfig) -> boto3.Session:
+def session(cfg: EnvConfig) -> Session:
     if cfg.sandbox:
         return _with_credentials(cfg, sandbox_credentials(cfg))
     try:
@@ -269,11 +291,7 @@ def api_config(*, connect_timeout: float | None = None, read_timeout: float | No
 
 
 def client(cfg: EnvConfig, service: str, **config: Any) -> Any:
-    return session(cfg).client(
-        service,  # type: ignore[call-overload]
-        endpoint_url=endpoint_for(cfg, service),
-        config=api_config(**config),
-    )
+    return session(cfg).client(service, endpoint_url=endpoint_for(cfg, service), config=api_config(**config))
 
 
 def caller_identity(cfg: EnvConfig) -> dict[str, str]:

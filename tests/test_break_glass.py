@@ -34,15 +34,14 @@ class FakeSts:
 @pytest.fixture
 def sts(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[FakeSts]:
     fake = FakeSts(refuse=getattr(request, "param", False))
-    real = aws.boto3.Session
+    real = aws.new_session
 
     def session(**kwargs: Any) -> Any:
-        if "aws_access_key_id" in kwargs:  # the assumed role's session: a real (offline) boto3 Session
+        if "aws_access_key_id" in kwargs:  # the assumed role's session: a real (offline) one
             return real(**kwargs)
-        return types.SimpleNamespace(client=lambda *_a, **_k: fake,
-                                     _session=types.SimpleNamespace(get_scoped_config=lambda: {}))
+        return types.SimpleNamespace(client=lambda *_a, **_k: fake, scoped_config=lambda: {})
 
-    monkeypatch.setattr(aws.boto3, "Session", session)
+    monkeypatch.setattr(aws, "new_session", session)
     monkeypatch.delenv(aws.MFA_SERIAL_ENV, raising=False)
     aws.forget_assumed_roles()
     yield fake

@@ -11,8 +11,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import boto3
-
 from ops import aws
 from ops.config import EnvConfig
 from ops.errors import OpsError
@@ -64,8 +62,8 @@ def signing_keys() -> dict[str, SigningKey]:
             for v in load().values()}
 
 
-def person_session(cfg: EnvConfig) -> boto3.Session | None:
-    """The boto3 session of the sandbox person you are: BASTIONLESS_SANDBOX_PERSON, else the first of
+def person_session(cfg: EnvConfig) -> aws.Session | None:
+    """The AWS session of the sandbox person you are: BASTIONLESS_SANDBOX_PERSON, else the first of
     `[[people]]` (so `invoke psql --env sandbox` is somebody out of the box). Set to "" it is nobody:
     None, the shared sandbox engineer, who has no DB user."""
     chosen = PERSON_ENV in os.environ
