@@ -3,7 +3,7 @@
 On AWS both belong to the account's own identity set-up (an SSO permission set, a CI role); bastionless
 does not create them, but the sandbox does, from these documents, so deploy runs as a deployer that holds
 exactly this and no more, and developers reach the stack's roles only through sts:AssumeRole. The stack's
-own roles (developer, auditor, relay) are in stacks/access.py and stacks/relay.py.
+own roles (developer, auditor, relay): stacks/policies.py and stacks/relay.py.
 """
 
 from __future__ import annotations

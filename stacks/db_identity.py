@@ -21,11 +21,12 @@ from cdktf_cdktf_provider_aws.iam_role_policy_attachment import IamRolePolicyAtt
 from constructs import Construct
 
 from ops.facts import DB_USER_TAG, partition
-from stacks.access import DB_USER_VARIABLE, Access, tag_session_trust_statement, trust_policy
+from stacks.access import Access
 from stacks.database import Database
+from stacks.policies import DB_USER_VARIABLE, tag_session_trust_statement, trust_policy
 from stacks.policy_document import policy_document
 
-# The developer role's trust takes tag_session_trust_statement (stacks/access.py, where it lives to avoid a cycle).
+# The developer role's trust takes tag_session_trust_statement (stacks/policies.py, beside the other trust).
 __all__ = ["DB_USER_TAG", "DB_USER_VARIABLE", "BreakGlass", "DbConnect", "connect_policy",
            "tag_session_trust_statement"]
 MFA_MAX_AGE_SECONDS = 3600
@@ -75,7 +76,7 @@ class BreakGlass(Construct):
                  principals: tuple[str, ...], database: Database, access: Access) -> None:
         super().__init__(scope, construct_id)
         # IAM users with MFA under an hour old; SSO permission-set roles (their MFA is the IdP's sign-in),
-        # which an MFA condition would lock out, as for the developer role (stacks/access.trust_policy).
+        # which an MFA condition would lock out, as for the developer role (stacks/policies.trust_policy).
         trust = trust_policy(principals=principals, require_mfa=True, region=region, account_id=account_id,
                              mfa_max_age=MFA_MAX_AGE_SECONDS)
         self.role = IamRole(self, "Role", name=f"{name}-break-glass", assume_role_policy=json.dumps(trust),

@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 import pytest
 
-from stacks.access import developer_policy
+from stacks.policies import developer_policy
 from tests.conftest import PROJECT_ROOT
 
 SERVICES = ("ec2", "ssm", "rds", "kms", "iam", "ecs", "sts", "secretsmanager")
@@ -77,7 +77,7 @@ def test_every_call_a_developer_task_makes_is_allowed_to_the_developer_role(modu
     assert calls, f"no AWS calls found in {module}: the scan is broken"
     allowed = allowed_actions(the_policy())
     missing = sorted(a for a in calls if a.lower() not in allowed)
-    assert not missing, f"{module} calls {missing}, which the developer role does not allow (stacks/access.py)"
+    assert not missing, f"{module} calls {missing}, which the developer role does not allow (stacks/policies.py)"
 
 
 def test_the_scan_finds_a_call_and_names_it_as_iam_does() -> None:

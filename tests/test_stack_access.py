@@ -74,7 +74,7 @@ def test_developers_may_bring_only_their_own_db_user_session_tag(synthesized: di
 
 
 def test_trust_policy_mfa_holds_for_users_and_lets_sso_roles_in() -> None:
-    from stacks.access import trust_policy
+    from stacks.policies import trust_policy
 
     doc = trust_policy(principals=("arn:aws:iam::222222222222:user/alice",
                                    "arn:aws:iam::222222222222:role/aws-reserved/sso.amazonaws.com/AWSReservedSSO_Dev_1"),

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ops.config import load_env
-from stacks.db_identity import tag_session_trust_statement
+from stacks.policies import tag_session_trust_statement
 from tests.stack_fixtures import (
     one,
     ref,
@@ -70,7 +70,7 @@ def test_a_session_tag_can_only_repeat_the_callers_own_db_user() -> None:
 def test_break_glass_trust_admits_sso_roles_without_an_mfa_key_and_iam_users_with_fresh_mfa() -> None:
     """Identity Center sessions carry no aws:MultiFactorAuthPresent (their MFA is the IdP's sign-in): an MFA
     condition on them would lock every SSO admin out of break-glass. IAM users keep MFA under an hour old."""
-    from stacks.access import trust_policy
+    from stacks.policies import trust_policy
 
     sso = "arn:aws:iam::123456789012:role/aws-reserved/sso.amazonaws.com/AWSReservedSSO_Admin_0123"
     user = "arn:aws:iam::123456789012:user/oncall"
