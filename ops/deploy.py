@@ -104,7 +104,10 @@ def deploy(cfg: EnvConfig, *, yes: bool = False, ask: Ask = ask_terminal, out: T
     try:
         # Already confirmed: adopt first, so the one plan shown is the one applied.
         adopted = hooks.adopt(cfg, tf, out) if hooks.adopt and yes else False
-        code = tf.plan(detailed_exitcode=True, out=plan_path)
+        # After an adoption (sandbox) the state was just written: its targeted apply refreshed or created
+        # everything that does not need the database and its imports read the rest; reading every object
+        # back once more finds nothing new (~1.5 s of CPU for the sandbox's ~70 objects).
+        code = tf.plan(detailed_exitcode=True, out=plan_path, refresh=not adopted)
         if code == 2:
             if not yes:
                 confirm(cfg, action="Apply these changes to", account=ident["Account"], ask=ask, what="deploy")

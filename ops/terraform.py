@@ -140,11 +140,13 @@ class Terraform:
                   label=f"terraform validate {self.cfg.name}")
 
     def plan(self, *, detailed_exitcode: bool = False, destroy: bool = False, out: Path | None = None,
-             replace: Sequence[str] = ()) -> int:
+             replace: Sequence[str] = (), refresh: bool = True) -> int:
         """`terraform plan`. Returns 0, or 2 with `detailed_exitcode` when there are changes.
 
         `out` (a saved plan for `apply(plan_file=...)`) is relative to the stack directory unless absolute.
         `replace`: resource addresses to recreate even though nothing changed (`-replace=ADDRESS`).
+        `refresh=False` (`-refresh=false`): plan against the state as it is, for a caller that wrote every
+        object in it moments ago; every other plan reads each object back first, to find drift.
         """
         self.init()
         # Always: exit code 2 tells changes from none, and a plan without changes needs no `show -json` (a
@@ -152,6 +154,8 @@ class Terraform:
         args = ["plan", "-input=false", *self._color(), "-detailed-exitcode"]
         if destroy:
             args.append("-destroy")
+        if not refresh:
+            args.append("-refresh=false")
         args += [f"-replace={address}" for address in replace]
         # The summary is read from a saved plan: make one when the caller did not ask for it.
         saved = out if out is not None or self.verbose else self._private_plan("plan.tfplan")

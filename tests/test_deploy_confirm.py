@@ -188,3 +188,25 @@ def test_destroy_with_deletion_protection_needs_the_flag_and_the_identifier(
     assert rds.modified == [{"DBInstanceIdentifier": "bastionless-sandbox", "DeletionProtection": False,
                              "ApplyImmediately": True}]
     assert tf.applied == [tf.workdir / "destroy.tfplan"], "the plan shown is the plan applied"
+
+
+@pytest.mark.parametrize("adopted", [True, False])
+def test_the_plan_after_an_adoption_does_not_read_the_state_back(adopted: bool, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sandbox's adoption (ops/sandbox/fast_rds.py) has just written every object of the state; any other
+    deploy plans with a refresh, to find drift."""
+    plans: list[dict[str, object]] = []
+
+    class Tf:
+        def plan(self, **kwargs: object) -> int:
+            plans.append(kwargs)
+            return 0
+
+    monkeypatch.setattr(deploy, "preflight", lambda cfg: None)
+    monkeypatch.setattr(deploy, "guard", lambda cfg, out: {"Account": cfg.account_id})
+    monkeypatch.setattr(deploy, "_plan_file", lambda tf, name: tmp_path / name)
+    monkeypatch.setattr(terraform, "for_env", lambda cfg, **kwargs: Tf())
+    hooks = deploy.Hooks(adopt=lambda cfg, tf, out: adopted)
+    result = deploy.deploy(load_env("sandbox"), yes=True, hooks=hooks, out=io.StringIO())
+    assert [p["refresh"] for p in plans] == [not adopted]
+    assert result.changed is adopted
