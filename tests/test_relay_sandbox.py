@@ -1,16 +1,15 @@
-"""`invoke relay-restart` and `invoke relay-replace` against the real sandbox (moto, the local endpoint, terraform).
+"""`invoke relay-restart` against the real sandbox (moto, the local endpoint).
 
 The endpoint's ping is Online only while the moto instance runs; with its agent-boot hook the agent
 takes a few seconds after a start to be Online again, so the wait and its progress lines are real.
+`invoke relay-replace` (terraform's replacement, the state afterwards) is proven by following runbook 4
+(tests/test_runbooks_sandbox.py: check_relay), its declined prompt by tests/test_relay.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
-import shutil
-import sys
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,17 +19,11 @@ import pytest
 from ops import discovery
 from ops.errors import AccountMismatchError
 from ops.relay import current_relay, ping_status, restart
-from tests.conftest import PROJECT_ROOT
 from tests.sandbox_support import Sandbox, error_line
 from tests.test_sessions_sandbox import moto, run
-from tests.tty_support import run_on_terminal
 
 pytest_plugins = ["tests.sandbox_fixtures"]
 pytestmark = pytest.mark.slow
-
-
-# An agent that does not boot until told (post_agent_boot(box, 0)).
-HELD = 86400.0
 
 
 def post_agent_boot(box: Sandbox, seconds: float) -> None:
@@ -92,37 +85,3 @@ def test_declined_restart_and_wrong_account_change_nothing(sandbox: Sandbox) -> 
     with pytest.raises(AccountMismatchError):
         restart(dataclasses.replace(sandbox.cfg, account_id="999999999999"), yes=True)
     assert state(sandbox, iid) == "running"
-
-
-def test_replace_goes_through_terraform_and_waits_for_online(sandbox: Sandbox) -> None:
-    from ops import deploy
-
-    old = current_relay(sandbox.cfg).instance_id
-    # A "no" at the prompt: tests/test_relay.py (a declined run here cost a plan, ~6 s of CPU).
-    # The new relay's agent stays offline until relay-replace says it waits for it (an event, not a timer
-    # longer than terraform's create): then it comes Online, and the task must notice.
-    waiting = re.compile(r"waiting for i-\S+ Online in Session Manager: ConnectionLost")
-
-    def boot_when_waited_for(line: str) -> None:
-        if waiting.search(line):
-            post_agent_boot(sandbox, 0)
-
-    with agent_boot(sandbox, HELD):
-        proc = run_on_terminal([sys.executable, "-m", "invoke", "relay-replace", "--env", "sandbox"], answer="y\n",
-                               cwd=PROJECT_ROOT, env=sandbox.subprocess_env(), timeout=300,
-                               on_stderr=boot_when_waited_for)
-    assert proc.returncode == 0, proc.stderr
-    new = current_relay(sandbox.cfg).instance_id
-    assert new != old and state(sandbox, old) == "terminated"
-    assert f"relay replaced: {old} -> {new}, Online" in proc.stdout
-    assert re.search(r"^\s+REPLACE\s+aws_instance\.", proc.stderr, re.MULTILINE), "the plan names the replacement"
-    assert f"waiting for {new} Online in Session Manager: ConnectionLost" in proc.stderr, "progress while waiting"
-    assert "Replace the relay (aws_instance." in proc.stderr
-    # The Terraform state is the truth: its output names the new relay, and a plan has nothing to do.
-    assert deploy.outputs(sandbox.cfg)["relay_instance_id"] == new
-    assert deploy.plan(sandbox.cfg, detailed_exitcode=True) == 0
-    assert discovery.find_relay(sandbox.cfg).instance_id == new
-    # A session through the new relay reaches the database.
-    if shutil.which("psql"):
-        query = run(sandbox, "psql", "--env", "sandbox", "--command", "select 1 as through_new_relay")
-        assert query.returncode == 0 and "through_new_relay" in query.stdout, query.stderr

@@ -143,11 +143,23 @@ def check_migration(box: Sandbox, run: Run) -> None:
 
 
 def check_relay(box: Sandbox, run: Run) -> None:
+    from ops import deploy
     from ops.discovery import find_relay
 
     relay = find_relay(box.cfg)  # raises unless running and Online
-    assert relay.instance_id != run.variables["OLD_RELAY"], "step 4 replaced the relay"
+    old = run.variables["OLD_RELAY"]
+    assert relay.instance_id != old, "step 4 replaced the relay"
     assert relay.ping_status == "Online"
+    # The suite's one relay replacement through terraform (tests/test_relay_sandbox.py has the restarts): the
+    # plan names the replacement, the prompt says what it replaces, and afterwards the Terraform state is the
+    # truth: its output names the new relay and a plan has nothing to do. The verify steps reach the database
+    # through the new relay as alice. (Progress while waiting for Online: the restart tests, same wait.)
+    (replaced,) = [out for out in run.outputs if "relay replaced:" in out]
+    assert f"relay replaced: {old} -> {relay.instance_id}, Online" in replaced
+    assert re.search(r"^\s+REPLACE\s+aws_instance\.", replaced, re.MULTILINE), "the plan names the replacement"
+    assert "Replace the relay (aws_instance." in replaced
+    assert deploy.outputs(box.cfg)["relay_instance_id"] == relay.instance_id
+    assert deploy.plan(box.cfg, detailed_exitcode=True) == 0
 
 
 def check_revoked(box: Sandbox, run: Run) -> None:
