@@ -55,6 +55,13 @@ PROBE_TIMEOUT = 5.0
 CONNECTION_WAIT = 30.0
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 CLEANUP_TIMEOUT = 15.0
+# The plugin binds the local port itself, seconds after we found it free: another process may take it first.
+# A port we chose (--local-port 0) is then chosen again, with a new session, this many times in all.
+PLUGIN_PORT_ATTEMPTS = 3
+# What the plugin prints when its port is taken: "Cannot perform start session: listen tcp ...: bind: address
+# already in use" (session-manager-plugin src/sessionmanagerplugin/session/session.go, the error of net.Listen in
+# portsession/muxportforwarding.go or basicportforwarding.go), and it exits 0.
+PLUGIN_PORT_TAKEN = "address already in use"
 BACKGROUND_START_TIMEOUT = 60.0
 # Test hook: "discovering=2,starting=2" holds the tunnel that long in a phase (signal tests).
 PHASE_DELAY_ENV = facts.TUNNEL_PHASE_DELAY_ENV
@@ -182,12 +189,24 @@ def bind_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def reserve_port(host: str, port: int) -> int:
-    """For the plugin, which binds the port itself: check it is free (or pick a free one) now."""
-    sock = bind_listener(host, port)
-    chosen: int = sock.getsockname()[1]
-    sock.close()
-    return chosen
+def reserve_port(host: str, port: int) -> socket.socket:
+    """For the plugin, which listens on the port itself seconds later: the port (`port`, or a free one for 0)
+    bound now and held, not listening, until the plugin listens on it.
+
+    Held with SO_REUSEADDR, which the plugin's listener sets too (Go's net.Listen): Linux lets it listen on a
+    port that sockets only bound hold, while no other program's bind, listen or outgoing connection takes
+    that port in the meantime. (Found free and closed again, it was taken once in a busy test run before the
+    plugin listened: "bind: address already in use".)"""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise _busy(port) from None
+        raise OpsError(f"cannot use {host}:{port}: {exc.strerror}", next_step="pick another --local-port") from None
+    return sock
 
 
 async def probe(host: str, port: int, *, timeout: float = PROBE_TIMEOUT) -> bytes:
@@ -291,6 +310,7 @@ class Supervisor:
         self._discovered = discovered
         self.local_host = local_host
         self.local_port = local_port
+        self._requested_port = local_port
         self.reason = reason.strip()
         self.requested_transport = transport
         self.instance = instance
@@ -318,6 +338,9 @@ class Supervisor:
         self._plugin: str = ""
         self._plugin_version = ""
         self._pump: asyncio.Task[None] | None = None
+        self._plugin_port_taken = False
+        # The plugin's local port, held from the moment it is chosen until the plugin listens (reserve_port).
+        self._held: socket.socket | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
         self._active = 0
         self._last_activity = time.monotonic()
@@ -341,7 +364,8 @@ class Supervisor:
         self.mode = transport_mod.choose(self.requested_transport)
         if self.mode == "plugin":
             self._plugin = transport_mod.plugin_path() or transport_mod.PLUGIN
-            self.local_port = reserve_port(self.local_host, self.local_port)
+            self._held = reserve_port(self.local_host, self.local_port)
+            self.local_port = self._held.getsockname()[1]
         else:
             self._sock = bind_listener(self.local_host, self.local_port)
             self.local_port = self._sock.getsockname()[1]
@@ -358,8 +382,21 @@ class Supervisor:
             self.relay, self.db = self._discovered
             self.timings["discovered"] = time.monotonic()
         await self._enter("starting", "starting a Session Manager session")
-        await self._open()
-        await self._wait_ready()
+        for attempt in range(1, PLUGIN_PORT_ATTEMPTS + 1):
+            await self._open()
+            try:
+                await self._wait_ready()
+                self._release_held_port()
+                break
+            except PortBusyError:
+                if self.mode != "plugin" or self._requested_port or attempt == PLUGIN_PORT_ATTEMPTS:
+                    raise
+                taken = self.local_port
+                await self._abandon_plugin_session()
+                self._held = reserve_port(self.local_host, 0)
+                self.local_port = self._held.getsockname()[1]
+                self.report(f"local port {taken} was taken before {transport_mod.PLUGIN} listened on it; starting "
+                            f"again on port {self.local_port}")
         self.timings["ready"] = time.monotonic()
         self.report(f"ready: {f'target {self.target}' if self.target else 'PostgreSQL'} answered through the tunnel "
                     f"{self.timings['ready'] - self.timings['session_answer']:.3f} s after the StartSession answer "
@@ -594,8 +631,26 @@ class Supervisor:
         assert proc.stdout is not None
         while line := await proc.stdout.readline():
             text = line.decode(errors="replace").strip()
+            if PLUGIN_PORT_TAKEN in text:
+                self._plugin_port_taken = True
             if text and not text.startswith("Connection accepted"):
                 self.report(f"plugin: {text}")
+
+    def _release_held_port(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+    async def _abandon_plugin_session(self) -> None:
+        """End the session whose plugin could not listen, before starting another."""
+        self._release_held_port()
+        if self.session_id:
+            await self._terminate_api(self.session_id)
+        if self._proc is not None:
+            await _stop_process(self._proc)
+        if self._pump is not None:
+            self._pump.cancel()
+        self._proc, self._pump, self._plugin_port_taken = None, None, False
 
     async def _wait_ready(self) -> None:
         """Ready means PostgreSQL answered through the tunnel, not that a port listens."""
@@ -603,7 +658,13 @@ class Supervisor:
         deadline = time.monotonic() + self.ready_timeout
         last = ""
         while True:
+            if self._plugin_port_taken:
+                # Said by the plugin, which may then linger until its session ends (seen: 20 s and more).
+                raise _busy(self.local_port)
             if self._proc is not None and self._proc.returncode is not None:
+                if self._pump is not None:  # its last lines say why
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(asyncio.shield(self._pump), 2.0)
                 raise self._plugin_failed(self._proc.returncode)
             if self._ps is not None and self._ps.closed:
                 raise TunnelNotReadyError(f"the data channel of session {self.session_id} closed before the tunnel "
@@ -630,6 +691,8 @@ class Supervisor:
         # already carried this tunnel clearly reads the environment.
         if "ready" not in self.timings and not transport_mod.supports_env_handoff(self._plugin_version):
             return transport_mod.old_plugin_error(self._plugin_version)
+        if self._plugin_port_taken:
+            return _busy(self.local_port)
         return OpsError(f"{transport_mod.PLUGIN} exited with code {code} before the tunnel was ready",
                         next_step="see its output above, or use --transport native")
 
@@ -717,6 +780,7 @@ class Supervisor:
 
     async def _discard_transport(self) -> None:
         self._ps_ready.clear()
+        self._plugin_port_taken = False
         session, self._ps = self._ps, None
         if session is not None:
             with contextlib.suppress(Exception):
@@ -790,6 +854,7 @@ class Supervisor:
             self._pump.cancel()
         if self._sock is not None:
             self._sock.close()
+        self._release_held_port()
 
 
 async def _stop_process(proc: asyncio.subprocess.Process) -> None:

@@ -335,3 +335,60 @@ def test_dash_h_is_help_not_host() -> None:
     out = subprocess.run([sys.executable, "-m", "invoke", "tunnel", "-h"], cwd=PROJECT_ROOT, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "Docstring:" in out.stdout and "--host=STRING" in out.stdout
+
+
+@pytest.mark.parametrize(("requested", "retried"), [(0, True), (6543, False)])
+def test_a_port_the_plugin_still_could_not_bind_is_chosen_again_only_if_the_tunnel_chose_it(
+        requested: int, retried: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The port is held until the plugin listens (tests/test_tunnel_sandbox.py); should the plugin still report it
+    taken, the decision, with the plugin stood in for."""
+    from ops import tunnel as tunnel_mod
+
+    sup = tunnel_mod.Supervisor(plain_sandbox_env(), local_port=requested, transport="plugin", report=lambda _l: None)
+    ports = iter([6543, 7654, 8765])
+
+    class Held:  # what reserve_port returns: the port, bound and held
+        def __init__(self, port: int) -> None:
+            self.port = port
+
+        def getsockname(self) -> tuple[str, int]:
+            return "127.0.0.1", self.port
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(tunnel_mod, "reserve_port", lambda host, port: Held(next(ports) if port == 0 else port))
+    monkeypatch.setattr(transport_mod, "choose", lambda requested: "plugin")
+    opened: list[int] = []
+    abandoned: list[int] = []
+
+    async def discover() -> tuple[object, object]:
+        return object(), object()
+
+    async def open_() -> None:
+        opened.append(sup.local_port)
+        sup._plugin_version = "1.2.707.0"
+
+    async def wait_ready() -> None:
+        if len(opened) == 1:  # the plugin printed its bind error and exited 0
+            sup._plugin_port_taken = True
+            raise sup._plugin_failed(0)
+        raise RuntimeError("ready")  # stop here: the rest of _run is not this test's business
+
+    async def abandon() -> None:
+        abandoned.append(sup.local_port)
+
+    monkeypatch.setattr(sup, "_discover", discover)
+    monkeypatch.setattr(sup, "_open", open_)
+    monkeypatch.setattr(sup, "_wait_ready", wait_ready)
+    monkeypatch.setattr(sup, "_abandon_plugin_session", abandon)
+    monkeypatch.setattr(tunnel_mod, "describe_found", lambda relay, db: "found")
+    if retried:
+        with pytest.raises(RuntimeError, match="ready"):
+            asyncio.run(sup._run())
+        assert opened == [6543, 7654] and abandoned == [6543]
+    else:
+        with pytest.raises(PortBusyError, match=r"^local port 6543 is already in use$") as caught:
+            asyncio.run(sup._run())
+        assert caught.value.next_step == "pass --local-port 0 for a free port, or --local-port N for another one"
+        assert opened == [6543] and abandoned == []

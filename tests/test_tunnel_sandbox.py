@@ -98,6 +98,48 @@ def test_plugin_transport_end_to_end(pg_world: TunnelWorld, session_manager_plug
     wait_for(lambda: not plugin_processes(), timeout=5, what="the plugin to exit")
 
 
+def test_the_plugins_port_is_held_until_the_plugin_listens_on_it(pg_world: TunnelWorld, session_manager_plugin: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS's plugin listens on the local port itself, seconds after the tunnel chose it. Found free and let go,
+    it was taken once in a busy CI run before the plugin listened ("bind: address already in use"). Now the
+    tunnel holds it (bound, SO_REUSEADDR, not listening) until then: nobody else can bind it, the plugin can."""
+    import errno
+    import socket
+
+    from ops import facts
+    from ops import tunnel as tunnel_mod
+
+    monkeypatch.setenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", session_manager_plugin)
+    # The test hook holds the tunnel after StartSession's answer, before the plugin starts: the window.
+    monkeypatch.setenv(facts.TUNNEL_PHASE_DELAY_ENV, "starting=1")
+    cfg = pg_world.add_env("sandbox")
+    held: list[int] = []
+    real_reserve = tunnel_mod.reserve_port
+
+    def reserve(host: str, port: int) -> socket.socket:
+        sock = real_reserve(host, port)
+        held.append(sock.getsockname()[1])
+        return sock
+
+    monkeypatch.setattr(tunnel_mod, "reserve_port", reserve)
+    tried: list[int] = []
+
+    def report(line: str) -> None:
+        if "holding in phase starting" in line:  # chosen, the plugin not started yet: somebody else tries it
+            with socket.socket() as other:
+                try:
+                    other.bind(("127.0.0.1", held[0]))
+                    tried.append(0)
+                except OSError as exc:
+                    tried.append(exc.errno or -1)
+
+    with open_tunnel(cfg, transport="plugin", report=report) as info:
+        assert info.local_port == held[0]
+        assert query(info.local_port) == 42
+    assert tried == [errno.EADDRINUSE], "another program could take the port before the plugin listened"
+    assert pg_world.active_sessions() == []
+
+
 def test_invoke_tunnel_and_psql_with_the_plugin_on_path(pg_world: TunnelWorld, session_manager_plugin: str,
                                                        cli_tunnels: list[Tunnel]) -> None:
     """A new user with AWS's plugin installed: transport auto picks it, and SQL goes through it, both with
