@@ -55,8 +55,9 @@ PROBE_TIMEOUT = 5.0
 CONNECTION_WAIT = 30.0
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 CLEANUP_TIMEOUT = 15.0
-# The plugin binds the local port itself, seconds after we found it free: another process may take it first.
-# A port we chose (--local-port 0) is then chosen again, with a new session, this many times in all.
+# The plugin listens on the local port itself, seconds after we chose it; reserve_port holds it until then.
+# Should the plugin still report it taken, a port we chose (--local-port 0) is chosen again, with a new session,
+# this many times in all.
 PLUGIN_PORT_ATTEMPTS = 3
 # What the plugin prints when its port is taken: "Cannot perform start session: listen tcp ...: bind: address
 # already in use" (session-manager-plugin src/sessionmanagerplugin/session/session.go, the error of net.Listen in
