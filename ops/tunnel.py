@@ -816,8 +816,12 @@ class Supervisor:
             try:
                 if old in self.open_sessions:
                     await self._terminate_api(old)
+                if self.mode == "plugin" and self._held is None:
+                    # The old plugin let the port go: hold it until the new one listens on it (reserve_port).
+                    self._held = reserve_port(self.local_host, self.local_port)
                 await self._open()
                 await self._wait_ready()
+                self._release_held_port()
             except (OpsError, SessionError, OSError) as exc:
                 delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
                 attempt += 1
