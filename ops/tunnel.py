@@ -170,22 +170,7 @@ def _busy(port: int) -> PortBusyError:
 
 def bind_listener(host: str, port: int) -> socket.socket:
     """The tunnel's listening socket, bound before any AWS call so a busy port costs nothing."""
-    # IPPROTO_TCP named, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says TCP,
-    # and accepted connections copy the listener's. With proto 0 every reply of 33-80 KB through the tunnel
-    # waited 80 ms on Nagle and the client's delayed acknowledgement (twice the time the agent needs).
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
-                         socket.IPPROTO_TCP)
-    # Still refuses a port another process listens on; only lets us reuse our own TIME_WAIT ones.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-            raise _busy(port) from None
-        raise OpsError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                       next_step="pick another --local-port") from None
+    sock = _bound(host, port, listen=True)
     sock.setblocking(False)
     return sock
 
@@ -198,15 +183,28 @@ def reserve_port(host: str, port: int) -> socket.socket:
     port that sockets only bound hold, while no other program's bind, listen or outgoing connection takes
     that port in the meantime. (Found free and closed again, it was taken once in a busy test run before the
     plugin listened: "bind: address already in use".)"""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    return _bound(host, port, listen=False)
+
+
+def _bound(host: str, port: int, *, listen: bool) -> socket.socket:
+    # IPPROTO_TCP named, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says TCP,
+    # and accepted connections copy the listener's. With proto 0 every reply of 33-80 KB through the tunnel
+    # waited 80 ms on Nagle and the client's delayed acknowledgement (twice the time the agent needs).
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
+                         socket.IPPROTO_TCP)
+    # Still refuses a port another process listens on; only lets us reuse our own TIME_WAIT ones (and lets
+    # the plugin listen on a port reserve_port holds).
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        if listen:
+            sock.listen(128)
     except OSError as exc:
         sock.close()
         if exc.errno in (errno.EADDRINUSE, errno.EACCES):
             raise _busy(port) from None
-        raise OpsError(f"cannot use {host}:{port}: {exc.strerror}", next_step="pick another --local-port") from None
+        raise OpsError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                       next_step="pick another --local-port") from None
     return sock
 
 
