@@ -27,6 +27,8 @@ import boto3
 
 from ops.config import PROJECT_ROOT
 from ops.facts import PLUGIN_ENV, SANDBOX_AGENT_VERSION, relay_tags
+from ops.sandbox import moto as sandbox_moto
+from ops.sandbox import procs
 from ops.sandbox.agent import DEFAULT_PROFILE
 from ops.sandbox.ssm_endpoint import serve
 
@@ -187,15 +189,9 @@ def moto_process(log: Path, *, managed_policies: bool = False, account_id: str =
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=PROJECT_ROOT)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):  # noqa: S310 - loopback
-                        break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"moto_server did not start; see {log}") from None
-                    time.sleep(0.1)
+            # The sandbox's own readiness check of its moto (ops/sandbox/moto.py).
+            if not procs.wait_until(lambda: sandbox_moto.healthy(url), timeout=60, alive=lambda: proc.poll() is None):
+                raise RuntimeError(f"moto_server did not start; see {log}")
             yield url
         finally:
             proc.terminate()

@@ -318,7 +318,7 @@ def _strings(value: Any) -> list[str]:
 _one_at_a_time = threading.Lock()
 
 
-def _with_authorize_route(app: Any) -> Callable[[dict[str, Any], Any], Iterable[bytes]]:
+def _with_authorize_route(app: moto.Wsgi) -> moto.Wsgi:
     def wsgi(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == PROBE_PATH:
             probe = json.dumps({"enforced": True}).encode()
