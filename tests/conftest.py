@@ -50,6 +50,17 @@ def plain_sandbox_env() -> EnvConfig:
     return parse_env("sandbox", plain_sandbox_toml().encode(), PROJECT_ROOT / "envs" / "sandbox.toml")
 
 
+def stand_in_for_terraform(monkeypatch: pytest.MonkeyPatch, tf: object, plans: Path) -> None:
+    """For unit tests of deploy, destroy and relay-replace: the checks before terraform (local tools, the
+    account) pass, `tf` stands in for the env's Terraform, and saved plans go to `plans`."""
+    from ops import deploy, terraform
+
+    monkeypatch.setattr(deploy, "preflight", lambda cfg: None)
+    monkeypatch.setattr(deploy, "guard", lambda cfg, out: {"Account": cfg.account_id})
+    monkeypatch.setattr(deploy, "_plan_file", lambda tf_, name: plans / name)
+    monkeypatch.setattr(terraform, "for_env", lambda cfg, **kwargs: tf)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # A script's `cmd &` (no job control) starts its command with SIGINT ignored, and a CI runner may too;
     # every child inherits that, so the Ctrl-C tests' children never saw their Ctrl-C (six failures in a run

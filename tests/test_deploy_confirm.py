@@ -13,6 +13,7 @@ import pytest
 from ops import deploy, terraform
 from ops.config import load_env
 from ops.errors import AbortedError, OpsError
+from tests.conftest import stand_in_for_terraform
 
 
 def _answers(*lines: str) -> tuple[list[str], deploy.Ask]:
@@ -156,11 +157,8 @@ class _Rds:
 def destroy_bed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[_DestroyTerraform, _Rds]:
     """ops.deploy.destroy of a sandbox whose database has deletion protection on, AWS and terraform stood in."""
     tf, rds = _DestroyTerraform(tmp_path), _Rds()
-    monkeypatch.setattr(deploy, "preflight", lambda cfg: None)
-    monkeypatch.setattr(deploy, "guard", lambda cfg, out: {"Account": cfg.account_id})
+    stand_in_for_terraform(monkeypatch, tf, tmp_path)
     monkeypatch.setattr(deploy, "database_protection", lambda cfg: ("bastionless-sandbox", True))
-    monkeypatch.setattr(deploy, "_plan_file", lambda tf_, name: tmp_path / name)
-    monkeypatch.setattr(terraform, "for_env", lambda cfg, **kwargs: tf)
     monkeypatch.setattr(deploy.aws, "client", lambda cfg, service: rds)
     return tf, rds
 
@@ -202,10 +200,7 @@ def test_the_plan_after_an_adoption_does_not_read_the_state_back(adopted: bool, 
             plans.append(kwargs)
             return 0
 
-    monkeypatch.setattr(deploy, "preflight", lambda cfg: None)
-    monkeypatch.setattr(deploy, "guard", lambda cfg, out: {"Account": cfg.account_id})
-    monkeypatch.setattr(deploy, "_plan_file", lambda tf, name: tmp_path / name)
-    monkeypatch.setattr(terraform, "for_env", lambda cfg, **kwargs: Tf())
+    stand_in_for_terraform(monkeypatch, Tf(), tmp_path)
     hooks = deploy.Hooks(adopt=lambda cfg, tf, out: adopted)
     result = deploy.deploy(load_env("sandbox"), yes=True, hooks=hooks, out=io.StringIO())
     assert [p["refresh"] for p in plans] == [not adopted]

@@ -68,9 +68,10 @@ def test_wait_for_gives_up_on_a_state_that_cannot_change() -> None:
 def test_a_declined_replace_plans_the_replacement_then_changes_nothing(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The sandbox test replaces the relay for real; this is the "no" at the prompt, AWS and terraform stood in."""
-    from ops import deploy, relay, terraform
+    from ops import relay
     from ops.config import load_env
     from ops.errors import AbortedError
+    from tests.conftest import stand_in_for_terraform
 
     (tmp_path / "cdk.tf.json").write_text(json.dumps({"resource": {"aws_instance": {"Relay_Instance_1": {
         "tags": {"bastionless:role": "relay"}}}}}))
@@ -88,10 +89,7 @@ def test_a_declined_replace_plans_the_replacement_then_changes_nothing(tmp_path:
         def apply(self, **kwargs: object) -> None:
             applied.append(kwargs)
 
-    monkeypatch.setattr(deploy, "preflight", lambda cfg: None)
-    monkeypatch.setattr(deploy, "guard", lambda cfg, out: {"Account": cfg.account_id})
-    monkeypatch.setattr(deploy, "_plan_file", lambda tf, name: tmp_path / name)
-    monkeypatch.setattr(terraform, "for_env", lambda cfg, **kwargs: Tf())
+    stand_in_for_terraform(monkeypatch, Tf(), tmp_path)
     monkeypatch.setattr(relay, "relay_instances", lambda cfg: [relay.RelayInstance("i-0old", "running", "t")])
     prompts: list[str] = []
     out = io.StringIO()
