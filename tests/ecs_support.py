@@ -17,7 +17,7 @@ import boto3
 
 from ops.config import EnvConfig
 from ops.facts import relay_tags
-from tests.ssm_support import EndpointThread, tag_list
+from tests.ssm_support import EndpointThread, relay_image, tag_list
 
 ENV = "sandbox"
 REGION = "us-east-1"
@@ -109,7 +109,7 @@ def build_world(moto_url: str, cfg: EnvConfig) -> dict[str, str]:
     aws("ssm", moto_url).create_document(Name="SSM-SessionManagerRunShell", Content=json.dumps(prefs),
                                          DocumentType="Session", DocumentFormat="JSON")
 
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    image = relay_image(ec2)
     relay = ec2.run_instances(
         ImageId=image, MinCount=1, MaxCount=1, InstanceType="t4g.nano",
         # As the Terraform provider launches it (associate_public_ip_address = false): an interface spec.

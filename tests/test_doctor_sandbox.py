@@ -16,6 +16,7 @@ import pytest
 from ops import facts
 from ops.doctor import CheckResult, format_json, format_table, run_checks
 from tests.ecs_support import TASK_IDS, EcsWorld, sandbox_task
+from tests.ssm_support import relay_image
 
 pytest_plugins = ["tests.ecs_fixtures"]
 
@@ -219,7 +220,7 @@ def test_doctor_cli_exit_code_and_json(ecs_world: EcsWorld) -> None:
 
 def test_ec2_task_on_an_old_ecs_agent_and_a_pending_task(ecs_world: EcsWorld) -> None:
     ec2, ecs = ecs_world.moto("ec2"), ecs_world.moto("ecs")
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    image = relay_image(ec2)
     host = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     doc = json.dumps({"instanceId": host, "region": "us-east-1", "accountId": "123456789012"})
     container_instance = ecs.register_container_instance(

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PROJECT_ROOT
+from tests.ssm_support import relay_image
 from tests.test_discovery import ExpiredAws
 from tests.tunnel_fixtures import TunnelWorld, run_cli
 
@@ -136,7 +137,7 @@ def test_relay_offline_in_ssm(tunnel_world: TunnelWorld) -> None:
     # A running instance Session Manager has never heard of: its agent is not connected.
     tunnel_world.add_env("sandbox")
     ec2 = tunnel_world.client("ec2")
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    image = relay_image(ec2)
     plain = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t4g.nano")["Instances"][0]
     proc = run_cli(tunnel_world, "tunnel", "--env", "sandbox", "--local-port", "0", "--transport", "native",
                    "--instance", plain["InstanceId"])

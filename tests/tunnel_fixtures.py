@@ -27,7 +27,7 @@ from ops.facts import ENVS_DIR_ENV, relay_tags
 from ops.iam_policies import port_document_content, port_document_name
 from tests.conftest import PROJECT_ROOT, plain_sandbox_toml
 from tests.pg_support import start_cluster
-from tests.ssm_support import EndpointThread, moto_process, reset_moto, tag_list
+from tests.ssm_support import EndpointThread, moto_process, relay_image, reset_moto, tag_list
 
 
 def aws_client(service: str, url: str, region: str) -> Any:
@@ -58,7 +58,7 @@ class TunnelWorld:
         ec2 = self.client("ec2", region)
         vpc = ec2.create_vpc(CidrBlock="10.40.0.0/16")["Vpc"]["VpcId"]
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.1.0/24")["Subnet"]["SubnetId"]
-        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        image = relay_image(ec2)
         self.relays[name] = ec2.run_instances(
             ImageId=image, MinCount=1, MaxCount=1, InstanceType="t4g.nano", SubnetId=subnet,
             TagSpecifications=[{"ResourceType": "instance", "Tags": tag_list(relay_tags(stack_name=cfg.stack_name,
