@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
 from collections.abc import Iterator
@@ -33,6 +34,20 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 if TYPE_CHECKING:
     from ops.config import EnvConfig
+
+
+def parse_python(source: str, filename: str = "<unknown>") -> ast.Module:
+    """ast.parse, again when CPython 3.11 reports "AST constructor recursion depth mismatch": its AST state is
+    shared by all threads, and another thread of the worker building an AST at the same moment (3.11's traceback
+    module parses a source line to place its carets, e.g. when asyncio logs a leftover task) trips the check
+    (python/cpython#106905, pytest-dev/pytest#10763). A real error in the source is raised as usual."""
+    for _ in range(4):
+        try:
+            return ast.parse(source, filename)
+        except SystemError as exc:
+            if "recursion depth mismatch" not in str(exc):
+                raise
+    return ast.parse(source, filename)
 
 
 def plain_sandbox_toml() -> str:

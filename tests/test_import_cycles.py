@@ -10,7 +10,7 @@ import ast
 from collections.abc import Iterable
 from pathlib import Path
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, parse_python
 
 PACKAGES = ("ops", "stacks", "cli")
 SCRIPTS = ("main.py", "tasks.py")
@@ -35,7 +35,7 @@ def imports_of(name: str, path: Path, known: Iterable[str]) -> set[str]:
     modules = set(known)
     is_package = path.name == "__init__.py"
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(parse_python(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name in modules)
         elif isinstance(node, ast.ImportFrom):

@@ -15,12 +15,12 @@ from ops.ssm.channel import ChannelError
 from ops.ssm.crypto import EncryptionError
 from ops.ssm.framing import FramingError
 from ops.ssm.smux import SmuxError
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, parse_python
 
 
 def test_ops_ssm_does_not_use_the_user_interface_errors() -> None:
     for path in sorted((PROJECT_ROOT / "ops" / "ssm").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(parse_python(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom):
                 assert node.module != "ops.errors", f"{path.name} imports ops.errors"
                 assert not (node.module == "ops" and any(a.name == "errors" for a in node.names)), path.name
