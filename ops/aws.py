@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import json
 import os
 import threading
@@ -183,9 +184,29 @@ def _break_glass_session(cfg: EnvConfig) -> Session:
 _LOADER_LOCK = threading.Lock()
 
 
+class _PlainJsonFiles(botocore.loaders.JSONFileLoader):
+    """botocore's model files parsed into plain dicts. botocore parses them with an OrderedDict hook, which
+    doubles the parse (EC2's model: ~38 -> ~17 ms); dicts keep their order as well, and nothing in botocore asks
+    for an OrderedDict's own methods. Every task parses the models of the services it calls once."""
+
+    OPENERS: tuple[tuple[str, Callable[[str], Any]], ...] = (
+        (".json", lambda path: open(path, "rb")),
+        (".json.gz", lambda path: gzip.open(path, "rb")),
+    )
+
+    def load_file(self, file_path: str) -> Any:
+        for ext, opener in self.OPENERS:
+            if os.path.isfile(file_path + ext):
+                with opener(file_path + ext) as fp:
+                    return json.loads(fp.read().decode("utf-8"))
+        return None
+
+
 @functools.cache
 def _shared_loader() -> botocore.loaders.Loader:
-    return botocore.loaders.create_loader()
+    loader = botocore.loaders.create_loader()
+    loader.file_loader = _PlainJsonFiles()
+    return loader
 
 
 class Session:
