@@ -202,11 +202,13 @@ class _PlainJsonFiles(botocore.loaders.JSONFileLoader):
         return None
 
 
-@functools.cache
-def _shared_loader() -> botocore.loaders.Loader:
+def _new_loader() -> botocore.loaders.Loader:
     loader = botocore.loaders.create_loader()
     loader.file_loader = _PlainJsonFiles()
     return loader
+
+
+_shared_loader = functools.cache(_new_loader)
 
 
 class Session:

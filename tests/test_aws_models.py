@@ -14,8 +14,9 @@ from ops import aws
 @pytest.mark.parametrize(("service", "kind"), [("ec2", "service-2"), ("sts", "service-2"), ("rds", "paginators-1"),
                                                ("ssm", "endpoint-rule-set-1"), ("ecs", "waiters-2")])
 def test_the_shared_loader_reads_what_botocores_reads(service: str, kind: str) -> None:
+    # Fresh loaders: the process-wide one's data is botocore's to use (and adjust) once loaded.
     stock = botocore.loaders.create_loader()
-    ours = aws._shared_loader()
+    ours = aws._new_loader()
     got = ours.load_service_model(service, kind)
     assert got == stock.load_service_model(service, kind)
     assert type(got) is dict and not any(isinstance(v, OrderedDict) for v in got.values())
@@ -24,13 +25,14 @@ def test_the_shared_loader_reads_what_botocores_reads(service: str, kind: str) -
 
 
 def test_data_files_without_a_model_and_unknown_paths() -> None:
-    loader = aws._shared_loader()
+    loader = aws._new_loader()
     assert loader.load_data("endpoints") == botocore.loaders.create_loader().load_data("endpoints")
     assert loader.file_loader.load_file("/nonexistent/service-2") is None
 
 
 def test_a_client_from_the_shared_loader_knows_its_operations() -> None:
     session = aws.new_session(region_name="us-east-1", aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="x")
+    assert aws._shared_loader() is aws._shared_loader()
     ec2 = session.client("ec2")
     stock = botocore.session.Session().create_client("ec2", region_name="us-east-1", aws_access_key_id="AKIDEXAMPLE",
                                                      aws_secret_access_key="x")
