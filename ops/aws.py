@@ -12,7 +12,7 @@ import gzip
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
@@ -202,10 +202,53 @@ class _PlainJsonFiles(botocore.loaders.JSONFileLoader):
         return None
 
 
+class _ServiceNames(Sequence[str]):
+    """The services a loader knows, as botocore's sorted list, except that `name in` it looks at that one
+    service's folders. botocore checks every model it loads with `in` against the whole list, and building
+    the list lists and stats the ~420 service folders it ships (~15 ms a model type, once per task)."""
+
+    def __init__(self, loader: _Loader, type_name: str) -> None:
+        self._loader = loader
+        self._type_name = type_name
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str) or not name or os.sep in name or name.startswith("."):
+            return False
+        # What botocore's list requires of a service: a folder in a search path with an API version folder
+        # that holds this type's file.
+        for base in self._loader.search_paths:
+            folder = os.path.join(base, name)
+            try:
+                versions = os.listdir(folder)
+            except OSError:
+                continue
+            if any(self._loader.file_loader.exists(os.path.join(folder, v, self._type_name)) for v in versions):
+                return True
+        return False
+
+    @functools.cached_property
+    def _names(self) -> list[str]:
+        names: list[str] = self._loader.all_services(self._type_name)
+        return names
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._names[index]
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class _Loader(botocore.loaders.Loader):
+    def list_available_services(self, type_name: str) -> Any:
+        return _ServiceNames(self, type_name)
+
+    def all_services(self, type_name: str) -> list[str]:
+        names: list[str] = super().list_available_services(type_name)
+        return names
+
+
 def _new_loader() -> botocore.loaders.Loader:
-    loader = botocore.loaders.create_loader()
-    loader.file_loader = _PlainJsonFiles()
-    return loader
+    return _Loader(file_loader=_PlainJsonFiles())
 
 
 _shared_loader = functools.cache(_new_loader)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import botocore.exceptions
 import botocore.loaders
 import botocore.session
 import pytest
@@ -40,3 +41,22 @@ def test_a_client_from_the_shared_loader_knows_its_operations() -> None:
     assert list(model.input_shape.members) == list(want.input_shape.members)
     assert ec2.meta.service_model.operation_names == stock.meta.service_model.operation_names
     assert ec2.can_paginate("describe_instances")
+
+
+@pytest.mark.parametrize("kind", ["service-2", "waiters-2", "endpoint-rule-set-1"])
+def test_the_known_services_are_botocores_and_membership_agrees(kind: str) -> None:
+    stock = botocore.loaders.create_loader().list_available_services(kind)
+    known = aws._new_loader().list_available_services(kind)
+    assert "ec2" in known and len(stock) > 150
+    assert [name in known for name in stock] == [True] * len(stock)
+    assert list(known) == stock and known[0] == stock[0] and len(known) == len(stock)
+    others = {"nope", "", ".", "..", "ec2/2016-11-15", "../data/ec2", 3}
+    assert not [name for name in others if name in known]
+
+
+def test_an_unknown_service_is_refused_as_botocore_refuses_it() -> None:
+    with pytest.raises(botocore.exceptions.UnknownServiceError) as ours:
+        aws._new_loader().load_service_model("no-such-service", "service-2")
+    with pytest.raises(botocore.exceptions.UnknownServiceError) as stock:
+        botocore.loaders.create_loader().load_service_model("no-such-service", "service-2")
+    assert str(ours.value) == str(stock.value)
