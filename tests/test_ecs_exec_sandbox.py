@@ -166,6 +166,7 @@ def test_interactive_shell_under_tmux(ecs_world: EcsWorld, tmp_path: Path) -> No
         f"{shlex.quote(INVOKE)} ecs-shell --env sandbox --command /bin/sh --reason tmux-test\n"
         "echo \"rc=$?\"\n"
         "stty -a | tr ' ' '\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '; echo\n"
+        "echo modes-shown\n"
         "sleep 60\n")
     _tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40", f"sh {shlex.quote(str(script))}")
     try:
@@ -191,8 +192,9 @@ def test_interactive_shell_under_tmux(ecs_world: EcsWorld, tmp_path: Path) -> No
         pane = _wait_for(session, "still-42")
         assert "not-interrupted" not in pane.replace("echo not-interrupted", "")
         _tmux("send-keys", "-t", session, "exit 3", "Enter")
-        pane = _wait_for(session, "rc=3")
-        after = pane.split("rc=3", 1)[1]
+        # (The modes line follows rc=3 a moment later: wait for the line after it.)
+        pane = _wait_for(session, "modes-shown")
+        after = pane.split("rc=3", 1)[1].split("modes-shown", 1)[0]
         assert "icanon" in after and "-icanon" not in after
         assert " echo" in f" {after}" and "-echo " not in after
     finally:
