@@ -254,6 +254,14 @@ def _new_loader() -> botocore.loaders.Loader:
 _shared_loader = functools.cache(_new_loader)
 
 
+@functools.cache
+def models() -> botocore.session.Session:
+    """A botocore session for reading service models only (no credentials, no calls), on the shared loader."""
+    core = botocore.session.Session()
+    core.register_component("data_loader", _shared_loader())
+    return core
+
+
 class Session:
     """What ops needs of an AWS session, on botocore alone: clients, credentials, the profile's settings.
 

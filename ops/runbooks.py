@@ -291,9 +291,10 @@ def check_aws(text: str) -> str:
     option), every required parameter present; and `--region` always given, because on-call shells
     often have no default region or the wrong one.
     """
-    import botocore.session
     from botocore import xform_name
     from botocore.exceptions import UnknownServiceError
+
+    from ops import aws
 
     try:
         argv = shlex.split(text, comments=True)
@@ -308,7 +309,7 @@ def check_aws(text: str) -> str:
         if custom and "region" not in options:
             return "no --region (on-call shells often have none, or the wrong one)"
         return ""
-    session = botocore.session.get_session()
+    session = aws.models()
     service = AWS_CLI_SERVICES.get(cli_service, cli_service)
     try:
         model = session.get_service_model(service)
