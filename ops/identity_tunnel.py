@@ -12,6 +12,7 @@ with the same credentials, for the RDS endpoint host:port, one per connection.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import os
@@ -286,65 +287,36 @@ def start_background(cfg: EnvConfig, *, local_port: int, unix_socket: str = "", 
                      transport: str = "auto", instance: str = "", host: str = "",
                      timeout: float = 60.0, sessions: int = 1) -> tunnels_state.TunnelRecord:
     """A detached auth tunnel (`python -m ops.identity_tunnel`); its record once ready, or its error."""
-    import subprocess
-    import time
+    from ops.tunnel import launch_detached
 
-    from ops import transport as transport_mod
-    from ops.config import PROJECT_ROOT
-    from ops.tunnel import _error_from_log
+    return launch_detached(cfg, module="ops.identity_tunnel", transport=transport, timeout=timeout,
+                           args=["--local-port", str(local_port), "--transport", transport,
+                                 "--sessions", str(sessions)],
+                           options=(("--unix-socket", unix_socket), ("--reason", reason), ("--instance", instance),
+                                    ("--host", host)))
 
-    transport_mod.choose(transport)
-    existing = tunnels_state.read(cfg.name)
-    if existing is not None:
-        raise tunnels_state.TunnelExistsError(
-            f"a tunnel to {cfg.name} is already running on this machine (port {existing.local_port}, "
-            f"pid {existing.pid})", next_step=f"use it, or invoke tunnel-close --env {cfg.name}")
-    tunnels_state.tunnels_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
-    log = tunnels_state.log_path(cfg.name)
-    argv = [sys.executable, "-m", "ops.identity_tunnel", "--env-file", str(cfg.source), "--env", cfg.name,
-            "--local-port", str(local_port), "--transport", transport, "--sessions", str(sessions)]
-    for flag, value in (("--unix-socket", unix_socket), ("--reason", reason), ("--instance", instance),
-                        ("--host", host)):
-        if value:
-            argv += [flag, value]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
-    finally:
-        os.close(fd)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = tunnels_state.read(cfg.name)
-        if record is not None and record.pid == proc.pid and record.status == "ready":
-            return record
-        if proc.poll() is not None:
-            raise _error_from_log(log, proc.returncode or 1)
-        time.sleep(0.02)
-    proc.terminate()
-    raise OpsError(f"the background tunnel to {cfg.name} was not ready within {timeout:g} s",
-                   next_step=f"see {log}, or run it in the foreground: invoke tunnel --env {cfg.name}")
+
+def child_parser() -> argparse.ArgumentParser:
+    """The detached auth tunnel's command line (start_background writes it)."""
+    parser = argparse.ArgumentParser(prog="python -m ops.identity_tunnel",
+                                     description="run one auth tunnel (background child)")
+    parser.add_argument("--env-file", type=Path, required=True, help="envs/<name>.toml of the environment")
+    parser.add_argument("--env", default="", help="environment name (default: the file's stem)")
+    parser.add_argument("--local-port", type=int, default=None, help="local port (0: any free port)")
+    parser.add_argument("--unix-socket", default="", help="also listen on this Unix socket")
+    parser.add_argument("--reason", default="", help="StartSession reason")
+    parser.add_argument("--transport", default="auto", help="transport")
+    parser.add_argument("--instance", default="", help="relay instance id override")
+    parser.add_argument("--host", default="", help="database HOST[:PORT] override")
+    parser.add_argument("--sessions", type=int, default=None, help="sessions behind the port (default: the env's)")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """The detached auth tunnel process (started by `invoke tunnel --background`)."""
-    import argparse
-
     from ops.config import parse_env
 
-    parser = argparse.ArgumentParser(prog="python -m ops.identity_tunnel")
-    parser.add_argument("--env-file", type=Path, required=True)
-    parser.add_argument("--env", default="")
-    parser.add_argument("--local-port", type=int, default=None)
-    parser.add_argument("--unix-socket", default="")
-    parser.add_argument("--reason", default="")
-    parser.add_argument("--transport", default="auto")
-    parser.add_argument("--instance", default="")
-    parser.add_argument("--host", default="")
-    parser.add_argument("--sessions", type=int, default=None)
-    args = parser.parse_args(argv)
+    args = child_parser().parse_args(argv)
     try:
         path: Path = args.env_file
         cfg = parse_env(args.env or path.stem, path.read_bytes(), path)

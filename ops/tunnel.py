@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1239,6 +1239,17 @@ def start_background(cfg: EnvConfig, *, local_port: int, reason: str = "", trans
                      instance: str = "", host: str = "", timeout: float = BACKGROUND_START_TIMEOUT,
                      sessions: int = 1, target: str = "") -> tunnels_state.TunnelRecord:
     """Start a detached tunnel process and return its record once it is ready (or raise its error)."""
+    return launch_detached(cfg, module="ops.tunnel", transport=transport, timeout=timeout,
+                           args=["--local-port", str(local_port), "--transport", transport, "--sessions", str(sessions),
+                                 "--background"],
+                           options=(("--reason", reason), ("--instance", instance), ("--host", host),
+                                    ("--target", target)))
+
+
+def launch_detached(cfg: EnvConfig, *, module: str, transport: str, args: Sequence[str],
+                    options: Sequence[tuple[str, str]], timeout: float) -> tunnels_state.TunnelRecord:
+    """`python -m MODULE` for cfg, detached (the tunnel or the auth tunnel child), and its record once it is ready;
+    its own error line if it exits first. `options` with a value are passed as one `--flag=value` argument."""
     transport_mod.choose(transport)
     existing = tunnels_state.read(cfg.name)
     if existing is not None:
@@ -1247,9 +1258,8 @@ def start_background(cfg: EnvConfig, *, local_port: int, reason: str = "", trans
             f"pid {existing.pid})", next_step=f"use it, or invoke tunnel-close --env {cfg.name}")
     tunnels_state.tunnels_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
     log = tunnels_state.log_path(cfg.name)
-    argv = [sys.executable, "-m", "ops.tunnel", "--env-file", str(cfg.source), "--env", cfg.name,
-            "--local-port", str(local_port), "--transport", transport, "--sessions", str(sessions), "--background"]
-    for flag, value in (("--reason", reason), ("--instance", instance), ("--host", host), ("--target", target)):
+    argv = [sys.executable, "-m", module, "--env-file", str(cfg.source), "--env", cfg.name, *args]
+    for flag, value in options:
         if value:
             argv.append(f"{flag}={value}")  # one argument: a value starting with "--" is not read as a flag
     env = dict(os.environ, PYTHONUNBUFFERED="1")

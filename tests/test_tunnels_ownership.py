@@ -3,11 +3,13 @@ orphans and ended by tunnel-close; a TerminateSession that fails is reported, ne
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,11 +75,24 @@ def test_a_killed_tunnels_sessions_are_reported_and_a_failed_terminate_is_not_sw
     assert err.value.next_step.startswith("invoke sessions --env staging")
 
 
-def test_ctrl_c_while_a_background_tunnel_starts_stops_the_child(state_dir: Path,
+def _launcher(kind: str) -> tuple[Callable[..., Any], str, Callable[[], argparse.ArgumentParser]]:
+    """start_background, its child's module and the child's parser: the plain tunnel's, or the auth tunnel's
+    (an env that lists people); both launch through ops.tunnel.launch_detached."""
+    from ops import identity_tunnel, tunnel
+
+    if kind == "tunnel":
+        return tunnel.start_background, "ops.tunnel", tunnel.child_parser
+    return identity_tunnel.start_background, "ops.identity_tunnel", identity_tunnel.child_parser
+
+
+@pytest.mark.parametrize("kind", ["tunnel", "auth tunnel"])
+def test_ctrl_c_while_a_background_tunnel_starts_stops_the_child(kind: str, state_dir: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The detached child must not go on to open a tunnel after the user pressed Ctrl-C."""
     from ops import tunnel
     from ops.config import load_env
+
+    start_background, _, _ = _launcher(kind)
 
     children: list[subprocess.Popen[bytes]] = []
     real_popen = subprocess.Popen
@@ -99,15 +114,18 @@ def test_ctrl_c_while_a_background_tunnel_starts_stops_the_child(state_dir: Path
     monkeypatch.setattr(tunnel.subprocess, "Popen", child)
     monkeypatch.setattr(tunnel.tunnels_state, "read", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        tunnel.start_background(load_env("staging"), local_port=0, transport="native", timeout=30)
+        start_background(load_env("staging"), local_port=0, transport="native", timeout=30)
     (started,) = children
     assert started.poll() is not None, "the starting child survived Ctrl-C"
 
 
-def test_a_reason_starting_with_dashes_reaches_the_background_child(state_dir: Path,
+@pytest.mark.parametrize("kind", ["tunnel", "auth tunnel"])
+def test_a_reason_starting_with_dashes_reaches_the_background_child(kind: str, state_dir: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from ops import tunnel
     from ops.config import load_env
+
+    start_background, module, child_parser = _launcher(kind)
 
     seen: list[list[str]] = []
 
@@ -117,12 +135,13 @@ def test_a_reason_starting_with_dashes_reaches_the_background_child(state_dir: P
 
     monkeypatch.setattr(tunnel.subprocess, "Popen", child)
     with pytest.raises(KeyboardInterrupt):
-        tunnel.start_background(load_env("staging"), local_port=0, transport="native", reason="--INC-7 -x",
-                                host="--odd")
+        start_background(load_env("staging"), local_port=0, transport="native", reason="--INC-7 -x", host="--odd")
     (argv,) = seen
-    assert argv[1:3] == ["-m", "ops.tunnel"]
-    args = tunnel.child_parser().parse_args(argv[3:])
-    assert args.reason == "--INC-7 -x" and args.host == "--odd" and args.background
+    assert argv[1:3] == ["-m", module]
+    args = child_parser().parse_args(argv[3:])
+    assert args.reason == "--INC-7 -x" and args.host == "--odd" and args.env == "staging"
+    assert args.local_port == 0 and args.transport == "native"
+    assert getattr(args, "background", kind == "tunnel") == (kind == "tunnel")
 
 
 def test_a_failed_terminate_session_is_reported_with_the_fix() -> None:
