@@ -268,18 +268,25 @@ def serve(cfg: EnvConfig, *, local_port: int, unix_socket: str = "", reason: str
 
 def _meter_until(stop: threading.Event, record: tunnels_state.TunnelRecord,
                  info: Any) -> tunnels_state.TunnelRecord:
-    """Bytes and MB/s per session into the state file (`invoke tunnels`) until `stop`; written on change."""
+    """Until `stop`, the state file follows the tunnel: its status and sessions (a reconnect that opened a new
+    session: `tunnel-close` must end that one, also after a SIGKILL), and bytes and MB/s per session
+    (`invoke tunnels`). Written on change, checked every METER_INTERVAL."""
     import time
 
     from ops.tunnel import METER_INTERVAL, Meter
 
     meter = Meter()
     while not stop.wait(METER_INTERVAL):
-        if info.stats is None:
-            continue
-        lanes = tuple(meter.sample(info.stats(), time.monotonic()))
-        if lanes != record.lanes:
-            record = tunnels_state.update(record, lanes=lanes)
+        changes: dict[str, Any] = {}
+        if info.live is not None:
+            now = info.live().recorded()
+            changes.update({k: v for k, v in now.items() if getattr(record, k) != v})
+        if info.stats is not None:
+            lanes = tuple(meter.sample(info.stats(), time.monotonic()))
+            if lanes != record.lanes:
+                changes["lanes"] = lanes
+        if changes:
+            record = tunnels_state.update(record, **changes)
     return record
 
 

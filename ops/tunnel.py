@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import functools
 import os
 import signal
 import socket
@@ -118,6 +119,29 @@ class TunnelInfo:
     sessions: tuple[str, ...] = ()
     # Live byte counters of the running tunnel (None for a record read from another process).
     stats: Callable[[], list[LaneStats]] | None = field(default=None, compare=False, repr=False)
+    # Live status and sessions of the running tunnel, as its state file records them (None as above).
+    live: Callable[[], LiveState] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """What a running tunnel's state file says of it now: `invoke tunnels` shows it and `tunnel-close` ends
+    these sessions (those of a tunnel that was killed, too)."""
+    status: str  # starting, ready, reconnecting
+    session_id: str
+    sessions: tuple[str, ...]
+    reconnects: int
+
+    @classmethod
+    def of(cls, runner: Supervisor | Pool) -> LiveState:
+        status = {"ready": "ready", "reconnecting": "reconnecting"}.get(runner.phase, "starting")
+        return cls(status=status, session_id=runner.session_id, sessions=tuple(runner.open_sessions),
+                   reconnects=runner.reconnects)
+
+    def recorded(self) -> dict[str, Any]:
+        """The state file's fields."""
+        return {"status": self.status, "session_id": self.session_id, "sessions": self.sessions,
+                "reconnects": self.reconnects}
 
 
 def database_url(cfg: EnvConfig, info: TunnelInfo) -> str:
@@ -437,7 +461,8 @@ class Supervisor:
         return TunnelInfo(env=self.cfg.name, local_host=self.local_host, local_port=self.local_port,
                           session_id=self.session_id, transport=self.mode, db_host=self.db.address,
                           db_port=self.db.port, db_name=self.db.name, db_user=self.db.username,
-                          instance_id=self.relay.instance_id, sessions=(self.session_id,), stats=self.lane_stats)
+                          instance_id=self.relay.instance_id, sessions=(self.session_id,), stats=self.lane_stats,
+                          live=functools.partial(LiveState.of, self))
 
     @property
     def connections(self) -> int:
@@ -1037,7 +1062,8 @@ class Pool:
         return TunnelInfo(env=self.cfg.name, local_host=self.local_host, local_port=self.local_port,
                           session_id=ids[0] if ids else "", transport=self.mode, db_host=self.db.address,
                           db_port=self.db.port, db_name=self.db.name, db_user=self.db.username,
-                          instance_id=self.relay.instance_id, sessions=ids, stats=self.lane_stats)
+                          instance_id=self.relay.instance_id, sessions=ids, stats=self.lane_stats,
+                          live=functools.partial(LiveState.of, self))
 
     def pick(self) -> Supervisor | None:
         """The least-loaded ready session (fewest open connections, then fewest given so far); while none
@@ -1192,11 +1218,10 @@ async def _run_foreground(cfg: EnvConfig, *, local_port: int, reason: str, trans
         nonlocal record, secret_arn
         if sup.db is not None:
             secret_arn = sup.db.secret_arn
-        status = {"ready": "ready", "reconnecting": "reconnecting"}.get(sup.phase, "starting")
         record = tunnels_state.update(
-            record, status=status, local_host=sup.local_host, local_port=sup.local_port, session_id=sup.session_id,
-            transport=sup.mode, reconnects=sup.reconnects, sessions=tuple(sup.open_sessions),
-            instance_id=sup.relay.instance_id if sup.relay else "", db_host=sup.db.address if sup.db else "",
+            record, **LiveState.of(sup).recorded(), local_host=sup.local_host, local_port=sup.local_port,
+            transport=sup.mode, instance_id=sup.relay.instance_id if sup.relay else "",
+            db_host=sup.db.address if sup.db else "",
             db_port=sup.db.port if sup.db else 0, db_name=sup.db.name if sup.db else "",
             db_user=sup.db.username if sup.db else "")
 

@@ -162,3 +162,48 @@ def test_a_failed_terminate_session_is_reported_with_the_fix() -> None:
     assert lines == ["warning: could not terminate session s-1 (AccessDeniedException: not yours); end it: invoke "
                      "sessions-terminate --env staging --session s-1"]
     assert sup.open_sessions == ["s-1"], "still ours to end"
+
+
+def test_the_auth_tunnels_record_follows_a_reconnect_to_a_new_session(state_dir: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its state file named only the first session: after a reconnect that opened a new one, `tunnel-close` of a
+    killed auth tunnel would have ended the old session and left the new one open."""
+    import threading
+
+    from ops import identity_tunnel, tunnel
+
+    monkeypatch.setattr(tunnel, "METER_INTERVAL", 0.01)
+    record = tunnels_state.claim(tunnels_state.TunnelRecord(env="staging", pid=os.getpid(), local_port=5433))
+    record = tunnels_state.update(record, status="ready", session_id="alice-1", sessions=("alice-1",))
+    states = [tunnel.LiveState("reconnecting", "alice-1", ("alice-1",), 0),
+              tunnel.LiveState("ready", "alice-2", ("alice-2",), 1)]
+    stop = threading.Event()
+    written: list[str] = []
+    real_update = tunnels_state.update
+
+    def live() -> tunnel.LiveState:
+        if len(states) == 1:
+            stop.set()
+            return states[0]
+        return states.pop(0)
+
+    def update(rec: tunnels_state.TunnelRecord, **changes: Any) -> tunnels_state.TunnelRecord:
+        written.append(changes.get("status", ""))
+        return real_update(rec, **changes)
+
+    monkeypatch.setattr(tunnels_state, "update", update)
+    info = tunnel.TunnelInfo(env="staging", local_host="127.0.0.1", local_port=5433, session_id="alice-1",
+                             transport="native", db_host="db", db_port=5432, db_name="app", db_user="alice",
+                             instance_id="i-1", sessions=("alice-1",), live=live)
+    deadline = threading.Timer(10, stop.set)  # a loop that never asks `live` fails the asserts, not the timeout
+    deadline.start()
+    try:
+        last = identity_tunnel._meter_until(stop, record, info)
+    finally:
+        deadline.cancel()
+    assert written[0] == "reconnecting", "a reconnect is recorded while it lasts"
+    on_disk = tunnels_state._read_file(tunnels_state.state_path("staging"))  # (read() asks the pid to be a tunnel)
+    assert on_disk is not None and on_disk == last
+    assert (on_disk.status, on_disk.session_id, on_disk.sessions, on_disk.reconnects) == ("ready", "alice-2",
+                                                                                          ("alice-2",), 1)
+    tunnels_state.release(last)
