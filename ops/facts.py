@@ -82,6 +82,12 @@ def partition(region: str) -> str:
     return "aws"
 
 
+# ---- files in the sandbox's state dir that its manager, endpoint and agent all read or write
+RELAY_HOSTS_FILE = "relay_hosts.json"  # the relay's view of the VPC: emulated host:port -> loopback host:port
+ECS_TASKS_FILE = "ecs_tasks.json"  # the ECS sample service's tasks (the endpoint's ListTasks/DescribeTasks)
+SESSIONS_FILE = "sessions.json"  # the endpoint's sessions and their events (DescribeSessions, the audit trail)
+
+
 # ---- environment variables bastionless reads (names only; see the README for what each does)
 STATE_DIR_ENV = "BASTIONLESS_STATE_DIR"
 # Where env files are read from (default: the project's envs/): test worlds point CLI children at their own.

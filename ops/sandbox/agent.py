@@ -34,9 +34,11 @@ from ops.facts import (
     NO_KEEPALIVE_AFTER_AGENT,
     NO_KEEPALIVE_CLIENT_AFTER,
     PORT_DOCUMENT,
+    RELAY_HOSTS_FILE,
     SANDBOX_AGENT_VERSION,
     SANDBOX_SECRET_ENV,
 )
+from ops.sandbox import procs
 from ops.ssm import framing, handshake, smux
 from ops.ssm.channel import Channel
 from ops.ssm.core import State
@@ -192,21 +194,14 @@ def forbidden_host(state_dir: Path, host: str, agent_version: str, vpc_cidrs: tu
 
 
 def _mapped(state_dir: Path, host: str) -> bool:
-    try:
-        mapping = json.loads((state_dir / "relay_hosts.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return False
-    return isinstance(mapping, dict) and any(str(key).rpartition(":")[0] == host for key in mapping)
+    mapping = procs.read_json(state_dir / RELAY_HOSTS_FILE) or {}
+    return any(str(key).rpartition(":")[0] == host for key in mapping)
 
 
 def resolve_target(state_dir: Path, host: str, port: str) -> tuple[str, int]:
     """The relay's view of `host:port`: relay_hosts.json maps emulated names to loopback addresses."""
     key = f"{host or 'localhost'}:{port}"
-    try:
-        mapping = json.loads((state_dir / "relay_hosts.json").read_text())
-    except (FileNotFoundError, ValueError):
-        mapping = {}
-    target = mapping.get(key) if isinstance(mapping, dict) else None
+    target = (procs.read_json(state_dir / RELAY_HOSTS_FILE) or {}).get(key)
     if isinstance(target, str) and ":" in target:
         thost, _, tport = target.rpartition(":")
         return thost, int(tport)

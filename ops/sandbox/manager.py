@@ -47,6 +47,7 @@ from ops import deploy as ops_deploy
 from ops.config import PROJECT_ROOT, EnvConfig, load_env
 from ops.console import Status, say
 from ops.errors import ConfigError, OpsError
+from ops.facts import ECS_TASKS_FILE, RELAY_HOSTS_FILE, SESSIONS_FILE
 from ops.sandbox import fast_rds, identities, mfa, moto, procs, rds_front, rds_tls
 from ops.sandbox.postgres import PgServer, choose_root, find_binaries, service_user, usable_by
 from ops.sandbox.procs import ProcRecord, StartError
@@ -55,9 +56,6 @@ from ops.terraform import Terraform
 
 DEFAULT_ENV = facts.SANDBOX_ENV
 STATE_FILE = "sandbox.json"
-RELAY_HOSTS_FILE = "relay_hosts.json"
-ECS_TASKS_FILE = "ecs_tasks.json"
-SESSIONS_FILE = "sessions.json"
 LOCK_FILE = ".sandbox.lock"
 # Every process component's key in sandbox.json.
 PROCESS_KEYS = ("moto", "endpoint", "postgres", "front")

@@ -45,11 +45,13 @@ from botocore.config import Config
 
 from ops.facts import (
     ECS_EXEC_DOCUMENT,
+    ECS_TASKS_FILE,
     PREFERENCES_DOCUMENT,
     RELAY_ROLE,
     ROLE_TAG,
     SANDBOX_AGENT_VERSION,
     SANDBOX_AGENT_VERSION_ENV,
+    SESSIONS_FILE,
 )
 from ops.sandbox import agent as agent_mod
 from ops.sandbox import endpoint_iam
@@ -57,8 +59,6 @@ from ops.sandbox import tls as sandbox_tls
 from ops.sandbox.agent import AgentConnection, AgentProfile, LossConfig, SessionSpec
 from ops.ssm import framing
 
-SESSIONS_FILE = "sessions.json"
-ECS_TASKS_FILE = "ecs_tasks.json"
 JSON_CT = "application/x-amz-json-1.1"
 LOOKUP_EVENTS = "com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.LookupEvents"
 # The calls whose CloudTrail events this endpoint emulates, and their event sources.
