@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 
 from ops.config import EnvConfig
-from ops.facts import relay_tags
+from ops.facts import ECS_TASKS_FILE, relay_tags
 from tests.ssm_support import EndpointThread, relay_image, tag_list
 
 ENV = "sandbox"
@@ -43,7 +43,7 @@ class EcsWorld:
         return aws(service, self.moto_url)
 
     def write_tasks(self, tasks: list[dict[str, Any]] | None = None) -> None:
-        (self.state_dir / "ecs_tasks.json").write_text(json.dumps({"tasks": self.tasks if tasks is None else tasks}))
+        (self.state_dir / ECS_TASKS_FILE).write_text(json.dumps({"tasks": self.tasks if tasks is None else tasks}))
 
 
 def sandbox_task(*, cluster: str, service: str, task_def: str, tid: str, **overrides: Any) -> dict[str, Any]:

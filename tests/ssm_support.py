@@ -26,7 +26,7 @@ from typing import Any
 import boto3
 
 from ops.config import PROJECT_ROOT
-from ops.facts import PLUGIN_ENV, SANDBOX_AGENT_VERSION, relay_tags
+from ops.facts import PLUGIN_ENV, RELAY_HOSTS_FILE, SANDBOX_AGENT_VERSION, relay_tags
 from ops.sandbox import moto as sandbox_moto
 from ops.sandbox import procs
 from ops.sandbox.agent import DEFAULT_PROFILE
@@ -172,7 +172,7 @@ class EndpointBox:
     moto_url: str
 
     def map_host(self, name: str, port: int, target: tuple[str, int]) -> None:
-        path = self.endpoint.state_dir / "relay_hosts.json"
+        path = self.endpoint.state_dir / RELAY_HOSTS_FILE
         data = json.loads(path.read_text()) if path.exists() else {}
         data[f"{name}:{port}"] = f"{target[0]}:{target[1]}"
         path.write_text(json.dumps(data))

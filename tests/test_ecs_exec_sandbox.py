@@ -19,6 +19,7 @@ import pytest
 from ops import ecs_exec
 from ops.ecs_exec import EcsExecError
 from ops.errors import ToolMissingError
+from ops.facts import SESSIONS_FILE
 from tests.ecs_support import TASK_IDS, EcsWorld, sandbox_task
 
 pytest_plugins = ["tests.ecs_fixtures"]
@@ -41,7 +42,7 @@ def run_captured(ecs_world: EcsWorld, command: str, **kwargs: str) -> tuple[int,
 
 
 def session_count(ecs_world: EcsWorld) -> int:
-    path = ecs_world.state_dir / "sessions.json"
+    path = ecs_world.state_dir / SESSIONS_FILE
     if not path.exists():
         return 0
     data = json.loads(path.read_text())
@@ -246,7 +247,7 @@ def test_a_plugin_that_wants_the_token_in_argv_is_refused(ecs_world: EcsWorld, t
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("BASTIONLESS_SESSION_MANAGER_PLUGIN", raising=False)
-    sessions = ecs_world.state_dir / "sessions.json"
+    sessions = ecs_world.state_dir / SESSIONS_FILE
 
     def opened() -> int:
         return len(json.loads(sessions.read_text())["sessions"]) if sessions.exists() else 0

@@ -21,7 +21,7 @@ import boto3
 import psycopg
 import pytest
 
-from ops.facts import OUTPUT_NAMES
+from ops.facts import OUTPUT_NAMES, RELAY_HOSTS_FILE
 from tests.sandbox_support import Sandbox, activated_env, error_line, invoke, invoke_activated
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("terraform_bin")]
@@ -82,7 +82,7 @@ def test_plan_outputs_and_the_database_behind_the_relay(sandbox: Sandbox) -> Non
     secret = json.loads(_aws("secretsmanager", sandbox.moto_url).get_secret_value(  # type: ignore[attr-defined]
         SecretId=values["db_secret_arn"])["SecretString"])
     assert set(secret) == {"username", "password"} and secret["username"] == "app_admin"
-    target = json.loads((state / "relay_hosts.json").read_text())[f"{values['db_address']}:{values['db_port']}"]
+    target = json.loads((state / RELAY_HOSTS_FILE).read_text())[f"{values['db_address']}:{values['db_port']}"]
     host, port = target.split(":")
     with psycopg.connect(host=host, port=int(port), user=secret["username"], password=secret["password"],
                          dbname=values["db_name"], connect_timeout=5) as conn:

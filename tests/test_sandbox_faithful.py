@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
+from ops.facts import RELAY_HOSTS_FILE
 from ops.sandbox import agent as agent_mod
 from ops.sandbox.agent import PROFILES, AgentConnection, SessionSpec, forbidden_host
 from ops.ssm import framing
@@ -30,7 +31,7 @@ def make_agent(tmp_path: Path, *, kind: str = "port", kms: str = "", profile: st
     async def send_raw(frame: bytes) -> None:
         sent.append(framing.decode(frame))
 
-    (tmp_path / "relay_hosts.json").write_text(json.dumps({"db.internal:5432": "127.0.0.1:9"}))
+    (tmp_path / RELAY_HOSTS_FILE).write_text(json.dumps({"db.internal:5432": "127.0.0.1:9"}))
     spec = SessionSpec(session_id="s-1", kind=kind, properties=MUX_PROPERTIES if kind == "port" else {},
                        command=["/bin/true"], target="i-0123", kms_key_id=kms)
     return AgentConnection(spec=spec, send_raw=send_raw, state_dir=tmp_path, profile=PROFILES[profile],
@@ -275,7 +276,7 @@ def test_native_client_payload_size_does_not_depend_on_the_host() -> None:
 def test_forwarding_deny_list(tmp_path: Path, host: str, version: str, refused: bool) -> None:
     """Difference 6. amazon-ssm-agent agent/session/plugins/port/port.go validateParameters with
     appconfig DefaultDeniedPortForwardingRemoteIPs: 'Forwarding to IP address <host> is forbidden.'"""
-    (tmp_path / "relay_hosts.json").write_text(json.dumps({"db.internal:5432": "127.0.0.1:5432"}))
+    (tmp_path / RELAY_HOSTS_FILE).write_text(json.dumps({"db.internal:5432": "127.0.0.1:5432"}))
     error = forbidden_host(tmp_path, host, version)
     assert error == (f"Forwarding to IP address {host} is forbidden." if refused else "")
 

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from ops import aws
+from ops.facts import RELAY_HOSTS_FILE
 from ops.sandbox import manager
 from tests.sandbox_support import Sandbox, error_line, invoke, records_in
 from tests.tiers import needs_tool
@@ -37,7 +38,7 @@ def test_the_rds_secret_opens_the_database_through_the_rds_front_as_in_prod(sand
     creds = json.loads(secret["SecretString"])
     assert creds["username"] == cfg.database.username and len(creds["password"]) >= 32
     assert creds["password"] != "P@55w0rd!", "moto's placeholder is replaced, as RDS generates one"
-    hosts = json.loads((sandbox.state_dir / "relay_hosts.json").read_text())
+    hosts = json.loads((sandbox.state_dir / RELAY_HOSTS_FILE).read_text())
     host, port = hosts[f"{db['Endpoint']['Address']}:{db['Endpoint']['Port']}"].split(":")
     assert int(port) == {r.name: r for r in manager.status()}["rds-front"].port
     ca = sandbox.state_dir / "rds-front" / "rds-sandbox-ca.pem"

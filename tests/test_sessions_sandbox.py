@@ -19,6 +19,7 @@ import boto3
 import pytest
 
 from ops.errors import AccountMismatchError
+from ops.facts import ECS_TASKS_FILE
 from tests.conftest import PROJECT_ROOT
 from tests.sandbox_support import Sandbox, error_line
 from tests.tty_support import run_on_terminal
@@ -77,7 +78,7 @@ def open_relay_session(box: Sandbox, who: IamUser, reason: str) -> str:
 
 def open_exec_session(box: Sandbox, who: IamUser) -> str:
     """ECS ExecuteCommand into the sample service's task as `who`."""
-    tasks = json.loads((box.state_dir / "ecs_tasks.json").read_text())["tasks"]
+    tasks = json.loads((box.state_dir / ECS_TASKS_FILE).read_text())["tasks"]
     resp = who.client(box, "ecs").execute_command(cluster=box.cfg.stack_name, task=tasks[0]["taskArn"],
                                                   container="app", command="/bin/sh", interactive=True)
     return str(resp["session"]["sessionId"])

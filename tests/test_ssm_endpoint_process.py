@@ -10,6 +10,7 @@ from pathlib import Path
 
 import boto3
 
+from ops.facts import SESSIONS_FILE
 from tests.ssm_support import REGION
 
 pytest_plugins = ["tests.ssm_fixtures"]
@@ -29,7 +30,7 @@ def test_process_prints_ready_serves_and_stops_on_sigterm(moto_url: str, tmp_pat
         ssm = boto3.client("ssm", region_name=REGION, endpoint_url=url, aws_access_key_id="testing",
                            aws_secret_access_key="testing")
         assert ssm.describe_sessions(State="Active")["Sessions"] == []
-        assert json.loads((tmp_path / "sessions.json").read_text()) == {"sessions": []}
+        assert json.loads((tmp_path / SESSIONS_FILE).read_text()) == {"sessions": []}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         assert proc.stdout.read() == ""  # exactly one line on stdout
