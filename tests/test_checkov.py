@@ -62,7 +62,13 @@ def checkov(env: str, synth_dirs: dict[str, Path], tmp_path_factory: pytest.Temp
         argv = [str(CHECKOV), *(arg for f in files.values() for arg in ("-f", str(f))), "--framework",
                 "terraform_json", "--output", "json", "--compact", "--skip-download"]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-        report = json.loads(proc.stdout)
+        try:
+            report = json.loads(proc.stdout)
+        except ValueError as exc:
+            # Seen once (under a profiler): the report cut at 256 KiB with something else after it. Show what.
+            at = getattr(exc, "pos", 0)
+            raise AssertionError(f"checkov's report is not JSON ({exc}), exit {proc.returncode}; around it: "
+                                 f"{proc.stdout[max(0, at - 300):at + 300]!r}; stderr: {proc.stderr[-2000:]}") from exc
         assert isinstance(report, dict) and "results" in report, proc.stderr[-2000:]
         _runs["all"] = files, report
     files, report = _runs["all"]
