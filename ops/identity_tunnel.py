@@ -305,17 +305,10 @@ def start_background(cfg: EnvConfig, *, local_port: int, unix_socket: str = "", 
 
 def child_parser() -> argparse.ArgumentParser:
     """The detached auth tunnel's command line (start_background writes it)."""
-    parser = argparse.ArgumentParser(prog="python -m ops.identity_tunnel",
-                                     description="run one auth tunnel (background child)")
-    parser.add_argument("--env-file", type=Path, required=True, help="envs/<name>.toml of the environment")
-    parser.add_argument("--env", default="", help="environment name (default: the file's stem)")
-    parser.add_argument("--local-port", type=int, default=None, help="local port (0: any free port)")
+    from ops.tunnel import detached_child_parser
+
+    parser = detached_child_parser(module="ops.identity_tunnel", what="auth tunnel")
     parser.add_argument("--unix-socket", default="", help="also listen on this Unix socket")
-    parser.add_argument("--reason", default="", help="StartSession reason")
-    parser.add_argument("--transport", default="auto", help="transport")
-    parser.add_argument("--instance", default="", help="relay instance id override")
-    parser.add_argument("--host", default="", help="database HOST[:PORT] override")
-    parser.add_argument("--sessions", type=int, default=None, help="sessions behind the port (default: the env's)")
     return parser
 
 

@@ -1407,9 +1407,9 @@ def open_tunnel(cfg: EnvConfig, *, local_port: int = 0, reason: str = "", transp
 
 # ---- the detached process (`--background`) ---------------------------------------------------
 
-def child_parser() -> argparse.ArgumentParser:
-    """The background child's command line (start_background writes it)."""
-    parser = argparse.ArgumentParser(prog="python -m ops.tunnel", description="run one tunnel (background child)")
+def detached_child_parser(*, module: str, what: str) -> argparse.ArgumentParser:
+    """The command-line arguments every detached tunnel child takes (launch_detached writes them)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=f"run one {what} (background child)")
     parser.add_argument("--env-file", required=True, type=Path, help="envs/<name>.toml of the environment")
     parser.add_argument("--env", default="", help="environment name (default: the file's stem)")
     parser.add_argument("--local-port", type=int, default=None, help="local port (0: any free port)")
@@ -1417,8 +1417,14 @@ def child_parser() -> argparse.ArgumentParser:
     parser.add_argument("--transport", default="auto", choices=transport_mod.TRANSPORTS, help="transport")
     parser.add_argument("--instance", default="", help="relay instance id override")
     parser.add_argument("--host", default="", help="database HOST[:PORT] override")
-    parser.add_argument("--target", default="", help="one of the env's [[targets]] instead of its database")
     parser.add_argument("--sessions", type=int, default=None, help="sessions behind the port (default: the env's)")
+    return parser
+
+
+def child_parser() -> argparse.ArgumentParser:
+    """The background child's command line (start_background writes it)."""
+    parser = detached_child_parser(module="ops.tunnel", what="tunnel")
+    parser.add_argument("--target", default="", help="one of the env's [[targets]] instead of its database")
     parser.add_argument("--background", action="store_true", help="record the tunnel as a background one")
     return parser
 
