@@ -254,12 +254,15 @@ def _new_loader() -> botocore.loaders.Loader:
 _shared_loader = functools.cache(_new_loader)
 
 
-@functools.cache
-def models() -> botocore.session.Session:
-    """A botocore session for reading service models only (no credentials, no calls), on the shared loader."""
+def _core_session() -> botocore.session.Session:
+    """A fresh botocore session on the process's shared data loader."""
     core = botocore.session.Session()
     core.register_component("data_loader", _shared_loader())
     return core
+
+
+# A botocore session for reading service models only (no credentials, no calls).
+models = functools.cache(_core_session)
 
 
 class Session:
@@ -292,8 +295,7 @@ def new_session(*, region_name: str | None = None, aws_access_key_id: str | None
     of a pool, every reconnect and every task paid on its way to ready. Credentials given here are the
     session's; without them botocore's usual chain (environment, profile, SSO, ...) finds them."""
     with _LOADER_LOCK:
-        core = botocore.session.Session()
-        core.register_component("data_loader", _shared_loader())
+        core = _core_session()
         if aws_access_key_id is not None and aws_secret_access_key is not None:
             core.set_credentials(aws_access_key_id, aws_secret_access_key, aws_session_token)
         if region_name is not None:

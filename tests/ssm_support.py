@@ -173,9 +173,9 @@ class EndpointBox:
 
     def map_host(self, name: str, port: int, target: tuple[str, int]) -> None:
         path = self.endpoint.state_dir / RELAY_HOSTS_FILE
-        data = json.loads(path.read_text()) if path.exists() else {}
+        data = procs.read_json(path) or {}
         data[f"{name}:{port}"] = f"{target[0]}:{target[1]}"
-        path.write_text(json.dumps(data))
+        procs.write_json(path, data)
 
     def start_port_session(self, *, host: str = DB_HOST, port: int = DB_PORT, reason: str = "test") -> dict[str, Any]:
         result: dict[str, Any] = self.endpoint.ssm().start_session(
