@@ -87,6 +87,15 @@ def test_sandbox_env_points_terraform_at_the_emulator_only(tmp_path: Path, monke
         terraform.apply_sandbox_env({}, load_env("prod"))
 
 
+def test_terraform_runs_with_a_lazier_go_collector_unless_the_user_set_one() -> None:
+    env = terraform.child_env({"PATH": "/bin", "TF_IN_AUTOMATION": "0"}, {"TF_LOG": "info"})
+    assert env["GOGC"] == "400" and env["GOMEMLIMIT"] == "1GiB"
+    assert env["TF_IN_AUTOMATION"] == "1" and env["CHECKPOINT_DISABLE"] == "1"
+    assert env["PATH"] == "/bin" and env["TF_LOG"] == "info"
+    mine = terraform.child_env({"GOGC": "100"}, {"GOMEMLIMIT": "512MiB"})
+    assert mine["GOGC"] == "100" and mine["GOMEMLIMIT"] == "512MiB", "the user's own setting wins"
+
+
 def test_only_aws_runs_of_a_sandbox_env_get_the_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Prod never gets endpoints; a sandbox run that needs AWS fails with the fix when the sandbox is down."""
     monkeypatch.setenv("BASTIONLESS_STATE_DIR", str(tmp_path / "state"))
