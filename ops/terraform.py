@@ -164,26 +164,27 @@ class Terraform:
         object in it moments ago; every other plan reads each object back first, to find drift.
         """
         self.init()
-        # Always: exit code 2 tells changes from none, and a plan without changes needs no `show -json` (a
-        # terraform run of its own, ~2 s of CPU with the AWS provider's schema). Callers get 0 unless they asked.
+        # Always: exit code 2 tells changes from none. Callers get 0 unless they asked.
         args = ["plan", "-input=false", *self._color(), "-detailed-exitcode"]
         if destroy:
             args.append("-destroy")
         if not refresh:
             args.append("-refresh=false")
         args += [f"-replace={address}" for address in replace]
-        # The summary is read from a saved plan: make one when the caller did not ask for it.
+        # The summary falls back on a saved plan when the text does not add up: make one when none was asked for.
         saved = out if out is not None or self.verbose else self._private_plan("plan.tfplan")
         if saved is not None:
             args.append(f"-out={saved}")
         try:
-            code = self._run(args, env=self._env(), what="terraform plan", ok=(0, 2),
-                             label=f"terraform plan {self.cfg.name}")[0]
+            code, lines = self._run(args, env=self._env(), what="terraform plan", ok=(0, 2),
+                                    label=f"terraform plan {self.cfg.name}")
             self.last_plan = None
             if not self.verbose and saved is not None:
                 path = saved if saved.is_absolute() else self.workdir / saved
-                self.last_plan = (terraform_view.summarize(self.show_json(path)) if code == 2
-                                  else terraform_view.PlanSummary())
+                summary = terraform_view.summary_from_plan_text(lines) if code == 2 else terraform_view.PlanSummary()
+                if summary is None:
+                    summary = terraform_view.summarize(self.show_json(path))
+                self.last_plan = summary
                 self._plans[str(path)] = self.last_plan
                 if self.last_plan.changes:
                     terraform_view.print_plan(self.out, self.cfg.name, self.last_plan)

@@ -4,8 +4,9 @@ Terraform's own output (plain text, `-no-color`) goes line by line into one log 
 (RunLog), whose path is printed once. Meanwhile the screen shows a live line (ops.console.Status):
 for init/plan/validate what runs and for how long, for apply/destroy "resources done of total, the
 one in flight, elapsed", read from terraform's progress lines ("X: Creating...", "X: Creation
-complete after 2s"). A plan becomes a short table read from `terraform show -json` of the saved
-plan: counts per action, the resources grouped by kind, every replacement and deletion by address.
+complete after 2s"). A plan becomes a short table read from the plan's own output (checked against its
+"Plan:" counts; else from `terraform show -json` of the saved plan): counts per action, the resources
+grouped by kind, every replacement and deletion by address.
 On failure terraform's error block is printed in full, not only the log path.
 """
 
@@ -38,12 +39,22 @@ _START = re.compile(r"^(?P<addr>.+?): (?P<verb>Creating|Modifying|Destroying)\.\
 _DONE = re.compile(r"^(?P<addr>.+?): (?P<verb>Creation|Modifications|Destruction) complete after ")
 _RESULT = re.compile(r"^(Apply|Destroy) complete! Resources: (?P<what>.+?)\.?$")
 _VERBS = {"Creating": "creating", "Modifying": "updating", "Destroying": "destroying"}
-# The plan an auto-approved apply prints before it starts ("  # aws_vpc.main will be created").
-_PLANNED = re.compile(r"^\s+# (?P<addr>\S+) (?:\(imported from \S+\) )?(?P<what>will be created|will be updated "
-                      r"in-place|must be replaced|is tainted, so must be replaced|will be destroyed|will be imported)")
+# The plan terraform prints (before an auto-approved apply starts, or as `plan`'s output): one header per
+# resource instance that changes ("  # aws_vpc.main will be created"; internal/command/jsonformat/plan.go,
+# resourceChangeComment), after "Terraform will perform the following actions:", then the counts line.
+_PLANNED = re.compile(r"^\s+# (?P<addr>\S+)(?: \(deposed object \S+\))? (?:\(imported from \S+\) )?(?P<what>will be "
+                      r"created|will be updated in-place|must be replaced|is tainted, so must be replaced|will be "
+                      r"replaced, as requested|will be replaced due to changes in replace_triggered_by|will be "
+                      r"destroyed|will be imported)$")
 _PLAN_LINE = re.compile(r"^Plan: \d+ to (add|import)")
+_PLAN_COUNTS = re.compile(r"^Plan: (?:(?P<imported>\d+) to import, )?(?P<add>\d+) to add, (?P<change>\d+) to change, "
+                          r"(?P<destroy>\d+) to destroy\.$")
+# An import that also changes the object says so on the line after its header.
+_IMPORTED_NOTE = re.compile(r'^\s+# \((?:imported from ".*"|will be imported first)\)$')
+_ACTIONS_START = "Terraform will perform the following actions:"
 _PLANNED_ACTION = {"will be created": "create", "will be updated in-place": "update", "must be replaced": "replace",
-                   "is tainted, so must be replaced": "replace", "will be destroyed": "destroy",
+                   "is tainted, so must be replaced": "replace", "will be replaced, as requested": "replace",
+                   "will be replaced due to changes in replace_triggered_by": "replace", "will be destroyed": "destroy",
                    "will be imported": "import"}
 
 
@@ -123,6 +134,33 @@ def summarize(show: Mapping[str, Any]) -> PlanSummary:
             continue
         changes.append(Change(address=str(item.get("address", "")), kind=str(item.get("type", "")), action=action))
     return PlanSummary(changes)
+
+
+def summary_from_plan_text(lines: Sequence[str]) -> PlanSummary | None:
+    """The changes of a plan read from `terraform plan`'s own output, as summarize() reads them from `terraform
+    show -json` of the saved plan: that is a terraform run of its own, which loads the provider's whole schema
+    (~2 s of CPU for AWS). None when the headers do not add up to terraform's "Plan: ..." counts (a wording
+    this reader does not know, a newer action): the caller asks `show -json` then."""
+    changes: list[Change] = []
+    imported_notes = 0
+    counts: re.Match[str] | None = None
+    started = False
+    for line in lines:
+        if not started:
+            started = line.startswith(_ACTIONS_START)
+        elif m := _PLANNED.match(line):
+            changes.append(Change(m["addr"], kind_of(m["addr"]), _PLANNED_ACTION[m["what"]]))
+        elif _IMPORTED_NOTE.match(line):
+            imported_notes += 1
+        elif counts := _PLAN_COUNTS.match(line):
+            break
+    if counts is None:
+        return None
+    summary = PlanSummary(changes)
+    read = (summary.count("create") + summary.count("replace"), summary.count("update"),
+            summary.count("destroy") + summary.count("replace"), summary.count("import") + imported_notes)
+    said = (int(counts["add"]), int(counts["change"]), int(counts["destroy"]), int(counts["imported"] or 0))
+    return summary if read == said else None
 
 
 def plan_table(env: str, summary: PlanSummary) -> tuple[Text, Table]:

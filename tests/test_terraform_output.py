@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ops import terraform_view as view
 from ops.config import load_env
 from ops.errors import CommandFailedError
 from ops.terraform import Terraform
@@ -73,6 +74,22 @@ def test_plan_table_apply_result_and_the_log_file(tmp_path: Path, state_dir: Pat
     text = out.getvalue()
     assert "plan for sandbox: 0 to create, 2 to update, 0 to replace, 1 to destroy" in text, text
     assert re.search(r"^\s+DESTROY\s+terraform_data\.c$", text, re.MULTILINE), text
+
+
+def test_the_plan_summary_read_from_terraforms_text_is_what_show_json_says(tmp_path: Path, state_dir: Path) -> None:
+    """The plan table comes from the plan's own output (no `show -json` run): the same changes, by the real
+    terraform, for a create, an update, a requested replacement and a deletion."""
+    stack = _chain(tmp_path / "stack")
+    Terraform(load_env("sandbox"), stack, out=io.StringIO()).apply(auto_approve=True)
+    _chain(stack, names=("a", "b", "d"), version="v2")
+    tf = Terraform(load_env("sandbox"), stack, out=io.StringIO())
+    plan = tf.home / "plans" / "mixed.tfplan"
+    plan.parent.mkdir(parents=True, exist_ok=True)
+    assert tf.plan(detailed_exitcode=True, out=plan, replace=["terraform_data.a"]) == 2
+    assert tf.last_plan is not None
+    from_show = view.summarize(tf.show_json(plan))
+    assert {c.action for c in from_show.changes} == {"create", "update", "replace", "destroy"}
+    assert sorted(tf.last_plan.changes, key=str) == sorted(from_show.changes, key=str)
 
 
 def test_an_auto_approved_apply_shows_the_plan_it_read_from_terraform(tmp_path: Path, state_dir: Path) -> None:

@@ -52,6 +52,87 @@ def test_summary_counts_each_action_and_skips_no_ops_and_reads() -> None:
     assert "aws_ssm_document.session_prefs" not in summary.expected_steps()
 
 
+# The same plan as SHOW, as `terraform plan -no-color` prints it (a drift report first, which is not the plan).
+PLAN_TEXT = """
+Note: Objects have changed outside of Terraform
+
+  # aws_security_group.relay_sg_7788 has changed
+  ~ resource "aws_security_group" "relay_sg_7788" {
+    }
+
+Terraform used the selected providers to generate the following execution plan. Resource actions are
+indicated with the following symbols:
+  + create
+
+Terraform will perform the following actions:
+
+  # aws_db_instance.database_BBCC will be destroyed
+  # (because aws_db_instance.database_BBCC is not in configuration)
+  - resource "aws_db_instance" "database_BBCC" {
+    }
+
+  # aws_instance.relay_instance_99AA will be replaced, as requested
+-/+ resource "aws_instance" "relay_instance_99AA" {
+    }
+
+  # aws_security_group.relay_sg_7788 will be updated in-place
+  ~ resource "aws_security_group" "relay_sg_7788" {
+      ~ description = "a" -> "b"
+    }
+
+  # aws_ssm_document.session_prefs will be imported
+    resource "aws_ssm_document" "session_prefs" {
+    }
+
+  # aws_subnet.network_private_0_C3D4 will be created
+  + resource "aws_subnet" "network_private_0_C3D4" {
+    }
+
+  # aws_subnet.network_private_1_E5F6 will be created
+  + resource "aws_subnet" "network_private_1_E5F6" {
+    }
+
+  # aws_vpc.network_vpc_1A2B will be created
+  + resource "aws_vpc" "network_vpc_1A2B" {
+    }
+
+Plan: 1 to import, 4 to add, 1 to change, 2 to destroy.
+""".splitlines()
+
+
+def test_the_plan_text_gives_the_summary_show_json_gives() -> None:
+    from_text = view.summary_from_plan_text(PLAN_TEXT)
+    assert from_text is not None
+    assert sorted(from_text.changes, key=lambda c: c.address) == sorted(view.summarize(SHOW).changes,
+                                                                        key=lambda c: c.address)
+
+
+@pytest.mark.parametrize("edit", [
+    # A header wording this reader does not know: the counts no longer add up.
+    ("will be replaced, as requested", "must be replaced, but the existing object will not be destroyed"),
+    ("Plan: 1 to import, 4 to add, 1 to change, 2 to destroy.", "Plan: 4 to add, 1 to change, 2 to destroy."),
+    ("Plan: 1 to import, 4 to add, 1 to change, 2 to destroy.", "Plan: 1 to import, 4 to add, 1 to change, 2 to "
+                                                                "destroy, 1 to forget."),
+    ("Terraform will perform the following actions:", "Terraform planned the following actions:"),
+])
+def test_a_plan_text_that_does_not_add_up_is_not_trusted(edit: tuple[str, str]) -> None:
+    text = [line.replace(*edit) for line in PLAN_TEXT]
+    assert text != PLAN_TEXT
+    assert view.summary_from_plan_text(text) is None
+
+
+def test_an_import_that_also_updates_counts_as_an_update_and_an_import() -> None:
+    text = ["Terraform will perform the following actions:", "",
+            "  # aws_ssm_document.prefs will be updated in-place", '  # (imported from "SSM-SessionManagerRunShell")',
+            '  ~ resource "aws_ssm_document" "prefs" {', "    }",
+            "  # aws_instance.relay (deposed object 1a2b3c4d) will be destroyed", "",
+            "Plan: 1 to import, 0 to add, 1 to change, 1 to destroy."]
+    summary = view.summary_from_plan_text(text)
+    assert summary is not None
+    assert [(c.address, c.action) for c in summary.changes] == [("aws_ssm_document.prefs", "update"),
+                                                                ("aws_instance.relay", "destroy")]
+
+
 def _render(summary: view.PlanSummary) -> str:
     out = io.StringIO()
     view.print_plan(out, "prod", summary)
