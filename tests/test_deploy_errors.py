@@ -117,3 +117,21 @@ def test_account_guard_in_ops_for_an_env_with_another_account(foreign_moto: tupl
             call()
     assert not (state / "terraform").exists()
 
+
+
+@pytest.mark.parametrize(("changes", "flag", "code"), [(True, True, 2), (False, True, 0), (True, False, 0)])
+def test_plan_detailed_exitcode_passes_terraforms_answer_through(changes: bool, flag: bool, code: int,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`invoke plan --detailed-exitcode` exits 2 with changes, 0 without (the sandbox's no-op deploy is the
+    deployed stack's "no changes"; this is the flag's way from the command line to terraform and back)."""
+    asked: list[bool] = []
+
+    def plan(cfg: object, *, detailed_exitcode: bool, verbose: bool) -> int:
+        asked.append(detailed_exitcode)
+        return 2 if changes and detailed_exitcode else 0
+
+    monkeypatch.setattr(deploy, "plan", plan)
+    result = run_invoke("plan", "--env", "sandbox", *(["--detailed-exitcode"] if flag else []),
+                        monkeypatch=monkeypatch, capsys=capsys)
+    assert (result.returncode, asked) == (code, [flag]), result.stderr
