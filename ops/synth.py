@@ -48,6 +48,10 @@ FIXED_INPUTS = ("main.py", "cdktf.json", LAZY_PROVIDER_JS.as_posix())
 MANIFEST_FILE = "imported-files.json"
 STOCK_IMPORT_ENV = facts.STOCK_IMPORT_ENV
 # cdktf settings that would change what the app writes; the child must not inherit them.
+# V8's young generation for the jsii runtime's node (16 MB by default): loading the assemblies makes
+# hundreds of MB of short-lived objects, and fewer scavenges are ~9 % of a synth's CPU (4 envs: 3.05 ->
+# 2.78 s, same run). A size the user put in NODE_OPTIONS wins.
+_NODE_YOUNG_GENERATION = "--max-semi-space-size=64"
 _CDKTF_ENV_OVERRIDES = ("CDKTF_OUTDIR", "CDKTF_TARGET_STACK_ID", "CDKTF_CONTEXT_JSON", "SYNTH_HCL_OUTPUT")
 _SKIP_VALIDATION_ADVICE = re.compile(r"\s*If you wish to ignore these validations.*$", re.DOTALL)
 _JSII_BANNER = re.compile(r"""^b?['"]?!!""")
@@ -147,13 +151,16 @@ def _child_env(names: list[str], work: Path, project_root: Path) -> dict[str, st
     env["CDKTF_OUTDIR"] = str(work)
     env[facts.SYNTH_MANIFEST_ENV] = str(work / MANIFEST_FILE)
     env.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+    flags = []
+    if "--max-semi-space-size" not in env.get("NODE_OPTIONS", ""):
+        flags.append(_NODE_YOUNG_GENERATION)
     if env.get(STOCK_IMPORT_ENV) != "1":
         preload = project_root / LAZY_PROVIDER_JS
         if preload.is_file():
-            flag = f'--require="{preload}"' if " " in str(preload) else f"--require={preload}"
-            current = env.get("NODE_OPTIONS", "")
-            if flag not in current.split():
-                env["NODE_OPTIONS"] = f"{current} {flag}".strip()
+            flags.append(f'--require="{preload}"' if " " in str(preload) else f"--require={preload}")
+    current = env.get("NODE_OPTIONS", "")
+    if added := [flag for flag in flags if flag not in current.split()]:
+        env["NODE_OPTIONS"] = " ".join([current, *added]).strip()
     return env
 
 

@@ -236,3 +236,17 @@ def test_unfamiliar_index_falls_back_to_the_normal_load(tmp_path: Path) -> None:
     result = _node(_USE, tmp_path)
     assert result["afterLoad"] == ["vpc", "data-aws-subnet"]
     assert result["thing"] == "vpc-thing"
+
+
+def test_the_synth_childs_node_gets_a_larger_young_generation_and_the_preload(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from ops import synth
+
+    monkeypatch.delenv("NODE_OPTIONS", raising=False)
+    monkeypatch.delenv(synth.STOCK_IMPORT_ENV, raising=False)
+    flags = synth._child_env(["sandbox"], tmp_path, PROJECT_ROOT)["NODE_OPTIONS"].split()
+    assert flags == ["--max-semi-space-size=64", f"--require={PROJECT_ROOT / synth.LAZY_PROVIDER_JS}"]
+    monkeypatch.setenv("NODE_OPTIONS", "--max-semi-space-size=8 --trace-warnings")
+    monkeypatch.setenv(synth.STOCK_IMPORT_ENV, "1")
+    assert synth._child_env(["sandbox"], tmp_path, PROJECT_ROOT)["NODE_OPTIONS"] == \
+        "--max-semi-space-size=8 --trace-warnings", "the user's size wins; the stock import has no preload"
