@@ -2,40 +2,60 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from cdktf import App, Aspects, TerraformStack
-from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
-from cdktf_cdktf_provider_aws.db_instance import DbInstance
-from cdktf_cdktf_provider_aws.db_parameter_group import DbParameterGroup, DbParameterGroupParameter
-from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
-from cdktf_cdktf_provider_aws.instance import Instance, InstanceMetadataOptions
-from cdktf_cdktf_provider_aws.provider import AwsProvider
-from cdktf_cdktf_provider_aws.security_group import SecurityGroup, SecurityGroupIngress
-from cdktf_cdktf_provider_aws.security_group_rule import SecurityGroupRule
-from constructs import Construct
 
-from stacks.guardrails import RULES_BY_ID, Guardrails
+if TYPE_CHECKING:
+    from cdktf_cdktf_provider_aws.security_group import SecurityGroup
+    from constructs import Construct
 
-Build = Callable[[Construct], Any]
+
+@functools.cache
+def cdk() -> types.SimpleNamespace:
+    """The cdktf classes, imported when a test first builds a stack, not when the module is collected:
+    importing cdktf starts jsii's node runtime (~0.8 s of CPU) in every xdist worker that collects this
+    module, which is all four, though one of them runs these tests."""
+    from cdktf import App, Aspects, TerraformStack
+    from cdktf_cdktf_provider_aws.cloudwatch_log_group import CloudwatchLogGroup
+    from cdktf_cdktf_provider_aws.db_instance import DbInstance
+    from cdktf_cdktf_provider_aws.db_parameter_group import DbParameterGroup, DbParameterGroupParameter
+    from cdktf_cdktf_provider_aws.iam_role_policy import IamRolePolicy
+    from cdktf_cdktf_provider_aws.instance import Instance, InstanceMetadataOptions
+    from cdktf_cdktf_provider_aws.provider import AwsProvider
+    from cdktf_cdktf_provider_aws.security_group import SecurityGroup, SecurityGroupIngress
+    from cdktf_cdktf_provider_aws.security_group_rule import SecurityGroupRule
+
+    from stacks.guardrails import RULES_BY_ID, Guardrails
+
+    return types.SimpleNamespace(
+        App=App, Aspects=Aspects, TerraformStack=TerraformStack, CloudwatchLogGroup=CloudwatchLogGroup,
+        DbInstance=DbInstance, DbParameterGroup=DbParameterGroup, DbParameterGroupParameter=DbParameterGroupParameter,
+        IamRolePolicy=IamRolePolicy, Instance=Instance, InstanceMetadataOptions=InstanceMetadataOptions,
+        AwsProvider=AwsProvider, SecurityGroup=SecurityGroup, SecurityGroupIngress=SecurityGroupIngress,
+        SecurityGroupRule=SecurityGroupRule, RULES_BY_ID=RULES_BY_ID, Guardrails=Guardrails)
+
+
+Build = Callable[["Construct"], Any]
 pytestmark = pytest.mark.usefixtures("cdktf_runtime")
 
 
 def synth_with(tmp_path: Path, build: Build, *, sandbox: bool = False,
                suppress: tuple[str, str] | None = None) -> str | None:
     """Synthesize one stack holding what `build` makes; the guardrail error text, or None when it passes."""
-    app = App(outdir=str(tmp_path))
-    stack = TerraformStack(app, "guarded")
-    AwsProvider(stack, "aws", region="us-east-1")
+    app = cdk().App(outdir=str(tmp_path))
+    stack = cdk().TerraformStack(app, "guarded")
+    cdk().AwsProvider(stack, "aws", region="us-east-1")
     made = build(stack)
-    guard = Guardrails(sandbox=sandbox)
+    guard = cdk().Guardrails(sandbox=sandbox)
     if suppress is not None:
         guard.suppress(made, suppress[0], reason=suppress[1])
-    Aspects.of(stack).add(guard)
+    cdk().Aspects.of(stack).add(guard)
     stack.node.add_validation(guard)
     try:
         app.synth()
@@ -50,33 +70,33 @@ def _db(**overrides: Any) -> Build:
                                  publicly_accessible=False, storage_encrypted=True, deletion_protection=True,
                                  skip_final_snapshot=False, final_snapshot_identifier="x-final")
     props.update(overrides)
-    return lambda s: DbInstance(s, "Db", **props)
+    return lambda s: cdk().DbInstance(s, "Db", **props)
 
 
 def _params(log_statement: str) -> Build:
-    return lambda s: DbParameterGroup(s, "Params", family="postgres16", parameter=[
-        DbParameterGroupParameter(name="log_statement", value=log_statement)])
+    return lambda s: cdk().DbParameterGroup(s, "Params", family="postgres16", parameter=[
+        cdk().DbParameterGroupParameter(name="log_statement", value=log_statement)])
 
 
 def _sg_rule(**overrides: Any) -> Build:
     props: dict[str, Any] = dict(type="ingress", security_group_id="sg-1", protocol="tcp", from_port=5432,
                                  to_port=5432, source_security_group_id="sg-2", description="d")
     props.update(overrides)
-    return lambda s: SecurityGroupRule(s, "Rule", **props)
+    return lambda s: cdk().SecurityGroupRule(s, "Rule", **props)
 
 
 def _instance(tokens: str | None) -> Build:
-    meta = InstanceMetadataOptions(http_tokens=tokens) if tokens else None
-    return lambda s: Instance(s, "Relay", ami="ami-1", instance_type="t4g.nano", metadata_options=meta)
+    return lambda s: cdk().Instance(s, "Relay", ami="ami-1", instance_type="t4g.nano", metadata_options=(
+        cdk().InstanceMetadataOptions(http_tokens=tokens) if tokens else None))
 
 
 def _logs(**props: Any) -> Build:
-    return lambda s: CloudwatchLogGroup(s, "Logs", name="/x", **props)
+    return lambda s: cdk().CloudwatchLogGroup(s, "Logs", name="/x", **props)
 
 
 def _policy(action: Any, resource: Any) -> Build:
     doc = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": action, "Resource": resource}]}
-    return lambda s: IamRolePolicy(s, "Policy", role="r", policy=json.dumps(doc))
+    return lambda s: cdk().IamRolePolicy(s, "Policy", role="r", policy=json.dumps(doc))
 
 
 CASES: list[tuple[str, Build, Build]] = [
@@ -101,17 +121,17 @@ def test_rule(tmp_path: Path, rule_id: str, good: Build, bad: Build) -> None:
     assert synth_with(tmp_path / "good", good) is None
     error = synth_with(tmp_path / "bad", bad)
     assert error is not None and f"[{rule_id}]" in error
-    rule = RULES_BY_ID[rule_id]
+    rule = cdk().RULES_BY_ID[rule_id]
     assert f"Why: {rule.why}" in error and f"Fix: {rule.fix}" in error, "the message says why and how to fix"
 
 
 def test_every_rule_has_a_case() -> None:
-    assert sorted(RULES_BY_ID) == sorted(c[0] for c in CASES)
+    assert sorted(cdk().RULES_BY_ID) == sorted(c[0] for c in CASES)
 
 
 def test_ipv6_open_ingress_and_inline_rules(tmp_path: Path) -> None:
     def inline(s: Construct) -> SecurityGroup:
-        return SecurityGroup(s, "Sg", name="x", ingress=[SecurityGroupIngress(
+        return cdk().SecurityGroup(s, "Sg", name="x", ingress=[cdk().SecurityGroupIngress(
             protocol="tcp", from_port=443, to_port=443, ipv6_cidr_blocks=["::/0"])])
     error = synth_with(tmp_path, inline)
     assert error is not None and "[BL-SG-1]" in error and "::/0" in error
@@ -162,7 +182,7 @@ def test_shipped_environments_pass_and_only_staging_suppresses_with_a_reason(
     from ops.config import load_env
     from stacks.stack import BastionlessStack
 
-    app = App(outdir=str(tmp_path))
+    app = cdk().App(outdir=str(tmp_path))
     suppressed = {}
     for name in ("sandbox", "staging", "prod"):
         stack = BastionlessStack(app, f"bastionless-{name}", config=load_env(name))
@@ -198,7 +218,7 @@ def _document_policy(action: Any, resource: Any) -> Build:
 
     doc = {"Version": "2012-10-17", "Statement": [{"Sid": "S", "Effect": "Allow", "Action": action,
                                                    "Resource": resource}]}
-    return lambda s: IamRolePolicy(s, "Policy", role="r", policy=policy_document(s, "Doc", doc).json)
+    return lambda s: cdk().IamRolePolicy(s, "Policy", role="r", policy=policy_document(s, "Doc", doc).json)
 
 
 def test_start_session_on_star_is_caught_in_a_parsed_policy_document(tmp_path: Path) -> None:
