@@ -6,6 +6,8 @@ import json
 import re
 from typing import Any
 
+import pytest
+
 from ops import runbooks
 from ops.config import estimated_max_connections, load_env
 from tests.stack_fixtures import (
@@ -102,9 +104,8 @@ def test_rds_events_go_to_the_topic(synthesized: dict[str, dict[str, Any]]) -> N
     assert {"availability", "failure", "low storage"} <= set(sub["event_categories"])
 
 
+@pytest.mark.usefixtures("cdktf_runtime")  # stacks.alarms imports cdktf, whose jsii runtime is a node child
 def test_connections_threshold_follows_the_class_or_must_be_given() -> None:
-    import pytest
-
     from ops.config import ENVS_DIR, parse_env
     from ops.errors import ConfigError
     from stacks.alarms import connections_threshold
