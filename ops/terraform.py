@@ -275,13 +275,20 @@ class Terraform:
                   progress=terraform_view.ApplyProgress(None, command="destroy"))
 
     def outputs(self) -> dict[str, Any]:
-        """The stack outputs as plain values (`terraform output -json`, without the type wrappers)."""
-        self.init()
-        proc = self._capture(["output", "-json", "-no-color"], env=self._env())
-        try:
-            data = json.loads(proc.stdout or "{}")
-        except ValueError as exc:
-            raise OpsError(f"terraform output -json printed something that is not JSON ({exc})") from None
+        """The stack outputs as plain values (`terraform output -json`, without the type wrappers). The local
+        backend's are read from its state file, as state() reads it: the same values, without a terraform run
+        (~0.5 s of CPU)."""
+        if self.cfg.state.backend == "local":
+            data = self.state().get("outputs") or {}
+        else:
+            self.init()
+            proc = self._capture(["output", "-json", "-no-color"], env=self._env())
+            try:
+                data = json.loads(proc.stdout or "{}")
+            except ValueError as exc:
+                raise OpsError(f"terraform output -json printed something that is not JSON ({exc})") from None
+        if not isinstance(data, dict):
+            return {}
         return {str(name): item.get("value") for name, item in data.items() if isinstance(item, dict)}
 
     # ---- environment and init bookkeeping ----------------------------------------------------

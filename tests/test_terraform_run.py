@@ -57,6 +57,9 @@ def test_plan_apply_outputs_and_detailed_exit_codes(tmp_path: Path, state_dir: P
     assert tf.local_state_path.is_file(), "the local backend state lives in the state dir, not the tree"
     assert tf.local_state_path.parent == state_dir / "terraform"
     assert tf.outputs() == {"answer": 42, "names": ["a", "b"]}
+    # Both read from the state file (the local backend): what `terraform output -json` and `state pull` print.
+    printed = json.loads(tf._capture(["output", "-json", "-no-color"], env=tf._env()).stdout)
+    assert tf.outputs() == {name: item["value"] for name, item in printed.items()}
     # Read from the file (tests/test_deploy_confirm.py): the document `terraform state pull` prints.
     assert tf.state() == json.loads(tf._capture(["state", "pull"], env=tf._env()).stdout)
     assert [r["type"] for r in tf.state()["resources"]] == ["terraform_data"]
