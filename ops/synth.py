@@ -47,11 +47,11 @@ FIXED_INPUTS = ("main.py", "cdktf.json", LAZY_PROVIDER_JS.as_posix())
 # In the child's private work dir: the project files it imported (written by main.py).
 MANIFEST_FILE = "imported-files.json"
 STOCK_IMPORT_ENV = facts.STOCK_IMPORT_ENV
-# cdktf settings that would change what the app writes; the child must not inherit them.
 # V8's young generation for the jsii runtime's node (16 MB by default): loading the assemblies makes
 # hundreds of MB of short-lived objects, and fewer scavenges are ~9 % of a synth's CPU (4 envs: 3.05 ->
 # 2.78 s, same run). A size the user put in NODE_OPTIONS wins.
 _NODE_YOUNG_GENERATION = "--max-semi-space-size=64"
+# cdktf settings that would change what the app writes; the child must not inherit them.
 _CDKTF_ENV_OVERRIDES = ("CDKTF_OUTDIR", "CDKTF_TARGET_STACK_ID", "CDKTF_CONTEXT_JSON", "SYNTH_HCL_OUTPUT")
 _SKIP_VALIDATION_ADVICE = re.compile(r"\s*If you wish to ignore these validations.*$", re.DOTALL)
 _JSII_BANNER = re.compile(r"""^b?['"]?!!""")

@@ -136,6 +136,12 @@ def summarize(show: Mapping[str, Any]) -> PlanSummary:
     return PlanSummary(changes)
 
 
+def _planned_change(line: str) -> Change | None:
+    """The change a plan's resource header line announces, None for any other line."""
+    m = _PLANNED.match(line)
+    return Change(m["addr"], kind_of(m["addr"]), _PLANNED_ACTION[m["what"]]) if m else None
+
+
 def summary_from_plan_text(lines: Sequence[str]) -> PlanSummary | None:
     """The changes of a plan read from `terraform plan`'s own output, as summarize() reads them from `terraform
     show -json` of the saved plan: that is a terraform run of its own, which loads the provider's whole schema
@@ -148,8 +154,8 @@ def summary_from_plan_text(lines: Sequence[str]) -> PlanSummary | None:
     for line in lines:
         if not started:
             started = line.startswith(_ACTIONS_START)
-        elif m := _PLANNED.match(line):
-            changes.append(Change(m["addr"], kind_of(m["addr"]), _PLANNED_ACTION[m["what"]]))
+        elif change := _planned_change(line):
+            changes.append(change)
         elif _IMPORTED_NOTE.match(line):
             imported_notes += 1
         elif counts := _PLAN_COUNTS.match(line):
@@ -229,8 +235,8 @@ class ApplyProgress:
         """Take one output line; True when the view changed."""
         text = line.rstrip("\n")
         if self.read_plan and self.plan is None:
-            if m := _PLANNED.match(text):
-                self.planned.append(Change(m["addr"], kind_of(m["addr"]), _PLANNED_ACTION[m["what"]]))
+            if change := _planned_change(text):
+                self.planned.append(change)
                 return False
             if _PLAN_LINE.match(text):
                 self.plan = PlanSummary(self.planned)
