@@ -86,6 +86,8 @@ def partition(region: str) -> str:
 RELAY_HOSTS_FILE = "relay_hosts.json"  # the relay's view of the VPC: emulated host:port -> loopback host:port
 ECS_TASKS_FILE = "ecs_tasks.json"  # the ECS sample service's tasks (the endpoint's ListTasks/DescribeTasks)
 SESSIONS_FILE = "sessions.json"  # the endpoint's sessions and their events (DescribeSessions, the audit trail)
+# The sandbox's long-lived AWS provider: how terraform reattaches to it (ops/sandbox/provider_server.py).
+PROVIDER_SERVER_FILE = "provider_server.json"
 
 
 # ---- environment variables bastionless reads (names only; see the README for what each does)
@@ -101,6 +103,7 @@ PSQL_ENV = "BASTIONLESS_PSQL"
 PG_BIN_ENV = "BASTIONLESS_PG_BIN"
 STOCK_IMPORT_ENV = "BASTIONLESS_STOCK_IMPORT"
 RDS_SHORTCUT_ENV = "BASTIONLESS_SANDBOX_RDS_SHORTCUT"
+PROVIDER_SERVER_ENV = "BASTIONLESS_SANDBOX_PROVIDER_SERVER"
 SANDBOX_SECRET_ENV = "BASTIONLESS_SANDBOX_SECRET"  # noqa: S105 - the name of a variable, not a secret
 SANDBOX_AGENT_VERSION_ENV = "BASTIONLESS_SANDBOX_AGENT_VERSION"
 TUNNEL_PHASE_DELAY_ENV = "BASTIONLESS_TUNNEL_PHASE_DELAY"

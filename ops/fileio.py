@@ -1,10 +1,12 @@
-"""Whole-file writes that a reader (DBeaver, libpq, a second invoke) never sees half done."""
+"""Whole-file writes that a reader (DBeaver, libpq, a second invoke) never sees half done, and the reader."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o644, durable: bool = False) -> None:
@@ -37,3 +39,12 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o644, durable: b
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file's content; None when it is missing, half-written by a crash or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -34,7 +35,7 @@ from typing import Any, TextIO
 from ops import aws, facts, terraform_view
 from ops.config import EnvConfig
 from ops.errors import CommandFailedError, OpsError, ToolMissingError
-from ops.fileio import atomic_write
+from ops.fileio import atomic_write, read_json
 from ops.terraform_view import PlanSummary, RunLog
 
 # The S3 backend's native lockfile (stacks/backend.py) needs 1.10; the generated required_version agrees.
@@ -44,7 +45,7 @@ DEFAULT_AWS_PROVIDER_VERSION = "5.100.0"
 INSTALL_HINT = "install Terraform >= 1.10 (https://developer.hashicorp.com/terraform/install) and put it on PATH"
 INIT_STAMP = "bastionless-init.json"
 _SYNTH_FILE = "cdk.tf.json"
-_AWS_PROVIDER = "registry.terraform.io/hashicorp/aws"
+AWS_PROVIDER = "registry.terraform.io/hashicorp/aws"
 _VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
 # Where air-gapped machines usually keep a `terraform providers mirror` (checked in this order) when
 # neither the env nor BASTIONLESS_PROVIDER_MIRROR names one: every entry point shares this discovery.
@@ -57,6 +58,11 @@ LOCK_NOTE_STAMP = "lock-file-note-shown"
 # 400 trades ~150 MB more peak memory per process for that time (bench/terraform); GOMEMLIMIT keeps a
 # very large configuration from taking 5x its live heap. A value the user exported wins.
 GO_RUNTIME_DEFAULTS = {"GOGC": "400", "GOMEMLIMIT": "1GiB"}
+# What the AWS provider reads from its environment besides AWS_*: a provider server (below) started with
+# other values than a run would give its own provider is not used by that run.
+_PROVIDER_ENV_NAMES = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR",
+                                 "GODEBUG", "TF_APPEND_USER_AGENT"})
+REATTACH_ENV = "TF_REATTACH_PROVIDERS"
 
 
 def child_env(environ: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
@@ -110,7 +116,7 @@ class Terraform:
 
     def init(self, *, backend: bool = True, force: bool = False) -> bool:
         """`terraform init`; returns False when skipped because the last init is still current."""
-        env = self._env(backend=backend)
+        env = self._env(backend=backend, reattach=False)
         args = ["init", "-input=false", *self._color(), f"-backend={'true' if backend else 'false'}"]
         if backend and self.cfg.state.backend == "local":
             self.local_state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -293,14 +299,19 @@ class Terraform:
 
     # ---- environment and init bookkeeping ----------------------------------------------------
 
-    def _env(self, *, backend: bool = True) -> dict[str, str]:
+    def _env(self, *, backend: bool = True, reattach: bool = True) -> dict[str, str]:
         if self._prepared_env is None:
             self._prepared_env = self._prepare()
         env = dict(self._prepared_env)
         env["TF_DATA_DIR"] = str(self.data_dir(backend=backend))
         # Only runs that talk to AWS need the emulator; `validate` (no backend) works with it down.
-        if backend and self.cfg.sandbox and _AWS_PROVIDER in required_providers(self.workdir):
+        providers = required_providers(self.workdir)
+        if backend and self.cfg.sandbox and AWS_PROVIDER in providers:
             apply_sandbox_env(env, self.cfg)
+            # Not for init: it would leave a provider it did not install out of the lock file.
+            value = provider_server(env, version=providers[AWS_PROVIDER]) if reattach else None
+            if value is not None:
+                env[REATTACH_ENV] = value
         return env
 
     def _prepare(self) -> dict[str, str]:
@@ -442,9 +453,11 @@ def apply_sandbox_env(env: dict[str, str], cfg: EnvConfig) -> None:
     endpoints = aws.sandbox_endpoints()
     for var in [k for k in env if k.startswith("AWS_ENDPOINT_URL_")]:
         del env[var]
+    # AWS_CA_BUNDLE: the emulator speaks plain HTTP on loopback; and a provider configured a second time
+    # with one fails ("unable to add custom RootCAs HTTPClient"), which the sandbox's provider server is.
     for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ROLE_ARN",
                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CA_BUNDLE"):
         env.pop(var, None)
     # Terraform runs as the sandbox's deployer identity: IAM is enforced there as on AWS.
     deployer = aws.sandbox_credentials(cfg, "deployer")
@@ -456,6 +469,70 @@ def apply_sandbox_env(env: dict[str, str], cfg: EnvConfig) -> None:
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         "AWS_EC2_METADATA_DISABLED": "true",
     })
+
+
+def sandbox_provider_env(cfg: EnvConfig) -> dict[str, str]:
+    """The environment a sandbox run's terraform gives the AWS provider it starts (a provider server's)."""
+    env = child_env(os.environ, {})
+    apply_sandbox_env(env, cfg)
+    return env
+
+
+def provider_fingerprint(env: Mapping[str, str]) -> str:
+    """A digest of what the AWS provider reads from its environment: credentials, endpoints, proxies, logging."""
+    picked = sorted((k, v) for k, v in env.items()
+                    if k.upper().startswith("AWS_") or k.startswith("TF_LOG") or k.upper() in _PROVIDER_ENV_NAMES)
+    return hashlib.sha256(json.dumps(picked).encode()).hexdigest()
+
+
+def provider_server(env: Mapping[str, str], *, version: str) -> str | None:
+    """TF_REATTACH_PROVIDERS for the sandbox's AWS provider server (ops/sandbox/provider_server.py), or None.
+
+    Only a server that answers on its socket, serves the version the stack pins and was started with the
+    environment this run would give its own provider (provider_fingerprint): anything else, and terraform
+    starts the provider itself as usual. With it, terraform neither starts a provider process nor checks the
+    binary against the lock file (internal/command/meta_providers.go, unmanagedProviderFactory): ~1 s of
+    CPU less per command that loads the provider.
+    """
+    data = read_json(aws.state_dir() / facts.PROVIDER_SERVER_FILE)
+    if not data or data.get("fingerprint") != provider_fingerprint(env):
+        return None
+    if str(data.get("version")) != version.lstrip("= ").strip():
+        return None
+    reattach = data.get("reattach")
+    try:
+        addr = reattach[AWS_PROVIDER]["Addr"]  # type: ignore[index]
+        network, where = str(addr["Network"]), str(addr["String"])
+    except (KeyError, TypeError):
+        return None
+    if network != "unix" or not answers(where):
+        return None
+    return json.dumps(reattach)
+
+
+def answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def installed_provider(cfg: EnvConfig, *, version: str = DEFAULT_AWS_PROVIDER_VERSION) -> Path | None:
+    """The AWS provider's executable as `init` installed it for this env (checked against the lock file
+    then), else as an unpacked provider mirror holds it; None when neither has it yet."""
+    platform = terraform_platform()
+    places = [aws.state_dir() / "terraform" / cfg.name / "data" / "providers" / AWS_PROVIDER / version / platform]
+    mirror = provider_mirror(cfg)
+    if mirror is not None:
+        places.append(mirror / AWS_PROVIDER / version / platform)
+    for place in places:
+        found = sorted(place.glob("terraform-provider-aws_v*")) if place.is_dir() else []
+        if found and os.access(found[0], os.X_OK):
+            return found[0].resolve()
+    return None
 
 
 def _fileno(stream: TextIO | None) -> int | None:
@@ -527,7 +604,7 @@ def discovered_mirror(places: Sequence[str] | None = None) -> Path | None:
     """A provider mirror at a usual place (one holding registry.terraform.io/hashicorp/aws), or None."""
     for place in MIRROR_PLACES if places is None else places:
         path = Path(place).expanduser()
-        if (path / _AWS_PROVIDER).is_dir():
+        if (path / AWS_PROVIDER).is_dir():
             return path
     return None
 

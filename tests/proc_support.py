@@ -13,6 +13,7 @@ class ProcStat:
     state: str  # "R", "S", ..., "Z" for a zombie
     ppid: int
     pgid: int
+    cpu_ticks: int  # user + system time, in clock ticks
 
 
 def proc_stat(pid: int) -> ProcStat | None:
@@ -23,7 +24,8 @@ def proc_stat(pid: int) -> ProcStat | None:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = text.rsplit(")", 1)[1].split()
-    return ProcStat(pid=pid, state=fields[0], ppid=int(fields[1]), pgid=int(fields[2]))
+    return ProcStat(pid=pid, state=fields[0], ppid=int(fields[1]), pgid=int(fields[2]),
+                    cpu_ticks=int(fields[11]) + int(fields[12]))
 
 
 def processes() -> Iterator[ProcStat]:

@@ -22,6 +22,8 @@ import psycopg
 import pytest
 
 from ops.facts import OUTPUT_NAMES, RELAY_HOSTS_FILE
+from ops.sandbox import manager, procs
+from tests.proc_support import proc_stat
 from tests.sandbox_support import Sandbox, activated_env, error_line, invoke, invoke_activated
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("terraform_bin")]
@@ -61,9 +63,15 @@ def test_a_newcomers_first_runs_stay_within_their_budgets(sandbox: Sandbox) -> N
 
     # The second plan of the deployed stack (terraform refreshes every object) must find nothing to change;
     # `plan --detailed-exitcode`'s exit codes are tests/test_deploy_errors.py's.
+    server = procs.read_json(sandbox.state_dir / manager.STATE_FILE)["provider"]["pid"]  # type: ignore[index]
+    before = proc_stat(server)
     code, deploy = invoke_activated(env, "deploy", "-e", "sandbox", "--yes")
     shown = "\n".join(deploy)
     assert code == 0, shown
+    after = proc_stat(server)
+    # ~1 s of CPU for the provider's schema and the refresh: terraform reattached to the server.
+    assert before is not None and after is not None and after.cpu_ticks - before.cpu_ticks >= 20, \
+        "the plan ran in the sandbox's AWS provider server (ops/sandbox/provider_server.py)"
     assert len(deploy) <= DEPLOY_BUDGET, f"a no-op deploy printed {len(deploy)} lines:\n{shown}"
     assert "sandbox: no changes; the infrastructure matches the configuration" in deploy, shown
     print(f"--- invoke deploy, no changes ({len(deploy)} lines)\n{shown}")

@@ -42,13 +42,13 @@ from typing import Any, TextIO
 
 import boto3
 
-from ops import aws, facts
+from ops import aws, facts, terraform
 from ops import deploy as ops_deploy
 from ops.config import PROJECT_ROOT, EnvConfig, load_env
 from ops.console import Status, say
 from ops.errors import ConfigError, OpsError
 from ops.facts import ECS_TASKS_FILE, RELAY_HOSTS_FILE, SESSIONS_FILE
-from ops.sandbox import fast_rds, identities, mfa, moto, procs, rds_front, rds_tls
+from ops.sandbox import fast_rds, identities, mfa, moto, procs, provider_server, rds_front, rds_tls
 from ops.sandbox.postgres import PgServer, choose_root, find_binaries, service_user, usable_by
 from ops.sandbox.procs import ProcRecord, StartError
 from ops.synth import SYNTH_FILE, inputs_digest
@@ -58,7 +58,7 @@ DEFAULT_ENV = facts.SANDBOX_ENV
 STATE_FILE = "sandbox.json"
 LOCK_FILE = ".sandbox.lock"
 # Every process component's key in sandbox.json.
-PROCESS_KEYS = ("moto", "endpoint", "postgres", "front")
+PROCESS_KEYS = ("moto", "endpoint", "postgres", "front", "provider")
 ENDPOINT_MODULE = "ops.sandbox.ssm_endpoint"
 FRONT_MODULE = "ops.sandbox.rds_front"
 FRONT_START_TIMEOUT = 30.0
@@ -164,6 +164,10 @@ def up(*, env: str = DEFAULT_ENV, deploy: bool = True, moto_port: int = 0, pg_po
             # cloudtrail: LookupEvents of the Session Manager calls, emulated by the endpoint (moto lacks them).
             endpoints.update({"ssm": endpoint_rec.url, "ecs": endpoint_rec.url, "cloudtrail": endpoint_rec.url})
         procs.write_json(_state() / aws.ENDPOINTS_FILE, endpoints)
+        # After the endpoints and the deployer's keys: the provider's environment is made of them. Only for
+        # a sandbox that runs terraform (~0.6 s of CPU to start), or to replace one started before.
+        if deploy or "provider" in state:
+            _ensure_provider(state, cfg, out=out)
         _write_state(state)
     if deploy:
         try:
@@ -290,6 +294,27 @@ def _ensure_endpoint(state: dict[str, Any], *, moto_url: str, port: int, out: Te
     state["endpoint"] = record.to_json()
     state["endpoint_moto"] = moto_url
     return record
+
+
+def _ensure_provider(state: dict[str, Any], cfg: EnvConfig, *, out: TextIO) -> None:
+    """The AWS provider server terraform reattaches to (ops/sandbox/provider_server.py): kept while it answers
+    and was started with today's binary and environment, else (re)started; none where it is switched off or
+    no provider is installed or mirrored yet (terraform then starts its own, as everywhere)."""
+    current = _record(state, "provider")
+    binary = terraform.installed_provider(cfg) if provider_server.wanted() else None
+    if current is not None and procs.is_alive(current):
+        if (binary is not None and provider_server.matches(_state(), provider_server.fingerprint(cfg, binary))
+                and provider_server.healthy(_state())):
+            return
+        procs.stop(current)
+    state.pop("provider", None)
+    provider_server.forget(_state())
+    if binary is None:
+        return
+    # No line of its own: `sandbox status` has its row, and `up` says enough already (its budget is tested).
+    with Status(out, "starting the AWS provider server", quiet_plain=True):
+        record = provider_server.start(cfg, binary=binary, state_dir=_state())
+    state["provider"] = record.to_json()
 
 
 def _pg_server(state: dict[str, Any]) -> PgServer | None:
@@ -670,6 +695,10 @@ def status() -> list[Component]:
     if front is not None:  # started after apply: no row before the stack is deployed
         host = str((state.get("front_config") or {}).get("host_name", ""))
         rows.append(_row("rds-front", front, lambda r: rds_front.probe(r.port), detail=f"TLS + IAM auth for {host}"))
+    provider = _record(state, "provider")
+    if provider is not None:  # none where switched off or nothing is installed yet: terraform starts its own
+        rows.append(_row("aws-provider", provider, lambda _r: provider_server.healthy(_state()),
+                         detail="terraform reattaches to it"))
     rows.append(_stack_row(state))
     return rows
 
@@ -715,7 +744,8 @@ def down(*, out: TextIO = sys.stderr) -> list[str]:
     with _locked():
         state = _read_state()
         _close_tunnels(out)
-        for key, label in (("front", "RDS front"), ("endpoint", "Session Manager endpoint"), ("moto", "moto server")):
+        for key, label in (("provider", "AWS provider server"), ("front", "RDS front"),
+                           ("endpoint", "Session Manager endpoint"), ("moto", "moto server")):
             record = _record(state, key)
             if record is not None and procs.is_alive(record):
                 procs.stop(record)
@@ -755,7 +785,8 @@ def _close_tunnels(out: TextIO) -> None:
 def _remove_state_files() -> None:
     state = _state()
     for name in (STATE_FILE, aws.ENDPOINTS_FILE, RELAY_HOSTS_FILE, ECS_TASKS_FILE, SESSIONS_FILE,
-                 aws.IDENTITIES_FILE, identities.FILE, "moto.log", "ssm_endpoint.log", "rds_front.log"):
+                 aws.IDENTITIES_FILE, identities.FILE, "moto.log", "ssm_endpoint.log", "rds_front.log",
+                 facts.PROVIDER_SERVER_FILE, provider_server.LOG_FILE):
         (state / name).unlink(missing_ok=True)
     shutil.rmtree(state / "postgres", ignore_errors=True)
     shutil.rmtree(state / facts.RDS_FRONT_DIR, ignore_errors=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 from ops.errors import OpsError
 from ops.fileio import atomic_write
+from ops.fileio import read_json as read_json  # the sandbox modules' name for it
 
 LOOPBACK = "127.0.0.1"
 
@@ -212,14 +213,6 @@ def _signal(pid: int, sig: int, *, group: bool) -> None:
     # Reap it if it is our own child (tests start and stop in one process), so it is not a zombie.
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def write_json(path: Path, data: Mapping[str, Any], *, mode: int = 0o644) -> None:
