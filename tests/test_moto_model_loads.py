@@ -1,19 +1,20 @@
-"""The sandbox's moto decodes each service's botocore model once (ops/sandbox/moto.py, _one_model_loader)."""
+"""The sandbox's moto decodes each botocore data file once (ops/sandbox/moto.py, _one_model_loader)."""
 
 from __future__ import annotations
 
+import boto3
 import botocore.loaders
+import botocore.session
 import pytest
 from moto.core import utils
-from moto.core.base_backend import AccountSpecificBackend
 
 from ops.sandbox import moto
 
-# A service no other test of this worker asks moto about, so no cache holds its model yet.
+# A service no other test of this worker asks botocore about, so no loader holds its model yet.
 SERVICE = "glacier"
 
 
-def test_moto_and_the_region_list_share_one_decoded_model(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_moto_and_every_session_share_one_decoded_model(monkeypatch: pytest.MonkeyPatch) -> None:
     decoded: list[str] = []
     original = botocore.loaders.JSONFileLoader.load_file
 
@@ -22,10 +23,15 @@ def test_moto_and_the_region_list_share_one_decoded_model(monkeypatch: pytest.Mo
         return original(self, file_path)
 
     monkeypatch.setattr(botocore.loaders.JSONFileLoader, "load_file", counting)
-    monkeypatch.setattr(utils, "create_loader", utils.create_loader)  # put back after the test
+    # Put back after the test what _one_model_loader replaces.
+    monkeypatch.setattr(utils, "create_loader", utils.create_loader)
+    monkeypatch.setattr(botocore.session, "create_loader", botocore.session.create_loader)
     moto._one_model_loader()
     model = utils._load_service_model(SERVICE, "service-2")  # what moto's responses parse requests with
-    regions = AccountSpecificBackend.get_session().get_available_regions(SERVICE)  # moto's region list
-    assert model["metadata"]["endpointPrefix"] == SERVICE and "us-east-1" in regions
+    # moto's region lists: a session of its own, and new ones (moto.ec2 makes one when imported).
+    for _ in range(2):
+        assert "us-east-1" in boto3.session.Session().get_available_regions(SERVICE)
+    assert model["metadata"]["endpointPrefix"] == SERVICE
     service_models = [p for p in decoded if p.endswith("service-2")]
     assert len(service_models) == 1, f"the {SERVICE} model was decoded {len(service_models)} times: {decoded}"
+    assert len([p for p in decoded if p.endswith("endpoints")]) <= 1
