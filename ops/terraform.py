@@ -511,6 +511,7 @@ def provider_server(env: Mapping[str, str], *, version: str) -> str | None:
 
 
 def answers(path: str) -> bool:
+    """Something accepts connections on the Unix socket at `path` (a provider server that is still up)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
         try:
