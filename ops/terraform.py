@@ -45,6 +45,7 @@ DEFAULT_AWS_PROVIDER_VERSION = "5.100.0"
 INSTALL_HINT = "install Terraform >= 1.10 (https://developer.hashicorp.com/terraform/install) and put it on PATH"
 INIT_STAMP = "bastionless-init.json"
 _SYNTH_FILE = "cdk.tf.json"
+_DATA_DIR = "data"  # TF_DATA_DIR of the runs with a backend, under env_home
 AWS_PROVIDER = "registry.terraform.io/hashicorp/aws"
 _VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
 # Where air-gapped machines usually keep a `terraform providers mirror` (checked in this order) when
@@ -74,6 +75,11 @@ def child_env(environ: Mapping[str, str], extra: Mapping[str, str]) -> dict[str,
     return env
 
 
+def env_home(cfg: EnvConfig) -> Path:
+    """Where terraform's data dir, CLI config, logs and plans of an environment live."""
+    return aws.state_dir() / "terraform" / cfg.name
+
+
 class Terraform:
     """terraform for one environment, run in `workdir` (the directory holding cdk.tf.json)."""
 
@@ -82,7 +88,7 @@ class Terraform:
         self.cfg = cfg
         self.workdir = Path(workdir)
         self.extra_env = dict(extra_env or {})
-        self.home = aws.state_dir() / "terraform" / cfg.name
+        self.home = env_home(cfg)
         self.verbose = verbose
         self.out = out if out is not None else sys.stderr
         self.log = RunLog(self.home / "logs", out=self.out)
@@ -106,7 +112,7 @@ class Terraform:
 
     def data_dir(self, *, backend: bool = True) -> Path:
         # `init -backend=false` (validate) must not overwrite the backend settings of the real one.
-        return self.home / ("data" if backend else "data-nobackend")
+        return self.home / (_DATA_DIR if backend else "data-nobackend")
 
     @property
     def cli_config_path(self) -> Path:
@@ -499,19 +505,18 @@ def provider_server(env: Mapping[str, str], *, version: str) -> str | None:
         return None
     if str(data.get("version")) != version.lstrip("= ").strip():
         return None
-    reattach = data.get("reattach")
+    return json.dumps(data["reattach"]) if server_answers(data) else None
+
+
+def server_answers(record: Mapping[str, Any]) -> bool:
+    """The provider server a PROVIDER_SERVER_FILE record names accepts connections on its Unix socket."""
     try:
-        addr = reattach[AWS_PROVIDER]["Addr"]  # type: ignore[index]
-        network, where = str(addr["Network"]), str(addr["String"])
+        addr = record["reattach"][AWS_PROVIDER]["Addr"]
+        network, path = str(addr["Network"]), str(addr["String"])
     except (KeyError, TypeError):
-        return None
-    if network != "unix" or not answers(where):
-        return None
-    return json.dumps(reattach)
-
-
-def answers(path: str) -> bool:
-    """Something accepts connections on the Unix socket at `path` (a provider server that is still up)."""
+        return False
+    if network != "unix":
+        return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
         try:
@@ -525,7 +530,7 @@ def installed_provider(cfg: EnvConfig, *, version: str = DEFAULT_AWS_PROVIDER_VE
     """The AWS provider's executable as `init` installed it for this env (checked against the lock file
     then), else as an unpacked provider mirror holds it; None when neither has it yet."""
     platform = terraform_platform()
-    places = [aws.state_dir() / "terraform" / cfg.name / "data" / "providers" / AWS_PROVIDER / version / platform]
+    places = [env_home(cfg) / _DATA_DIR / "providers" / AWS_PROVIDER / version / platform]
     mirror = provider_mirror(cfg)
     if mirror is not None:
         places.append(mirror / AWS_PROVIDER / version / platform)

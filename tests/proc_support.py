@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ class ProcStat:
     state: str  # "R", "S", ..., "Z" for a zombie
     ppid: int
     pgid: int
-    cpu_ticks: int  # user + system time, in clock ticks
+    cpu_seconds: float  # user + system time
 
 
 def proc_stat(pid: int) -> ProcStat | None:
@@ -25,7 +26,7 @@ def proc_stat(pid: int) -> ProcStat | None:
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = text.rsplit(")", 1)[1].split()
     return ProcStat(pid=pid, state=fields[0], ppid=int(fields[1]), pgid=int(fields[2]),
-                    cpu_ticks=int(fields[11]) + int(fields[12]))
+                    cpu_seconds=(int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
 
 
 def processes() -> Iterator[ProcStat]:

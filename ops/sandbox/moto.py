@@ -135,7 +135,6 @@ def _one_model_loader() -> None:
     setattr(utils, "create_loader", shared)  # noqa: B010
 
 
-
 def serve(host: str, port: int, *, wrap: Callable[[Wsgi], Wsgi] | None = None) -> None:
     """moto_server's application on host:port until SIGINT/SIGTERM, each answer in one write; `wrap` it
     to put a launcher's own routes or checks in front."""

@@ -71,16 +71,14 @@ def start(cfg: EnvConfig, *, binary: Path, state_dir: Path,
                          next_step=f"see {log}, or run without it: export {facts.PROVIDER_SERVER_ENV}=0")
     record = procs.record_for(proc, port=0, log=log)
     procs.write_json(state_dir / facts.PROVIDER_SERVER_FILE,
-                     {"reattach": found, "version": version, "pid": record.pid,
-                      "fingerprint": terraform.provider_fingerprint(env), "binary": str(binary)}, mode=0o600)
+                     {"reattach": found, "version": version, "fingerprint": terraform.provider_fingerprint(env),
+                      "binary": str(binary)}, mode=0o600)
     return record
 
 
 def healthy(state_dir: Path) -> bool:
     """It answers on the socket terraform would reattach to."""
-    data = current(state_dir) or {}
-    addr = (data.get("reattach") or {}).get(terraform.AWS_PROVIDER, {}).get("Addr", {})
-    return addr.get("Network") == "unix" and terraform.answers(str(addr.get("String", "")))
+    return terraform.server_answers(current(state_dir) or {})
 
 
 def matches(state_dir: Path, wanted_print: Mapping[str, str]) -> bool:
